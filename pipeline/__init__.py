@@ -1,0 +1,1 @@
+"""The batch-prediction job: options, the pipeline graph and the command line."""

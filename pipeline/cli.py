@@ -1,0 +1,71 @@
+"""batch-predict: score instances with a SavedModel on Apache Beam.
+
+Configuration mistakes end with one line on stderr and exit status 2, before
+any pipeline starts; instance errors are counted and written, exit status 0.
+"""
+import logging
+import os
+import sys
+import time
+
+EXIT_CONFIG_ERROR = 2
+
+
+def _configure_logging():
+  logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
+  for name in ('pipeline', 'transforms'):
+    logging.getLogger(name).setLevel(logging.INFO)
+  # TensorFlow's C++ start-up chatter is not for batch-job users.
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+
+def clear_previous_outputs(output_dir: str) -> None:
+  """A re-run replaces the previous run's files, whatever its shard count."""
+  from apache_beam.io.filesystems import FileSystems
+  patterns = [f'{output_dir}/{name}' for name in (
+      'predictions-*-of-*.jsonl', 'errors-*-of-*.jsonl', 'summary.json')]
+  stale = [m.path for result in FileSystems.match(patterns)
+           for m in result.metadata_list]
+  if stale:
+    FileSystems.delete(stale)
+
+
+def run(config):
+  """Runs the job to completion; returns the summary dict."""
+  import apache_beam as beam
+  from apache_beam.options.pipeline_options import PipelineOptions
+
+  from pipeline import graph, summary
+
+  options = PipelineOptions(list(config.options.beam_args), runner=config.options.runner)
+  clear_previous_outputs(config.output)
+  started = time.time()
+  p = beam.Pipeline(options=options)
+  graph.build(p, config)
+  result = p.run()
+  result.wait_until_finish()
+  wall_time = time.time() - started
+  job_summary = summary.build(config, summary.counters(result),
+                              config.options.runner, wall_time)
+  summary.write(job_summary, config.output)
+  return job_summary
+
+
+def main(argv=None) -> int:
+  _configure_logging()
+  from pipeline import config as job_config
+  from pipeline.options import ConfigError, parse_args
+  from pipeline import summary
+
+  argv = sys.argv[1:] if argv is None else argv
+  try:
+    options = parse_args(argv)
+    if not options.output.startswith('gs://'):
+      os.makedirs(options.output, exist_ok=True)
+    config = job_config.resolve(options)
+  except (ConfigError, OSError) as e:
+    print(f'batch-predict: error: {e}', file=sys.stderr)
+    return EXIT_CONFIG_ERROR
+  job_summary = run(config)
+  print(summary.table(job_summary))
+  return 0

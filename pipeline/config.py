@@ -1,0 +1,71 @@
+"""Everything checked before the pipeline starts: the inputs exist, the model
+is a SavedModel with the signature and tags asked for, the options fit it."""
+import dataclasses
+import os
+import re
+
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.options import ConfigError, JobOptions
+from transforms.format import LOCATION_FIELDS, output_names
+from transforms.savedmodel import ModelError, ModelRef, inspect_model
+
+
+@dataclasses.dataclass(frozen=True)
+class JobConfig:
+  options: JobOptions
+  model: ModelRef
+  input_files: tuple  # FileMetadata, each file once
+  input_bases: tuple  # directory of each pattern, ending in '/'
+  output_names: dict  # signature output -> record field
+
+  @property
+  def output(self) -> str:
+    return self.options.output
+
+
+def _absolute(path: str) -> str:
+  return path if re.match(r'^[a-z][a-z0-9+.-]*://', path) else os.path.abspath(path)
+
+
+def pattern_base(pattern: str) -> str:
+  """The directory part of a pattern before its first wildcard."""
+  literal = re.split(r'[*?\[{]', pattern, maxsplit=1)[0]
+  return literal[:literal.rfind('/') + 1]
+
+
+def match_inputs(patterns) -> tuple:
+  files, seen = [], set()
+  for pattern in patterns:
+    try:
+      matched = FileSystems.match([pattern])[0].metadata_list
+    except Exception:  # a missing directory matches nothing; say so below
+      matched = []
+    if not matched:
+      raise ConfigError(f'--input: {pattern} matches no file')
+    for metadata in sorted(matched, key=lambda m: m.path):
+      if metadata.path not in seen:
+        seen.add(metadata.path)
+        files.append(metadata)
+  return tuple(files)
+
+
+def resolve(options: JobOptions) -> JobConfig:
+  patterns = tuple(_absolute(p) for p in options.inputs)
+  files = match_inputs(patterns)
+  try:
+    model = inspect_model(_absolute(options.model), options.tags, options.signature)
+  except ModelError as e:
+    raise ConfigError(str(e)) from None
+  carried = ([options.key_field] if options.key_field else list(LOCATION_FIELDS))
+  clash = set(carried) & set(options.passthrough_fields)
+  if clash:
+    raise ConfigError(f'--passthrough_fields: {sorted(clash)[0]!r} is already '
+                      'written as the key or location field')
+  carried += list(options.passthrough_fields)
+  outputs = [s.name for s in model.signature.outputs]
+  return JobConfig(
+      options=dataclasses.replace(options, output=_absolute(options.output)),
+      model=model, input_files=files,
+      input_bases=tuple(pattern_base(p) for p in patterns),
+      output_names=output_names(outputs, carried))

@@ -1,0 +1,106 @@
+"""Command-line options: the job's own, then any Beam pipeline option.
+
+Mistakes raise ConfigError with one line that says what to fix; the CLI
+prints it without a stack trace.
+"""
+import argparse
+import dataclasses
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+DEFAULT_MAX_BATCH_SIZE = 256
+DEFAULT_MIN_BATCH_SIZE = 32
+# Beam's DirectRunner first tries to download the Prism runner binary; the
+# FnApiRunner is what it falls back to, so the local default goes straight
+# there and never touches the network.
+LOCAL_RUNNER = 'FnApiRunner'
+
+
+class ConfigError(ValueError):
+  """A user mistake in the command line or what it points at."""
+
+
+@dataclasses.dataclass(frozen=True)
+class JobOptions:
+  model: str
+  inputs: tuple
+  output: str
+  signature: str
+  tags: tuple
+  key_field: object  # str or None
+  passthrough_fields: tuple
+  min_batch_size: int
+  max_batch_size: int
+  beam_args: tuple  # Beam pipeline options, as given
+  runner: str  # overrides --runner in beam_args
+
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message):
+    raise ConfigError(message)
+
+
+def _csv(text):
+  return tuple(part.strip() for part in text.split(',') if part.strip())
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = _Parser(
+      prog='batch-predict', allow_abbrev=False,
+      description='Score JSON-lines instances with a TensorFlow SavedModel on '
+                  'Apache Beam. Options not listed here are Beam pipeline '
+                  'options (--runner, --direct_num_workers, --project, ...).')
+  parser.add_argument('--model', required=True,
+                      help='SavedModel directory, or a TF Serving base directory '
+                           'of numeric versions (the highest is used)')
+  parser.add_argument('--input', dest='inputs', required=True, type=_csv,
+                      help='file pattern(s) of JSONL instances, comma-separated')
+  parser.add_argument('--output', required=True,
+                      help='directory for predictions, errors and summary.json')
+  parser.add_argument('--signature', default='serving_default')
+  parser.add_argument('--tag', dest='tags', default=('serve',), type=_csv,
+                      help='tag set of the MetaGraph to load, comma-separated')
+  parser.add_argument('--key_field', default=None,
+                      help='instance field carried to the output to rejoin it '
+                           '(else outputs carry filename and offset)')
+  parser.add_argument('--passthrough_fields', default=(), type=_csv,
+                      help='more instance fields copied to the output')
+  parser.add_argument('--min_batch_size', type=int, default=DEFAULT_MIN_BATCH_SIZE,
+                      help='smaller chunks (small files, range ends) are merged '
+                           'up to this many instances before scoring')
+  parser.add_argument('--max_batch_size', type=int, default=DEFAULT_MAX_BATCH_SIZE,
+                      help='most instances per model call and per read chunk')
+  return parser
+
+
+def unknown_beam_args(args) -> list:
+  """Arguments that no Beam PipelineOptions class defines."""
+  parsers = []
+  PipelineOptions(list(args)).get_all_options(add_extra_args_fn=parsers.append)
+  _, unknown = parsers[0].parse_known_args(list(args))
+  return [a for a in unknown if a.startswith('-')] or list(unknown)
+
+
+def parse_args(argv) -> JobOptions:
+  known, rest = _parser().parse_known_args(argv)
+  unknown = unknown_beam_args(rest)
+  if unknown:
+    raise ConfigError(f'unknown option {unknown[0]} (see batch-predict --help)')
+  if known.max_batch_size < 1 or known.min_batch_size < 1:
+    raise ConfigError('--min_batch_size and --max_batch_size must be at least 1')
+  if known.min_batch_size > known.max_batch_size:
+    raise ConfigError(f'--min_batch_size ({known.min_batch_size}) is larger than '
+                      f'--max_batch_size ({known.max_batch_size})')
+  if not known.inputs:
+    raise ConfigError('--input: give at least one file pattern')
+  if not known.tags:
+    raise ConfigError('--tag: give at least one tag')
+  runner = PipelineOptions(rest).get_all_options()['runner'] or LOCAL_RUNNER
+  if runner.lower() in ('directrunner', 'direct'):
+    runner = LOCAL_RUNNER
+  return JobOptions(
+      model=known.model, inputs=known.inputs, output=known.output.rstrip('/'),
+      signature=known.signature, tags=known.tags, key_field=known.key_field,
+      passthrough_fields=known.passthrough_fields,
+      min_batch_size=known.min_batch_size, max_batch_size=known.max_batch_size,
+      beam_args=tuple(rest), runner=runner)

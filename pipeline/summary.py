@@ -1,0 +1,68 @@
+"""The job's summary: counts from Beam metrics, written as summary.json and
+printed as a short table."""
+import json
+
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
+
+NAMESPACE = 'batch_predict'
+ERROR_CATEGORIES = ('parse', 'schema', 'model')
+
+
+def counters(result) -> dict:
+  """Counter name -> value, summed over steps; committed values where the
+  runner reports them, else attempted."""
+  totals = {}
+  query = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
+  for metric in query['counters']:
+    value = metric.committed if metric.committed is not None else metric.attempted
+    totals[metric.key.metric.name] = totals.get(metric.key.metric.name, 0) + (value or 0)
+  return totals
+
+
+def build(config, counts: dict, runner: str, wall_time_s: float) -> dict:
+  errors = {c: counts.get(f'errors_{c}', 0) for c in ERROR_CATEGORIES}
+  read = counts.get('instances_read', 0)
+  return {
+      'instances_read': read,
+      'predictions': counts.get('predictions', 0),
+      'errors': sum(errors.values()),
+      'errors_by_category': errors,
+      'blank_lines_skipped': counts.get('blank_lines', 0),
+      'model': {'path': config.model.path, 'version': config.model.version,
+                'signature': config.model.signature.name,
+                'tags': list(config.model.tags)},
+      'model_loads': counts.get('model_loads', 0),
+      'input_files': len(config.input_files),
+      'output': config.output,
+      'runner': runner,
+      'wall_time_s': round(wall_time_s, 3),
+      'instances_per_s': round(read / wall_time_s, 1) if wall_time_s > 0 else None,
+  }
+
+
+def write(summary: dict, output_dir: str) -> str:
+  path = f'{output_dir}/summary.json'
+  with FileSystems.create(path, mime_type='application/json') as f:
+    f.write(json.dumps(summary, indent=2).encode('utf-8') + b'\n')
+  return path
+
+
+def table(summary: dict) -> str:
+  model = summary['model']
+  version = f' (version {model["version"]})' if model['version'] is not None else ''
+  rows = [
+      ('instances read', summary['instances_read']),
+      ('predictions', summary['predictions']),
+      ('errors', '{} (parse {parse}, schema {schema}, model {model})'.format(
+          summary['errors'], **summary['errors_by_category'])),
+      ('blank lines skipped', summary['blank_lines_skipped']),
+      ('model', f'{model["path"]}{version}, signature {model["signature"]}'),
+      ('model loads', summary['model_loads']),
+      ('runner', summary['runner']),
+      ('wall time', f'{summary["wall_time_s"]:.1f} s'),
+      ('throughput', f'{summary["instances_per_s"]} instances/s'),
+      ('output', summary['output']),
+  ]
+  width = max(len(name) for name, _ in rows)
+  return '\n'.join(f'{name:<{width}}  {value}' for name, value in rows)

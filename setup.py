@@ -1,0 +1,23 @@
+import setuptools
+
+setuptools.setup(
+    name='tf-batch-predict',
+    version='0.1.0',
+    description='Batch prediction for TensorFlow SavedModels on Apache Beam',
+    packages=setuptools.find_packages(include=['pipeline', 'pipeline.*',
+                                               'transforms', 'transforms.*']),
+    python_requires='>=3.10,<3.13',
+    install_requires=[
+        # Installed and tested together; see README "Dependencies".
+        'apache-beam[gcp]>=2.77.0,<2.78',
+        'tensorflow>=2.21.0,<2.22',
+        'pyarrow>=25.0.0,<26',
+        'google-cloud-storage>=3.17.0,<4',
+        'numpy>=2.0,<3',
+        'orjson>=3.10,<4',
+    ],
+    extras_require={
+        'test': ['pytest>=9,<10', 'gcp-storage-emulator>=2026.7.19'],
+    },
+    entry_points={'console_scripts': ['batch-predict=pipeline.cli:main']},
+)

@@ -1,0 +1,85 @@
+"""Small real SavedModels for the tests, one builder per model kind."""
+import os
+
+import numpy as np
+
+
+def build_keras_dict_model(path: str) -> None:
+  """TF2 Keras 3 `model.export`: inputs `features` float32[3] and `bucket`
+  int64 scalar; dict output `score` [1] and `probs` [2]."""
+  import keras
+  features = keras.Input(shape=(3,), name='features')
+  bucket = keras.Input(shape=(), dtype='int64', name='bucket')
+  bucket_f = keras.layers.Reshape((1,))(keras.ops.cast(bucket, 'float32'))
+  hidden = keras.layers.Concatenate()([features, bucket_f])
+  hidden = keras.layers.Dense(8, activation='relu', kernel_initializer=keras.initializers.GlorotUniform(seed=1))(hidden)
+  score = keras.layers.Dense(1, name='score', kernel_initializer=keras.initializers.GlorotUniform(seed=2))(hidden)
+  probs = keras.layers.Dense(2, activation='softmax', name='probs', kernel_initializer=keras.initializers.GlorotUniform(seed=3))(hidden)
+  model = keras.Model({'features': features, 'bucket': bucket},
+                      {'score': score, 'probs': probs})
+  model.export(path, format='tf_saved_model', verbose=False)
+
+
+def build_tf1_model(path: str) -> None:
+  """TF1 `SavedModelBuilder` with a named, non-default signature
+  `predict_scores`: inputs x float32[2], name string, key int64; outputs
+  y float32 (scalar), name_length int32, key int64 (echoes the key)."""
+  import tensorflow as tf
+  v1 = tf.compat.v1
+  graph = tf.Graph()
+  with graph.as_default():
+    x = v1.placeholder(tf.float32, [None, 2], name='x')
+    name = v1.placeholder(tf.string, [None], name='name')
+    key = v1.placeholder(tf.int64, [None], name='key')
+    w = v1.get_variable('w', initializer=tf.constant([[2.0], [-1.0]]))
+    y = tf.reshape(tf.matmul(x, w), [-1]) + 0.5
+    name_length = tf.strings.length(name)
+    key_out = tf.identity(key)
+    with v1.Session(graph=graph) as sess:
+      sess.run(v1.global_variables_initializer())
+      builder = v1.saved_model.Builder(path)
+      info = v1.saved_model.utils.build_tensor_info
+      signature = v1.saved_model.signature_def_utils.build_signature_def(
+          inputs={'x': info(x), 'name': info(name), 'key': info(key)},
+          outputs={'y': info(y), 'name_length': info(name_length),
+                   'key': info(key_out)},
+          method_name='tensorflow/serving/predict')
+      builder.add_meta_graph_and_variables(
+          sess, ['serve'], signature_def_map={'predict_scores': signature})
+      builder.save()
+
+
+class _RowSums:
+  pass
+
+
+def build_ragged_model(path: str, scale: float = 1.0) -> None:
+  """tf.Module with x float32[?] of any length: outputs `total` (scale * row
+  sum) and `label` (bytes: b'big' or invalid UTF-8). Fails (an assertion in
+  the graph) for instances that contain a negative value."""
+  import tensorflow as tf
+
+  class RowSums(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name='x')])
+    def serve(self, x):
+      check = tf.debugging.assert_greater_equal(x, 0.0, message='negative value')
+      with tf.control_dependencies([check]):
+        total = tf.reduce_sum(x, axis=1) * scale
+      label = tf.where(total > 10.0, tf.constant(b'big'), tf.constant(b'\xff\xfe'))
+      return {'total': total, 'label': label}
+
+  module = RowSums()
+  tf.saved_model.save(module, path, signatures={'serving_default': module.serve})
+
+
+def ragged_reference(x, scale=1.0):
+  total = float(np.sum(np.asarray(x, dtype=np.float32)) * scale)
+  return total
+
+
+def build_versioned_base(base: str) -> None:
+  """TF Serving layout: base/1 (scale 1), base/2 (scale 2), base/10 (scale
+  10) and base/not_a_version; the highest version, 10, must be used."""
+  for version, scale in ((1, 1.0), (2, 2.0), (10, 10.0)):
+    build_ragged_model(os.path.join(base, str(version)), scale)
+  os.makedirs(os.path.join(base, 'not_a_version'))

@@ -1,0 +1,76 @@
+"""The values that flow between the job's steps.
+
+Every step handles a chunk of instances at a time, never one instance per Beam
+element: Beam costs about 15 us per element per step, more than decoding or
+scoring a small instance does.
+"""
+import dataclasses
+from typing import Any, Optional
+
+# Error categories written in error records.
+PARSE = 'parse'    # the line is not JSON
+SCHEMA = 'schema'  # JSON, but not an instance of the signature
+MODEL = 'model'    # the model failed on this instance
+
+
+@dataclasses.dataclass
+class RawChunk:
+  """Non-blank lines read from one or more files (small chunks get merged)."""
+  segments: list  # of (file path, index of the segment's first line)
+  offsets: list  # byte offset of each line's start, in the uncompressed file
+  lines: list  # bytes, without the line break
+  blank_lines: int = 0  # blank lines skipped while reading these lines
+
+  def __len__(self):
+    return len(self.lines)
+
+  def path_of(self, row: int) -> str:
+    path = self.segments[0][0]
+    for segment_path, first_row in self.segments:
+      if first_row > row:
+        break
+      path = segment_path
+    return path
+
+  def merge(self, other: 'RawChunk') -> 'RawChunk':
+    base = len(self.lines)
+    return RawChunk(
+        self.segments + [(p, base + first) for p, first in other.segments],
+        self.offsets + other.offsets, self.lines + other.lines,
+        self.blank_lines + other.blank_lines)
+
+
+@dataclasses.dataclass
+class InstanceError:
+  row: int  # index into the chunk's lines
+  category: str
+  message: str
+
+
+@dataclasses.dataclass
+class FeedGroup:
+  """Rows of a chunk whose inputs have the same shapes, stacked per input."""
+  rows: list
+  feeds: dict  # input name -> numpy array, first dimension len(rows)
+
+
+@dataclasses.dataclass
+class InstanceBatch:
+  """A decoded chunk: what the model is fed, and what rides along to the
+  output (key or location, passthrough fields, the raw line for errors)."""
+  chunk: RawChunk
+  keys: Optional[list]  # per row; None without --key_field
+  passthrough: dict  # field name -> list of values per row
+  groups: list  # of FeedGroup
+  errors: list  # of InstanceError
+
+  def __len__(self):
+    # RunInference counts this as the number of inferences.
+    return sum(len(g.rows) for g in self.groups)
+
+
+@dataclasses.dataclass
+class ScoredBatch:
+  batch: InstanceBatch
+  results: list  # of (rows, {output name: numpy array, first dim len(rows)})
+  errors: list  # of InstanceError: decode and model errors together

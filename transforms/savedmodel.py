@@ -1,0 +1,180 @@
+"""What a SavedModel offers (versions, tag sets, signatures) and how to load one.
+
+Reading the signature needs only the SavedModel proto, so the launcher can
+validate options without loading variables; workers load the whole model with
+`tf.saved_model.load`, which handles TF2 (`tf.saved_model.save`, Keras
+`model.export`) and TF1 (`SavedModelBuilder`) models alike. (Under Keras 3,
+`tf.keras.models.load_model` loads neither, which is also why Beam's stock
+`TFModelHandlerNumpy` loader is not used.)
+
+TensorFlow is imported inside functions only: importing it costs seconds.
+"""
+import dataclasses
+import os
+import re
+from typing import Optional
+
+from apache_beam.io.filesystems import FileSystems
+
+# Signature dtypes this job can feed and return, by TF DataType enum name.
+NUMPY_DTYPES = {
+    'DT_FLOAT': 'float32', 'DT_DOUBLE': 'float64', 'DT_HALF': 'float16',
+    'DT_INT8': 'int8', 'DT_INT16': 'int16', 'DT_INT32': 'int32',
+    'DT_INT64': 'int64', 'DT_UINT8': 'uint8', 'DT_UINT16': 'uint16',
+    'DT_UINT32': 'uint32', 'DT_UINT64': 'uint64', 'DT_BOOL': 'bool',
+    'DT_STRING': 'string',
+}
+
+
+class ModelError(ValueError):
+  """A configuration problem with the model: one line for the user."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+  """One signature input or output.
+
+  `dtype` is a numpy dtype name or 'string'; `shape` excludes the batch
+  dimension, with None for unknown sizes; `shape` is None for unknown rank.
+  """
+  name: str
+  dtype: str
+  shape: Optional[tuple]
+
+  @property
+  def fully_defined(self) -> bool:
+    return self.shape is not None and None not in self.shape
+
+  def describe(self) -> str:
+    dims = '?' if self.shape is None else ','.join(
+        '?' if d is None else str(d) for d in self.shape)
+    return f'{self.name}: {self.dtype}[batch,{dims}]' if dims else (
+        f'{self.name}: {self.dtype}[batch]')
+
+
+@dataclasses.dataclass(frozen=True)
+class SignatureSpec:
+  name: str
+  method: str
+  inputs: tuple  # of TensorSpec, sorted by name
+  outputs: tuple  # of TensorSpec, sorted by name
+
+  def input(self, name: str) -> Optional[TensorSpec]:
+    return next((s for s in self.inputs if s.name == name), None)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRef:
+  """A resolved SavedModel: the directory to load and, for a TF Serving base
+  directory, the version chosen."""
+  path: str
+  version: Optional[int]
+  tags: tuple
+  signature: SignatureSpec
+
+
+def _is_saved_model_dir(path: str) -> bool:
+  return any(
+      FileSystems.exists(FileSystems.join(path, name))
+      for name in ('saved_model.pb', 'saved_model.pbtxt'))
+
+
+def resolve_model_dir(path: str) -> tuple:
+  """Returns (SavedModel directory, version or None).
+
+  A base directory in TF Serving layout (`base/1`, `base/2`, ...) resolves to
+  its highest numeric version that holds a SavedModel, as TF Serving serves by
+  default.
+  """
+  path = path.rstrip('/') or '/'
+  if _is_saved_model_dir(path):
+    return path, None
+  versions = []
+  try:
+    matched = FileSystems.match([FileSystems.join(path, '*', 'saved_model.pb*')])
+    candidates = [m.path for m in matched[0].metadata_list]
+  except Exception:  # a missing directory matches nothing
+    candidates = []
+  for candidate in candidates:
+    version_dir = os.path.basename(os.path.dirname(candidate))
+    if re.fullmatch(r'\d+', version_dir):
+      versions.append(int(version_dir))
+  if versions:
+    version = max(versions)
+    return FileSystems.join(path, str(version)), version
+  if not FileSystems.exists(path):
+    raise ModelError(f'--model: {path} does not exist')
+  raise ModelError(
+      f'--model: {path} is not a SavedModel (no saved_model.pb) and has no '
+      'numeric version subdirectories holding one')
+
+
+def _tensor_spec(name, tensor_info, dtype_names, where) -> TensorSpec:
+  dtype_name = dtype_names[tensor_info.dtype]
+  if dtype_name not in NUMPY_DTYPES:
+    raise ModelError(f'{where} {name!r} has dtype {dtype_name}, which this job '
+                     f'cannot convert from JSON (supported: '
+                     f'{", ".join(sorted(NUMPY_DTYPES))})')
+  if tensor_info.tensor_shape.unknown_rank:
+    shape = None
+  else:
+    dims = [None if d.size < 0 else d.size for d in tensor_info.tensor_shape.dim]
+    shape = tuple(dims[1:])  # dimension 0 is the batch
+  return TensorSpec(name, NUMPY_DTYPES[dtype_name], shape)
+
+
+def read_signature(model_dir: str, tags: tuple, signature_name: str) -> SignatureSpec:
+  """Reads one signature from the SavedModel proto, as `saved_model_cli show`
+  does; unknown tag sets and signatures name the available ones."""
+  from tensorflow.core.framework import types_pb2
+  from tensorflow.core.protobuf import saved_model_pb2
+  from google.protobuf import text_format
+
+  pb_path = FileSystems.join(model_dir, 'saved_model.pb')
+  saved_model = saved_model_pb2.SavedModel()
+  if FileSystems.exists(pb_path):
+    with FileSystems.open(pb_path) as f:
+      saved_model.ParseFromString(f.read())
+  else:
+    with FileSystems.open(FileSystems.join(model_dir, 'saved_model.pbtxt')) as f:
+      text_format.Parse(f.read().decode('utf-8'), saved_model)
+
+  wanted = set(tags)
+  meta_graphs = saved_model.meta_graphs
+  chosen = next((m for m in meta_graphs
+                 if set(m.meta_info_def.tags) == wanted), None)
+  if chosen is None:
+    available = ['"' + ','.join(m.meta_info_def.tags) + '"' for m in meta_graphs]
+    raise ModelError(f'--tag: the SavedModel has no tag set '
+                     f'"{",".join(tags)}"; available: {", ".join(available)}')
+  signatures = chosen.signature_def
+  if signature_name not in signatures:
+    available = sorted(k for k in signatures if not k.startswith('__'))
+    raise ModelError(f'--signature: no signature {signature_name!r}; '
+                     f'available: {", ".join(available) or "none"}')
+  sig = signatures[signature_name]
+  dtype_names = {v: k for k, v in types_pb2.DataType.items()}
+  where = f'signature {signature_name!r}'
+  inputs = tuple(_tensor_spec(k, sig.inputs[k], dtype_names, f'{where} input')
+                 for k in sorted(sig.inputs))
+  outputs = tuple(_tensor_spec(k, sig.outputs[k], dtype_names, f'{where} output')
+                  for k in sorted(sig.outputs))
+  if not inputs:
+    raise ModelError(f'{where} takes no inputs; nothing to feed it')
+  return SignatureSpec(signature_name, sig.method_name, inputs, outputs)
+
+
+def inspect_model(path: str, tags: tuple, signature_name: str) -> ModelRef:
+  model_dir, version = resolve_model_dir(path)
+  return ModelRef(model_dir, version, tuple(tags),
+                  read_signature(model_dir, tuple(tags), signature_name))
+
+
+def load_signature(model: ModelRef):
+  """Loads the model and returns (loaded object, signature function).
+
+  The loaded object must be kept alive as long as the function is used.
+  """
+  import tensorflow as tf
+  loaded = tf.saved_model.load(model.path, tags=list(model.tags))
+  return loaded, loaded.signatures[model.signature.name]
