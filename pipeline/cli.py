@@ -11,8 +11,16 @@ import time
 EXIT_CONFIG_ERROR = 2
 
 
+def _drop_beam_resource_warning(record) -> bool:
+  # Beam's inference module imports `resource` and `torch` in one try block,
+  # so without torch it warns at every model load that `resource` is missing.
+  return not record.getMessage().startswith('Resource module is not available')
+
+
 def _configure_logging():
   logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(_drop_beam_resource_warning)
   for name in ('pipeline', 'transforms'):
     logging.getLogger(name).setLevel(logging.INFO)
   # TensorFlow's C++ start-up chatter is not for batch-job users.

@@ -1,0 +1,30 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+DEMO := build/demo
+
+.PHONY: demo test bench clean
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) launch/make_demo.py $(DEMO)
+	$(VENV)/bin/batch-predict --model $(DEMO)/model --input '$(DEMO)/instances/*.jsonl' \
+	    --output $(DEMO)/output --key_field id --passthrough_fields label
+	@echo
+	@echo "Results are in $(DEMO)/output: predictions-*.jsonl, errors-*.jsonl, summary.json"
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf build
