@@ -65,9 +65,10 @@ def _parser() -> argparse.ArgumentParser:
                            '(else outputs carry filename and offset)')
   parser.add_argument('--passthrough_fields', default=(), type=_csv,
                       help='more instance fields copied to the output')
-  parser.add_argument('--min_batch_size', type=int, default=DEFAULT_MIN_BATCH_SIZE,
+  parser.add_argument('--min_batch_size', type=int, default=None,
                       help='smaller chunks (small files, range ends) are merged '
-                           'up to this many instances before scoring')
+                           'up to this many instances before scoring (default '
+                           f'{DEFAULT_MIN_BATCH_SIZE}, or --max_batch_size if smaller)')
   parser.add_argument('--max_batch_size', type=int, default=DEFAULT_MAX_BATCH_SIZE,
                       help='most instances per model call and per read chunk')
   return parser
@@ -86,6 +87,8 @@ def parse_args(argv) -> JobOptions:
   unknown = unknown_beam_args(rest)
   if unknown:
     raise ConfigError(f'unknown option {unknown[0]} (see batch-predict --help)')
+  if known.min_batch_size is None:
+    known.min_batch_size = min(DEFAULT_MIN_BATCH_SIZE, known.max_batch_size)
   if known.max_batch_size < 1 or known.min_batch_size < 1:
     raise ConfigError('--min_batch_size and --max_batch_size must be at least 1')
   if known.min_batch_size > known.max_batch_size:

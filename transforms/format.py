@@ -83,8 +83,8 @@ class FormatRecords(beam.DoFn):
     chunk = batch.chunk
     lines = []
     for rows, outputs in scored.results:
-      values = [(layout.output_names[name], _row_values(array))
-                for name, array in outputs.items()]
+      values = [(json_name, _row_values(outputs[name]))
+                for name, json_name in layout.output_names.items()]
       for i, row in enumerate(rows):
         record = self._carried(batch, row)
         for json_name, column in values:

@@ -32,14 +32,14 @@ class LoadedSignature:
 
 
 def one_line(error: Exception) -> str:
-  """The informative line of a (possibly multi-line) TensorFlow error."""
-  text = getattr(error, 'message', None) or str(error) or type(error).__name__
-  for line in text.splitlines():
-    line = re.sub(r'\s*\[\[\{\{node .*$|\s*\[Op:.*$', '', line).strip()
-    if line and not line.startswith(('Graph execution error', 'Detected at node',
-                                     'File "', 'Stack trace')):
-      return f'{type(error).__name__}: {line}'
-  return type(error).__name__
+  """The informative line of a (possibly multi-line) TensorFlow error: graph
+  errors put the stack first and the reason last, before the node name."""
+  text = getattr(error, 'message', None) or str(error)
+  lines = [re.sub(r'\s*\[\[\{\{node .*?\}\}\]\]|\s*\[Op:[^\]]*\]', '', line).strip()
+           for line in text.splitlines()]
+  lines = [line for line in lines if line]
+  reason = lines[-1] if lines else ''
+  return f'{type(error).__name__}: {reason}' if reason else type(error).__name__
 
 
 class SavedModelHandler(ModelHandler[InstanceBatch, ScoredBatch, LoadedSignature]):

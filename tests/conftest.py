@@ -1,0 +1,35 @@
+"""Session fixtures: real SavedModels built once per test session."""
+import os
+
+import pytest
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from tests import models  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def model_dir(tmp_path_factory):
+  """Directory holding every test model, built once."""
+  root = tmp_path_factory.mktemp('models')
+  models.build_keras_dict_model(str(root / 'keras'))
+  models.build_tf1_model(str(root / 'tf1'))
+  models.build_ragged_model(str(root / 'ragged'))
+  models.build_versioned_base(str(root / 'versioned'))
+  return root
+
+
+@pytest.fixture(scope='session')
+def signature_of():
+  """Calls a model's signature directly, for reference predictions."""
+  import tensorflow as tf
+  cache = {}
+
+  def call(path, signature='serving_default', tags=('serve',), **inputs):
+    key = (str(path), signature)
+    if key not in cache:
+      loaded = tf.saved_model.load(str(path), tags=list(tags))
+      cache[key] = (loaded, loaded.signatures[signature])
+    outputs = cache[key][1](**inputs)
+    return {k: v.numpy() for k, v in outputs.items()}
+  return call

@@ -1,0 +1,177 @@
+"""The whole job on real SavedModels, real files and Beam's local runner;
+each prediction is checked against the model called directly."""
+import json
+import logging
+import os
+import random
+
+import numpy as np
+import pytest
+
+from tests.helpers import assert_conserved, read_jsonl, run_job, write_lines
+
+
+def test_keras_dict_model_with_key_and_passthrough(model_dir, tmp_path, signature_of):
+  rng = random.Random(1)
+  instances = [{'id': f'k{i}', 'features': [rng.uniform(-1, 1) for _ in range(3)],
+                'bucket': rng.randint(0, 9), 'group': rng.choice(['a', 'b']),
+                'ignored': [1, 2]} for i in range(700)]
+  lines = [json.dumps(x) for x in instances]
+  write_lines(str(tmp_path / 'in' / 'a.jsonl'), lines[:400])
+  write_lines(str(tmp_path / 'in' / 'b.jsonl'), lines[400:])
+  predictions, errors, summary = run_job(
+      str(tmp_path / 'out'), f'--model={model_dir / "keras"}', '--signature=serve',
+      f'--input={tmp_path / "in" / "*.jsonl"}', '--key_field=id',
+      '--passthrough_fields=group', '--max_batch_size=64')
+  assert errors == []
+  assert_conserved(summary, predictions, errors)
+  expected = signature_of(
+      model_dir / 'keras', 'serve',
+      features=np.array([x['features'] for x in instances], np.float32),
+      bucket=np.array([x['bucket'] for x in instances], np.int64))
+  by_id = {p['id']: p for p in predictions}
+  assert sorted(by_id) == sorted(x['id'] for x in instances)
+  for i, x in enumerate(instances):
+    got = by_id[x['id']]
+    assert list(got) == ['id', 'group', 'probs', 'score']
+    assert got['group'] == x['group']
+    np.testing.assert_allclose(got['score'], expected['score'][i], rtol=1e-5)
+    np.testing.assert_allclose(got['probs'], expected['probs'][i], rtol=1e-5)
+  assert summary['model_loads'] == 1
+
+
+def test_tf1_named_signature_strings_and_echoed_key(model_dir, tmp_path, signature_of):
+  instances = [{'key': 1000 + i, 'x': [i, -i / 2], 'name': 'n' * (i % 7)}
+               for i in range(50)]
+  write_lines(str(tmp_path / 'in.jsonl'), [json.dumps(x) for x in instances])
+  predictions, errors, summary = run_job(
+      str(tmp_path / 'out'), f'--model={model_dir / "tf1"}',
+      '--signature=predict_scores', f'--input={tmp_path / "in.jsonl"}',
+      '--key_field=key')
+  assert errors == []
+  assert_conserved(summary, predictions, errors)
+  expected = signature_of(
+      model_dir / 'tf1', 'predict_scores',
+      x=np.array([x['x'] for x in instances], np.float32),
+      name=np.array([x['name'].encode() for x in instances], object),
+      key=np.array([x['key'] for x in instances], np.int64))
+  by_key = {p['key']: p for p in predictions}
+  for i, x in enumerate(instances):
+    got = by_key[x['key']]
+    # The model's own `key` output never replaces the input's key.
+    assert got['key_output'] == x['key'] == int(expected['key'][i])
+    assert got['name_length'] == int(expected['name_length'][i]) == len(x['name'])
+    assert got['y'] == pytest.approx(float(expected['y'][i]), rel=1e-6)
+  assert summary['model']['signature'] == 'predict_scores'
+
+
+def test_versioned_base_uses_highest_version(model_dir, tmp_path):
+  write_lines(str(tmp_path / 'in.jsonl'), ['[1, 2]', '[3]'])
+  predictions, errors, summary = run_job(
+      str(tmp_path / 'out'), f'--model={model_dir / "versioned"}',
+      f'--input={tmp_path / "in.jsonl"}')
+  assert summary['model']['version'] == 10
+  assert summary['model']['path'].endswith('/10')
+  assert sorted(p['total'] for p in predictions) == [30.0, 30.0]
+
+
+def test_location_fields_shapes_model_failures_and_bytes(model_dir, tmp_path):
+  """Without a key: filename + byte offset; instances of different shapes in
+  one chunk; an instance the model fails on is isolated from its batch."""
+  rows = [[1.0] * (i % 4 + 1) for i in range(40)]
+  rows[7] = [1.0, -5.0]  # the model asserts every value is >= 0
+  rows[30] = [-1.0]
+  lines = [json.dumps({'x': r}) if i % 2 else json.dumps(r) for i, r in enumerate(rows)]
+  path = write_lines(str(tmp_path / 'data' / 'sub' / 'in.jsonl'), lines)
+  predictions, errors, summary = run_job(
+      str(tmp_path / 'out'), f'--model={model_dir / "ragged"}',
+      f'--input={tmp_path / "data" / "*" / "*.jsonl"}', '--max_batch_size=16')
+  assert_conserved(summary, predictions, errors)
+  assert summary['errors_by_category'] == {'parse': 0, 'schema': 0, 'model': 2}
+  with open(path, 'rb') as f:
+    content = f.read()
+  for record in predictions + errors:
+    assert record['filename'] == 'sub/in.jsonl'
+    line = content[record['offset']:].split(b'\n', 1)[0]
+    record['line'] = lines.index(line.decode())
+  for p in predictions:
+    assert p['total'] == sum(rows[p['line']])
+    assert p['label'] == ('big' if p['total'] > 10 else {'b64': '//4='})
+  assert sorted(e['line'] for e in errors) == [7, 30]
+  for e in errors:
+    assert e['error']['category'] == 'model'
+    assert 'negative value' in e['error']['message']
+    assert '\n' not in e['error']['message']
+
+
+def test_bad_instances_become_error_records(model_dir, tmp_path):
+  good = [json.dumps({'id': f'g{i}', 'features': [i, i, i], 'bucket': i}) for i in range(30)]
+  bad = {
+      'malformed': '{"id": "m", "features": [1, 2, 3], "bucket": ',
+      'shape': json.dumps({'id': 'shape', 'features': [1, 2], 'bucket': 1}),
+      'dtype': json.dumps({'id': 'dtype', 'features': ['a', 'b', 'c'], 'bucket': 1}),
+      'int': json.dumps({'id': 'int', 'features': [1, 2, 3], 'bucket': 2.5}),
+      'missing': json.dumps({'id': 'missing', 'features': [1, 2, 3]}),
+      'nokey': json.dumps({'features': [1, 2, 3], 'bucket': 1}),
+  }
+  lines = good[:10] + ['', '   '] + list(bad.values()) + ['\t'] + good[10:]
+  write_lines(str(tmp_path / 'in.jsonl'), lines)
+  predictions, errors, summary = run_job(
+      str(tmp_path / 'out'), f'--model={model_dir / "keras"}', '--signature=serve',
+      f'--input={tmp_path / "in.jsonl"}', '--key_field=id')
+  assert_conserved(summary, predictions, errors)
+  assert sorted(p['id'] for p in predictions) == sorted(f'g{i}' for i in range(30))
+  assert summary['blank_lines_skipped'] == 3
+  assert summary['instances_read'] == 36
+  by_raw = {e['raw']: e for e in errors}
+  assert set(by_raw) == set(bad.values())
+  malformed = by_raw[bad['malformed']]
+  assert malformed['error']['category'] == 'parse'
+  assert malformed['filename'] == 'in.jsonl' and 'id' not in malformed
+  with open(tmp_path / 'in.jsonl', 'rb') as f:
+    f.seek(malformed['offset'])
+    assert f.readline().decode().rstrip('\n') == bad['malformed']
+  expect = {'shape': 'expects shape [3]', 'dtype': 'expects float32 numbers',
+            'int': 'expects integers', 'missing': "missing input field 'bucket'",
+            'nokey': "missing key field 'id'"}
+  for name, text in expect.items():
+    record = by_raw[bad[name]]
+    assert record['error']['category'] == 'schema'
+    assert text in record['error']['message']
+    assert record.get('id') == (None if name == 'nokey' else name)
+
+
+def test_rerun_replaces_previous_outputs(model_dir, tmp_path):
+  out = str(tmp_path / 'out')
+  lines = [json.dumps([float(i)]) for i in range(200)]
+  for i in range(4):
+    write_lines(str(tmp_path / 'in' / f'{i}.jsonl'), lines[i * 50:(i + 1) * 50])
+  first, _, _ = run_job(out, f'--model={model_dir / "ragged"}',
+                        f'--input={tmp_path / "in" / "*.jsonl"}',
+                        '--direct_running_mode=multi_threading', '--direct_num_workers=2')
+  # A stale shard from an earlier run with another shard count.
+  write_lines(os.path.join(out, 'predictions-00007-of-00009.jsonl'), ['{"stale": 1}'])
+  second, errors, summary = run_job(out, f'--model={model_dir / "ragged"}',
+                                    f'--input={tmp_path / "in" / "0.jsonl"}')
+  assert len(first) == 200
+  assert len(second) == 50 and not any('stale' in p for p in second)
+  assert_conserved(summary, second, errors)
+
+
+def test_model_loads_once_per_process_over_many_bundles(model_dir, tmp_path, caplog):
+  for i in range(12):
+    write_lines(str(tmp_path / 'in' / f'{i:02d}.jsonl'),
+                [json.dumps([float(i), float(j)]) for j in range(40)])
+  with caplog.at_level(logging.INFO, logger='transforms.score'):
+    predictions, errors, summary = run_job(
+        str(tmp_path / 'out'), f'--model={model_dir / "ragged"}',
+        f'--input={tmp_path / "in" / "*.jsonl"}', '--min_batch_size=1',
+        '--max_batch_size=8', '--direct_running_mode=multi_threading',
+        '--direct_num_workers=2')
+  assert len(predictions) == 480 and errors == []
+  # One output shard per bundle of the scoring stage: several bundles ran.
+  shards = {p for p in os.listdir(tmp_path / 'out') if p.startswith('predictions-')}
+  assert len(shards) >= 2
+  assert summary['model_loads'] == 1
+  loads = [r for r in caplog.records if r.getMessage().startswith('Loaded SavedModel')]
+  assert len(loads) == 1
