@@ -1,0 +1,82 @@
+"""Configuration mistakes fail before any pipeline starts, with one line on
+stderr that says what to fix, and exit status 2."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import cli
+from tests.helpers import write_lines
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def instances(tmp_path):
+  return write_lines(str(tmp_path / 'in.jsonl'), [json.dumps([1.0])])
+
+
+def config_error(capsys, tmp_path, *args):
+  rc = cli.main([*args, f'--output={tmp_path / "out"}'])
+  err = capsys.readouterr().err.strip()
+  assert rc == cli.EXIT_CONFIG_ERROR
+  assert len(err.splitlines()) == 1 and 'Traceback' not in err
+  assert not (tmp_path / 'out' / 'summary.json').exists()
+  return err
+
+
+@pytest.mark.parametrize('model, expected', [
+    ('missing', 'does not exist'),
+    ('empty', 'is not a SavedModel (no saved_model.pb)'),
+])
+def test_bad_model_path(capsys, tmp_path, instances, model, expected):
+  (tmp_path / 'empty').mkdir()
+  err = config_error(capsys, tmp_path, f'--model={tmp_path / model}', f'--input={instances}')
+  assert expected in err
+
+
+def test_unknown_signature_lists_available(capsys, tmp_path, model_dir, instances):
+  err = config_error(capsys, tmp_path, f'--model={model_dir / "tf1"}', '--signature=nope',
+                     f'--input={instances}')
+  assert "no signature 'nope'; available: predict_scores" in err
+
+
+def test_unknown_tag_lists_available(capsys, tmp_path, model_dir, instances):
+  err = config_error(capsys, tmp_path, f'--model={model_dir / "ragged"}', '--tag=serve,gpu',
+                     f'--input={instances}')
+  assert 'no tag set "serve,gpu"; available: "serve"' in err
+
+
+def test_pattern_matching_no_file(capsys, tmp_path, model_dir, instances):
+  err = config_error(capsys, tmp_path, f'--model={model_dir / "ragged"}',
+                     f'--input={instances},{tmp_path / "none" / "*.jsonl"}')
+  assert 'none/*.jsonl matches no file' in err
+
+
+@pytest.mark.parametrize('args, expected', [
+    (['--max_batch_sise=3'], 'unknown option --max_batch_sise'),
+    (['--min_batch_size=9', '--max_batch_size=4'], 'is larger than --max_batch_size'),
+    (['--max_batch_size=0'], 'must be at least 1'),
+    (['--key_field=id', '--passthrough_fields=id'], "'id' is already written"),
+    (['--passthrough_fields=offset'], "'offset' is already written"),
+])
+def test_bad_options(capsys, tmp_path, model_dir, instances, args, expected):
+  err = config_error(capsys, tmp_path, f'--model={model_dir / "ragged"}', f'--input={instances}',
+                     *args)
+  assert expected in err
+
+
+def test_console_script_reports_missing_option_in_one_line(tmp_path):
+  """The real command: no stack trace, status 2, and no TensorFlow import
+  just to print an argument error."""
+  proc = subprocess.run(
+      [sys.executable, '-c',
+       'import sys; from pipeline.cli import main; rc = main(["--model=x"]); '
+       'print("tensorflow" in sys.modules); sys.exit(rc)'],
+      cwd=ROOT, capture_output=True, text=True)
+  assert proc.returncode == 2
+  assert proc.stderr.strip() == ('batch-predict: error: the following arguments '
+                                 'are required: --input, --output')
+  assert proc.stdout.strip() == 'False'
