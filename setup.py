@@ -18,6 +18,9 @@ setuptools.setup(
     ],
     extras_require={
         'test': ['pytest>=9,<10', 'gcp-storage-emulator>=2026.7.19'],
+        # Beam's TF model handler (the benchmark's peer) imports tensorflow_hub,
+        # which still needs pkg_resources.
+        'bench': ['tensorflow-hub>=0.16.1,<0.17', 'setuptools<81'],
     },
     entry_points={'console_scripts': ['batch-predict=pipeline.cli:main']},
 )

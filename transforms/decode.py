@@ -21,6 +21,7 @@ from transforms.records import (FeedGroup, InstanceBatch, InstanceError,
 from transforms.savedmodel import SignatureSpec
 
 METRICS_NAMESPACE = 'batch_predict'
+_PARSE_BLOCKS = 4
 
 
 class InstanceDecoder:
@@ -67,10 +68,12 @@ class InstanceDecoder:
       raise convert.NotFastPath
     fields = dict(carried_types)
     fields.update(self._input_types)
+    # pyarrow parses blocks in parallel; a block must hold the longest line.
+    block_size = max(len(blob) // _PARSE_BLOCKS, max(map(len, lines)) + 2, 1 << 16)
     try:
       table = pajson.read_json(
           io.BytesIO(blob),
-          read_options=pajson.ReadOptions(block_size=max(len(blob) + 1, 1 << 20)),
+          read_options=pajson.ReadOptions(block_size=block_size),
           parse_options=pajson.ParseOptions(
               explicit_schema=pa.schema(list(fields.items())),
               unexpected_field_behavior='ignore'))
