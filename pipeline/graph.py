@@ -19,7 +19,7 @@ def build(p: beam.Pipeline, config: JobConfig) -> None:
   records = (
       p
       | 'InputFiles' >> beam.Create(config.input_files)
-      | 'ReadChunks' >> ReadJsonlChunks(chunk_size=opts.max_batch_size)
+      | 'ReadChunks' >> ReadJsonlChunks()
       | 'MergeSmallChunks' >> beam.ParDo(CoalesceChunks(opts.min_batch_size))
       | 'Decode' >> beam.ParDo(DecodeInstances(decoder))
       | 'Score' >> ScoreBatches(config.model, opts.max_batch_size)

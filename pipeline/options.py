@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
                            'up to this many instances before scoring (default '
                            f'{DEFAULT_MIN_BATCH_SIZE}, or --max_batch_size if smaller)')
   parser.add_argument('--max_batch_size', type=int, default=DEFAULT_MAX_BATCH_SIZE,
-                      help='most instances per model call and per read chunk')
+                      help='most instances per model call')
   return parser
 
 

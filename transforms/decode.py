@@ -21,7 +21,7 @@ from transforms.records import (FeedGroup, InstanceBatch, InstanceError,
 from transforms.savedmodel import SignatureSpec
 
 METRICS_NAMESPACE = 'batch_predict'
-_PARSE_BLOCKS = 4
+_PARSE_BLOCKS = 8
 
 
 class InstanceDecoder:

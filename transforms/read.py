@@ -2,8 +2,9 @@
 
 Beam's `ReadFromText` emits one element per line, and Beam costs about 15 us
 per element per step: more than decoding a small instance. This reader emits
-chunks of up to `chunk_size` lines, each line with its byte offset, so every
-later step pays Beam's cost once per chunk. Matching, splitting files into
+chunks of up to `chunk_lines` lines or `chunk_bytes` bytes, each line with its
+byte offset, so every later step pays Beam's cost once per chunk, and the
+decoder gets enough text per call to parse it on several threads. Matching, splitting files into
 byte ranges, gzip and the reshuffle that spreads ranges over workers are
 Beam's own (`ReadAllFiles`); only the line splitting is ours.
 """
@@ -17,6 +18,8 @@ from transforms.records import RawChunk
 
 _BLOCK_SIZE = 1 << 20
 DESIRED_RANGE_SIZE = 64 << 20
+CHUNK_LINES = 4096
+CHUNK_BYTES = 4 << 20
 
 
 class JsonlChunkSource(filebasedsource.FileBasedSource):
@@ -26,13 +29,15 @@ class JsonlChunkSource(filebasedsource.FileBasedSource):
   line belongs to the range in which it starts. Every line is claimed from
   the range tracker, so dynamic splitting stays exact.
   """
-  def __init__(self, path: str, chunk_size: int):
+  def __init__(self, path: str, chunk_lines: int, chunk_bytes: int):
     super().__init__(path, compression_type=CompressionTypes.AUTO, validate=False)
-    self._chunk_size = chunk_size
+    self._chunk_lines = chunk_lines
+    self._chunk_bytes = chunk_bytes
 
   def read_records(self, file_name, range_tracker):
     start = range_tracker.start_position()
     chunk = RawChunk([(file_name, 0)], [], [])
+    chunk_bytes = 0
     with self.open_file(file_name) as f:
       if start > 0:
         # The line that straddles `start` belongs to the previous range.
@@ -63,22 +68,26 @@ class JsonlChunkSource(filebasedsource.FileBasedSource):
             continue
           chunk.offsets.append(line_start)
           chunk.lines.append(line)
-          if len(chunk.lines) >= self._chunk_size:
+          chunk_bytes += len(line)
+          if len(chunk.lines) >= self._chunk_lines or chunk_bytes >= self._chunk_bytes:
             yield chunk
             chunk = RawChunk([(file_name, 0)], [], [])
+            chunk_bytes = 0
     if chunk.lines or chunk.blank_lines:
       yield chunk
 
 
-def _chunk_source(chunk_size, path):
-  return JsonlChunkSource(path, chunk_size)
+def _chunk_source(chunk_lines, chunk_bytes, path):
+  return JsonlChunkSource(path, chunk_lines, chunk_bytes)
 
 
 class ReadJsonlChunks(beam.PTransform):
-  """FileMetadata of JSONL files -> RawChunks of up to `chunk_size` lines."""
-  def __init__(self, chunk_size: int, desired_range_size: int = DESIRED_RANGE_SIZE):
+  """FileMetadata of JSONL files -> RawChunks."""
+  def __init__(self, chunk_lines: int = CHUNK_LINES, chunk_bytes: int = CHUNK_BYTES,
+               desired_range_size: int = DESIRED_RANGE_SIZE):
     super().__init__()
-    self._chunk_size = chunk_size
+    self._chunk_lines = chunk_lines
+    self._chunk_bytes = chunk_bytes
     self._desired_range_size = desired_range_size
 
   def expand(self, files):
@@ -87,4 +96,5 @@ class ReadJsonlChunks(beam.PTransform):
         compression_type=CompressionTypes.AUTO,
         desired_bundle_size=self._desired_range_size,
         min_bundle_size=0,
-        source_from_file=functools.partial(_chunk_source, self._chunk_size))
+        source_from_file=functools.partial(
+            _chunk_source, self._chunk_lines, self._chunk_bytes))
