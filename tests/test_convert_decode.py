@@ -118,7 +118,9 @@ def test_bare_values_and_mixed_shapes_for_a_single_input():
   # A bare b64 value for a single string input.
   strings = SignatureSpec('s', 'm', (TensorSpec('img', 'string', ()),), ())
   batch = InstanceDecoder(strings).decode(chunk(['{"b64": "AAE="}', '"plain"']))
-  assert [g.feeds['img'][0] for g in batch.groups] == [b'\x00\x01', b'plain']
+  assert batch.errors == []
+  feeds = rows_and_feeds(batch)
+  assert [feeds[0]['img'], feeds[1]['img']] == [b'\x00\x01', b'plain']
 
 
 def test_bare_value_for_multi_input_signature_is_a_schema_error():

@@ -23,12 +23,14 @@ _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 def output_names(outputs, carried) -> dict:
   """Output name -> name in the record. A carried field (key, location,
   passthrough) keeps its name; an output that would replace it is written
-  as `<name>_output` (then `<name>_output_2`, ...)."""
-  taken = set(carried)
+  as `<name>_output` (or `<name>_output_2`, ... if the model also has an
+  output of that name, which keeps its own)."""
+  outputs = list(outputs)
+  taken = set(carried) | {name for name in outputs if name not in carried}
   names = {}
   for name in outputs:
     json_name, n = name, 1
-    while json_name in taken:
+    while name in carried and json_name in taken:
       json_name = f'{name}_output' if n == 1 else f'{name}_output_{n}'
       n += 1
     taken.add(json_name)
