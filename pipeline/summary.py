@@ -5,7 +5,8 @@ import json
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
-NAMESPACE = 'batch_predict'
+from transforms.records import METRICS_NAMESPACE
+
 ERROR_CATEGORIES = ('parse', 'schema', 'model')
 
 
@@ -13,7 +14,7 @@ def counters(result) -> dict:
   """Counter name -> value, summed over steps; committed values where the
   runner reports them, else attempted."""
   totals = {}
-  query = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
+  query = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
   for metric in query['counters']:
     value = metric.committed if metric.committed is not None else metric.attempted
     totals[metric.key.metric.name] = totals.get(metric.key.metric.name, 0) + (value or 0)

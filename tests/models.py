@@ -1,8 +1,6 @@
 """Small real SavedModels for the tests, one builder per model kind."""
 import os
 
-import numpy as np
-
 
 def build_keras_dict_model(path: str) -> None:
   """TF2 Keras 3 `model.export`: inputs `features` float32[3] and `bucket`
@@ -49,10 +47,6 @@ def build_tf1_model(path: str) -> None:
       builder.save()
 
 
-class _RowSums:
-  pass
-
-
 def build_ragged_model(path: str, scale: float = 1.0) -> None:
   """tf.Module with x float32[?] of any length: outputs `total` (scale * row
   sum) and `label` (bytes: b'big' or invalid UTF-8). Fails (an assertion in
@@ -70,11 +64,6 @@ def build_ragged_model(path: str, scale: float = 1.0) -> None:
 
   module = RowSums()
   tf.saved_model.save(module, path, signatures={'serving_default': module.serve})
-
-
-def ragged_reference(x, scale=1.0):
-  total = float(np.sum(np.asarray(x, dtype=np.float32)) * scale)
-  return total
 
 
 def build_versioned_base(base: str) -> None:

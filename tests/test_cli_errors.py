@@ -80,3 +80,10 @@ def test_console_script_reports_missing_option_in_one_line(tmp_path):
   assert proc.stderr.strip() == ('batch-predict: error: the following arguments '
                                  'are required: --input, --output')
   assert proc.stdout.strip() == 'False'
+
+
+def test_corrupt_saved_model_proto(capsys, tmp_path, instances):
+  (tmp_path / 'bad').mkdir()
+  (tmp_path / 'bad' / 'saved_model.pb').write_bytes(b'\xff\xff\xff not a proto')
+  err = config_error(capsys, tmp_path, f'--model={tmp_path / "bad"}', f'--input={instances}')
+  assert 'is not a readable SavedModel proto' in err

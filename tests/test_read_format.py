@@ -86,3 +86,16 @@ def test_format_records_predictions_and_errors():
   assert error['filename'] == 'a.jsonl' and error['offset'] == 20 and 'key' not in error
   assert error['error'] == {'category': 'parse', 'message': 'bad'}
   assert len(error['raw']) == 8192 and error['raw_truncated_from_bytes'] == 9000
+
+
+def test_small_chunks_are_merged_up_to_min_batch_size():
+  from transforms.coalesce import CoalesceChunks
+  fn = CoalesceChunks(min_lines=4)
+  fn.start_bundle()
+  small = [RawChunk([(f'f{i}', 0)], [0, 9], [b'a', b'b']) for i in range(3)]
+  big = RawChunk([('big', 0)], list(range(5)), [b'x'] * 5)
+  out = [c for chunk in small[:2] + [big] + small[2:] for c in fn.process(chunk)]
+  rest = list(fn.finish_bundle())
+  assert [len(c) for c in out] == [4, 5]
+  assert [out[0].path_of(i) for i in range(4)] == ['f0', 'f0', 'f1', 'f1']
+  assert len(rest) == 1 and rest[0].value.segments == [('f2', 0)]

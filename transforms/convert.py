@@ -70,16 +70,16 @@ def _to_bytes(value, name):
 
 def _string_array(value, name) -> np.ndarray:
   """Nested lists of str / {"b64": ...} -> object array of bytes."""
-  def nest(v, depth):
+  def nest(v):
     if isinstance(v, list):
-      items = [nest(x, depth + 1) for x in v]
+      items = [nest(x) for x in v]
       shapes = {s for _, s in items}
       if len(shapes) > 1:
         raise SchemaError(f'input {name!r}: nested lists of different lengths')
       inner = shapes.pop() if shapes else ()
       return [x for x, _ in items], (len(v),) + inner
     return _to_bytes(v, name), ()
-  nested, shape = nest(value, 0)
+  nested, shape = nest(value)
   arr = np.empty(shape, dtype=object)
   if shape:
     flat = nested

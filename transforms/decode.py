@@ -17,10 +17,9 @@ from apache_beam.metrics import Metrics
 
 from transforms import convert
 from transforms.records import (FeedGroup, InstanceBatch, InstanceError,
-                                PARSE, RawChunk, SCHEMA)
+                                METRICS_NAMESPACE, PARSE, RawChunk, SCHEMA)
 from transforms.savedmodel import SignatureSpec
 
-METRICS_NAMESPACE = 'batch_predict'
 _PARSE_BLOCKS = 8
 
 

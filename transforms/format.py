@@ -10,9 +10,8 @@ import numpy as np
 import orjson
 from apache_beam.metrics import Metrics
 
-from transforms.records import ScoredBatch
+from transforms.records import METRICS_NAMESPACE, ScoredBatch
 
-METRICS_NAMESPACE = 'batch_predict'
 ERRORS_TAG = 'errors'
 MAX_RAW_BYTES = 8192
 LOCATION_FIELDS = ('filename', 'offset')

@@ -7,6 +7,9 @@ scoring a small instance does.
 import dataclasses
 from typing import Any, Optional
 
+# Namespace of the job's Beam metrics (counters read into the summary).
+METRICS_NAMESPACE = 'batch_predict'
+
 # Error categories written in error records.
 PARSE = 'parse'    # the line is not JSON
 SCHEMA = 'schema'  # JSON, but not an instance of the signature

@@ -126,18 +126,22 @@ def _tensor_spec(name, tensor_info, dtype_names, where) -> TensorSpec:
 def read_signature(model_dir: str, tags: tuple, signature_name: str) -> SignatureSpec:
   """Reads one signature from the SavedModel proto, as `saved_model_cli show`
   does; unknown tag sets and signatures name the available ones."""
+  from google.protobuf import message, text_format
   from tensorflow.core.framework import types_pb2
   from tensorflow.core.protobuf import saved_model_pb2
-  from google.protobuf import text_format
 
   pb_path = FileSystems.join(model_dir, 'saved_model.pb')
   saved_model = saved_model_pb2.SavedModel()
-  if FileSystems.exists(pb_path):
-    with FileSystems.open(pb_path) as f:
-      saved_model.ParseFromString(f.read())
-  else:
-    with FileSystems.open(FileSystems.join(model_dir, 'saved_model.pbtxt')) as f:
-      text_format.Parse(f.read().decode('utf-8'), saved_model)
+  try:
+    if FileSystems.exists(pb_path):
+      with FileSystems.open(pb_path) as f:
+        saved_model.ParseFromString(f.read())
+    else:
+      pb_path = FileSystems.join(model_dir, 'saved_model.pbtxt')
+      with FileSystems.open(pb_path) as f:
+        text_format.Parse(f.read().decode('utf-8'), saved_model)
+  except (message.DecodeError, text_format.ParseError, UnicodeDecodeError):
+    raise ModelError(f'--model: {pb_path} is not a readable SavedModel proto') from None
 
   wanted = set(tags)
   meta_graphs = saved_model.meta_graphs

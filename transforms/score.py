@@ -16,10 +16,10 @@ import time
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
-from transforms.records import InstanceBatch, InstanceError, MODEL, ScoredBatch
+from transforms.records import (InstanceBatch, InstanceError, METRICS_NAMESPACE,
+                                MODEL, ScoredBatch)
 from transforms.savedmodel import ModelRef, load_signature
 
-METRICS_NAMESPACE = 'batch_predict'
 _LOG = logging.getLogger(__name__)
 
 
