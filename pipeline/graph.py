@@ -6,6 +6,7 @@ from transforms.coalesce import CoalesceChunks
 from transforms.decode import DecodeInstances, InstanceDecoder
 from transforms.format import ERRORS_TAG, FormatRecords, OutputLayout
 from transforms.read import ReadJsonlChunks
+from transforms.records import InstanceBatch, RawChunk, ScoredBatch
 from transforms.score import ScoreBatches
 from transforms.write import WriteJsonlShards
 
@@ -19,10 +20,12 @@ def build(p: beam.Pipeline, config: JobConfig) -> None:
   records = (
       p
       | 'InputFiles' >> beam.Create(config.input_files)
-      | 'ReadChunks' >> ReadJsonlChunks()
+      | 'ReadChunks' >> ReadJsonlChunks().with_output_types(RawChunk)
       | 'MergeSmallChunks' >> beam.ParDo(CoalesceChunks(opts.min_batch_size))
-      | 'Decode' >> beam.ParDo(DecodeInstances(decoder))
+          .with_output_types(RawChunk)
+      | 'Decode' >> beam.ParDo(DecodeInstances(decoder)).with_output_types(InstanceBatch)
       | 'Score' >> ScoreBatches(config.model, opts.max_batch_size)
+          .with_output_types(ScoredBatch)
       | 'Format' >> beam.ParDo(FormatRecords(layout)).with_outputs(
           ERRORS_TAG, main='predictions'))
   _ = records.predictions | 'WritePredictions' >> WriteJsonlShards(
