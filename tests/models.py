@@ -21,7 +21,8 @@ def build_keras_dict_model(path: str) -> None:
 def build_tf1_model(path: str) -> None:
   """TF1 `SavedModelBuilder` with a named, non-default signature
   `predict_scores`: inputs x float32[2], name string, key int64; outputs
-  y float32 (scalar), name_length int32, key int64 (echoes the key)."""
+  y float32 (scalar), name_length int32, key int64 (echoes the key). The same
+  signature is also under tag set {serve, batch} as `batch_scores`."""
   import tensorflow as tf
   v1 = tf.compat.v1
   graph = tf.Graph()
@@ -44,6 +45,9 @@ def build_tf1_model(path: str) -> None:
           method_name='tensorflow/serving/predict')
       builder.add_meta_graph_and_variables(
           sess, ['serve'], signature_def_map={'predict_scores': signature})
+      # A second MetaGraph, chosen with --tag=serve,batch.
+      builder.add_meta_graph(['serve', 'batch'],
+                             signature_def_map={'batch_scores': signature})
       builder.save()
 
 

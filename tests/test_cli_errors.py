@@ -44,9 +44,9 @@ def test_unknown_signature_lists_available(capsys, tmp_path, model_dir, instance
 
 
 def test_unknown_tag_lists_available(capsys, tmp_path, model_dir, instances):
-  err = config_error(capsys, tmp_path, f'--model={model_dir / "ragged"}', '--tag=serve,gpu',
+  err = config_error(capsys, tmp_path, f'--model={model_dir / "tf1"}', '--tag=serve,gpu',
                      f'--input={instances}')
-  assert 'no tag set "serve,gpu"; available: "serve"' in err
+  assert 'no tag set "serve,gpu"; available: "serve", "serve,batch"' in err
 
 
 def test_pattern_matching_no_file(capsys, tmp_path, model_dir, instances):

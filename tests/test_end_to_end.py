@@ -65,6 +65,15 @@ def test_tf1_named_signature_strings_and_echoed_key(model_dir, tmp_path, signatu
   assert summary['model']['signature'] == 'predict_scores'
 
 
+def test_tag_set_chosen_by_option(model_dir, tmp_path):
+  write_lines(str(tmp_path / 'in.jsonl'), [json.dumps({'key': 7, 'x': [1, 1], 'name': 'abc'})])
+  predictions, errors, summary = run_job(
+      str(tmp_path / 'out'), f'--model={model_dir / "tf1"}', '--tag=batch,serve',
+      '--signature=batch_scores', f'--input={tmp_path / "in.jsonl"}', '--key_field=key')
+  assert errors == [] and summary['model']['tags'] == ['batch', 'serve']
+  assert predictions == [{'key': 7, 'key_output': 7, 'name_length': 3, 'y': 1.5}]
+
+
 def test_versioned_base_uses_highest_version(model_dir, tmp_path):
   write_lines(str(tmp_path / 'in.jsonl'), ['[1, 2]', '[3]'])
   predictions, errors, summary = run_job(
