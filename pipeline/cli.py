@@ -31,7 +31,8 @@ def clear_previous_outputs(output_dir: str) -> None:
   """A re-run replaces the previous run's files, whatever its shard count."""
   from apache_beam.io.filesystems import FileSystems
   patterns = [f'{output_dir}/{name}' for name in (
-      'predictions-*-of-*.jsonl', 'errors-*-of-*.jsonl', 'summary.json')]
+      'predictions-*-of-*.jsonl', 'predictions-*-of-*.parquet',
+      'predictions-*-of-*.tfrecord', 'errors-*-of-*.jsonl', 'summary.json')]
   stale = [m.path for result in FileSystems.match(patterns)
            for m in result.metadata_list]
   if stale:

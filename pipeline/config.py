@@ -7,7 +7,9 @@ import re
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.options import ConfigError, JobOptions
-from transforms.format import LOCATION_FIELDS, output_names
+from transforms.format import LOCATION_FIELDS, OutputLayout, output_names
+from transforms.read import detect_format
+from transforms.records import POSITION_FIELDS
 from transforms.savedmodel import ModelError, ModelRef, inspect_model
 
 
@@ -16,8 +18,9 @@ class JobConfig:
   options: JobOptions
   model: ModelRef
   input_files: tuple  # FileMetadata, each file once
+  files_by_format: dict  # input format -> list of FileMetadata
   input_bases: tuple  # directory of each pattern, ending in '/'
-  output_names: dict  # signature output -> record field
+  layout: OutputLayout
 
   @property
   def output(self) -> str:
@@ -50,9 +53,21 @@ def match_inputs(patterns) -> tuple:
   return tuple(files)
 
 
+def group_by_format(files, requested: str) -> dict:
+  groups = {}
+  for metadata in files:
+    kind = requested if requested != 'auto' else detect_format(metadata.path)
+    if kind is None:
+      raise ConfigError(f'--input: cannot tell the format of {metadata.path} from '
+                        'its extension; give --format')
+    groups.setdefault(kind, []).append(metadata)
+  return groups
+
+
 def resolve(options: JobOptions) -> JobConfig:
   patterns = tuple(_absolute(p) for p in options.inputs)
   files = match_inputs(patterns)
+  files_by_format = group_by_format(files, options.input_format)
   try:
     model = inspect_model(_absolute(options.model), options.tags, options.signature)
   except ModelError as e:
@@ -64,8 +79,19 @@ def resolve(options: JobOptions) -> JobConfig:
                       'written as the key or location field')
   carried += list(options.passthrough_fields)
   outputs = [s.name for s in model.signature.outputs]
+  unknown = [f for f in options.output_fields if f not in outputs]
+  if unknown:
+    raise ConfigError(f'--output_fields: the signature has no output {unknown[0]!r}; '
+                      f'outputs: {", ".join(outputs)}')
+  kept = [s for s in model.signature.outputs
+          if not options.output_fields or s.name in options.output_fields]
+  layout = OutputLayout(
+      key_field=options.key_field, passthrough_fields=options.passthrough_fields,
+      output_names=output_names([s.name for s in kept], carried),
+      input_bases=tuple(pattern_base(p) for p in patterns),
+      output_format=options.output_format, output_specs=tuple(kept),
+      position_fields=tuple(sorted({POSITION_FIELDS[k] for k in files_by_format})))
   return JobConfig(
       options=dataclasses.replace(options, output=_absolute(options.output)),
-      model=model, input_files=files,
-      input_bases=tuple(pattern_base(p) for p in patterns),
-      output_names=output_names(outputs, carried))
+      model=model, input_files=files, files_by_format=files_by_format,
+      input_bases=layout.input_bases, layout=layout)

@@ -31,6 +31,9 @@ class JobOptions:
   passthrough_fields: tuple
   min_batch_size: int
   max_batch_size: int
+  input_format: str  # 'auto' or one of transforms.read.FORMATS
+  output_format: str
+  output_fields: tuple  # signature outputs to keep; () keeps all
   beam_args: tuple  # Beam pipeline options, as given
   runner: str  # overrides --runner in beam_args
 
@@ -57,6 +60,15 @@ def _parser() -> argparse.ArgumentParser:
                       help='file pattern(s) of JSONL instances, comma-separated')
   parser.add_argument('--output', required=True,
                       help='directory for predictions, errors and summary.json')
+  parser.add_argument('--format', dest='input_format', default='auto',
+                      choices=('auto', 'jsonl', 'json', 'tfrecord', 'csv', 'parquet'),
+                      help='input format; auto decides per file by extension '
+                           '(.jsonl .json .tfrecord(s) .csv .parquet, any of them .gz)')
+  parser.add_argument('--output_format', default='jsonl',
+                      choices=('jsonl', 'parquet', 'tfrecord'),
+                      help='format of the prediction files (errors are always JSONL)')
+  parser.add_argument('--output_fields', default=(), type=_csv,
+                      help='signature outputs to write, comma-separated (default: all)')
   parser.add_argument('--signature', default='serving_default')
   parser.add_argument('--tag', dest='tags', default=('serve',), type=_csv,
                       help='tag set of the MetaGraph to load, comma-separated')
@@ -106,4 +118,6 @@ def parse_args(argv) -> JobOptions:
       signature=known.signature, tags=known.tags, key_field=known.key_field,
       passthrough_fields=known.passthrough_fields,
       min_batch_size=known.min_batch_size, max_batch_size=known.max_batch_size,
+      input_format=known.input_format, output_format=known.output_format,
+      output_fields=known.output_fields,
       beam_args=tuple(rest), runner=runner)

@@ -76,3 +76,43 @@ def build_versioned_base(base: str) -> None:
   for version, scale in ((1, 1.0), (2, 2.0), (10, 10.0)):
     build_ragged_model(os.path.join(base, str(version)), scale)
   os.makedirs(os.path.join(base, 'not_a_version'))
+
+
+def build_estimator_style_model(path: str) -> None:
+  """TF1 graph in the shape of an Estimator export: one DT_STRING input of
+  serialized tf.Examples parsed in the graph (features age float[1], thal
+  bytes[1], count int64 scalar default 0), with predict
+  (`serving_default`: output `score`), classify (`classification`: classes,
+  scores) and regress (`regression`: outputs) signatures.
+  score = 0.1 * age + count + (thal == "fixed")."""
+  import tensorflow as tf
+  v1 = tf.compat.v1
+  graph = tf.Graph()
+  with graph.as_default():
+    serialized = v1.placeholder(tf.string, [None], name='input_example_tensor')
+    features = v1.io.parse_example(serialized, {
+        'age': v1.io.FixedLenFeature([1], tf.float32),
+        'thal': v1.io.FixedLenFeature([1], tf.string),
+        'count': v1.io.FixedLenFeature([], tf.int64, default_value=0)})
+    score = (0.1 * tf.reshape(features['age'], [-1])
+             + tf.cast(features['count'], tf.float32)
+             + tf.cast(tf.equal(tf.reshape(features['thal'], [-1]), 'fixed'), tf.float32))
+    scores = tf.stack([1.0 - tf.sigmoid(score), tf.sigmoid(score)], axis=1)
+    classes = tf.tile(tf.constant([['no', 'yes']]), [tf.shape(score)[0], 1])
+    with v1.Session(graph=graph) as sess:
+      builder = v1.saved_model.Builder(path)
+      info = v1.saved_model.utils.build_tensor_info
+      sig = v1.saved_model.signature_def_utils.build_signature_def
+      builder.add_meta_graph_and_variables(sess, ['serve'], signature_def_map={
+          'serving_default': sig({'examples': info(serialized)}, {'score': info(score)},
+                                 'tensorflow/serving/predict'),
+          'classification': sig({'inputs': info(serialized)},
+                                {'classes': info(classes), 'scores': info(scores)},
+                                'tensorflow/serving/classify'),
+          'regression': sig({'inputs': info(serialized)}, {'outputs': info(score)},
+                            'tensorflow/serving/regress')})
+      builder.save()
+
+
+def estimator_reference(age, thal, count=0):
+  return 0.1 * age + count + (1.0 if thal == 'fixed' else 0.0)

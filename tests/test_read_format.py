@@ -7,12 +7,12 @@ from apache_beam.io.range_trackers import OffsetRangeTracker
 from apache_beam.io.restriction_trackers import OffsetRange
 
 from transforms.format import FormatRecords, OutputLayout, output_names, relative_name
-from transforms.read import JsonlChunkSource
+from transforms.read_lines import LineChunkSource
 from transforms.records import FeedGroup, InstanceBatch, InstanceError, RawChunk, ScoredBatch
 
 
 def read_all(path, ranges, chunk_size=3):
-  source = JsonlChunkSource(path, chunk_size, 1 << 20)
+  source = LineChunkSource(path, "jsonl", chunk_size, 1 << 20)
   chunks = []
   for start, stop in ranges:
     chunks.extend(source.read_records(path, OffsetRangeTracker(start, stop)))
@@ -27,7 +27,7 @@ def test_every_line_read_once_whatever_the_ranges(tmp_path, range_size):
     f.write(content)
   ranges = [(r.start, r.stop) for r in OffsetRange(0, len(content)).split(range_size, 0)]
   chunks = read_all(path, ranges)
-  lines = [(o, l) for c in chunks for o, l in zip(c.offsets, c.lines)]
+  lines = [(o, l) for c in chunks for o, l in zip(c.positions, c.records)]
   assert lines == [(0, b'{"a": 1}'), (10, b'{"b": 22}'), (24, b'{"c": 333}'),
                    (35, b'{"d": 4444}')]
   assert sum(c.blank_lines for c in chunks) == 2
@@ -39,7 +39,7 @@ def test_gzip_offsets_are_in_the_uncompressed_content(tmp_path):
   with gzip.open(path, 'wb') as f:
     f.write(b'[1]\n[22]\n[333]\n')
   chunks = read_all(path, [(0, OffsetRangeTracker.OFFSET_INFINITY)], chunk_size=10)
-  assert [(c.offsets, c.lines) for c in chunks] == [([0, 4, 9], [b'[1]', b'[22]', b'[333]'])]
+  assert [(c.positions, c.records) for c in chunks] == [([0, 4, 9], [b'[1]', b'[22]', b'[333]'])]
 
 
 def test_merged_chunks_keep_each_line_file():
@@ -47,7 +47,7 @@ def test_merged_chunks_keep_each_line_file():
   b = RawChunk([('b', 0)], [0], [b'3'], blank_lines=2)
   merged = a.merge(b).merge(RawChunk([('c', 0)], [9], [b'4']))
   assert [merged.path_of(i) for i in range(4)] == ['a', 'a', 'b', 'c']
-  assert merged.offsets == [0, 5, 0, 9] and merged.blank_lines == 2
+  assert merged.positions == [0, 5, 0, 9] and merged.blank_lines == 2
 
 
 def test_output_names_never_replace_carried_fields():

@@ -1,5 +1,5 @@
-"""Merge small chunks of lines (small files, range tails) into batches of at
-least `min_batch_size` lines, so the model is not called with tiny batches
+"""Merge small chunks (small files, range tails) into batches of at least
+`min_batch_size` instances, so the model is not called with tiny batches
 when the input is many small files.
 
 Beam's `BatchElements` batches elements, not lines, and adapts sizes by
@@ -24,7 +24,13 @@ class CoalesceChunks(beam.DoFn):
     if len(chunk) >= self._min_lines:
       yield chunk
       return
-    self._pending = chunk if self._pending is None else self._pending.merge(chunk)
+    if self._pending is None:
+      self._pending = chunk
+    elif self._pending.can_merge(chunk):
+      self._pending = self._pending.merge(chunk)
+    else:  # another input kind or CSV header: score what we have
+      yield self._pending
+      self._pending = chunk
     if len(self._pending) >= self._min_lines:
       yield self._pending
       self._pending = None

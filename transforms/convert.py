@@ -59,6 +59,8 @@ def _check_shape(arr: np.ndarray, spec: TensorSpec):
 def _to_bytes(value, name):
   if isinstance(value, str):
     return value.encode('utf-8')
+  if isinstance(value, bytes):
+    return value
   if isinstance(value, dict) and set(value) == {'b64'} and isinstance(value['b64'], str):
     try:
       return base64.b64decode(value['b64'], validate=True)
@@ -101,6 +103,12 @@ def convert_value(value, spec: TensorSpec) -> np.ndarray:
   shape (without the batch dimension). Raises SchemaError."""
   if value is None:
     raise SchemaError(f'input {spec.name!r} is null')
+  # "Each feature a one-element list" ({"age": [60]}) fits a scalar input,
+  # and a scalar fits an input of shape [1].
+  if spec.shape == () and isinstance(value, list) and len(value) == 1:
+    value = value[0]
+  elif spec.shape == (1,) and not isinstance(value, list):
+    value = [value]
   if spec.dtype == 'string':
     arr = _string_array(value, spec.name)
     _check_shape(arr, spec)
@@ -177,3 +185,55 @@ def python_to_arrow_type(value) -> Optional[pa.DataType]:
   if isinstance(value, str):
     return pa.string()
   return None
+
+
+def convert_text_value(text: str, spec: TensorSpec) -> np.ndarray:
+  """A CSV cell: a number or string for scalar inputs, a JSON list for
+  inputs with dimensions."""
+  if text == '':
+    raise SchemaError(f'input {spec.name!r} is empty')
+  if spec.dtype != 'string' and text.lstrip()[:1] == '[':
+    try:
+      return convert_value(json.loads(text), spec)
+    except ValueError as e:
+      if isinstance(e, SchemaError):
+        raise
+      raise SchemaError(f'input {spec.name!r}: invalid JSON list {_short(text)}') from None
+  if spec.dtype == 'string':
+    return convert_value(text, spec)
+  if spec.dtype == 'bool':
+    lowered = text.strip().lower()
+    if lowered not in ('true', 'false', '1', '0'):
+      raise SchemaError(f'input {spec.name!r} expects true or false, got {_short(text)}')
+    return convert_value(lowered in ('true', '1'), spec)
+  try:
+    number = int(text) if np.dtype(spec.dtype).kind in 'iu' else float(text)
+  except ValueError:
+    try:
+      number = float(text)  # "3.0" for an integer input: convert_value judges it
+    except ValueError:
+      raise SchemaError(f'input {spec.name!r} expects {spec.dtype} numbers, '
+                        f'got {_short(text)}') from None
+  return convert_value(number, spec)
+
+
+def convert_feature_values(values: list, spec: TensorSpec) -> np.ndarray:
+  """A tf.Example feature's flat value list, reshaped to the input's shape."""
+  shape = spec.shape
+  if shape == ():
+    if len(values) != 1:
+      raise SchemaError(f'input {spec.name!r} expects one value, the feature has '
+                        f'{len(values)}')
+    return convert_value(values[0], spec)
+  if shape is None or len(shape) == 1:
+    return convert_value(list(values), spec)
+  unknown = [i for i, d in enumerate(shape) if d is None]
+  known = int(np.prod([d for d in shape if d is not None]))
+  if len(unknown) > 1 or (known and len(values) % known) or (
+      not unknown and len(values) != known):
+    raise SchemaError(f'input {spec.name!r} expects shape {_shape_text(shape)}, the '
+                      f'feature has {len(values)} values')
+  dims = [d if d is not None else len(values) // max(known, 1) for d in shape]
+  nested = np.empty(len(values), dtype=object)
+  nested[:] = list(values)
+  return convert_value(nested.reshape(dims).tolist(), spec)

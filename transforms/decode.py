@@ -1,10 +1,16 @@
-"""Decode a chunk of JSON lines into the arrays a signature takes.
+"""Decode chunks of instances into the arrays a signature takes.
 
-A whole chunk goes through pyarrow's JSON reader when every line is a plain
-instance; any anomaly (bad JSON, a missing field, a wrong type or shape) sends
-the chunk through the per-instance path, which turns each bad instance into
-an error record with a precise reason and still decodes the good ones.
+JSONL chunks and Parquet batches are converted a whole chunk at a time
+(pyarrow, in C++) when every instance is plain; any anomaly (bad JSON, a
+missing field, a wrong type or shape) sends the chunk through the
+per-instance path, which turns each bad instance into an error record with a
+precise reason and still decodes the good ones. JSON request files, CSV rows
+and TFRecord Examples go through the per-instance path.
+
+Signatures that take serialized tf.Examples are fed TFRecord records as they
+are, and Examples built from the fields of any other input.
 """
+import csv
 import io
 from typing import Optional
 
@@ -12,22 +18,25 @@ import apache_beam as beam
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.json as pajson
 from apache_beam.metrics import Metrics
 
-from transforms import convert
-from transforms.records import (FeedGroup, InstanceBatch, InstanceError,
-                                METRICS_NAMESPACE, PARSE, RawChunk, SCHEMA)
+from transforms import convert, examples
+from transforms.records import (CSV, FeedGroup, InstanceBatch, InstanceError, JSON,
+                                JSONL, METRICS_NAMESPACE, PARQUET, PARSE, RawChunk,
+                                SCHEMA, TFRECORD)
 from transforms.savedmodel import SignatureSpec
 
 _PARSE_BLOCKS = 8
+_CONVERTERS = {CSV: convert.convert_text_value, TFRECORD: convert.convert_feature_values}
 
 
 class InstanceDecoder:
   """Turns RawChunks into InstanceBatches for one signature.
 
-  An instance is a JSON object whose fields name the inputs; for a
-  single-input signature it may also be the bare value. `key_field` and
+  An instance is an object whose fields name the inputs; for a single-input
+  signature it may also be the bare value. `key_field` and
   `passthrough_fields` are carried to the output; other fields are ignored.
   """
   def __init__(self, signature: SignatureSpec, key_field: Optional[str] = None,
@@ -38,23 +47,29 @@ class InstanceDecoder:
     self._passthrough = tuple(passthrough_fields)
     self._carried = tuple(dict.fromkeys(
         ([key_field] if key_field else []) + list(self._passthrough)))
+    self._takes_examples = signature.takes_examples
+    self._example_features = signature.example_features
     input_types = {s.name: convert.arrow_type(s) for s in self._inputs}
-    self._input_types = (input_types if all(input_types.values()) else None)
+    self._input_types = (input_types if all(input_types.values())
+                         and not self._takes_examples else None)
     if self._single is not None:
       self._bare_prefix = b'{' + orjson.dumps(self._single.name) + b':'
 
   def decode(self, chunk: RawChunk) -> InstanceBatch:
-    if self._input_types is not None and chunk.lines:
-      try:
-        return self._decode_columnar(chunk)
-      except convert.NotFastPath:
-        pass
+    if self._input_types is not None and len(chunk) and not chunk.read_errors:
+      columnar = {JSONL: self._decode_jsonl_columnar,
+                  PARQUET: self._decode_parquet_columnar}.get(chunk.kind)
+      if columnar is not None:
+        try:
+          return columnar(chunk)
+        except convert.NotFastPath:
+          pass
     return self._decode_per_instance(chunk)
 
   # -- whole chunk at once -------------------------------------------------
 
-  def _decode_columnar(self, chunk: RawChunk) -> InstanceBatch:
-    lines = chunk.lines
+  def _decode_jsonl_columnar(self, chunk: RawChunk) -> InstanceBatch:
+    lines = chunk.records
     if all(line[:1] == b'{' for line in lines):
       blob = b'\n'.join(lines)
       carried_types = self._carried_types(lines[0])
@@ -80,8 +95,28 @@ class InstanceDecoder:
       raise convert.NotFastPath from None
     if table.num_rows != len(lines):
       raise convert.NotFastPath
-    feeds = {s.name: convert.arrow_to_numpy(table.column(s.name), s)
-             for s in self._inputs}
+    return self._columnar_batch(chunk, table, table.column)
+
+  def _decode_parquet_columnar(self, chunk: RawChunk) -> InstanceBatch:
+    batch = chunk.records
+    names = set(batch.schema.names)
+    if not all(s.name in names for s in self._inputs) or not all(
+        f in names for f in self._carried):
+      raise convert.NotFastPath
+
+    def column(name):
+      arrow = self._input_types.get(name)
+      values = batch.column(name)
+      if arrow is None or values.type == arrow:
+        return values
+      try:
+        return pc.cast(values, arrow)  # safe: no silent truncation
+      except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        raise convert.NotFastPath from None
+    return self._columnar_batch(chunk, batch, column)
+
+  def _columnar_batch(self, chunk, table, column) -> InstanceBatch:
+    feeds = {s.name: convert.arrow_to_numpy(column(s.name), s) for s in self._inputs}
     keys = None
     if self._key_field:
       keys = table.column(self._key_field).to_pylist()
@@ -89,7 +124,7 @@ class InstanceDecoder:
         raise convert.NotFastPath
     passthrough = {f: table.column(f).to_pylist() for f in self._passthrough}
     return InstanceBatch(chunk, keys, passthrough,
-                         [FeedGroup(list(range(len(lines))), feeds)], [])
+                         [FeedGroup(list(range(len(chunk))), feeds)], [])
 
   def _carried_types(self, first_line: bytes) -> dict:
     """Arrow types of the carried fields, judged from the chunk's first line;
@@ -112,27 +147,53 @@ class InstanceDecoder:
 
   # -- one instance at a time ----------------------------------------------
 
+  def _instances(self, chunk: RawChunk):
+    """Yields (row, value, error): the instance's value (an object of fields,
+    or a bare value), or the reason it could not be read."""
+    kind = chunk.kind
+    if kind == PARQUET:
+      rows = chunk.records.to_pylist()
+    for row in range(len(chunk)):
+      if row in chunk.read_errors:
+        yield row, None, chunk.read_errors[row]
+        continue
+      try:
+        if kind == JSONL:
+          value = convert.parse_json_line(chunk.records[row])
+        elif kind == CSV:
+          value = _csv_fields(chunk.records[row], chunk.header)
+        elif kind == TFRECORD:
+          value = examples.example_fields(chunk.records[row])
+        elif kind == PARQUET:
+          value = rows[row]
+        else:
+          value = chunk.records[row]
+      except ValueError as e:
+        yield row, None, str(e)
+        continue
+      yield row, value, None
+
   def _decode_per_instance(self, chunk: RawChunk) -> InstanceBatch:
     errors = []
-    keys = [None] * len(chunk.lines) if self._key_field else None
-    passthrough = {f: [None] * len(chunk.lines) for f in self._passthrough}
+    keys = [None] * len(chunk) if self._key_field else None
+    passthrough = {f: [None] * len(chunk) for f in self._passthrough}
     groups = {}  # per-input shapes -> (rows, per-input lists of arrays)
-    for row, line in enumerate(chunk.lines):
-      try:
-        value = convert.parse_json_line(line)
-      except ValueError as e:
-        errors.append(InstanceError(row, PARSE, str(e)))
+    carry = examples.carried_value if chunk.kind == TFRECORD else (lambda v: v)
+    for row, value, read_error in self._instances(chunk):
+      if read_error is not None:
+        errors.append(InstanceError(row, PARSE, read_error))
         continue
       fields = value if self._is_fields_object(value) else None
       if fields is not None:
-        if keys is not None:
-          keys[row] = fields.get(self._key_field)
+        if keys is not None and fields.get(self._key_field) is not None:
+          keys[row] = carry(fields[self._key_field])
         for f in self._passthrough:
-          passthrough[f][row] = fields.get(f)
+          if fields.get(f) is not None:
+            passthrough[f][row] = carry(fields[f])
       try:
-        arrays = self._instance_arrays(value, fields)
         if keys is not None and keys[row] is None:
           raise convert.SchemaError(f'missing key field {self._key_field!r}')
+        arrays = self._instance_arrays(chunk, row, value, fields)
       except convert.SchemaError as e:
         errors.append(InstanceError(row, SCHEMA, str(e)))
         continue
@@ -153,7 +214,9 @@ class InstanceDecoder:
     return not (self._single is not None and set(value) == {'b64'}
                 and self._single.name != 'b64')
 
-  def _instance_arrays(self, value, fields) -> list:
+  def _instance_arrays(self, chunk, row, value, fields) -> list:
+    if self._takes_examples:
+      return [self._example_array(chunk, row, value, fields)]
     if fields is None:
       if self._single is None:
         names = ', '.join(s.name for s in self._inputs)
@@ -161,12 +224,42 @@ class InstanceDecoder:
             f'a bare value needs a single-input signature; write an object '
             f'with fields {names}')
       return [convert.convert_value(value, self._single)]
+    to_array = _CONVERTERS.get(chunk.kind, convert.convert_value)
     arrays = []
     for spec in self._inputs:
-      if spec.name not in fields:
+      if spec.name not in fields or fields[spec.name] is None:
         raise convert.SchemaError(f'missing input field {spec.name!r}')
-      arrays.append(convert.convert_value(fields[spec.name], spec))
+      arrays.append(to_array(fields[spec.name], spec))
     return arrays
+
+  def _example_array(self, chunk, row, value, fields) -> np.ndarray:
+    """The serialized Example to feed: the record itself for TFRecord input,
+    else one built from the instance's fields."""
+    if chunk.kind == TFRECORD:
+      return _bytes_scalar(chunk.records[row])
+    if fields is None:
+      return convert.convert_value(value, self._single)  # a bare serialized Example
+    features = self._example_features
+    skip = set(self._carried) - set(features or ())
+    kept = {k: v for k, v in fields.items() if k not in skip}
+    return _bytes_scalar(examples.serialize_example(kept, features,
+                                                    text_cells=chunk.kind == CSV))
+
+
+def _bytes_scalar(data: bytes) -> np.ndarray:
+  arr = np.empty((), dtype=object)
+  arr[()] = data
+  return arr
+
+
+def _csv_fields(line: bytes, header) -> dict:
+  try:
+    cells = next(csv.reader([line.decode('utf-8')]))
+  except (csv.Error, UnicodeDecodeError) as e:
+    raise ValueError(f'invalid CSV row: {e}') from None
+  if len(cells) != len(header):
+    raise ValueError(f'the CSV row has {len(cells)} columns, the header {len(header)}')
+  return dict(zip(header, cells))
 
 
 class DecodeInstances(beam.DoFn):
@@ -177,7 +270,7 @@ class DecodeInstances(beam.DoFn):
     self._blank = Metrics.counter(METRICS_NAMESPACE, 'blank_lines')
 
   def process(self, chunk: RawChunk):
-    self._read.inc(len(chunk.lines))
+    self._read.inc(len(chunk))
     self._blank.inc(chunk.blank_lines)
-    if chunk.lines:
+    if len(chunk):
       yield self._decoder.decode(chunk)

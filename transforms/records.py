@@ -19,16 +19,34 @@ SCHEMA = 'schema'  # JSON, but not an instance of the signature
 MODEL = 'model'    # the model failed on this instance
 
 
+# Input kinds, and the field that locates an instance within its file.
+JSONL, JSON, CSV, TFRECORD, PARQUET = 'jsonl', 'json', 'csv', 'tfrecord', 'parquet'
+POSITION_FIELDS = {JSONL: 'offset', CSV: 'offset', JSON: 'index', TFRECORD: 'index',
+                   PARQUET: 'index'}
+
+
 @dataclasses.dataclass
 class RawChunk:
-  """Non-blank lines read from one or more files (small chunks get merged)."""
-  segments: list  # of (file path, index of the segment's first line)
-  offsets: list  # byte offset of each line's start, in the uncompressed file
-  lines: list  # bytes, without the line break
-  blank_lines: int = 0  # blank lines skipped while reading these lines
+  """Instances read from one or more files of one kind, not yet decoded.
+
+  `records` holds, per kind: JSONL and CSV lines (bytes, no line break),
+  parsed JSON instances (from request files), serialized TFRecord records,
+  or one pyarrow RecordBatch (Parquet).
+  """
+  segments: list  # of (file path, index of the segment's first record)
+  positions: list  # per record: byte offset of its line, or its index; None: not needed
+  records: object
+  blank_lines: int = 0  # blank lines skipped while reading these records
+  kind: str = JSONL
+  header: Optional[tuple] = None  # CSV column names
+  read_errors: dict = dataclasses.field(default_factory=dict)  # record -> reason
 
   def __len__(self):
-    return len(self.lines)
+    return len(self.positions)
+
+  @property
+  def position_field(self) -> str:
+    return POSITION_FIELDS[self.kind]
 
   def path_of(self, row: int) -> str:
     path = self.segments[0][0]
@@ -38,12 +56,17 @@ class RawChunk:
       path = segment_path
     return path
 
+  def can_merge(self, other: 'RawChunk') -> bool:
+    return (self.kind == other.kind and self.header == other.header
+            and self.kind != PARQUET)
+
   def merge(self, other: 'RawChunk') -> 'RawChunk':
-    base = len(self.lines)
+    base = len(self)
     return RawChunk(
         self.segments + [(p, base + first) for p, first in other.segments],
-        self.offsets + other.offsets, self.lines + other.lines,
-        self.blank_lines + other.blank_lines)
+        self.positions + other.positions, self.records + other.records,
+        self.blank_lines + other.blank_lines, self.kind, self.header,
+        {**self.read_errors, **{base + r: e for r, e in other.read_errors.items()}})
 
 
 @dataclasses.dataclass
@@ -85,7 +108,11 @@ class ScoredBatch:
 def _approximate_size(value) -> int:
   batch = getattr(value, 'batch', value)
   chunk = getattr(batch, 'chunk', batch)
-  return sum(len(line) for line in chunk.lines) + 16 * len(chunk.lines)
+  if chunk.kind == PARQUET:
+    return chunk.records.nbytes
+  if chunk.kind == JSON:
+    return 64 * len(chunk)
+  return sum(len(record) for record in chunk.records) + 16 * len(chunk)
 
 
 class RecordCoder(beam.coders.Coder):
