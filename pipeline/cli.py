@@ -35,8 +35,11 @@ def clear_previous_outputs(output_dir: str) -> None:
       'predictions-*-of-*.tfrecord', 'errors-*-of-*.jsonl', 'summary.json')]
   stale = [m.path for result in FileSystems.match(patterns)
            for m in result.metadata_list]
+  # Temporary folders of Beam's file sinks, left behind by a failed run.
+  stale += [m.path.rstrip('/') for m in FileSystems.match(
+      [f'{output_dir}/beam-temp-*'])[0].metadata_list]
   if stale:
-    FileSystems.delete(stale)
+    FileSystems.delete(sorted(set(stale)))
 
 
 def run(config):

@@ -16,6 +16,9 @@ def model_dir(tmp_path_factory):
   models.build_tf1_model(str(root / 'tf1'))
   models.build_ragged_model(str(root / 'ragged'))
   models.build_versioned_base(str(root / 'versioned'))
+  models.build_estimator_style_model(str(root / 'estimator'))
+  models.build_assets_tuple_model(str(root / 'assets'))
+  models.build_no_variables_model(str(root / 'novars'))
   return root
 
 

@@ -116,3 +116,53 @@ def build_estimator_style_model(path: str) -> None:
 
 def estimator_reference(age, thal, count=0):
   return 0.1 * age + count + (1.0 if thal == 'fixed' else 0.0)
+
+
+def build_assets_tuple_model(path: str) -> None:
+  """tf.Module with a vocabulary *asset file* and mixed-dtype scalar inputs
+  `age` float32 and `thal` string, returning a tuple, so that the signature's
+  outputs are named `output_0` (age * 2 + vocabulary id of thal, -1 if
+  unknown) and `output_1` (thal upper-cased)."""
+  import tensorflow as tf
+  vocab_path = os.path.join(os.path.dirname(path), 'thal_vocab.txt')
+  with open(vocab_path, 'w') as f:
+    f.write('fixed\nnormal\nreversible\n')
+
+  class Lookup(tf.Module):
+    def __init__(self):
+      super().__init__()
+      self.vocab = tf.saved_model.Asset(vocab_path)
+      self.table = tf.lookup.StaticHashTable(
+          tf.lookup.TextFileInitializer(
+              self.vocab, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
+              tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER), default_value=-1)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name='age'),
+                                  tf.TensorSpec([None], tf.string, name='thal')])
+    def serve(self, age, thal):
+      return (age * 2.0 + tf.cast(self.table.lookup(thal), tf.float32),
+              tf.strings.upper(thal))
+
+  module = Lookup()
+  tf.saved_model.save(module, path, signatures={'serving_default': module.serve})
+  os.remove(vocab_path)  # the SavedModel must carry its own copy
+
+
+def build_no_variables_model(path: str) -> None:
+  """TF1 graph without variables, saved without a variables directory:
+  y = 3 * x for x float32[2]."""
+  import shutil
+  import tensorflow as tf
+  v1 = tf.compat.v1
+  graph = tf.Graph()
+  with graph.as_default():
+    x = v1.placeholder(tf.float32, [None, 2], name='x')
+    y = 3.0 * x
+    with v1.Session(graph=graph) as sess:
+      builder = v1.saved_model.Builder(path)
+      info = v1.saved_model.utils.build_tensor_info
+      builder.add_meta_graph_and_variables(sess, ['serve'], signature_def_map={
+          'serving_default': v1.saved_model.signature_def_utils.build_signature_def(
+              {'x': info(x)}, {'y': info(y)}, 'tensorflow/serving/predict')})
+      builder.save()
+  shutil.rmtree(os.path.join(path, 'variables'), ignore_errors=True)

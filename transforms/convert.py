@@ -151,10 +151,11 @@ class NotFastPath(Exception):
   """The chunk needs the per-instance path (to report errors exactly)."""
 
 
-def arrow_to_numpy(column: pa.ChunkedArray, spec: TensorSpec) -> np.ndarray:
-  """A column read with `arrow_type(spec)` as an array of shape
-  (rows,) + spec.shape; raises NotFastPath on nulls or wrong list lengths."""
-  arr = column.combine_chunks()
+def arrow_to_numpy(column, spec: TensorSpec) -> np.ndarray:
+  """A column (Array or ChunkedArray) of `arrow_type(spec)` as an array of
+  shape (rows,) + spec.shape; raises NotFastPath on nulls or wrong list
+  lengths."""
+  arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
   rows = len(arr)
   if arr.null_count:
     raise NotFastPath

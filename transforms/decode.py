@@ -12,6 +12,7 @@ are, and Examples built from the fields of any other input.
 """
 import csv
 import io
+import logging
 from typing import Optional
 
 import apache_beam as beam
@@ -28,6 +29,7 @@ from transforms.records import (CSV, FeedGroup, InstanceBatch, InstanceError, JS
                                 SCHEMA, TFRECORD)
 from transforms.savedmodel import SignatureSpec
 
+_LOG = logging.getLogger(__name__)
 _PARSE_BLOCKS = 8
 _CONVERTERS = {CSV: convert.convert_text_value, TFRECORD: convert.convert_feature_values}
 
@@ -64,6 +66,11 @@ class InstanceDecoder:
           return columnar(chunk)
         except convert.NotFastPath:
           pass
+        except Exception:  # pylint: disable=broad-except
+          # Never lose a chunk to a surprise here: the per-instance path
+          # decodes what it can and reports the rest.
+          _LOG.warning('Columnar decoding failed; decoding one instance at a time',
+                       exc_info=True)
     return self._decode_per_instance(chunk)
 
   # -- whole chunk at once -------------------------------------------------
@@ -196,6 +203,9 @@ class InstanceDecoder:
         arrays = self._instance_arrays(chunk, row, value, fields)
       except convert.SchemaError as e:
         errors.append(InstanceError(row, SCHEMA, str(e)))
+        continue
+      except Exception as e:  # pylint: disable=broad-except
+        errors.append(InstanceError(row, SCHEMA, f'cannot convert: {type(e).__name__}: {e}'))
         continue
       shapes = tuple(a.shape for a in arrays)
       rows, columns = groups.setdefault(shapes, ([], [[] for _ in arrays]))

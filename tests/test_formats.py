@@ -1,0 +1,278 @@
+"""Every input and output format, end to end, against the model called
+directly; a bad record per format; conservation of instances."""
+import base64
+import gzip
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.helpers import assert_conserved, read_jsonl, run_job, write_lines
+from tests.models import estimator_reference
+
+KERAS = ('--signature=serve', '--key_field=id')
+
+
+def keras_instances(n, prefix='k'):
+  rng = np.random.default_rng(len(prefix) + n)
+  return [{'id': f'{prefix}{i}', 'features': rng.uniform(-1, 1, 3).round(4).tolist(),
+           'bucket': int(rng.integers(0, 9))} for i in range(n)]
+
+
+def check_keras(predictions, instances, model_dir, signature_of):
+  expected = signature_of(
+      model_dir / 'keras', 'serve',
+      features=np.array([x['features'] for x in instances], np.float32),
+      bucket=np.array([x['bucket'] for x in instances], np.int64))
+  by_id = {p['id']: p for p in predictions}
+  assert sorted(by_id) == sorted(x['id'] for x in instances)
+  for i, x in enumerate(instances):
+    np.testing.assert_allclose(by_id[x['id']]['score'], expected['score'][i], rtol=1e-5)
+    np.testing.assert_allclose(by_id[x['id']]['probs'], expected['probs'][i], rtol=1e-5)
+
+
+def example_bytes(features: dict) -> bytes:
+  import tensorflow as tf
+  feature = {}
+  for name, values in features.items():
+    values = values if isinstance(values, list) else [values]
+    if isinstance(values[0], float):
+      feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=values))
+    elif isinstance(values[0], int):
+      feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+    else:
+      feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(
+          value=[v.encode() for v in values]))
+  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def write_tfrecords(path, records, corrupt_index=None, compress=False):
+  """Real TFRecord framing; the record at corrupt_index gets a bad checksum."""
+  from transforms.write import tfrecord_frame
+  framed = []
+  for i, record in enumerate(records):
+    frame = bytearray(tfrecord_frame(record))
+    if i == corrupt_index:
+      frame[-1] ^= 0xFF
+    framed.append(bytes(frame))
+  opener = gzip.open if compress else open
+  with opener(path, 'wb') as f:
+    f.write(b''.join(framed))
+
+
+def test_json_request_files(model_dir, tmp_path, signature_of):
+  xs = keras_instances(7, 'j')
+  d = tmp_path / 'req'
+  d.mkdir()
+  (d / 'rows.json').write_text(json.dumps(
+      {'signature_name': 'serve', 'instances': xs[:3]}))
+  (d / 'columns.json').write_text(json.dumps({'inputs': {
+      k: [x[k] for x in xs[3:6]] for k in ('id', 'features', 'bucket')}}))
+  (d / 'single.json').write_text(json.dumps(xs[6]))
+  (d / 'broken.json').write_text('{"instances": [')
+  (d / 'other_signature.json').write_text(json.dumps(
+      {'signature_name': 'serving_default', 'instances': xs[:1]}))
+  predictions, errors, summary = run_job(
+      str(tmp_path / 'out'), f'--model={model_dir / "keras"}', *KERAS,
+      f'--input={d / "*.json"}')
+  assert_conserved(summary, predictions, errors)
+  check_keras(predictions, xs, model_dir, signature_of)
+  assert {(e['filename'], e['error']['category']) for e in errors} == {
+      ('broken.json', 'parse'), ('other_signature.json', 'parse')}
+  assert 'asks for signature' in next(
+      e for e in errors if e['filename'] == 'other_signature.json')['error']['message']
+  # Location without a key: index only when the file holds several instances.
+  predictions, _, _ = run_job(str(tmp_path / 'out2'), f'--model={model_dir / "keras"}',
+                              '--signature=serve', f'--input={d}/[rcs]*.json')
+  located = sorted((p['filename'], p.get('index')) for p in predictions)
+  assert located == sorted([('rows.json', i) for i in range(3)] +
+                           [('columns.json', i) for i in range(3)] + [('single.json', None)])
+
+
+@pytest.mark.parametrize('compress', [False, True])
+def test_tfrecord_examples_decoded_into_named_inputs(model_dir, tmp_path, signature_of,
+                                                     compress):
+  xs = keras_instances(20, 't')
+  records = [example_bytes({'id': x['id'], 'features': x['features'],
+                            'bucket': x['bucket']}) for x in xs]
+  records.insert(5, b'\x01\x02 not an example')
+  name = 'data.tfrecord.gz' if compress else 'data.tfrecords'
+  write_tfrecords(str(tmp_path / name), records, corrupt_index=9, compress=compress)
+  predictions, errors, summary = run_job(
+      str(tmp_path / 'out'), f'--model={model_dir / "keras"}', *KERAS,
+      f'--input={tmp_path / name}')
+  assert_conserved(summary, predictions, errors)
+  assert summary['instances_read'] == 21
+  corrupt_id = xs[8]['id']  # record 9 after the insertion at 5
+  check_keras(predictions, [x for x in xs if x['id'] != corrupt_id], model_dir, signature_of)
+  assert sorted((e['index'], e['error']['category']) for e in errors) == [
+      (5, 'parse'), (9, 'parse')]
+  assert 'checksum' in next(e for e in errors if e['index'] == 9)['error']['message']
+  assert base64.b64decode(next(e for e in errors if e['index'] == 5)['raw_b64']) == records[5]
+
+
+def test_tfrecord_truncated_framing_is_one_error(model_dir, tmp_path):
+  records = [example_bytes({'x': [1.0, 2.0]}) for _ in range(3)]
+  write_tfrecords(str(tmp_path / 'a.tfrecord'), records)
+  with open(tmp_path / 'a.tfrecord', 'ab') as f:
+    f.write(b'\x05\x00')  # a partial length header
+  predictions, errors, summary = run_job(
+      str(tmp_path / 'out'), f'--model={model_dir / "ragged"}',
+      f'--input={tmp_path / "a.tfrecord"}')
+  assert [p['total'] for p in predictions] == [3.0, 3.0, 3.0]
+  assert len(errors) == 1 and 'framing' in errors[0]['error']['message']
+  assert_conserved(summary, predictions, errors)
+
+
+def test_csv_with_header(model_dir, tmp_path, signature_of):
+  instances = [{'key': 10 + i, 'x': [i, 2 * i], 'name': f'n{i}'} for i in range(6)]
+  rows = ['name,key,x,ignored'] + [f'{x["name"]},{x["key"]},"{x["x"]}",zz' for x in instances]
+  rows.insert(3, 'bad,11')  # a missing column
+  rows.insert(5, 'short,12,"[1]",zz')  # wrong shape
+  write_lines(str(tmp_path / 'a.csv'), rows)
+  predictions, errors, summary = run_job(
+      str(tmp_path / 'out'), f'--model={model_dir / "tf1"}', '--signature=predict_scores',
+      f'--input={tmp_path / "a.csv"}', '--key_field=key', '--passthrough_fields=ignored')
+  assert_conserved(summary, predictions, errors)
+  expected = signature_of(model_dir / 'tf1', 'predict_scores',
+                          x=np.array([x['x'] for x in instances], np.float32),
+                          name=np.array([x['name'].encode() for x in instances], object),
+                          key=np.array([x['key'] for x in instances], np.int64))
+  by_key = {p['key']: p for p in predictions}
+  for i, x in enumerate(instances):
+    got = by_key[str(x['key'])]  # CSV values are carried as the text they are
+    assert got['y'] == pytest.approx(float(expected['y'][i]))
+    assert got['key_output'] == x['key'] and got['ignored'] == 'zz'
+  assert sorted((e['error']['category'], e['raw']) for e in errors) == [
+      ('parse', 'bad,11'), ('schema', 'short,12,"[1]",zz')]
+
+
+def test_parquet_list_columns_and_a_wrong_type(model_dir, tmp_path, signature_of):
+  xs = keras_instances(30, 'p')
+  table = pa.table({'id': [x['id'] for x in xs],
+                    'features': pa.array([x['features'] for x in xs], pa.list_(pa.float64())),
+                    'bucket': pa.array([x['bucket'] for x in xs], pa.int32())})
+  pq.write_table(table, tmp_path / 'good.parquet', row_group_size=7)
+  bad = pa.table({'id': ['b0', 'b1'], 'features': [[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]],
+                  'bucket': ['one', 'two']})  # a string column for an int64 input
+  pq.write_table(bad, tmp_path / 'bad.parquet')
+  predictions, errors, summary = run_job(
+      str(tmp_path / 'out'), f'--model={model_dir / "keras"}', *KERAS,
+      f'--input={tmp_path / "*.parquet"}')
+  assert_conserved(summary, predictions, errors)
+  check_keras(predictions, xs, model_dir, signature_of)
+  assert sorted(e['id'] for e in errors) == ['b0', 'b1']
+  assert all(e['error']['category'] == 'schema' and 'expects int64' in e['error']['message']
+             for e in errors)
+  assert {e['index'] for e in errors} == {0, 1}
+
+
+def test_b64_and_plain_strings(model_dir, tmp_path):
+  lines = [json.dumps({'key': 1, 'x': [0, 0], 'name': {'b64': base64.b64encode(b'\xff\xfe\xfd').decode()}}),
+           json.dumps({'key': 2, 'x': [0, 0], 'name': 'plain'}),
+           json.dumps({'key': 3, 'x': [0, 0], 'name': {'b64': 'not*base64'}})]
+  write_lines(str(tmp_path / 'a.jsonl'), lines)
+  predictions, errors, summary = run_job(
+      str(tmp_path / 'out'), f'--model={model_dir / "tf1"}', '--signature=predict_scores',
+      f'--input={tmp_path / "a.jsonl"}', '--key_field=key')
+  assert {p['key']: p['name_length'] for p in predictions} == {1: 3, 2: 5}
+  assert [(e['key'], e['error']['category']) for e in errors] == [(3, 'schema')]
+  assert 'invalid base64' in errors[0]['error']['message']
+
+
+@pytest.mark.parametrize('signature, output', [
+    ('serving_default', 'score'), ('regression', 'outputs'), ('classification', 'scores')])
+def test_estimator_style_signature_from_tfrecord_jsonl_and_csv(model_dir, tmp_path,
+                                                               signature, output):
+  rows = [{'id': i, 'age': 20.0 + i, 'thal': ['fixed', 'normal'][i % 2], 'count': i % 3}
+          for i in range(9)]
+  write_tfrecords(str(tmp_path / 'a.tfrecord'), [example_bytes(r) for r in rows[:3]])
+  write_lines(str(tmp_path / 'b.jsonl'), [json.dumps(r) for r in rows[3:6]] +
+              [json.dumps({'id': 99, 'age': 'old', 'thal': 'fixed'})])
+  write_lines(str(tmp_path / 'c.csv'), ['id,age,thal,count'] +
+              [f'{r["id"]},{r["age"]},{r["thal"]},{r["count"]}' for r in rows[6:]])
+  predictions, errors, summary = run_job(
+      str(tmp_path / 'out'), f'--model={model_dir / "estimator"}', f'--signature={signature}',
+      f'--input={tmp_path}/*.*', '--key_field=id')
+  assert_conserved(summary, predictions, errors)
+  assert [(e['id'], e['error']['category']) for e in errors] == [(99, 'schema')]
+  by_id = {int(p['id']): p for p in predictions}
+  assert sorted(by_id) == list(range(9))
+  for r in rows:
+    score = estimator_reference(r['age'], r['thal'], r['count'])
+    got = by_id[r['id']]
+    if output == 'scores':
+      assert got['classes'] == ['no', 'yes']
+      assert got['scores'][1] == pytest.approx(1 / (1 + np.exp(-score)), rel=1e-5)
+    else:
+      assert got[output] == pytest.approx(score, rel=1e-5)
+
+
+def test_model_conventions_assets_tuple_outputs_one_element_lists(model_dir, tmp_path):
+  lines = [json.dumps({'age': [60], 'thal': ['normal']}),  # each feature a one-element list
+           json.dumps({'age': 1.5, 'thal': 'reversible'}),
+           json.dumps({'age': 2, 'thal': 'unknown'})]
+  write_lines(str(tmp_path / 'a.jsonl'), lines)
+  predictions, errors, _ = run_job(str(tmp_path / 'out'), f'--model={model_dir / "assets"}',
+                                   f'--input={tmp_path / "a.jsonl"}')
+  assert errors == []
+  got = sorted((p['offset'], p['output_0'], p['output_1']) for p in predictions)
+  assert [g[1:] for g in got] == [(121.0, 'NORMAL'), (5.0, 'REVERSIBLE'), (3.0, 'UNKNOWN')]
+  write_lines(str(tmp_path / 'b.jsonl'), ['[1, 2]'])
+  predictions, errors, _ = run_job(str(tmp_path / 'out2'), f'--model={model_dir / "novars"}',
+                                   f'--input={tmp_path / "b.jsonl"}')
+  assert not os.path.exists(model_dir / 'novars' / 'variables')
+  assert [p['y'] for p in predictions] == [[3.0, 6.0]]
+
+
+def test_parquet_and_tfrecord_outputs_and_output_fields(model_dir, tmp_path):
+  import tensorflow as tf
+  xs = keras_instances(25, 'o')
+  write_lines(str(tmp_path / 'in.jsonl'), [json.dumps(x) for x in xs] + ['{"id": "bad"}'])
+  base = [f'--model={model_dir / "keras"}', *KERAS, f'--input={tmp_path / "in.jsonl"}']
+  reference, _, _ = run_job(str(tmp_path / 'json'), *base)
+  reference = {p['id']: p for p in reference}
+
+  _, errors, summary = run_job(str(tmp_path / 'pq'), *base, '--output_format=parquet')
+  table = pq.read_table(str(tmp_path / 'pq' / 'predictions-00000-of-00001.parquet'))
+  assert table.schema.field('probs').type == pa.list_(pa.float32())
+  assert table.schema.field('score').type == pa.list_(pa.float32())
+  rows = {r['id']: r for r in table.to_pylist()}
+  assert sorted(rows) == sorted(reference) and len(errors) == 1
+  for key, r in rows.items():
+    np.testing.assert_allclose(r['probs'], reference[key]['probs'], rtol=1e-6)
+
+  run_job(str(tmp_path / 'tfr'), *base, '--output_format=tfrecord', '--output_fields=score')
+  parsed = {}
+  for record in tf.data.TFRecordDataset(str(tmp_path / 'tfr' / 'predictions-00000-of-00001.tfrecord')):
+    example = tf.train.Example.FromString(record.numpy())
+    features = example.features.feature
+    assert set(features) == {'id', 'score'}
+    parsed[features['id'].bytes_list.value[0].decode()] = list(features['score'].float_list.value)
+  assert sorted(parsed) == sorted(reference)
+  for key, score in parsed.items():
+    np.testing.assert_allclose(score, reference[key]['score'], rtol=1e-6)
+
+  bytes_out = tmp_path / 'bytes'
+  write_lines(str(tmp_path / 'r.jsonl'), ['[20]', '[1]'])
+  run_job(str(bytes_out), f'--model={model_dir / "ragged"}', f'--input={tmp_path / "r.jsonl"}',
+          '--output_format=parquet', '--output_fields=label')
+  labels = pq.read_table(str(bytes_out / 'predictions-00000-of-00001.parquet')).column('label')
+  assert sorted(labels.to_pylist()) == ['big', '{"b64": "//4="}']
+
+
+def test_unknown_extension_and_output_field_are_config_errors(model_dir, tmp_path, capsys):
+  from pipeline import cli
+  write_lines(str(tmp_path / 'a.txt'), ['[1]'])
+  assert cli.main([f'--model={model_dir / "ragged"}', f'--input={tmp_path / "a.txt"}',
+                   f'--output={tmp_path / "o"}']) == 2
+  assert 'cannot tell the format' in capsys.readouterr().err
+  predictions, _, _ = run_job(str(tmp_path / 'o'), f'--model={model_dir / "ragged"}',
+                              f'--input={tmp_path / "a.txt"}', '--format=jsonl')
+  assert [p['total'] for p in predictions] == [1.0]
+  assert cli.main([f'--model={model_dir / "ragged"}', f'--input={tmp_path / "a.txt"}',
+                   '--format=jsonl', '--output_fields=nope', f'--output={tmp_path / "o"}']) == 2
+  assert "no output 'nope'; outputs: label, total" in capsys.readouterr().err
