@@ -1,0 +1,55 @@
+"""Unit tests: building tf.Examples from fields, and TF Serving request bodies."""
+import pytest
+
+from transforms import examples
+from transforms.convert import SchemaError
+from transforms.read_json import RequestError, split_request
+
+
+def test_example_kinds_inferred_from_values_without_a_parsing_spec():
+  data = examples.serialize_example(
+      {'age': 60, 'ratio': [0.5, 1], 'thal': ['fixed'], 'blob': {'b64': 'AAE='},
+       'missing': None}, None)
+  fields = examples.example_fields(data)
+  assert fields == {'age': [60], 'ratio': [0.5, 1.0], 'thal': [b'fixed'], 'blob': [b'\x00\x01']}
+
+
+def test_example_kinds_from_the_parsing_spec_and_csv_text():
+  spec = {'age': 'float', 'count': 'int64', 'thal': 'bytes'}
+  data = examples.serialize_example({'age': '61.5', 'count': '3', 'thal': 'normal',
+                                     'extra': 'x'}, spec, text_cells=True)
+  assert examples.example_fields(data) == {'age': [61.5], 'count': [3], 'thal': [b'normal']}
+  with pytest.raises(SchemaError, match="feature 'count' expects int64"):
+    examples.serialize_example({'count': 'three'}, spec, text_cells=True)
+  with pytest.raises(SchemaError, match="expects integers"):
+    examples.serialize_example({'count': 2.5}, spec)
+  with pytest.raises(ValueError, match='not a serialized tf.Example'):
+    examples.example_fields(b'\xff\xff')
+
+
+def test_carried_values_from_example_features():
+  assert examples.carried_value([b'abc']) == 'abc'
+  assert examples.carried_value([7]) == 7
+  assert examples.carried_value([b'\xff', b'x']) == [{'b64': '/w=='}, 'x']
+
+
+@pytest.mark.parametrize('body, expected', [
+    ({'instances': [1, 2]}, [1, 2]),
+    ({'inputs': [[1], [2]]}, [[1], [2]]),
+    ({'inputs': {'a': [1, 2], 'b': ['x', 'y']}}, [{'a': 1, 'b': 'x'}, {'a': 2, 'b': 'y'}]),
+    ({'a': 1}, [{'a': 1}]),
+    ([1, 2], [[1, 2]]),
+])
+def test_request_bodies(body, expected):
+  assert split_request(body, 'serving_default') == expected
+
+
+@pytest.mark.parametrize('body, message', [
+    ({'instances': [1], 'inputs': [1]}, 'not both'),
+    ({'inputs': {'a': [1, 2], 'b': [1]}}, 'same length'),
+    ({'instances': 3}, 'must be a list'),
+    ({'signature_name': 'x', 'instances': [1]}, "asks for signature 'x'"),
+])
+def test_malformed_request_bodies(body, message):
+  with pytest.raises(RequestError, match=message):
+    split_request(body, 'serving_default')
