@@ -72,12 +72,12 @@ def serialize_example(fields: dict, feature_kinds, text_cells=False) -> bytes:
       if kind != BYTES:
         values = [_text_number(v, kind, name) for v in values]
     kind = kind or _kind_of(values, name)
+    if kind == INT64 and any(isinstance(v, float) and not v.is_integer() for v in values):
+      raise SchemaError(f'feature {name!r} expects integers, got {values}')
     try:
       if kind == FLOAT:
         features[name].float_list.value.extend(float(v) for v in values)
       elif kind == INT64:
-        if any(isinstance(v, float) and not v.is_integer() for v in values):
-          raise SchemaError(f'feature {name!r} expects integers, got {values}')
         features[name].int64_list.value.extend(int(v) for v in values)
       else:
         features[name].bytes_list.value.extend(
