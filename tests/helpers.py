@@ -3,6 +3,8 @@ import glob
 import json
 import os
 
+import numpy as np
+
 from pipeline import cli
 
 
@@ -36,3 +38,18 @@ def assert_conserved(summary, predictions, errors):
   assert summary['predictions'] == len(predictions)
   assert summary['errors'] == len(errors)
   assert summary['instances_read'] == len(predictions) + len(errors)
+
+
+def check_keras_predictions(predictions, instances, model_path, signature_of):
+  """Predictions of the Keras test model, keyed by `id`, equal the model's
+  own outputs for the same instances."""
+  expected = signature_of(
+      model_path, 'serve',
+      features=np.array([x['features'] for x in instances], np.float32),
+      bucket=np.array([x['bucket'] for x in instances], np.int64))
+  by_id = {p['id']: p for p in predictions}
+  assert sorted(by_id) == sorted(x['id'] for x in instances)
+  for i, x in enumerate(instances):
+    np.testing.assert_allclose(by_id[x['id']]['score'], expected['score'][i], rtol=1e-5)
+    np.testing.assert_allclose(by_id[x['id']]['probs'], expected['probs'][i], rtol=1e-5)
+  return by_id

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import assert_conserved, read_jsonl, run_job, write_lines
+from tests.helpers import assert_conserved, check_keras_predictions, run_job, write_lines
 from tests.models import estimator_reference
 
 KERAS = ('--signature=serve', '--key_field=id')
@@ -23,15 +23,7 @@ def keras_instances(n, prefix='k'):
 
 
 def check_keras(predictions, instances, model_dir, signature_of):
-  expected = signature_of(
-      model_dir / 'keras', 'serve',
-      features=np.array([x['features'] for x in instances], np.float32),
-      bucket=np.array([x['bucket'] for x in instances], np.int64))
-  by_id = {p['id']: p for p in predictions}
-  assert sorted(by_id) == sorted(x['id'] for x in instances)
-  for i, x in enumerate(instances):
-    np.testing.assert_allclose(by_id[x['id']]['score'], expected['score'][i], rtol=1e-5)
-    np.testing.assert_allclose(by_id[x['id']]['probs'], expected['probs'][i], rtol=1e-5)
+  check_keras_predictions(predictions, instances, model_dir / 'keras', signature_of)
 
 
 def example_bytes(features: dict) -> bytes:
