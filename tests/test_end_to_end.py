@@ -8,8 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from tests.helpers import (assert_conserved, check_keras_predictions, read_jsonl, run_job,
-                           write_lines)
+from tests.helpers import assert_conserved, check_keras_predictions, run_job, write_lines
 
 
 def test_keras_dict_model_with_key_and_passthrough(model_dir, tmp_path, signature_of):

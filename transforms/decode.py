@@ -24,8 +24,7 @@ import pyarrow.json as pajson
 from apache_beam.metrics import Metrics
 
 from transforms import convert, examples
-from transforms.records import (CSV, FeedGroup, InstanceBatch, InstanceError, JSON,
-                                JSONL, METRICS_NAMESPACE, PARQUET, PARSE, RawChunk,
+from transforms.records import (CSV, FeedGroup, InstanceBatch, InstanceError, JSONL, METRICS_NAMESPACE, PARQUET, PARSE, RawChunk,
                                 SCHEMA, TFRECORD)
 from transforms.savedmodel import SignatureSpec
 

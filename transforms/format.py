@@ -14,7 +14,7 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 
 from transforms.records import (CSV, JSON, JSONL, METRICS_NAMESPACE, PARQUET,
-                                POSITION_FIELDS, ScoredBatch, TFRECORD)
+                                ScoredBatch, TFRECORD)
 
 ERRORS_TAG = 'errors'
 OUTPUT_FORMATS = ('jsonl', 'parquet', 'tfrecord')
