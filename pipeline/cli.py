@@ -43,18 +43,30 @@ def clear_previous_outputs(output_dir: str) -> None:
 
 
 def run(config):
-  """Runs the job to completion; returns the summary dict."""
+  """Runs the job to completion and returns the summary dict; for a
+  Dataflow template or dry run, which start no job, returns a message."""
   import apache_beam as beam
-  from apache_beam.options.pipeline_options import PipelineOptions
+  from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
+                                                  TestOptions)
 
   from pipeline import graph, summary
 
-  options = PipelineOptions(list(config.options.beam_args), runner=config.options.runner)
+  from apache_beam.options.pipeline_options import SetupOptions
+  flags = list(config.options.beam_args)
+  plugins = PipelineOptions(flags).view_as(SetupOptions).beam_plugins or []
+  # Imported by each SDK worker at start: see transforms/storage.py.
+  options = PipelineOptions(flags, runner=config.options.runner,
+                            beam_plugins=plugins + ['transforms.storage'])
   clear_previous_outputs(config.output)
   started = time.time()
   p = beam.Pipeline(options=options)
   graph.build(p, config)
   result = p.run()
+  cloud = options.view_as(GoogleCloudOptions)
+  if cloud.template_location:
+    return f'Dataflow template written to {cloud.template_location}; no job was started.'
+  if options.view_as(TestOptions).dry_run:
+    return 'Dry run: the pipeline was translated for Dataflow and not submitted.'
   result.wait_until_finish()
   wall_time = time.time() - started
   job_summary = summary.build(config, summary.counters(result),
@@ -65,6 +77,8 @@ def run(config):
 
 def main(argv=None) -> int:
   _configure_logging()
+  from transforms import storage
+  storage.use_anonymous_credentials_for_emulator()
   from pipeline import config as job_config
   from pipeline.options import ConfigError, parse_args
   from pipeline import summary
@@ -72,12 +86,12 @@ def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   try:
     options = parse_args(argv)
-    if not options.output.startswith('gs://'):
+    if storage.is_local(options.output):
       os.makedirs(options.output, exist_ok=True)
     config = job_config.resolve(options)
   except (ConfigError, OSError) as e:
     print(f'batch-predict: error: {e}', file=sys.stderr)
     return EXIT_CONFIG_ERROR
   job_summary = run(config)
-  print(summary.table(job_summary))
+  print(job_summary if isinstance(job_summary, str) else summary.table(job_summary))
   return 0

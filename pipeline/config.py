@@ -11,6 +11,7 @@ from transforms.format import LOCATION_FIELDS, OutputLayout, output_names
 from transforms.read import detect_format
 from transforms.records import POSITION_FIELDS
 from transforms.savedmodel import ModelError, ModelRef, inspect_model
+from transforms.storage import is_local
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +29,7 @@ class JobConfig:
 
 
 def _absolute(path: str) -> str:
-  return path if re.match(r'^[a-z][a-z0-9+.-]*://', path) else os.path.abspath(path)
+  return os.path.abspath(path) if is_local(path) else path
 
 
 def pattern_base(pattern: str) -> str:

@@ -24,7 +24,7 @@ def build(p: beam.Pipeline, config: JobConfig) -> None:
       | 'MergeSmallChunks' >> beam.ParDo(CoalesceChunks(opts.min_batch_size))
           .with_output_types(RawChunk)
       | 'Decode' >> beam.ParDo(DecodeInstances(decoder)).with_output_types(InstanceBatch)
-      | 'Score' >> ScoreBatches(config.model, opts.max_batch_size)
+      | 'Score' >> ScoreBatches(config.model, opts.max_batch_size, opts.share_model)
           .with_output_types(ScoredBatch)
       | 'Format' >> beam.ParDo(FormatRecords(config.layout)).with_outputs(
           ERRORS_TAG, main='predictions'))

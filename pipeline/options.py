@@ -34,6 +34,7 @@ class JobOptions:
   input_format: str  # 'auto' or one of transforms.read.FORMATS
   output_format: str
   output_fields: tuple  # signature outputs to keep; () keeps all
+  share_model: bool  # one model copy per machine (Beam's MultiProcessShared)
   beam_args: tuple  # Beam pipeline options, as given
   runner: str  # overrides --runner in beam_args
 
@@ -69,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
                       help='format of the prediction files (errors are always JSONL)')
   parser.add_argument('--output_fields', default=(), type=_csv,
                       help='signature outputs to write, comma-separated (default: all)')
+  parser.add_argument('--share_model_across_processes', dest='share_model',
+                      action='store_true',
+                      help='load one model copy per machine, shared by its worker '
+                           'processes (for models too big for one copy per process)')
   parser.add_argument('--signature', default='serving_default')
   parser.add_argument('--tag', dest='tags', default=('serve',), type=_csv,
                       help='tag set of the MetaGraph to load, comma-separated')
@@ -119,5 +124,5 @@ def parse_args(argv) -> JobOptions:
       passthrough_fields=known.passthrough_fields,
       min_batch_size=known.min_batch_size, max_batch_size=known.max_batch_size,
       input_format=known.input_format, output_format=known.output_format,
-      output_fields=known.output_fields,
+      output_fields=known.output_fields, share_model=known.share_model,
       beam_args=tuple(rest), runner=runner)

@@ -10,6 +10,10 @@ from typing import Optional
 
 import apache_beam as beam
 
+# Workers unpickle these records, so importing the storage module here applies
+# its emulator setting in every worker process, whichever way it was started.
+import transforms.storage  # noqa: F401  pylint: disable=unused-import
+
 # Namespace of the job's Beam metrics (counters read into the summary).
 METRICS_NAMESPACE = 'batch_predict'
 

@@ -238,5 +238,7 @@ def load_signature(model: ModelRef):
   The loaded object must be kept alive as long as the function is used.
   """
   import tensorflow as tf
-  loaded = tf.saved_model.load(model.path, tags=list(model.tags))
+
+  from transforms.storage import stage_model
+  loaded = tf.saved_model.load(stage_model(model.path), tags=list(model.tags))
   return loaded, loaded.signatures[model.signature.name]

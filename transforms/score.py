@@ -24,11 +24,24 @@ _LOG = logging.getLogger(__name__)
 
 
 class LoadedSignature:
-  """A loaded SavedModel and the signature function to call."""
+  """A loaded SavedModel and its signature function.
+
+  Used through methods only: with `--share_model_across_processes` callers
+  hold a proxy to it in another process (Beam's MultiProcessShared).
+  """
   def __init__(self, model: ModelRef):
-    self.loaded, self.fn = load_signature(model)
-    self.load_counted = False
-    self.lock = threading.Lock()
+    self._loaded, self._fn = load_signature(model)
+    self._first_use = True
+    self._lock = threading.Lock()
+
+  def claim_first_use(self) -> bool:
+    """True once, for the first caller after the load."""
+    with self._lock:
+      first, self._first_use = self._first_use, False
+      return first
+
+  def predict(self, feeds: dict) -> dict:
+    return {k: v.numpy() for k, v in self._fn(**feeds).items()}
 
 
 def one_line(error: Exception) -> str:
@@ -44,10 +57,15 @@ def one_line(error: Exception) -> str:
 
 class SavedModelHandler(ModelHandler[InstanceBatch, ScoredBatch, LoadedSignature]):
   """Scores pre-batched InstanceBatches; never raises for a bad instance."""
-  def __init__(self, model: ModelRef, max_batch_size: int):
+  def __init__(self, model: ModelRef, max_batch_size: int, share_across_processes=False):
     super().__init__()
     self._model = model
     self._max_batch_size = max_batch_size
+    self._share_across_processes = share_across_processes
+
+  def share_model_across_processes(self) -> bool:
+    # One copy per machine instead of one per process, for big models.
+    return self._share_across_processes
 
   def load_model(self) -> LoadedSignature:
     started = time.time()
@@ -58,24 +76,21 @@ class SavedModelHandler(ModelHandler[InstanceBatch, ScoredBatch, LoadedSignature
     return loaded
 
   def run_inference(self, batch, model: LoadedSignature, inference_args=None):
-    if not model.load_counted:
+    if model.claim_first_use():
       # Counted here rather than in load_model: metrics are reliably
       # attributed inside process(), not inside DoFn.setup().
-      with model.lock:
-        if not model.load_counted:
-          Metrics.counter(METRICS_NAMESPACE, 'model_loads').inc()
-          model.load_counted = True
+      Metrics.counter(METRICS_NAMESPACE, 'model_loads').inc()
     results, errors = [], list(batch.errors)
     size = self._max_batch_size
     for group in batch.groups:
       for start in range(0, len(group.rows), size):
         feeds = {k: v[start:start + size] for k, v in group.feeds.items()}
-        self._score(model.fn, group.rows[start:start + size], feeds, results, errors)
+        self._score(model, group.rows[start:start + size], feeds, results, errors)
     return [ScoredBatch(batch, results, errors)]
 
-  def _score(self, fn, rows, feeds, results, errors):
+  def _score(self, model, rows, feeds, results, errors):
     try:
-      outputs = {k: v.numpy() for k, v in fn(**feeds).items()}
+      outputs = model.predict(feeds)
       for name, value in outputs.items():
         if value.ndim == 0 or value.shape[0] != len(rows):
           raise ValueError(f'output {name!r} has shape {list(value.shape)}, '
@@ -87,7 +102,7 @@ class SavedModelHandler(ModelHandler[InstanceBatch, ScoredBatch, LoadedSignature
         return
       half = len(rows) // 2
       for part in (slice(0, half), slice(half, None)):
-        self._score(fn, rows[part], {k: v[part] for k, v in feeds.items()},
+        self._score(model, rows[part], {k: v[part] for k, v in feeds.items()},
                     results, errors)
 
   def get_num_bytes(self, batch: InstanceBatch) -> int:
@@ -98,6 +113,8 @@ class SavedModelHandler(ModelHandler[InstanceBatch, ScoredBatch, LoadedSignature
     return METRICS_NAMESPACE
 
 
-def ScoreBatches(model: ModelRef, max_batch_size: int) -> RunInference:
+def ScoreBatches(model: ModelRef, max_batch_size: int,
+                 share_across_processes: bool = False) -> RunInference:
   """InstanceBatch -> ScoredBatch, batches already formed by the reader."""
-  return RunInference(SavedModelHandler(model, max_batch_size).with_no_batching())
+  handler = SavedModelHandler(model, max_batch_size, share_across_processes)
+  return RunInference(handler.with_no_batching())

@@ -1,0 +1,81 @@
+"""Cloud Storage and other remote file systems: the emulator, and model
+staging.
+
+Imported by every SDK worker at start (the job adds this module to Beam's
+`--beam_plugins`), so that the emulator setting takes effect in each process
+before Beam first touches a bucket.
+"""
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+import uuid
+
+from apache_beam.io.filesystems import FileSystems
+
+_LOG = logging.getLogger(__name__)
+STAGING_ROOT = os.path.join(tempfile.gettempdir(), 'batch-predict-models')
+
+
+def use_anonymous_credentials_for_emulator() -> None:
+  """Under STORAGE_EMULATOR_HOST, connect anonymously at once.
+
+  Beam's GCS file system looks for Google credentials first, with retries:
+  about 20 s per process before it connects anonymously, which is all an
+  emulator needs. Beam has no option for this (`--no_auth` is not read by
+  its GCS client), so its credential cache is filled with "none".
+  """
+  if not os.environ.get('STORAGE_EMULATOR_HOST'):
+    return
+  try:
+    from apache_beam.internal.gcp import auth
+    with auth._Credentials._credentials_lock:  # pylint: disable=protected-access
+      auth._Credentials._credentials = None  # pylint: disable=protected-access
+      auth._Credentials._credentials_init = True  # pylint: disable=protected-access
+  except (ImportError, AttributeError):  # another Beam: it will just look longer
+    _LOG.warning('Could not skip the credential look-up for the storage emulator')
+
+
+use_anonymous_credentials_for_emulator()
+
+
+def is_local(path: str) -> bool:
+  return not re.match(r'^[a-z][a-z0-9+.-]*://', path)
+
+
+def stage_model(path: str) -> str:
+  """A local directory holding the SavedModel at `path`.
+
+  TensorFlow reads `gs://` with its own client, which cannot be pointed at an
+  emulator and duplicates what Beam's file systems do; so a remote model is
+  copied once per machine through Beam's file systems into a directory named
+  after its path. The copy is made in a private temporary directory and
+  renamed into place, so no process ever loads a half-copied model: when two
+  threads or processes stage at once, the first rename wins and the other
+  copy is discarded.
+  """
+  if is_local(path):
+    return path
+  destination = os.path.join(STAGING_ROOT, hashlib.sha256(path.encode()).hexdigest()[:24])
+  if os.path.isdir(destination):
+    return destination
+  os.makedirs(STAGING_ROOT, exist_ok=True)
+  partial = f'{destination}.partial-{os.getpid()}-{uuid.uuid4().hex}'
+  prefix = path.rstrip('/') + '/'
+  files = FileSystems.match([prefix + '**'])[0].metadata_list
+  for metadata in files:
+    relative = metadata.path[len(prefix):]
+    if not relative or relative.endswith('/'):
+      continue  # a directory placeholder object
+    target = os.path.join(partial, relative)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with FileSystems.open(metadata.path) as source, open(target, 'wb') as sink:
+      shutil.copyfileobj(source, sink, 8 << 20)
+  try:
+    os.rename(partial, destination)
+    _LOG.info('Staged model %s into %s (%d files)', path, destination, len(files))
+  except OSError:  # another thread or process staged it first
+    shutil.rmtree(partial, ignore_errors=True)
+  return destination
