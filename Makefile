@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-DEMO := build/demo
+DEMO := out/demo
 
 .PHONY: demo test bench clean
 
@@ -28,4 +28,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/run.py
 
 clean:
-	rm -rf build
+	rm -rf out

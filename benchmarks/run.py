@@ -1,7 +1,7 @@
 """Throughput and peak memory: this job against the practical limit and
 against Beam's stock RunInference, on the same data and machine.
 
-  python benchmarks/run.py [--scale 1.0] [--workdir build/bench]
+  python benchmarks/run.py [--scale 1.0] [--workdir out/bench]
 
 Two workloads: a 784-float MLP (100k JSONL instances, parse-bound) and a
 13-feature tabular MLP (500k instances, bound by per-element overhead).
@@ -205,7 +205,7 @@ def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--scale', type=float, default=1.0,
                       help='fraction of the instance counts (for a quick look)')
-  parser.add_argument('--workdir', default=os.path.join(ROOT, 'build', 'bench'))
+  parser.add_argument('--workdir', default=os.path.join(ROOT, 'out', 'bench'))
   parser.add_argument('--child', nargs=5, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:

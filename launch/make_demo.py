@@ -61,4 +61,4 @@ def main(directory):
 
 
 if __name__ == '__main__':
-  main(sys.argv[1] if len(sys.argv) > 1 else 'build/demo')
+  main(sys.argv[1] if len(sys.argv) > 1 else 'out/demo')
