@@ -16,7 +16,6 @@ import uuid
 from apache_beam.io.filesystems import FileSystems
 
 _LOG = logging.getLogger(__name__)
-STAGING_ROOT = os.path.join(tempfile.gettempdir(), 'batch-predict-models')
 
 
 def use_anonymous_credentials_for_emulator() -> None:
@@ -45,6 +44,13 @@ def is_local(path: str) -> bool:
   return not re.match(r'^[a-z][a-z0-9+.-]*://', path)
 
 
+def staging_root() -> str:
+  """Where remote models are staged: $BATCH_PREDICT_STAGING_DIR, else a
+  folder of the system's temporary directory."""
+  return os.environ.get('BATCH_PREDICT_STAGING_DIR') or os.path.join(
+      tempfile.gettempdir(), 'batch-predict-models')
+
+
 def stage_model(path: str) -> str:
   """A local directory holding the SavedModel at `path`.
 
@@ -58,10 +64,11 @@ def stage_model(path: str) -> str:
   """
   if is_local(path):
     return path
-  destination = os.path.join(STAGING_ROOT, hashlib.sha256(path.encode()).hexdigest()[:24])
+  root = staging_root()
+  destination = os.path.join(root, hashlib.sha256(path.encode()).hexdigest()[:24])
   if os.path.isdir(destination):
     return destination
-  os.makedirs(STAGING_ROOT, exist_ok=True)
+  os.makedirs(root, exist_ok=True)
   partial = f'{destination}.partial-{os.getpid()}-{uuid.uuid4().hex}'
   prefix = path.rstrip('/') + '/'
   files = FileSystems.match([prefix + '**'])[0].metadata_list
