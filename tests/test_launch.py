@@ -1,0 +1,105 @@
+"""The launch scripts: parameters from flags or environment variables,
+validation before submitting, pass-through of extra arguments, and a command
+line the job itself accepts."""
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.options import parse_args
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in (
+    'MODEL', 'INPUT', 'OUTPUT', 'PROJECT', 'REGION', 'TEMP_LOCATION', 'FLINK_MASTER')}
+
+
+def launch(script, *args, **env):
+  return subprocess.run(['bash', os.path.join(ROOT, 'launch', script), '--print_only', *args],
+                        env={**CLEAN_ENV, 'PYTHON': sys.executable, **env},
+                        capture_output=True, text=True)
+
+
+def job_args(proc):
+  """The job arguments of a printed command (after `python -m pipeline`)."""
+  assert proc.returncode == 0, proc.stderr
+  words = shlex.split(proc.stdout)
+  assert words[:3] == [sys.executable, '-m', 'pipeline']
+  return words[3:]
+
+
+def test_dataflow_from_flags_and_environment():
+  args = job_args(launch('dataflow.sh', '--model=gs://b/m', '--input=gs://b/in/*.jsonl',
+                         '--output=gs://b/out', '--subnetwork=regions/r/subnetworks/s',
+                         '--key_field=id', '--experiments=use_runner_v2',
+                         PROJECT='my-project', TEMP_LOCATION='gs://b/tmp', MAX_WORKERS='50',
+                         SERVICE_ACCOUNT='sa@p.iam.gserviceaccount.com'))
+  for expected in ['--runner=DataflowRunner', '--project=my-project', '--region=us-central1',
+                   '--temp_location=gs://b/tmp', '--staging_location=gs://b/tmp',
+                   '--max_num_workers=50', '--machine_type=n2-standard-4',
+                   '--service_account_email=sa@p.iam.gserviceaccount.com',
+                   '--subnetwork=regions/r/subnetworks/s', f'--setup_file={ROOT}/setup.py',
+                   '--key_field=id', '--experiments=use_runner_v2']:
+    assert expected in args
+  options = parse_args(args)  # the job accepts every argument
+  assert options.runner == 'DataflowRunner' and options.key_field == 'id'
+
+
+def test_dataflow_custom_container_replaces_setup_file():
+  args = job_args(launch('dataflow.sh', '--sdk_container_image=eu.gcr.io/p/batch:1',
+                         MODEL='gs://b/m', INPUT='gs://b/i', OUTPUT='gs://b/o',
+                         PROJECT='p', TEMP_LOCATION='gs://b/t'))
+  assert '--sdk_container_image=eu.gcr.io/p/batch:1' in args
+  assert not any(a.startswith('--setup_file') for a in args)
+
+
+@pytest.mark.parametrize('script, missing', [
+    ('dataflow.sh', ['--input', '--output', '--project', '--temp_location']),
+    ('flink.sh', ['--input', '--output', '--flink_master']),
+    ('local.sh', ['--input', '--output']),
+    ('portable.sh', ['--input', '--output']),
+])
+def test_missing_values_fail_before_submitting_one_line_each(script, missing):
+  proc = launch(script, '--model=m')
+  assert proc.returncode == 2 and proc.stdout == ''
+  lines = proc.stderr.strip().splitlines()
+  assert [line.split('missing ')[1].split(' ')[0] for line in lines] == missing
+  assert all(line.startswith(f'launch/{script}: missing --') for line in lines)
+
+
+def test_flink_command_line():
+  args = job_args(launch('flink.sh', '--flink_master=flink:8081', '--parallelism=8',
+                         '--flink_job_server_jar=/opt/beam-flink-job-server.jar',
+                         MODEL='gs://b/m', INPUT='gs://b/i', OUTPUT='gs://b/o',
+                         ENVIRONMENT_TYPE='EXTERNAL', ENVIRONMENT_CONFIG='pool:50000'))
+  for expected in ['--runner=FlinkRunner', '--flink_master=flink:8081', '--parallelism=8',
+                   '--environment_type=EXTERNAL', '--environment_config=pool:50000',
+                   '--flink_job_server_jar=/opt/beam-flink-job-server.jar']:
+    assert expected in args
+  assert parse_args(args).runner == 'FlinkRunner'
+
+
+def test_portable_and_local_defaults():
+  args = job_args(launch('portable.sh', MODEL='m', INPUT='i', OUTPUT='o'))
+  assert {'--runner=PortableRunner', '--job_endpoint=embed',
+          '--environment_type=LOOPBACK'} <= set(args)
+  proc = launch('portable.sh', '--environment_type=EXTERNAL', MODEL='m', INPUT='i', OUTPUT='o')
+  assert proc.returncode == 2 and 'missing --environment_config' in proc.stderr
+  args = job_args(launch('local.sh', '--direct_num_workers=2', MODEL='m', INPUT='i',
+                         OUTPUT='o'))
+  assert {'--runner=FnApiRunner', '--direct_num_workers=2',
+          '--direct_running_mode=in_memory'} <= set(args)
+  assert parse_args(args).runner == 'FnApiRunner'
+
+
+def test_local_script_runs_the_job(model_dir, tmp_path):
+  with open(tmp_path / 'in.jsonl', 'w') as f:
+    f.write('[1, 2]\n[3]\n')
+  proc = subprocess.run(['bash', os.path.join(ROOT, 'launch', 'local.sh'),
+                         f'--model={model_dir / "ragged"}', f'--input={tmp_path / "in.jsonl"}',
+                         f'--output={tmp_path / "out"}'],
+                        env={**CLEAN_ENV, 'PYTHON': sys.executable}, capture_output=True,
+                        text=True, cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr
+  assert 'predictions          2' in proc.stdout
