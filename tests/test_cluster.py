@@ -179,3 +179,9 @@ def test_dataflow_template_holds_the_scoring_step_and_the_package(bucket, model_
   assert any(f.endswith('/pipeline/cli.py') for f in files)
   assert any(f.endswith('/transforms/score.py') for f in files)
   assert not blob_jsonl(bucket, 'df-out/')  # nothing ran
+  assert cli.main([f'--model={model_dir / "keras"}', '--signature=serve',
+                   f'--input={input_dir / "*.jsonl"}', f'--output=gs://{BUCKET}/df-out',
+                   '--runner=DataflowRunner', '--project=test-project',
+                   '--region=us-central1', f'--temp_location=gs://{BUCKET}/df-tmp',
+                   '--dry_run=True']) == 0
+  assert 'Dry run' in capsys.readouterr().out

@@ -103,3 +103,16 @@ def test_local_script_runs_the_job(model_dir, tmp_path):
                         text=True, cwd=tmp_path)
   assert proc.returncode == 0, proc.stderr
   assert 'predictions          2' in proc.stdout
+
+
+def test_dockerfile_copies_the_package_and_keeps_beams_entry_point():
+  with open(os.path.join(ROOT, 'launch', 'Dockerfile')) as f:
+    lines = [l.strip() for l in f if l.strip() and not l.startswith('#')]
+  base = next(l for l in lines if l.startswith('FROM'))
+  import apache_beam
+  assert base == (f'FROM apache/beam_python{sys.version_info.major}.{sys.version_info.minor}'
+                  f'_sdk:{apache_beam.__version__}')
+  copied = [l.split()[1] for l in lines if l.startswith('COPY')]
+  assert {'pipeline', 'transforms', 'setup.py'} <= set(copied)
+  assert all(os.path.exists(os.path.join(ROOT, c)) for c in copied)
+  assert not any(l.startswith(('ENTRYPOINT', 'CMD')) for l in lines)
