@@ -42,7 +42,7 @@ def test_convert_value_accepts(value, s, expected):
     ({'b64': 'not base64!'}, spec('string', ()), 'invalid base64'),
 ])
 def test_convert_value_rejects_with_reason(value, s, message):
-  with pytest.raises(convert.SchemaError, match='') as e:
+  with pytest.raises(convert.SchemaError) as e:
     convert.convert_value(value, s)
   assert message in str(e.value)
   assert '\n' not in str(e.value)
