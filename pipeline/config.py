@@ -18,9 +18,7 @@ from transforms.storage import is_local
 class JobConfig:
   options: JobOptions
   model: ModelRef
-  input_files: tuple  # FileMetadata, each file once
-  files_by_format: dict  # input format -> list of FileMetadata
-  input_bases: tuple  # directory of each pattern, ending in '/'
+  files_by_format: dict  # input format -> FileMetadata of its files, each file once
   layout: OutputLayout
 
   @property
@@ -94,5 +92,4 @@ def resolve(options: JobOptions) -> JobConfig:
       position_fields=tuple(sorted({POSITION_FIELDS[k] for k in files_by_format})))
   return JobConfig(
       options=dataclasses.replace(options, output=_absolute(options.output)),
-      model=model, input_files=files, files_by_format=files_by_format,
-      input_bases=layout.input_bases, layout=layout)
+      model=model, files_by_format=files_by_format, layout=layout)

@@ -34,7 +34,7 @@ def build(config, counts: dict, runner: str, wall_time_s: float) -> dict:
                 'signature': config.model.signature.name,
                 'tags': list(config.model.tags)},
       'model_loads': counts.get('model_loads', 0),
-      'input_files': len(config.input_files),
+      'input_files': sum(len(f) for f in config.files_by_format.values()),
       'output': config.output,
       'runner': runner,
       'wall_time_s': round(wall_time_s, 3),

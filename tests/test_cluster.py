@@ -12,8 +12,7 @@ import threading
 import pytest
 
 from tests import cloud
-from tests.helpers import (assert_conserved, check_keras_predictions, read_jsonl, run_job,
-                           write_lines)
+from tests.helpers import assert_conserved, check_keras_predictions, run_job, write_lines
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = 'batch-predict-test'
