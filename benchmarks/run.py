@@ -16,6 +16,9 @@ Each configuration runs in its own process (so peak RSS is its own):
   (d) this job      batch-predict, default local mode
 Times exclude interpreter start and TensorFlow import; (c) and (d) include
 pipeline start-up and model load. Batch size 256 everywhere.
+
+A second table times (d) on the tabular instances stored as CSV, Parquet
+and TFRecord (tf.Example) files.
 """
 import argparse
 import json
@@ -72,6 +75,29 @@ def write_data(workload, path, count):
                      + b'\n' for i in range(n))
 
 
+def write_other_formats(jsonl_path, stem):
+  """The tabular instances as CSV, Parquet and TFRecord of tf.Examples."""
+  import orjson
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  from transforms.write import tfrecord_frame
+  from tensorflow.core.example import example_pb2
+  with open(jsonl_path, 'rb') as f:
+    rows = [orjson.loads(line) for line in f]
+  with open(stem + '.csv', 'w') as f:
+    f.write(','.join(['id'] + TABULAR_FEATURES) + '\n')
+    f.writelines(','.join([str(r['id'])] + [repr(r[n]) for n in TABULAR_FEATURES]) + '\n'
+                 for r in rows)
+  pq.write_table(pa.Table.from_pylist(rows), stem + '.parquet', row_group_size=65536)
+  with open(stem + '.tfrecord', 'wb') as f:
+    for r in rows:
+      example = example_pb2.Example()
+      example.features.feature['id'].int64_list.value.append(r['id'])
+      for name in TABULAR_FEATURES:
+        example.features.feature[name].float_list.value.append(r[name])
+      f.write(tfrecord_frame(example.SerializeToString()))
+
+
 def prepare(workdir, scale):
   os.makedirs(workdir, exist_ok=True)
   for workload, count in WORKLOADS.items():
@@ -83,6 +109,9 @@ def prepare(workdir, scale):
     if not os.path.exists(data):
       write_data(workload, data + '.tmp', count)
       os.rename(data + '.tmp', data)
+    stem = data[:-len('.jsonl')]
+    if workload == 'tabular' and not os.path.exists(stem + '.tfrecord'):
+      write_other_formats(data, stem)
 
 
 # -- the four configurations (each in its own process) -----------------------
@@ -192,6 +221,18 @@ CONFIGS = {'a': ('model alone', run_model_alone), 'b': ('hand loop', run_hand_lo
            'c': ('RunInference', run_runinference), 'd': ('this job', run_this_job)}
 
 
+def run_child(config, workload, model, data, out) -> dict:
+  proc = subprocess.run(
+      [sys.executable, __file__, '--child', config, workload, model, data, out],
+      capture_output=True, text=True, cwd=ROOT)
+  line = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
+  if proc.returncode or not line:
+    sys.exit(f'{workload}/{config} on {data} failed:\n{proc.stderr[-3000:]}')
+  result = json.loads(line[0][len('RESULT '):])
+  result['rate'] = result['count'] / result['seconds']
+  return result
+
+
 def child(config, workload, model, data, out):
   os.makedirs(out, exist_ok=True)
   count, seconds = CONFIGS[config][1](workload, model, data, out)
@@ -219,14 +260,7 @@ def main():
     results = {}
     for config in CONFIGS:
       out = os.path.join(args.workdir, 'out', f'{workload}-{config}')
-      proc = subprocess.run(
-          [sys.executable, __file__, '--child', config, workload, model, data, out],
-          capture_output=True, text=True, cwd=ROOT)
-      line = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
-      if proc.returncode or not line:
-        sys.exit(f'{workload}/{config} failed:\n{proc.stderr[-3000:]}')
-      results[config] = json.loads(line[0][len('RESULT '):])
-      results[config]['rate'] = results[config]['count'] / results[config]['seconds']
+      results[config] = run_child(config, workload, model, data, out)
     for config, r in results.items():
       rows.append((workload, f'({config}) {CONFIGS[config][0]}', r['count'], r['seconds'],
                    r['rate'], r['peak_mb'], r['rate'] / results['b']['rate'],
@@ -237,6 +271,19 @@ def main():
   print('|' + '---|' * len(header))
   for w, c, n, s, rate, mem, vb, vc in rows:
     print(f'| {w} | {c} | {n:,} | {s:.1f} | {rate:,.0f} | {mem:,.0f} | {vb:.2f}x | {vc:.2f}x |')
+
+  count = int(WORKLOADS['tabular'] * args.scale)
+  stem = os.path.join(args.workdir, f'tabular-{count}')
+  model = os.path.join(args.workdir, 'tabular-model')
+  jsonl_rate = next(r[4] for r in rows if r[0] == 'tabular' and r[1].startswith('(d)'))
+  print()
+  print('| (d) this job, tabular input as | instances | seconds | inst/s | peak MiB | vs JSONL |')
+  print('|---|---|---|---|---|---|')
+  for extension in ('csv', 'parquet', 'tfrecord'):
+    r = run_child('d', 'tabular', model, f'{stem}.{extension}',
+                  os.path.join(args.workdir, 'out', f'tabular-d-{extension}'))
+    print(f'| {extension} | {r["count"]:,} | {r["seconds"]:.1f} | {r["rate"]:,.0f} | '
+          f'{r["peak_mb"]:,.0f} | {r["rate"] / jsonl_rate:.2f}x |')
 
 
 if __name__ == '__main__':

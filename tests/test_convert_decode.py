@@ -127,3 +127,83 @@ def test_bare_value_for_multi_input_signature_is_a_schema_error():
   batch = InstanceDecoder(SIG).decode(chunk(['[1, 2]']))
   assert batch.errors[0].category == SCHEMA
   assert 'write an object with fields a, b' in batch.errors[0].message
+
+
+TAB = SignatureSpec('serving_default', 'tensorflow/serving/predict',
+                    (TensorSpec('a', 'float32', ()), TensorSpec('b', 'int64', (1,)),
+                     TensorSpec('c', 'string', ())),
+                    (TensorSpec('y', 'float32', ()),))
+
+
+def assert_same_batches(fast, slow):
+  assert fast.keys == slow.keys and fast.passthrough == slow.passthrough
+  assert [(e.row, e.category) for e in fast.errors] == [(e.row, e.category) for e in slow.errors]
+  f, s = rows_and_feeds(fast), rows_and_feeds(slow)
+  assert sorted(f) == sorted(s)
+  for row in f:
+    for name in f[row]:
+      got, want = f[row][name], s[row][name]
+      assert type(got) is type(want) and getattr(got, 'dtype', None) == getattr(want, 'dtype', None)
+      np.testing.assert_array_equal(got, want)
+
+
+def csv_chunk(lines):
+  return RawChunk([('t.csv', 0)], list(range(len(lines))), [l.encode() for l in lines],
+                  kind='csv', header=('id', 'a', 'b', 'c', 'note'))
+
+
+def test_csv_columnar_path_matches_the_per_row_path():
+  decoder = InstanceDecoder(TAB, key_field='id', passthrough_fields=('note',))
+  lines = [f'{i},{i / 7},{i * 3},"name, {i}",n{i}' for i in range(40)]
+  chunk = csv_chunk(lines)
+  fast = decoder._decode_csv_columnar(chunk)  # raises if it cannot take the chunk
+  assert_same_batches(fast, decoder._decode_per_instance(chunk))
+  assert fast.keys[3] == '3' and fast.passthrough['note'][3] == 'n3'
+  lines[5] = '5,,15,x,n5'  # an empty cell: the chunk falls back, one error
+  batch = decoder.decode(csv_chunk(lines))
+  assert [(e.row, e.category) for e in batch.errors] == [(5, SCHEMA)]
+  assert len(batch) == 39
+
+
+def tf_example(**features):
+  import tensorflow as tf
+  def feature(v):
+    v = v if isinstance(v, list) else [v]
+    if isinstance(v[0], float):
+      return tf.train.Feature(float_list=tf.train.FloatList(value=v))
+    if isinstance(v[0], int):
+      return tf.train.Feature(int64_list=tf.train.Int64List(value=v))
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[x.encode() for x in v]))
+  return tf.train.Example(features=tf.train.Features(
+      feature={k: feature(v) for k, v in features.items()})).SerializeToString()
+
+
+def tfrecord_chunk(records):
+  return RawChunk([('t.tfrecord', 0)], list(range(len(records))), records, kind='tfrecord')
+
+
+def test_tfrecord_columnar_path_matches_the_per_record_path():
+  decoder = InstanceDecoder(TAB, key_field='id', passthrough_fields=('w',))
+  records = [tf_example(id=f'r{i}', a=i / 7, b=i * 3, c=f'name {i}', w=i) for i in range(40)]
+  chunk = tfrecord_chunk(records)
+  fast = decoder._decode_tfrecord_columnar(chunk)
+  assert_same_batches(fast, decoder._decode_per_instance(chunk))
+  assert fast.keys[3] == 'r3' and fast.passthrough['w'][3] == 3
+  records[7] = tf_example(id='r7', a=1.0, c='no b')  # a missing feature: fallback, one error
+  records[9] = b'\x00 not an example'
+  batch = decoder.decode(tfrecord_chunk(records))
+  assert [(e.row, e.category) for e in batch.errors] == [(7, SCHEMA), (9, PARSE)]
+  assert len(batch) == 38
+
+
+def test_tfrecord_records_fed_as_they_are_to_an_example_signature():
+  examples_sig = SignatureSpec('s', 'tensorflow/serving/classify',
+                               (TensorSpec('inputs', 'string', ()),), (), True, {'a': 'float'})
+  records = [tf_example(id=i, a=float(i)) for i in range(5)]
+  decoder = InstanceDecoder(examples_sig, key_field='id')
+  fast = decoder._decode_tfrecord_columnar(tfrecord_chunk(records))
+  assert fast.keys == [0, 1, 2, 3, 4]
+  assert list(fast.groups[0].feeds['inputs']) == records
+  records[2] = b'\x00 not an example'
+  batch = decoder.decode(tfrecord_chunk(records))
+  assert [(e.row, e.category) for e in batch.errors] == [(2, PARSE)]

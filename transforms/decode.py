@@ -20,13 +20,14 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 from apache_beam.metrics import Metrics
 
 from transforms import convert, examples
 from transforms.records import (CSV, FeedGroup, InstanceBatch, InstanceError, JSONL, METRICS_NAMESPACE, PARQUET, PARSE, RawChunk,
                                 SCHEMA, TFRECORD)
-from transforms.savedmodel import SignatureSpec
+from transforms.savedmodel import SignatureSpec, TensorSpec
 
 _LOG = logging.getLogger(__name__)
 _PARSE_BLOCKS = 8
@@ -53,13 +54,20 @@ class InstanceDecoder:
     input_types = {s.name: convert.arrow_type(s) for s in self._inputs}
     self._input_types = (input_types if all(input_types.values())
                          and not self._takes_examples else None)
+    # CSV cells hold scalars: inputs of shape [] or [1] read as columns.
+    self._csv_types = ({s.name: convert.arrow_type(TensorSpec(s.name, s.dtype, ()))
+                        for s in self._inputs}
+                       if self._input_types and all(s.shape in ((), (1,)) for s in self._inputs)
+                       else None)
     if self._single is not None:
       self._bare_prefix = b'{' + orjson.dumps(self._single.name) + b':'
 
   def decode(self, chunk: RawChunk) -> InstanceBatch:
-    if self._input_types is not None and len(chunk) and not chunk.read_errors:
+    if len(chunk) and not chunk.read_errors:
       columnar = {JSONL: self._decode_jsonl_columnar,
-                  PARQUET: self._decode_parquet_columnar}.get(chunk.kind)
+                  PARQUET: self._decode_parquet_columnar,
+                  CSV: self._decode_csv_columnar,
+                  TFRECORD: self._decode_tfrecord_columnar}.get(chunk.kind)
       if columnar is not None:
         try:
           return columnar(chunk)
@@ -75,6 +83,8 @@ class InstanceDecoder:
   # -- whole chunk at once -------------------------------------------------
 
   def _decode_jsonl_columnar(self, chunk: RawChunk) -> InstanceBatch:
+    if self._input_types is None:
+      raise convert.NotFastPath
     lines = chunk.records
     if all(line[:1] == b'{' for line in lines):
       blob = b'\n'.join(lines)
@@ -104,6 +114,8 @@ class InstanceDecoder:
     return self._columnar_batch(chunk, table, table.column)
 
   def _decode_parquet_columnar(self, chunk: RawChunk) -> InstanceBatch:
+    if self._input_types is None:
+      raise convert.NotFastPath
     batch = chunk.records
     names = set(batch.schema.names)
     if not all(s.name in names for s in self._inputs) or not all(
@@ -120,6 +132,77 @@ class InstanceDecoder:
       except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         raise convert.NotFastPath from None
     return self._columnar_batch(chunk, batch, column)
+
+  def _decode_csv_columnar(self, chunk: RawChunk) -> InstanceBatch:
+    if self._csv_types is None:
+      raise convert.NotFastPath
+    # Carried cells stay the text they are, as on the per-row path.
+    types = {f: pa.string() for f in self._carried}
+    types.update(self._csv_types)
+    try:
+      table = pacsv.read_csv(
+          io.BytesIO(b'\n'.join(chunk.records)),
+          read_options=pacsv.ReadOptions(column_names=list(chunk.header)),
+          convert_options=pacsv.ConvertOptions(
+              column_types=types, include_columns=list(types),
+              strings_can_be_null=False, quoted_strings_can_be_null=False))
+    except (pa.ArrowInvalid, pa.ArrowKeyError, pa.ArrowTypeError):
+      raise convert.NotFastPath from None
+    if table.num_rows != len(chunk):
+      raise convert.NotFastPath
+
+    def column(name):
+      values = table.column(name)
+      spec = next((s for s in self._inputs if s.name == name), None)
+      if spec is not None and spec.shape == (1,):
+        values = values.combine_chunks()
+        if values.null_count:
+          raise convert.NotFastPath
+        return pa.FixedSizeListArray.from_arrays(values, 1).cast(self._input_types[name])
+      return values
+    return self._columnar_batch(chunk, table, column)
+
+  def _decode_tfrecord_columnar(self, chunk: RawChunk) -> InstanceBatch:
+    """tf.io.parse_example on the whole chunk, fixed-length features typed
+    by the signature; carried features typed from the first record."""
+    import tensorflow as tf  # workers load it for scoring anyway
+    tf_types = {'float32': tf.float32, 'int64': tf.int64, 'string': tf.string}
+    features = {}
+    if not self._takes_examples:
+      for spec in self._inputs:
+        if spec.dtype not in tf_types or not spec.fully_defined:
+          raise convert.NotFastPath
+        features[spec.name] = tf.io.FixedLenFeature(spec.shape, tf_types[spec.dtype])
+    first = examples.example_fields(chunk.records[0]) if self._carried else {}
+    for field in self._carried:
+      values = first.get(field)
+      if field in features or not values or len(values) != 1:
+        if field in features and features[field].shape == ():
+          continue
+        raise convert.NotFastPath
+      kind = (tf.string if isinstance(values[0], bytes)
+              else tf.int64 if isinstance(values[0], int) else tf.float32)
+      features[field] = tf.io.FixedLenFeature((), kind)
+    try:
+      parsed = tf.io.parse_example(chunk.records, features)
+    except (tf.errors.InvalidArgumentError, ValueError):
+      raise convert.NotFastPath from None
+    if self._takes_examples:
+      records = np.empty(len(chunk), dtype=object)
+      records[:] = chunk.records
+      feeds = {self._inputs[0].name: records}
+    else:
+      feeds = {s.name: parsed[s.name].numpy() for s in self._inputs}
+
+    def carried(field):
+      values = parsed[field].numpy().tolist()
+      if values and isinstance(values[0], bytes):
+        return [examples.carried_value([v]) for v in values]
+      return values
+    keys = carried(self._key_field) if self._key_field else None
+    passthrough = {f: carried(f) for f in self._passthrough}
+    return InstanceBatch(chunk, keys, passthrough,
+                         [FeedGroup(list(range(len(chunk))), feeds)], [])
 
   def _columnar_batch(self, chunk, table, column) -> InstanceBatch:
     feeds = {s.name: convert.arrow_to_numpy(column(s.name), s) for s in self._inputs}
