@@ -15,6 +15,7 @@ setuptools.setup(
         'google-cloud-storage>=3.17.0,<4',
         'numpy>=2.0,<3',
         'orjson>=3.10,<4',
+        'pysimdjson>=7.0.2,<8',
     ],
     extras_require={
         'test': ['pytest>=9,<10', 'gcp-storage-emulator>=2026.7.19'],

@@ -207,3 +207,38 @@ def test_tfrecord_records_fed_as_they_are_to_an_example_signature():
   records[2] = b'\x00 not an example'
   batch = decoder.decode(tfrecord_chunk(records))
   assert [(e.row, e.category) for e in batch.errors] == [(2, PARSE)]
+
+
+WIDE = SignatureSpec('serving_default', 'tensorflow/serving/predict',
+                     (TensorSpec('count', 'int32', ()), TensorSpec('pixels', 'float32', (40,))),
+                     (TensorSpec('y', 'float32', ()),))
+
+
+def test_wide_numeric_jsonl_takes_simdjson_and_matches_the_per_instance_path():
+  decoder = InstanceDecoder(WIDE, key_field='id', passthrough_fields=('meta',))
+  lines = [json.dumps({'id': f'w{i}', 'count': i, 'pixels': [i / 3] * 39 + [i],
+                       'meta': {'tags': ['a', i]}}) for i in range(30)]
+  fast = decoder._decode_jsonl_simdjson(chunk(lines))  # raises if it cannot take the chunk
+  assert_same_batches(fast, decoder._decode_per_instance(chunk(lines)))
+  assert fast.passthrough['meta'][4] == {'tags': ['a', 4]}
+  # The parser survives being pickled to workers and used again.
+  import pickle
+  again = pickle.loads(pickle.dumps(decoder))
+  assert_same_batches(again.decode(chunk(lines)), fast)
+
+
+@pytest.mark.parametrize('bad, reason', [
+    ({'count': 1, 'pixels': [[0.5] * 20, [0.5] * 20]}, 'expects shape [40]'),
+    ({'count': 1, 'pixels': [0.5] * 39 + ['x']}, 'expects float32 numbers'),
+    ({'count': True, 'pixels': [0.5] * 40}, 'expects int32 numbers, got booleans'),
+    ({'count': 2 ** 40, 'pixels': [0.5] * 40}, 'out of range for int32'),
+    ({'count': 1.5, 'pixels': [0.5] * 40}, 'expects integers'),
+    ({'pixels': [0.5] * 40}, "missing input field 'count'"),
+])
+def test_wide_numeric_jsonl_anomalies_fall_back_to_exact_errors(bad, reason):
+  lines = [json.dumps({'count': i, 'pixels': [0.25] * 40}) for i in range(8)]
+  lines[3] = json.dumps(bad)
+  batch = InstanceDecoder(WIDE).decode(chunk(lines))
+  assert [(e.row, e.category) for e in batch.errors] == [(3, SCHEMA)]
+  assert reason in batch.errors[0].message
+  assert sorted(rows_and_feeds(batch)) == [0, 1, 2, 4, 5, 6, 7]
