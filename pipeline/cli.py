@@ -87,6 +87,8 @@ def main(argv=None) -> int:
   try:
     options = parse_args(argv)
     if storage.is_local(options.output):
+      if os.path.exists(options.output) and not os.path.isdir(options.output):
+        raise ConfigError(f'--output: {options.output} exists and is not a directory')
       os.makedirs(options.output, exist_ok=True)
     config = job_config.resolve(options)
   except (ConfigError, OSError) as e:

@@ -43,6 +43,11 @@ def match_inputs(patterns) -> tuple:
       matched = FileSystems.match([pattern])[0].metadata_list
     except Exception:  # a missing directory matches nothing; say so below
       matched = []
+    directories = [m for m in matched if is_local(m.path) and os.path.isdir(m.path)]
+    matched = [m for m in matched if m not in directories]
+    if not matched and directories:
+      raise ConfigError(f'--input: {pattern} is a directory; give a file pattern such as '
+                        f'{pattern.rstrip("/")}/*.jsonl')
     if not matched:
       raise ConfigError(f'--input: {pattern} matches no file')
     for metadata in sorted(matched, key=lambda m: m.path):

@@ -55,6 +55,14 @@ def test_pattern_matching_no_file(capsys, tmp_path, model_dir, instances):
   assert 'none/*.jsonl matches no file' in err
 
 
+def test_directory_as_input_and_file_as_output(capsys, tmp_path, model_dir, instances):
+  err = config_error(capsys, tmp_path, f'--model={model_dir / "ragged"}', f'--input={tmp_path}')
+  assert f'is a directory; give a file pattern such as {tmp_path}/*.jsonl' in err
+  rc = cli.main([f'--model={model_dir / "ragged"}', f'--input={instances}',
+                 f'--output={instances}'])
+  assert rc == 2 and 'exists and is not a directory' in capsys.readouterr().err
+
+
 @pytest.mark.parametrize('args, expected', [
     (['--max_batch_sise=3'], 'unknown option --max_batch_sise'),
     (['--min_batch_size=9', '--max_batch_size=4'], 'is larger than --max_batch_size'),
