@@ -28,8 +28,20 @@ def _configure_logging():
 
 
 def clear_previous_outputs(output_dir: str) -> None:
-  """A re-run replaces the previous run's files, whatever its shard count."""
+  """A re-run replaces the previous run's files, whatever its shard count.
+  Also the check that the output location can be listed at all."""
+  from apache_beam.io.filesystem import BeamIOError
   from apache_beam.io.filesystems import FileSystems
+  from pipeline.options import ConfigError
+  try:
+    _delete_outputs(FileSystems, output_dir)
+  except BeamIOError as e:
+    details = list((e.exception_details or {}).values())
+    reason = str(details[0] if details else e).split(': ', 1)[-1][:200]
+    raise ConfigError(f'--output: cannot use {output_dir}: {reason}') from None
+
+
+def _delete_outputs(FileSystems, output_dir: str) -> None:  # pylint: disable=invalid-name
   patterns = [f'{output_dir}/{name}' for name in (
       'predictions-*-of-*.jsonl', 'predictions-*-of-*.parquet',
       'predictions-*-of-*.tfrecord', 'errors-*-of-*.jsonl', 'summary.json')]
@@ -57,7 +69,6 @@ def run(config):
   # Imported by each SDK worker at start: see transforms/storage.py.
   options = PipelineOptions(flags, runner=config.options.runner,
                             beam_plugins=plugins + ['transforms.storage'])
-  clear_previous_outputs(config.output)
   started = time.time()
   p = beam.Pipeline(options=options)
   graph.build(p, config)
@@ -91,6 +102,7 @@ def main(argv=None) -> int:
         raise ConfigError(f'--output: {options.output} exists and is not a directory')
       os.makedirs(options.output, exist_ok=True)
     config = job_config.resolve(options)
+    clear_previous_outputs(config.output)
   except (ConfigError, OSError) as e:
     print(f'batch-predict: error: {e}', file=sys.stderr)
     return EXIT_CONFIG_ERROR

@@ -184,3 +184,13 @@ def test_dataflow_template_holds_the_scoring_step_and_the_package(bucket, model_
                    '--region=us-central1', f'--temp_location=gs://{BUCKET}/df-tmp',
                    '--dry_run=True']) == 0
   assert 'Dry run' in capsys.readouterr().out
+
+
+def test_output_in_a_missing_bucket_is_one_line(bucket, model_dir, tmp_path, capsys):
+  from pipeline import cli
+  write_lines(str(tmp_path / 'in.jsonl'), ['[1.0]'])
+  rc = cli.main([f'--model={model_dir / "ragged"}', f'--input={tmp_path / "in.jsonl"}',
+                 '--output=gs://no-such-bucket-here/out'])
+  err = capsys.readouterr().err.strip()
+  assert rc == 2 and len(err.splitlines()) == 1
+  assert err.startswith('batch-predict: error: --output: cannot use gs://no-such-bucket-here/out')

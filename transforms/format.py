@@ -116,6 +116,7 @@ class FormatRecords(beam.DoFn):
     self._failed = {c: Metrics.counter(METRICS_NAMESPACE, f'errors_{c}')
                     for c in ('parse', 'schema', 'model')}
     self._schema = None
+    self._names = {}  # file path -> relative name, per worker
 
   def setup(self):
     if self._layout.output_format == 'parquet':
@@ -171,7 +172,11 @@ class FormatRecords(beam.DoFn):
     return record
 
   def _location(self, chunk, row) -> dict:
-    location = {'filename': relative_name(chunk.path_of(row), self._layout.input_bases)}
+    path = chunk.path_of(row)
+    name = self._names.get(path)
+    if name is None:
+      name = self._names[path] = relative_name(path, self._layout.input_bases)
+    location = {'filename': name}
     if chunk.positions[row] is not None:
       location[chunk.position_field] = chunk.positions[row]
     return location

@@ -46,13 +46,12 @@ class LineChunkSource(filebasedsource.FileBasedSource):
 
   def read_records(self, file_name, range_tracker):
     start = range_tracker.start_position()
-    header = None
-    if self._kind == CSV:
-      with self.open_file(file_name) as f:
-        header = read_csv_header(f.readline())
-    chunk = self._new_chunk(file_name, header)
-    chunk_bytes = 0
     with self.open_file(file_name) as f:
+      header = read_csv_header(f.readline()) if self._kind == CSV else None
+      chunk = self._new_chunk(file_name, header)
+      chunk_bytes = 0
+      if header is not None and start == 0:
+        f.seek(0)  # the header line is claimed and skipped below
       if start > 0:
         # The line that straddles `start` belongs to the previous range.
         f.seek(start - 1)
