@@ -1,14 +1,31 @@
 """batch-predict: score instances with a SavedModel on Apache Beam.
 
-Configuration mistakes end with one line on stderr and exit status 2, before
-any pipeline starts; instance errors are counted and written, exit status 0.
+Exit status (one line on stderr for every status but 0, never a traceback):
+  0  the run completed and at most --max_error_fraction of the instances failed
+  1  the pipeline failed: the previous result in --output is left as it was
+  2  a configuration mistake (or another run uses --output): nothing ran
+  3  completed, but too many errors (or no instance at all); outputs written
+  4  completed, but some input files could not be read to their end
+The pipeline writes into a staging folder of the output directory; the
+result replaces the previous one only once complete (pipeline/outputs.py).
 """
 import logging
 import os
 import sys
 import time
+import traceback
 
+EXIT_OK = 0
+EXIT_PIPELINE_FAILED = 1
 EXIT_CONFIG_ERROR = 2
+EXIT_TOO_MANY_ERRORS = 3
+EXIT_INPUT_INCOMPLETE = 4
+
+_LOG = logging.getLogger(__name__)
+
+
+class PipelineFailed(Exception):
+  """The pipeline, or the promotion of its outputs, raised."""
 
 
 def _drop_beam_resource_warning(record) -> bool:
@@ -17,95 +34,195 @@ def _drop_beam_resource_warning(record) -> bool:
   return not record.getMessage().startswith('Resource module is not available')
 
 
+def _debug() -> bool:
+  """Full tracebacks: BATCH_PREDICT_DEBUG=1, or logging at debug level."""
+  return (os.environ.get('BATCH_PREDICT_DEBUG', '') not in ('', '0')
+          or logging.getLogger().isEnabledFor(logging.DEBUG))
+
+
+def _quiet_beam_tracebacks(record) -> bool:
+  """A failing step's exception is reported once, in one line (main);
+  Beam's own log of it, and other Beam tracebacks, only with debugging on."""
+  if _debug() or not record.name.startswith('apache_beam'):
+    return True
+  if record.name == 'apache_beam.runners.common' and record.exc_info:
+    return False  # the exception that fails the pipeline, re-raised to us
+  record.exc_info, record.exc_text = None, None
+  return True
+
+
 def _configure_logging():
   logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
   for handler in logging.getLogger().handlers:
     handler.addFilter(_drop_beam_resource_warning)
+    handler.addFilter(_quiet_beam_tracebacks)
   for name in ('pipeline', 'transforms'):
     logging.getLogger(name).setLevel(logging.INFO)
   # TensorFlow's C++ start-up chatter is not for batch-job users.
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 
-def clear_previous_outputs(output_dir: str) -> None:
-  """A re-run replaces the previous run's files, whatever its shard count.
-  Also the check that the output location can be listed at all."""
-  from apache_beam.io.filesystem import BeamIOError
-  from apache_beam.io.filesystems import FileSystems
+def _last_line(error: BaseException) -> str:
+  lines = ''.join(traceback.format_exception_only(type(error), error)).strip().splitlines()
+  return lines[-1].strip() if lines else type(error).__name__
+
+
+def check_runner(runner: str) -> None:
+  from apache_beam.options.pipeline_options import StandardOptions
+  from apache_beam.runners.runner import create_runner
   from pipeline.options import ConfigError
   try:
-    _delete_outputs(FileSystems, output_dir)
-  except BeamIOError as e:
-    details = list((e.exception_details or {}).values())
-    reason = str(details[0] if details else e).split(': ', 1)[-1][:200]
-    raise ConfigError(f'--output: cannot use {output_dir}: {reason}') from None
+    create_runner(runner)
+  except (ValueError, ImportError, AttributeError):
+    raise ConfigError(f'--runner: unknown runner {runner!r}; known runners: '
+                      f'{", ".join(StandardOptions.KNOWN_RUNNER_NAMES)}') from None
 
 
-def _delete_outputs(FileSystems, output_dir: str) -> None:  # pylint: disable=invalid-name
-  patterns = [f'{output_dir}/{name}' for name in (
-      'predictions-*-of-*.jsonl', 'predictions-*-of-*.parquet',
-      'predictions-*-of-*.tfrecord', 'errors-*-of-*.jsonl', 'summary.json')]
-  stale = [m.path for result in FileSystems.match(patterns)
-           for m in result.metadata_list]
-  # Temporary folders of Beam's file sinks, left behind by a failed run.
-  stale += [m.path.rstrip('/') for m in FileSystems.match(
-      [f'{output_dir}/beam-temp-*'])[0].metadata_list]
-  if stale:
-    FileSystems.delete(sorted(set(stale)))
+def exit_status(summary: dict, max_error_fraction: float) -> tuple:
+  """(status, reason): whether the result is usable."""
+  read, errors = summary['instances_read'], summary['errors']
+  if summary['files_incomplete']:
+    return EXIT_INPUT_INCOMPLETE, (f'{summary["files_incomplete"]} input file(s) could not '
+                                   'be read completely; see the file errors')
+  if read == 0:
+    return EXIT_TOO_MANY_ERRORS, 'no instance was read: the input files hold none'
+  if summary['predictions'] == 0:
+    return EXIT_TOO_MANY_ERRORS, f'no instance could be predicted: all {read} failed'
+  if errors > max_error_fraction * read:
+    return EXIT_TOO_MANY_ERRORS, (f'{errors} of {read} instances failed '
+                                  f'({errors / read:.1%}), more than '
+                                  f'--max_error_fraction={max_error_fraction:g}')
+  return EXIT_OK, f'completed; {errors} of {read} instances failed'
 
 
-def run(config):
-  """Runs the job to completion and returns the summary dict; for a
-  Dataflow template or dry run, which start no job, returns a message."""
-  import apache_beam as beam
-  from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
-                                                  TestOptions)
-
-  from pipeline import graph, summary
-
-  from apache_beam.options.pipeline_options import SetupOptions
+def _pipeline_options(config):
+  from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
   flags = list(config.options.beam_args)
   plugins = PipelineOptions(flags).view_as(SetupOptions).beam_plugins or []
   # Imported by each SDK worker at start: see transforms/storage.py.
-  options = PipelineOptions(flags, runner=config.options.runner,
-                            beam_plugins=plugins + ['transforms.storage'])
-  started = time.time()
-  p = beam.Pipeline(options=options)
-  graph.build(p, config)
-  result = p.run()
-  cloud = options.view_as(GoogleCloudOptions)
-  if cloud.template_location:
-    return f'Dataflow template written to {cloud.template_location}; no job was started.'
-  if options.view_as(TestOptions).dry_run:
+  return PipelineOptions(flags, runner=config.options.runner,
+                         beam_plugins=plugins + ['transforms.storage'])
+
+
+def starts_no_job(options) -> str:
+  """For a Dataflow template or dry run, what to say instead of running."""
+  from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
+                                                  TestOptions)
+  beam_options = PipelineOptions(list(options.beam_args))
+  location = beam_options.view_as(GoogleCloudOptions).template_location
+  if location:
+    return f'Dataflow template written to {location}; no job was started.'
+  if beam_options.view_as(TestOptions).dry_run:
     return 'Dry run: the pipeline was translated for Dataflow and not submitted.'
-  result.wait_until_finish()
-  wall_time = time.time() - started
-  job_summary = summary.build(config, summary.counters(result),
-                              config.options.runner, wall_time)
-  summary.write(job_summary, config.output)
-  return job_summary
+  return ''
+
+
+def build_template(config, message: str) -> str:
+  """A template runs later, without this command, so it writes straight
+  into the output directory: no staging, lock or summary."""
+  import apache_beam as beam
+  from pipeline import graph
+  p = beam.Pipeline(options=_pipeline_options(config))
+  graph.build(p, config)
+  p.run()
+  return message
+
+
+def run(config, staging) -> dict:
+  """Runs the pipeline into the staging folder and returns the summary;
+  raises PipelineFailed."""
+  import dataclasses
+
+  import apache_beam as beam
+  from apache_beam.runners.runner import PipelineState
+
+  from pipeline import graph, summary
+  staged = dataclasses.replace(
+      config, options=dataclasses.replace(config.options, output=staging.path))
+  started = time.time()
+  try:
+    p = beam.Pipeline(options=_pipeline_options(config))
+    graph.build(p, staged)
+    result = p.run()
+    state = result.wait_until_finish()
+  except Exception as e:  # pylint: disable=broad-except
+    raise PipelineFailed(_last_line(e)) from e
+  if state not in (None, PipelineState.DONE):
+    raise PipelineFailed(f'the pipeline ended in state {state}')
+  return summary.build(config, summary.counters(result), config.options.runner,
+                       time.time() - started)
+
+
+def run_and_promote(config, run_id: str) -> tuple:
+  """(exit status, summary): the pipeline's result replaces the previous
+  one in the output directory only once complete."""
+  from pipeline import outputs, summary
+  staging = outputs.Staging(config.output, run_id)
+  try:
+    staging.clear_leftovers()
+    job_summary = run(config, staging)
+    status, reason = exit_status(job_summary, config.options.max_error_fraction)
+    job_summary.update(exit_status=status, exit_reason=reason)
+    summary.write(job_summary, staging.path)
+    try:
+      staging.promote()
+    except Exception as e:  # pylint: disable=broad-except
+      raise PipelineFailed(f'moving the outputs into place failed ({_last_line(e)}); '
+                           'no summary.json: the directory holds no complete result') from e
+  finally:
+    staging.discard()
+  return status, job_summary
+
+
+def _error(message) -> None:
+  print(f'batch-predict: error: {message}', file=sys.stderr)
 
 
 def main(argv=None) -> int:
   _configure_logging()
   from transforms import storage
   storage.use_anonymous_credentials_for_emulator()
-  from pipeline import config as job_config
+  from pipeline import outputs
   from pipeline.options import ConfigError, parse_args
-  from pipeline import summary
 
   argv = sys.argv[1:] if argv is None else argv
   try:
     options = parse_args(argv)
-    if storage.is_local(options.output):
-      if os.path.exists(options.output) and not os.path.isdir(options.output):
-        raise ConfigError(f'--output: {options.output} exists and is not a directory')
-      os.makedirs(options.output, exist_ok=True)
-    config = job_config.resolve(options)
-    clear_previous_outputs(config.output)
-  except (ConfigError, OSError) as e:
-    print(f'batch-predict: error: {e}', file=sys.stderr)
+    check_runner(options.runner)
+    output = outputs.prepare(options.output)
+  except ConfigError as e:
+    _error(e)
     return EXIT_CONFIG_ERROR
-  job_summary = run(config)
-  print(job_summary if isinstance(job_summary, str) else summary.table(job_summary))
-  return 0
+  lock = outputs.OutputLock(output, outputs.new_run_id(), options.beam_args)
+  try:
+    return _run(options, lock)
+  finally:
+    lock.release()
+
+
+def _run(options, lock) -> int:
+  from pipeline import config as job_config
+  from pipeline import summary
+  from pipeline.options import ConfigError
+  try:
+    message = starts_no_job(options)
+    if not message:  # a template or dry run writes nothing now
+      lock.acquire()
+    config = job_config.resolve(options)
+  except (ConfigError, OSError) as e:
+    _error(e)
+    return EXIT_CONFIG_ERROR
+  if message:
+    print(build_template(config, message))
+    return EXIT_OK
+  try:
+    status, job_summary = run_and_promote(config, lock.run_id)
+  except PipelineFailed as e:
+    if _debug():
+      traceback.print_exception(e.__cause__ or e)
+    _error(f'the pipeline failed: {e}')
+    return EXIT_PIPELINE_FAILED
+  print(summary.table(job_summary))
+  if status != EXIT_OK:
+    _error(f'{job_summary["exit_reason"]}; the outputs are in {config.output}')
+  return status

@@ -10,6 +10,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 DEFAULT_MAX_BATCH_SIZE = 256
 DEFAULT_MIN_BATCH_SIZE = 32
+DEFAULT_MAX_INSTANCE_BYTES = 4 << 20  # as transforms.lines.DEFAULT_MAX_INSTANCE_BYTES
+# The most errors per instance read with which a run still exits 0.
+DEFAULT_MAX_ERROR_FRACTION = 0.1
 # Beam's DirectRunner first tries to download the Prism runner binary; the
 # FnApiRunner is what it falls back to, so the local default goes straight
 # there and never touches the network.
@@ -31,10 +34,12 @@ class JobOptions:
   passthrough_fields: tuple
   min_batch_size: int
   max_batch_size: int
+  max_instance_bytes: int  # larger instances are error records, not read
   input_format: str  # 'auto' or one of transforms.read.FORMATS
   output_format: str
   output_fields: tuple  # signature outputs to keep; () keeps all
   share_model: bool  # one model copy per machine (Beam's MultiProcessShared)
+  max_error_fraction: float  # more errors per instance read: exit status 3
   beam_args: tuple  # Beam pipeline options, as given
   runner: str  # overrides --runner in beam_args
 
@@ -88,6 +93,15 @@ def _parser() -> argparse.ArgumentParser:
                            f'{DEFAULT_MIN_BATCH_SIZE}, or --max_batch_size if smaller)')
   parser.add_argument('--max_batch_size', type=int, default=DEFAULT_MAX_BATCH_SIZE,
                       help='most instances per model call')
+  parser.add_argument('--max_instance_bytes', type=int, default=DEFAULT_MAX_INSTANCE_BYTES,
+                      help='larger instances (a line, a record, a request file over '
+                           '64 times this) become error records without being read '
+                           f'(default {DEFAULT_MAX_INSTANCE_BYTES >> 20} MiB)')
+  parser.add_argument('--max_error_fraction', type=float,
+                      default=DEFAULT_MAX_ERROR_FRACTION,
+                      help='most errors per instance read for exit status 0; above it '
+                           'the outputs are still written, and the exit status is 3 '
+                           f'(default {DEFAULT_MAX_ERROR_FRACTION})')
   return parser
 
 
@@ -111,6 +125,11 @@ def parse_args(argv) -> JobOptions:
   if known.min_batch_size > known.max_batch_size:
     raise ConfigError(f'--min_batch_size ({known.min_batch_size}) is larger than '
                       f'--max_batch_size ({known.max_batch_size})')
+  if not 0 <= known.max_error_fraction <= 1:
+    raise ConfigError(f'--max_error_fraction: {known.max_error_fraction} is not '
+                      'between 0 and 1')
+  if known.max_instance_bytes < 1:
+    raise ConfigError('--max_instance_bytes must be at least 1')
   if not known.inputs:
     raise ConfigError('--input: give at least one file pattern')
   if not known.tags:
@@ -123,6 +142,8 @@ def parse_args(argv) -> JobOptions:
       signature=known.signature, tags=known.tags, key_field=known.key_field,
       passthrough_fields=known.passthrough_fields,
       min_batch_size=known.min_batch_size, max_batch_size=known.max_batch_size,
+      max_instance_bytes=known.max_instance_bytes,
       input_format=known.input_format, output_format=known.output_format,
       output_fields=known.output_fields, share_model=known.share_model,
+      max_error_fraction=known.max_error_fraction,
       beam_args=tuple(rest), runner=runner)

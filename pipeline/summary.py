@@ -1,5 +1,6 @@
 """The job's summary: counts from Beam metrics, written as summary.json and
-printed as a short table."""
+printed as a short table. summary.json is written last, when a run's outputs
+are in place (pipeline/outputs.py): it marks a complete result."""
 import json
 
 from apache_beam.io.filesystems import FileSystems
@@ -7,7 +8,8 @@ from apache_beam.metrics.metric import MetricsFilter
 
 from transforms.records import METRICS_NAMESPACE
 
-ERROR_CATEGORIES = ('parse', 'schema', 'model')
+# `file`: a file that could not be read to its end (one record per file).
+ERROR_CATEGORIES = ('parse', 'schema', 'model', 'file')
 
 
 def counters(result) -> dict:
@@ -30,6 +32,7 @@ def build(config, counts: dict, runner: str, wall_time_s: float) -> dict:
       'errors': sum(errors.values()),
       'errors_by_category': errors,
       'blank_lines_skipped': counts.get('blank_lines', 0),
+      'files_incomplete': counts.get('files_incomplete', 0),
       'model': {'path': config.model.path, 'version': config.model.version,
                 'signature': config.model.signature.name,
                 'tags': list(config.model.tags)},
@@ -39,6 +42,8 @@ def build(config, counts: dict, runner: str, wall_time_s: float) -> dict:
       'runner': runner,
       'wall_time_s': round(wall_time_s, 3),
       'instances_per_s': round(read / wall_time_s, 1) if wall_time_s > 0 else None,
+      'exit_status': None,  # set by the command: pipeline/cli.py
+      'exit_reason': None,
   }
 
 
@@ -55,15 +60,17 @@ def table(summary: dict) -> str:
   rows = [
       ('instances read', summary['instances_read']),
       ('predictions', summary['predictions']),
-      ('errors', '{} (parse {parse}, schema {schema}, model {model})'.format(
+      ('errors', '{} (parse {parse}, schema {schema}, model {model}, file {file})'.format(
           summary['errors'], **summary['errors_by_category'])),
       ('blank lines skipped', summary['blank_lines_skipped']),
+      ('files incomplete', summary['files_incomplete']),
       ('model', f'{model["path"]}{version}, signature {model["signature"]}'),
       ('model loads', summary['model_loads']),
       ('runner', summary['runner']),
       ('wall time', f'{summary["wall_time_s"]:.1f} s'),
       ('throughput', f'{summary["instances_per_s"]} instances/s'),
       ('output', summary['output']),
+      ('exit status', f'{summary["exit_status"]} ({summary["exit_reason"]})'),
   ]
   width = max(len(name) for name, _ in rows)
   return '\n'.join(f'{name:<{width}}  {value}' for name, value in rows)

@@ -88,7 +88,7 @@ def test_location_fields_shapes_model_failures_and_bytes(model_dir, tmp_path):
       str(tmp_path / 'out'), f'--model={model_dir / "ragged"}',
       f'--input={tmp_path / "data" / "*" / "*.jsonl"}', '--max_batch_size=16')
   assert_conserved(summary, predictions, errors)
-  assert summary['errors_by_category'] == {'parse': 0, 'schema': 0, 'model': 2}
+  assert summary['errors_by_category'] == {'parse': 0, 'schema': 0, 'model': 2, 'file': 0}
   with open(path, 'rb') as f:
     content = f.read()
   for record in predictions + errors:

@@ -1,0 +1,452 @@
+"""The output directory: one run at a time, and a complete result replaced
+only by another complete result.
+
+    OUTPUT/.lock                  held by the run in progress
+    OUTPUT/.staging-RUN_ID/       that run's shards (and Beam's beam-temp-* folders)
+    OUTPUT/predictions-*, errors-*, summary.json   the last complete result
+
+A run writes into its staging folder, which an `OUTPUT/*` glob does not see
+(hidden locally; on gs:// `*` does not cross `/`). Only when the pipeline has
+finished does `Staging.promote` replace the previous result: the old
+summary.json is deleted first, then the old shards, the new shards are renamed
+in, and summary.json comes last. summary.json therefore marks a complete
+result: whenever it exists, the shards beside it are all of that run's and
+nothing else. Staging folders and beam-temp-* folders of killed runs are
+removed by the next run, once it holds the lock.
+
+Files go through Beam's FileSystems, so local paths and gs:// (any Beam file
+system) work alike. The lock is created atomically: `O_CREAT|O_EXCL` locally,
+`if_generation_match=0` on Cloud Storage; elsewhere it is checked, then created.
+"""
+import calendar
+import dataclasses
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Optional
+
+from apache_beam.io.filesystem import BeamIOError
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.options import ConfigError
+from transforms.storage import is_local
+
+_LOG = logging.getLogger(__name__)
+
+LOCK_NAME = '.lock'
+STAGING_PREFIX = '.staging-'
+BEAM_TEMP_PREFIX = 'beam-temp-'
+SUMMARY_NAME = 'summary.json'
+# The shards of a result; every format, so that a run replaces whatever the
+# previous one wrote.
+SHARD_PATTERNS = ('predictions-*-of-*.jsonl', 'predictions-*-of-*.parquet',
+                  'predictions-*-of-*.tfrecord', 'errors-*-of-*.jsonl')
+HEARTBEAT_S = 30.0  # the running job rewrites its lock this often
+STALE_AFTER_S = 600.0  # a lock without a heartbeat for this long is a killed run's
+
+
+def new_run_id() -> str:
+  return f'{time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())}-{uuid.uuid4().hex[:8]}'
+
+
+def _reason(error: Exception) -> str:
+  """One line from an OSError or BeamIOError."""
+  if isinstance(error, BeamIOError) and error.exception_details:
+    error = list(error.exception_details.values())[0]
+  if isinstance(error, OSError) and error.strerror:
+    return error.strerror
+  lines = str(error).strip().splitlines()
+  return lines[-1].split(': ', 1)[-1][:200] if lines else type(error).__name__
+
+
+def prepare(output: str) -> str:
+  """The output directory as an absolute path, created if local."""
+  if not is_local(output):
+    return output.rstrip('/')
+  output = os.path.abspath(output)
+  if os.path.exists(output) and not os.path.isdir(output):
+    raise ConfigError(f'--output: {output} exists and is not a directory')
+  try:
+    os.makedirs(output, exist_ok=True)
+  except OSError as e:
+    raise ConfigError(f'--output: cannot create {output}: {_reason(e)}') from None
+  if not os.access(output, os.W_OK | os.X_OK):
+    raise ConfigError(f'--output: cannot write to {output}: permission denied')
+  return output
+
+
+# The lock ---------------------------------------------------------------------
+
+def _now() -> str:
+  return time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())
+
+
+def _age_s(timestamp: str) -> float:
+  return time.time() - calendar.timegm(time.strptime(timestamp, '%Y-%m-%dT%H:%M:%SZ'))
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except (PermissionError, OverflowError, ValueError):
+    return True
+  return True
+
+
+class _LocalLockFile:
+  """Token: the content last read or written."""
+  def __init__(self, path: str):
+    self.path = path
+
+  def create(self, data: bytes) -> Optional[bytes]:
+    try:
+      fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      return None
+    with os.fdopen(fd, 'wb') as f:
+      f.write(data)
+    return data
+
+  def read(self):
+    """(content, token, modified time) or None when there is no lock."""
+    try:
+      with open(self.path, 'rb') as f:
+        data = f.read()
+      return data, data, os.path.getmtime(self.path)
+    except FileNotFoundError:
+      return None
+
+  def replace(self, data: bytes, token: bytes) -> Optional[bytes]:
+    current = self.read()
+    if current is None or current[1] != token:
+      return None
+    temporary = f'{self.path}.{uuid.uuid4().hex}'
+    with open(temporary, 'wb') as f:
+      f.write(data)
+    os.replace(temporary, self.path)
+    return data
+
+  def delete(self, token: bytes) -> None:
+    """Deletes the lock if it still holds `token`: moved aside first, so that
+    a lock someone else created meanwhile is put back, not deleted."""
+    aside = f'{self.path}.{uuid.uuid4().hex}'
+    try:
+      os.rename(self.path, aside)
+    except FileNotFoundError:
+      return
+    with open(aside, 'rb') as f:
+      moved = f.read()
+    if moved != token:
+      try:
+        os.link(aside, self.path)
+      except OSError:
+        pass
+    os.remove(aside)
+
+
+class _GcsLockFile:
+  """Token: the object's generation. Every change is conditional on it, so on
+  Cloud Storage two runs never both create or replace the lock. (The storage
+  emulator of the tests ignores these preconditions; the checks by content
+  around them narrow the race there to a few milliseconds.)"""
+  def __init__(self, path: str, beam_args):
+    self._bucket_name, self._name = path[len('gs://'):].split('/', 1)
+    self._beam_args = beam_args
+    self._client_bucket = None
+
+  @property
+  def _bucket(self):
+    if self._client_bucket is None:  # Beam's client: its credentials, or the emulator's
+      from apache_beam.io.gcp import gcsio
+      from apache_beam.options.pipeline_options import PipelineOptions
+      client = gcsio.create_storage_client(PipelineOptions(list(self._beam_args)))
+      self._client_bucket = client.bucket(self._bucket_name)
+    return self._client_bucket
+
+  def create(self, data: bytes):
+    from google.api_core import exceptions
+    blob = self._bucket.blob(self._name)
+    if blob.exists():
+      return None
+    try:
+      blob.upload_from_string(data, content_type='application/json', if_generation_match=0)
+    except exceptions.PreconditionFailed:
+      return None
+    return blob.generation
+
+  def read(self):
+    from google.api_core import exceptions
+    blob = self._bucket.get_blob(self._name)
+    if blob is None:
+      return None
+    try:
+      data = blob.download_as_bytes(if_generation_match=blob.generation)
+    except (exceptions.NotFound, exceptions.PreconditionFailed):
+      return self.read()
+    return data, blob.generation, blob.updated.timestamp() if blob.updated else time.time()
+
+  def replace(self, data: bytes, token):
+    from google.api_core import exceptions
+    current = self.read()
+    if current is None or current[1] != token:
+      return None
+    blob = self._bucket.blob(self._name)
+    try:
+      blob.upload_from_string(data, content_type='application/json',
+                              if_generation_match=token)
+    except exceptions.PreconditionFailed:
+      return None
+    return blob.generation
+
+  def delete(self, token) -> None:
+    from google.api_core import exceptions
+    current = self.read()
+    if current is None or current[1] != token:
+      return
+    try:
+      self._bucket.blob(self._name).delete(if_generation_match=token)
+    except (exceptions.NotFound, exceptions.PreconditionFailed):
+      pass
+
+
+class _OtherLockFile:
+  """Any other Beam file system: checked, then created (not atomic)."""
+  def __init__(self, path: str):
+    self.path = path
+
+  def _write(self, data: bytes) -> bytes:
+    with FileSystems.create(self.path, mime_type='application/json') as f:
+      f.write(data)
+    return data
+
+  def create(self, data: bytes):
+    return None if FileSystems.exists(self.path) else self._write(data)
+
+  def read(self):
+    if not FileSystems.exists(self.path):
+      return None
+    with FileSystems.open(self.path) as f:
+      data = f.read()
+    return data, data, FileSystems.last_updated(self.path)
+
+  def replace(self, data: bytes, token):
+    current = self.read()
+    return self._write(data) if current is not None and current[1] == token else None
+
+  def delete(self, token) -> None:
+    current = self.read()
+    if current is not None and current[1] == token:
+      FileSystems.delete([self.path])
+
+
+class OutputInUse(ConfigError):
+  """Another run holds the output directory."""
+
+
+@dataclasses.dataclass
+class OutputLock:
+  """`OUTPUT/.lock`: JSON naming the run (run id, pid, host, start), with a
+  heartbeat rewritten every `heartbeat_s` by a daemon thread while it runs.
+
+  A lock is stale, and taken over, when its process is gone (same host), or
+  when its heartbeat is older than `stale_after_s` (another host, or a reused
+  pid). Use as a context manager, or acquire() ... release() in try/finally.
+  """
+  output: str
+  run_id: str
+  beam_args: tuple = ()
+  heartbeat_s: float = HEARTBEAT_S
+  stale_after_s: float = STALE_AFTER_S
+
+  def __post_init__(self):
+    self.path = f'{self.output}/{LOCK_NAME}'
+    self.host = socket.gethostname()
+    self.pid = os.getpid()
+    self.started = _now()
+    self._token = None
+    self._stop = threading.Event()
+    self._thread = None
+    if is_local(self.path):
+      self._file = _LocalLockFile(self.path)
+    elif self.path.startswith('gs://'):
+      self._file = _GcsLockFile(self.path, self.beam_args)
+    else:
+      self._file = _OtherLockFile(self.path)
+
+  def _content(self) -> bytes:
+    return json.dumps({'run_id': self.run_id, 'pid': self.pid, 'host': self.host,
+                       'started': self.started, 'heartbeat': _now()}).encode() + b'\n'
+
+  @property
+  def held(self) -> bool:
+    return self._token is not None
+
+  def acquire(self) -> None:
+    """Raises OutputInUse naming the running job, ConfigError when the
+    lock cannot be written at all."""
+    for _ in range(5):
+      try:
+        token = self._file.create(self._content())
+        current = self._file.read() if token is None else None
+      except Exception as e:  # pylint: disable=broad-except
+        raise ConfigError(f'--output: cannot use {self.output}: {_reason(e)}') from None
+      if token is not None:
+        self._token = token
+        self._thread = threading.Thread(target=self._beat, name='output-lock-heartbeat',
+                                        daemon=True)
+        self._thread.start()
+        return
+      if current is None:
+        continue  # released meanwhile
+      data, token, modified = current
+      holder = _parse(data)
+      why = self._stale(holder, modified)
+      if why is None:
+        raise OutputInUse(f'--output: {self.output} is in use by another run '
+                          f'({_describe(holder)}); wait for it to end, or delete '
+                          f'{self.path} if that run is gone')
+      _LOG.warning('Taking over the lock of an earlier run (%s): %s', _describe(holder), why)
+      self._file.delete(token)
+      time.sleep(0.05)
+    raise OutputInUse(f'--output: {self.output} is in use: its lock {self.path} keeps '
+                      'changing hands')
+
+  def _stale(self, holder: Optional[dict], modified: float) -> Optional[str]:
+    """Why the lock is a dead run's, or None if its run may be alive."""
+    if holder is None:  # being written, or not ours: judged by its age
+      age = time.time() - modified
+      return f'unreadable and {age:.0f} s old' if age > self.stale_after_s else None
+    if holder.get('host') == self.host and not _pid_alive(int(holder.get('pid', -1))):
+      return f'process {holder.get("pid")} is gone'
+    try:
+      age = _age_s(holder['heartbeat'])
+    except (KeyError, TypeError, ValueError):
+      age = time.time() - modified
+    if age > self.stale_after_s:
+      return f'no heartbeat for {age:.0f} s'
+    return None
+
+  def _beat(self) -> None:
+    while not self._stop.wait(self.heartbeat_s):
+      try:
+        token = self._file.replace(self._content(), self._token)
+      except Exception as e:  # pylint: disable=broad-except
+        _LOG.warning('Could not renew the lock %s: %s', self.path, _reason(e))
+        continue
+      if token is None:
+        _LOG.warning('The lock %s was taken by another run; stopped renewing it', self.path)
+        return
+      self._token = token
+
+  def release(self) -> None:
+    self._stop.set()
+    if self._thread is not None:
+      self._thread.join()
+    if self._token is not None:
+      try:
+        self._file.delete(self._token)
+      except Exception as e:  # pylint: disable=broad-except
+        _LOG.warning('Could not remove the lock %s: %s', self.path, _reason(e))
+    self._token = None
+
+  def __enter__(self):
+    self.acquire()
+    return self
+
+  def __exit__(self, *exc):
+    self.release()
+
+
+def _parse(data: bytes) -> Optional[dict]:
+  try:
+    holder = json.loads(data)
+  except ValueError:
+    return None
+  return holder if isinstance(holder, dict) else None
+
+
+def _describe(holder: Optional[dict]) -> str:
+  if holder is None:
+    return 'a run that is starting'
+  return (f'pid {holder.get("pid")} on host {holder.get("host")}, '
+          f'started {holder.get("started")}')
+
+
+# Staging and promotion --------------------------------------------------------
+
+def _match(patterns) -> list:
+  return sorted({m.path for result in FileSystems.match(list(patterns))
+                 for m in result.metadata_list})
+
+
+def _folders(output: str, prefixes) -> list:
+  """Folders directly in `output` whose names start with one of `prefixes`."""
+  if is_local(output):
+    with os.scandir(output) as entries:
+      return sorted(e.path for e in entries
+                    if e.is_dir(follow_symlinks=False) and e.name.startswith(tuple(prefixes)))
+  files = _match([f'{output}/{prefix}*/**' for prefix in prefixes])
+  return sorted({f'{output}/{f[len(output) + 1:].split("/", 1)[0]}' for f in files})
+
+
+def _remove_folder(path: str) -> None:
+  if is_local(path):
+    if os.path.isdir(path):
+      FileSystems.delete([path])
+    return
+  files = _match([f'{path}/**'])
+  if files:
+    FileSystems.delete(files)
+
+
+class Staging:
+  """`OUTPUT/.staging-RUN_ID`: where a run's pipeline writes."""
+  def __init__(self, output: str, run_id: str):
+    self.output = output
+    self.path = f'{output}/{STAGING_PREFIX}{run_id}'
+
+  def clear_leftovers(self) -> list:
+    """Removes the staging and beam-temp-* folders of earlier, killed runs
+    (call it while holding the lock); returns them."""
+    leftovers = [f for f in _folders(self.output, (STAGING_PREFIX, BEAM_TEMP_PREFIX))
+                 if f != self.path]
+    for folder in leftovers:
+      _remove_folder(folder)
+    if leftovers:
+      _LOG.info('Removed %d folder(s) left by earlier runs: %s', len(leftovers),
+                ', '.join(leftovers))
+    return leftovers
+
+  def promote(self) -> list:
+    """Replaces the previous result with the staged one, whose summary.json
+    must already be in the staging folder; returns the new shard paths."""
+    staged_summary = f'{self.path}/{SUMMARY_NAME}'
+    if not FileSystems.exists(staged_summary):
+      raise FileNotFoundError(f'{staged_summary} was not written')
+    shards = _match(f'{self.path}/{p}' for p in SHARD_PATTERNS)
+    summary = f'{self.output}/{SUMMARY_NAME}'
+    # From here until the last rename the directory holds no summary.json:
+    # a reader sees that no complete result is there.
+    if FileSystems.exists(summary):
+      FileSystems.delete([summary])
+    old = _match(f'{self.output}/{p}' for p in SHARD_PATTERNS)
+    if old:
+      FileSystems.delete(old)
+    promoted = [f'{self.output}/{s.rsplit("/", 1)[-1]}' for s in shards]
+    if shards:
+      FileSystems.rename(shards, promoted)
+    FileSystems.rename([staged_summary], [summary])
+    self.discard()
+    return promoted
+
+  def discard(self) -> None:
+    try:
+      _remove_folder(self.path)
+    except (OSError, BeamIOError) as e:
+      _LOG.warning('Could not remove %s (the next run will): %s', self.path, _reason(e))
