@@ -3,12 +3,13 @@ is a SavedModel with the signature and tags asked for, the options fit it."""
 import dataclasses
 import os
 import re
+import stat
 
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.options import ConfigError, JobOptions
 from transforms.format import LOCATION_FIELDS, OutputLayout, output_names
-from transforms.read import detect_format
+from transforms.inputs import detect_format
 from transforms.records import POSITION_FIELDS
 from transforms.savedmodel import ModelError, ModelRef, inspect_model
 from transforms.storage import is_local
@@ -20,6 +21,9 @@ class JobConfig:
   model: ModelRef
   files_by_format: dict  # input format -> FileMetadata of its files, each file once
   layout: OutputLayout
+  # Matched files that are not regular files (pipes, devices, sockets):
+  # (path, format, reason); each is a file error record, never opened.
+  unreadable_files: tuple = ()
 
   @property
   def output(self) -> str:
@@ -57,6 +61,22 @@ def match_inputs(patterns) -> tuple:
   return tuple(files)
 
 
+def special_file_reason(path: str):
+  """Why a local path cannot be read as a file (opening a named pipe would
+  wait forever for a writer), else None."""
+  if not is_local(path):
+    return None
+  try:
+    mode = os.stat(path).st_mode
+  except OSError as e:
+    return f'cannot be read: {e.strerror}'
+  if stat.S_ISREG(mode):
+    return None
+  kind = ('a named pipe' if stat.S_ISFIFO(mode) else 'a socket' if stat.S_ISSOCK(mode)
+          else 'a device' if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else 'not a regular file')
+  return f'the path is {kind}, not a regular file; it was not read'
+
+
 def group_by_format(files, requested: str) -> dict:
   groups = {}
   for metadata in files:
@@ -72,6 +92,16 @@ def resolve(options: JobOptions) -> JobConfig:
   patterns = tuple(_absolute(p) for p in options.inputs)
   files = match_inputs(patterns)
   files_by_format = group_by_format(files, options.input_format)
+  unreadable = []
+  for kind, metadata_list in files_by_format.items():
+    for metadata in metadata_list:
+      reason = special_file_reason(metadata.path)
+      if reason:
+        unreadable.append((metadata.path, kind, reason))
+  skipped = {path for path, _, _ in unreadable}
+  files_by_format = {kind: [m for m in metadata_list if m.path not in skipped]
+                     for kind, metadata_list in files_by_format.items()}
+  files_by_format = {kind: m for kind, m in files_by_format.items() if m}
   try:
     model = inspect_model(_absolute(options.model), options.tags, options.signature)
   except ModelError as e:
@@ -97,4 +127,5 @@ def resolve(options: JobOptions) -> JobConfig:
       position_fields=tuple(sorted({POSITION_FIELDS[k] for k in files_by_format})))
   return JobConfig(
       options=dataclasses.replace(options, output=_absolute(options.output)),
-      model=model, files_by_format=files_by_format, layout=layout)
+      model=model, files_by_format=files_by_format, layout=layout,
+      unreadable_files=tuple(unreadable))

@@ -23,13 +23,13 @@ def read_jsonl(pattern):
   return records
 
 
-def run_job(output, *args):
+def run_job(output, *args, status=0):
   """Runs batch-predict; returns (predictions, errors, summary). Tests of
   outputs accept any error fraction (exit status: tests/test_runs.py)."""
   if not any(a.startswith('--max_error_fraction') for a in args):
     args = (*args, '--max_error_fraction=1')
   rc = cli.main([f'--output={output}', *args])
-  assert rc == 0
+  assert rc == status
   with open(os.path.join(output, 'summary.json')) as f:
     summary = json.load(f)
   return (read_jsonl(os.path.join(output, 'predictions-*-of-*.jsonl')),
@@ -37,10 +37,13 @@ def run_job(output, *args):
 
 
 def assert_conserved(summary, predictions, errors):
-  """Every instance read is in exactly one of predictions or errors."""
+  """Every instance read is in exactly one of predictions or errors; each
+  file fault is one more error record."""
+  file_errors = [e for e in errors if e['error']['category'] == 'file']
   assert summary['predictions'] == len(predictions)
   assert summary['errors'] == len(errors)
-  assert summary['instances_read'] == len(predictions) + len(errors)
+  assert summary['errors_by_category'].get('file', 0) == len(file_errors)
+  assert summary['instances_read'] == len(predictions) + len(errors) - len(file_errors)
 
 
 def check_keras_predictions(predictions, instances, model_path, signature_of):

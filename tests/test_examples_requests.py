@@ -3,7 +3,7 @@ import pytest
 
 from transforms import examples
 from transforms.convert import SchemaError
-from transforms.read_json import RequestError, split_request
+from transforms.input_json import RequestError, split_request
 
 
 def test_example_kinds_inferred_from_values_without_a_parsing_spec():
@@ -28,9 +28,13 @@ def test_example_kinds_from_the_parsing_spec_and_csv_text():
 
 
 def test_carried_values_from_example_features():
-  assert examples.carried_value([b'abc']) == 'abc'
-  assert examples.carried_value([7]) == 7
-  assert examples.carried_value([b'\xff', b'x']) == [{'b64': '/w=='}, 'x']
+  from transforms.input_tfrecord import carry_feature
+  assert carry_feature([b'abc']) == b'"abc"'
+  assert carry_feature([7]) == b'7'
+  assert carry_feature([2**63 - 1, -1]) == b'[9223372036854775807,-1]'
+  assert carry_feature([0.3164]) == b'0.3164'  # the shortest text of the float32
+  assert carry_feature([b'\xff', b'x']) == b'[{"b64":"/w=="},"x"]'
+  assert carry_feature(None) == b'null'
 
 
 @pytest.mark.parametrize('body, expected', [

@@ -113,9 +113,11 @@ def test_tfrecord_truncated_framing_is_one_error(model_dir, tmp_path):
     f.write(b'\x05\x00')  # a partial length header
   predictions, errors, summary = run_job(
       str(tmp_path / 'out'), f'--model={model_dir / "ragged"}',
-      f'--input={tmp_path / "a.tfrecord"}')
+      f'--input={tmp_path / "a.tfrecord"}', status=4)
   assert [p['total'] for p in predictions] == [3.0, 3.0, 3.0]
   assert len(errors) == 1 and 'framing' in errors[0]['error']['message']
+  assert errors[0]['error']['category'] == 'file'
+  assert 'after 3 records' in errors[0]['error']['message']
   assert_conserved(summary, predictions, errors)
 
 

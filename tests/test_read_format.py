@@ -7,7 +7,7 @@ from apache_beam.io.range_trackers import OffsetRangeTracker
 from apache_beam.io.restriction_trackers import OffsetRange
 
 from transforms.format import FormatRecords, OutputLayout, output_names, relative_name
-from transforms.read_lines import LineChunkSource
+from transforms.lines import LineChunkSource
 from transforms.records import FeedGroup, InstanceBatch, InstanceError, RawChunk, ScoredBatch
 
 
@@ -66,20 +66,20 @@ def test_relative_name_uses_longest_pattern_directory():
 
 def test_format_records_predictions_and_errors():
   chunk = RawChunk([('/in/a.jsonl', 0)], [0, 10, 20], [b'l0', b'l1', b'x' * 9000])
-  batch = InstanceBatch(chunk, ['k0', 'k1', None], {'p': [1, 2, None]},
+  batch = InstanceBatch(chunk, {'key': [b'"k0"', b'"k1"', None], 'p': [b'1', b'2.50', None]},
                         [FeedGroup([0, 1], {})], [InstanceError(2, 'parse', 'bad')])
   outputs = {'score': np.array([0.5, 0.25], np.float32),
              'label': np.array([b'yes', b'\xff'], object),
              'key': np.array([[1, 2], [3, 4]], np.int64)}
   layout = OutputLayout('key', ('p',), output_names(['key', 'label', 'score'], ['key', 'p']),
                         ('/in/',))
-  batch.keys = ['k0', 'k1', None]
-  fn = FormatRecords(layout)
+  from transforms.input_jsonl import JsonLinesFormat
+  fn = FormatRecords(layout, {'jsonl': JsonLinesFormat(1 << 20)})
   out = list(fn.process(ScoredBatch(batch, [([0, 1], outputs)], batch.errors)))
   predictions, errors = out[0], out[1]
   assert predictions.split(b'\n') == [
       b'{"key":"k0","p":1,"key_output":[1,2],"label":"yes","score":0.5}',
-      b'{"key":"k1","p":2,"key_output":[3,4],"label":{"b64":"/w=="},"score":0.25}']
+      b'{"key":"k1","p":2.50,"key_output":[3,4],"label":{"b64":"/w=="},"score":0.25}']
   assert errors.tag == 'errors'
   import json
   error = json.loads(errors.value)

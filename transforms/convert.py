@@ -1,222 +1,239 @@
-"""Conversion of JSON values to the arrays a signature takes.
+"""The rules every input format shares: what a value means for an input of a
+given dtype and shape, and how a carried value (key, passthrough) is written.
 
-Two paths with the same results: `arrow_columns` converts a whole chunk in C++
-(pyarrow's JSON reader, straight into typed buffers) and gives up on anything
-unusual; `convert_value` converts one instance in Python and says exactly what
-is wrong with it. The decoder tries the first and falls back to the second.
+Each rule is written once, as a function of one value. Per-instance (exact)
+decoding calls these functions; the fast paths in the format modules apply
+the same functions, or numpy/pyarrow operations that accept a subset of what
+they accept and give the same result on it, to many instances at once. The
+README's "What an instance means" is the prose of this module.
+
+The rules, in short:
+- float inputs take numbers (integers or decimals, NaN and +-Infinity), read
+  as 64-bit floats and rounded to the input's type; not booleans, strings or
+  null;
+- integer inputs take integers in the type's range, never decimals (3.0) or
+  booleans;
+- bool inputs take true or false; string inputs take strings (UTF-8) or
+  {"b64": "..."};
+- a value's nesting must be the input's shape exactly; a one-element list
+  fits a scalar input and a scalar fits an input of shape [1];
+- a carried value is written exactly as read: a string as the same string,
+  a number with the same digits, anything else as its JSON text.
 """
 import base64
 import binascii
-import json
+import math
+import re
 from typing import Optional
 
 import numpy as np
 import orjson
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from transforms.savedmodel import TensorSpec
-
-_ARROW_TYPES = {
-    'float16': pa.float16(), 'float32': pa.float32(), 'float64': pa.float64(),
-    'int8': pa.int8(), 'int16': pa.int16(), 'int32': pa.int32(),
-    'int64': pa.int64(), 'uint8': pa.uint8(), 'uint16': pa.uint16(),
-    'uint32': pa.uint32(), 'uint64': pa.uint64(), 'bool': pa.bool_(),
-    'string': pa.string(),
-}
 
 
 class SchemaError(ValueError):
   """An instance does not fit the signature; the message is one line."""
 
 
-def parse_json_line(line: bytes):
-  """Parses one JSON value; NaN and Infinity are accepted, as TF Serving does."""
-  try:
-    return orjson.loads(line)
-  except orjson.JSONDecodeError as strict_error:
-    try:
-      # orjson is strict JSON; the standard library also reads NaN/Infinity.
-      return json.loads(line)
-    except (ValueError, UnicodeDecodeError):
-      raise ValueError(f'invalid JSON: {strict_error}') from None
+class JsonFloat(float):
+  """A JSON number written with a fraction or exponent (or NaN, Infinity):
+  its float value, and its text, which carried values keep."""
+  __slots__ = ('text',)
+
+  def __new__(cls, value: float, text: str):
+    number = super().__new__(cls, value)
+    number.text = text
+    return number
 
 
-def _shape_text(shape) -> str:
+class JsonObject(dict):
+  """A JSON object; `duplicates` names the fields given more than once (the
+  dict holds the last value of each)."""
+  __slots__ = ('duplicates',)
+
+
+def shape_text(shape) -> str:
   return '[' + ','.join('?' if d is None else str(d) for d in shape) + ']'
 
 
-def _check_shape(arr: np.ndarray, spec: TensorSpec):
-  if spec.shape is None:
-    return
-  if arr.ndim != len(spec.shape) or any(
-      want is not None and want != got for want, got in zip(spec.shape, arr.shape)):
-    raise SchemaError(
-        f'input {spec.name!r} expects shape {_shape_text(spec.shape)} per '
-        f'instance, got {_shape_text(arr.shape)}')
+def short(value, limit=40) -> str:
+  if isinstance(value, bytes):
+    text = repr(value)
+  else:
+    try:
+      text = carried_text(value).decode('utf-8')
+    except (ValueError, TypeError, RecursionError):
+      text = repr(value)
+  return text if len(text) <= limit else text[:limit] + '...'
 
 
-def _to_bytes(value, name):
+# -- values to arrays ---------------------------------------------------------
+
+def _nest(value, leaf, name):
+  """Nested lists -> (flat list of leaves, shape); raises SchemaError for
+  ragged nesting. `leaf` converts (and checks) one leaf."""
+  if not isinstance(value, list):
+    return [leaf(value)], ()
+  if not value:
+    return [], (0,)
+  parts = [_nest(v, leaf, name) for v in value]
+  shapes = {shape for _, shape in parts}
+  if len(shapes) > 1:
+    raise SchemaError(f'input {name!r}: nested lists of different lengths')
+  return [x for flat, _ in parts for x in flat], (len(value),) + shapes.pop()
+
+
+def _float_leaf(name, dtype):
+  def leaf(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+      what = 'booleans' if isinstance(v, bool) else short(v)
+      raise SchemaError(f'input {name!r} expects {dtype} numbers, got {what}')
+    try:
+      return float(v)
+    except OverflowError:
+      raise SchemaError(f'input {name!r}: {short(v)} is out of the 64-bit float range') from None
+  return leaf
+
+
+def _int_leaf(name, dtype):
+  info = np.iinfo(dtype)
+
+  def leaf(v):
+    if isinstance(v, bool) or not isinstance(v, int):
+      what = 'booleans' if isinstance(v, bool) else short(v)
+      raise SchemaError(f'input {name!r} expects integers ({dtype}), got {what}')
+    if not info.min <= v <= info.max:
+      raise SchemaError(f'input {name!r}: {short(v)} is out of range for {dtype}')
+    return v
+  return leaf
+
+
+def _bool_leaf(name, _):
+  def leaf(v):
+    if not isinstance(v, bool):
+      raise SchemaError(f'input {name!r} expects booleans, got {short(v)}')
+    return v
+  return leaf
+
+
+def _string_leaf(name, _):
+  def leaf(v):
+    return to_bytes(v, name)
+  return leaf
+
+
+def to_bytes(value, name) -> bytes:
   if isinstance(value, str):
-    return value.encode('utf-8')
+    try:
+      return value.encode('utf-8')
+    except UnicodeEncodeError:  # a lone surrogate; JSON decoding refuses them
+      raise SchemaError(f'input {name!r}: the string is not valid Unicode') from None
   if isinstance(value, bytes):
     return value
-  if isinstance(value, dict) and set(value) == {'b64'} and isinstance(value['b64'], str):
+  if isinstance(value, dict) and set(value) == {'b64'} and isinstance(value['b64'], str) \
+      and not getattr(value, 'duplicates', None):
     try:
       return base64.b64decode(value['b64'], validate=True)
     except (binascii.Error, ValueError):
       raise SchemaError(f'input {name!r}: invalid base64 in {{"b64": ...}}') from None
-  raise SchemaError(f'input {name!r} expects strings, got {type(value).__name__} '
-                    f'{_short(value)}')
+  raise SchemaError(f'input {name!r} expects strings, got {short(value)}')
 
 
-def _string_array(value, name) -> np.ndarray:
-  """Nested lists of str / {"b64": ...} -> object array of bytes."""
-  def nest(v):
-    if isinstance(v, list):
-      items = [nest(x) for x in v]
-      shapes = {s for _, s in items}
-      if len(shapes) > 1:
-        raise SchemaError(f'input {name!r}: nested lists of different lengths')
-      inner = shapes.pop() if shapes else ()
-      return [x for x, _ in items], (len(v),) + inner
-    return _to_bytes(v, name), ()
-  nested, shape = nest(value)
-  arr = np.empty(shape, dtype=object)
-  if shape:
-    flat = nested
-    for _ in range(len(shape) - 1):
-      flat = [x for sub in flat for x in sub]
-    arr.reshape(-1)[:] = flat
-  else:
-    arr[()] = nested
-  return arr
+def _leaf_for(spec: TensorSpec):
+  if spec.dtype == 'string':
+    return _string_leaf(spec.name, spec.dtype), object
+  kind = np.dtype(spec.dtype).kind
+  if kind == 'f':
+    return _float_leaf(spec.name, spec.dtype), np.float64
+  if kind in 'iu':
+    return _int_leaf(spec.name, spec.dtype), object
+  return _bool_leaf(spec.name, spec.dtype), np.bool_
 
 
-def _short(value, limit=40) -> str:
-  text = json.dumps(value) if not isinstance(value, bytes) else repr(value)
-  return text if len(text) <= limit else text[:limit] + '...'
+def check_shape(shape: tuple, spec: TensorSpec):
+  if spec.shape is None:
+    return
+  if len(shape) != len(spec.shape) or any(
+      want is not None and want != got for want, got in zip(spec.shape, shape)):
+    raise SchemaError(f'input {spec.name!r} expects shape {shape_text(spec.shape)} per '
+                      f'instance, got {shape_text(shape)}')
 
 
 def convert_value(value, spec: TensorSpec) -> np.ndarray:
-  """One instance's value for one input, as an array of the input's dtype and
-  shape (without the batch dimension). Raises SchemaError."""
+  """One instance's value for one input (a JSON value, or a typed value
+  from Parquet or a tf.Example), as an array of the input's dtype and shape
+  without the batch dimension. Raises SchemaError."""
   if value is None:
     raise SchemaError(f'input {spec.name!r} is null')
-  # "Each feature a one-element list" ({"age": [60]}) fits a scalar input,
-  # and a scalar fits an input of shape [1].
   if spec.shape == () and isinstance(value, list) and len(value) == 1:
     value = value[0]
   elif spec.shape == (1,) and not isinstance(value, list):
     value = [value]
+  leaf, staging = _leaf_for(spec)
+  flat, shape = _nest(value, leaf, spec.name)
+  check_shape(shape, spec)
   if spec.dtype == 'string':
-    arr = _string_array(value, spec.name)
-    _check_shape(arr, spec)
-    return arr
-  try:
-    arr = np.asarray(value)
-  except ValueError:
-    raise SchemaError(f'input {spec.name!r}: nested lists of different lengths') from None
-  kind = arr.dtype.kind
-  if kind not in 'biuf':
-    raise SchemaError(f'input {spec.name!r} expects {spec.dtype} numbers, got '
-                      f'{_short(value)}')
-  target = np.dtype(spec.dtype)
-  if kind == 'b' and target.kind != 'b':
-    raise SchemaError(f'input {spec.name!r} expects {spec.dtype} numbers, got booleans')
-  if target.kind == 'b' and kind != 'b':
-    raise SchemaError(f'input {spec.name!r} expects booleans, got {_short(value)}')
-  if target.kind in 'iu':
-    if kind == 'f':
-      if not np.all(np.isfinite(arr)) or np.any(arr != np.trunc(arr)):
-        raise SchemaError(f'input {spec.name!r} expects integers, got {_short(value)}')
-    info = np.iinfo(target)
-    if arr.size and (arr.min() < info.min or arr.max() > info.max):
-      raise SchemaError(f'input {spec.name!r}: value out of range for {spec.dtype}')
-  _check_shape(arr, spec)
-  return arr.astype(target, copy=False)
+    arr = np.empty(len(flat), dtype=object)
+    arr[:] = flat
+    return arr.reshape(shape)
+  # Floats are read as 64-bit floats, then rounded to the input's type.
+  arr = np.array(flat, dtype=staging).reshape(shape)
+  return arr.astype(spec.dtype)
 
 
-def arrow_type(spec: TensorSpec) -> Optional[pa.DataType]:
-  """The Arrow type a fully defined input reads as, else None."""
-  if not spec.fully_defined:
-    return None
-  arrow = _ARROW_TYPES[spec.dtype]
-  for _ in spec.shape:
-    arrow = pa.list_(arrow)
-  return arrow
+# -- CSV cells ----------------------------------------------------------------
+
+# A number cell is written as a JSON number; float inputs also take the
+# names of the special values that CSV writers use.
+INTEGER_TEXT = re.compile(r'-?(?:0|[1-9][0-9]*)')
+NUMBER_TEXT = re.compile(r'-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?')
+SPECIAL_FLOATS = {'NaN': math.nan, 'nan': math.nan, 'Infinity': math.inf,
+                  'inf': math.inf, '-Infinity': -math.inf, '-inf': -math.inf}
+BOOL_TEXT = {'true': True, 'false': False, 'True': True, 'False': False,
+             '1': True, '0': False}
 
 
-class NotFastPath(Exception):
-  """The chunk needs the per-instance path (to report errors exactly)."""
-
-
-def arrow_to_numpy(column, spec: TensorSpec) -> np.ndarray:
-  """A column (Array or ChunkedArray) of `arrow_type(spec)` as an array of
-  shape (rows,) + spec.shape; raises NotFastPath on nulls or wrong list
-  lengths."""
-  arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-  rows = len(arr)
-  if arr.null_count:
-    raise NotFastPath
-  for dim in spec.shape:
-    lengths = pc.list_value_length(arr)
-    bounds = pc.min_max(lengths).as_py()
-    if len(arr) and (bounds['min'] != dim or bounds['max'] != dim):
-      raise NotFastPath
-    arr = arr.flatten()
-    if arr.null_count:
-      raise NotFastPath
+def text_scalar(text: str, spec: TensorSpec):
+  """A CSV cell for a scalar input: the typed value, by the rules above."""
+  if text == '':
+    raise SchemaError(f'input {spec.name!r} is empty')
   if spec.dtype == 'string':
-    values = arr.cast(pa.binary()).to_numpy(zero_copy_only=False)
-  else:
-    values = arr.to_numpy(zero_copy_only=False)
-  return values.reshape((rows,) + tuple(spec.shape))
-
-
-def python_to_arrow_type(value) -> Optional[pa.DataType]:
-  """Arrow type for a carried (key or passthrough) field, judged from one
-  row; None for values the fast path does not carry (lists, objects, null)."""
-  if isinstance(value, bool):
-    return pa.bool_()
-  if isinstance(value, int):
-    return pa.int64()
-  if isinstance(value, float):
-    return pa.float64()
-  if isinstance(value, str):
-    return pa.string()
-  return None
+    return text
+  kind = np.dtype(spec.dtype).kind
+  if kind == 'b':
+    if text not in BOOL_TEXT:
+      raise SchemaError(f'input {spec.name!r} expects true or false, got {short(text)}')
+    return BOOL_TEXT[text]
+  if kind in 'iu':
+    if not INTEGER_TEXT.fullmatch(text):
+      raise SchemaError(f'input {spec.name!r} expects integers ({spec.dtype}), '
+                        f'got {short(text)}')
+    return int(text)
+  if text in SPECIAL_FLOATS:
+    return SPECIAL_FLOATS[text]
+  if not NUMBER_TEXT.fullmatch(text):
+    raise SchemaError(f'input {spec.name!r} expects {spec.dtype} numbers, got {short(text)}')
+  value = float(text)
+  if math.isinf(value):
+    raise SchemaError(f'input {spec.name!r}: {short(text)} is out of the 64-bit float range')
+  return value
 
 
 def convert_text_value(text: str, spec: TensorSpec) -> np.ndarray:
-  """A CSV cell: a number or string for scalar inputs, a JSON list for
-  inputs with dimensions."""
-  if text == '':
-    raise SchemaError(f'input {spec.name!r} is empty')
-  if spec.dtype != 'string' and text.lstrip()[:1] == '[':
-    try:
-      return convert_value(json.loads(text), spec)
-    except ValueError as e:
-      if isinstance(e, SchemaError):
-        raise
-      raise SchemaError(f'input {spec.name!r}: invalid JSON list {_short(text)}') from None
-  if spec.dtype == 'string':
-    return convert_value(text, spec)
-  if spec.dtype == 'bool':
-    lowered = text.strip().lower()
-    if lowered not in ('true', 'false', '1', '0'):
-      raise SchemaError(f'input {spec.name!r} expects true or false, got {_short(text)}')
-    return convert_value(lowered in ('true', '1'), spec)
+  """A CSV cell: a scalar by `text_scalar` for inputs of shape [] or [1];
+  for other inputs a JSON array."""
+  if spec.shape in ((), (1,)) or (spec.dtype == 'string' and text[:1] != '['):
+    return convert_value(text_scalar(text, spec), spec)
+  from transforms.json_values import parse_json  # pylint: disable=import-outside-toplevel
   try:
-    number = int(text) if np.dtype(spec.dtype).kind in 'iu' else float(text)
+    value = parse_json(text.encode('utf-8'))
   except ValueError:
-    try:
-      number = float(text)  # "3.0" for an integer input: convert_value judges it
-    except ValueError:
-      raise SchemaError(f'input {spec.name!r} expects {spec.dtype} numbers, '
-                        f'got {_short(text)}') from None
-  return convert_value(number, spec)
+    raise SchemaError(f'input {spec.name!r} expects a JSON array, got {short(text)}') from None
+  return convert_value(value, spec)
 
+
+# -- tf.Example features -------------------------------------------------------
 
 def convert_feature_values(values: list, spec: TensorSpec) -> np.ndarray:
   """A tf.Example feature's flat value list, reshaped to the input's shape."""
@@ -229,12 +246,64 @@ def convert_feature_values(values: list, spec: TensorSpec) -> np.ndarray:
   if shape is None or len(shape) == 1:
     return convert_value(list(values), spec)
   unknown = [i for i, d in enumerate(shape) if d is None]
-  known = int(np.prod([d for d in shape if d is not None]))
+  known = math.prod(d for d in shape if d is not None)
   if len(unknown) > 1 or (known and len(values) % known) or (
       not unknown and len(values) != known):
-    raise SchemaError(f'input {spec.name!r} expects shape {_shape_text(shape)}, the '
+    raise SchemaError(f'input {spec.name!r} expects shape {shape_text(shape)}, the '
                       f'feature has {len(values)} values')
   dims = [d if d is not None else len(values) // max(known, 1) for d in shape]
   nested = np.empty(len(values), dtype=object)
   nested[:] = list(values)
   return convert_value(nested.reshape(dims).tolist(), spec)
+
+
+# -- carried values ------------------------------------------------------------
+
+def carried_text(value) -> bytes:
+  """The JSON text a carried value is written as: strings as the same string,
+  JSON numbers with their own digits, integers of any size exactly; lists
+  and objects compact, their members by the same rule. Raises SchemaError
+  for an object that repeats a field (which value was meant is unknown)."""
+  if isinstance(value, str):
+    return orjson.dumps(value)
+  if value is None or isinstance(value, bool):
+    return b'null' if value is None else (b'true' if value else b'false')
+  if isinstance(value, JsonFloat):
+    return value.text.encode('ascii')
+  if isinstance(value, int):
+    return str(value).encode('ascii')  # any size, where orjson stops at 64 bits
+  if isinstance(value, float):
+    return orjson.dumps(value) if math.isfinite(value) else (
+        b'NaN' if math.isnan(value) else b'Infinity' if value > 0 else b'-Infinity')
+  if isinstance(value, np.generic):
+    return carried_text(value.item()) if not isinstance(value, np.floating) else (
+        orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+        if np.isfinite(value) else carried_text(float(value)))
+  if isinstance(value, bytes):
+    return orjson.dumps(bytes_json(value))
+  if isinstance(value, list):
+    return b'[' + b','.join(carried_text(v) for v in value) + b']'
+  if isinstance(value, dict):
+    duplicates = getattr(value, 'duplicates', None)
+    if duplicates:
+      raise SchemaError(f'a carried object gives field {sorted(duplicates)[0]!r} twice')
+    return b'{' + b','.join(orjson.dumps(str(k)) + b':' + carried_text(v)
+                            for k, v in value.items()) + b'}'
+  raise TypeError(f'cannot carry a {type(value).__name__}')
+
+
+def bytes_json(value: bytes):
+  """TF Serving's convention for bytes: UTF-8 text where valid, else
+  {"b64": ...}."""
+  try:
+    return value.decode('utf-8')
+  except UnicodeDecodeError:
+    return {'b64': base64.b64encode(value).decode('ascii')}
+
+
+def carried_as_text(text: Optional[bytes]) -> Optional[str]:
+  """A carried value for a string column (Parquet, tf.Example bytes): a JSON
+  string as its own text, anything else as its JSON text."""
+  if text is None:
+    return None
+  return orjson.loads(text) if text[:1] == b'"' else text.decode('utf-8')

@@ -5,7 +5,9 @@ so the writers pay Beam's per-element cost once per chunk."""
 import base64
 import dataclasses
 import json
+import logging
 import posixpath
+import re
 
 import apache_beam as beam
 import numpy as np
@@ -13,10 +15,11 @@ import orjson
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from transforms.records import (CSV, JSON, JSONL, METRICS_NAMESPACE, PARQUET,
-                                ScoredBatch, TFRECORD)
+from transforms.convert import bytes_json, carried_as_text
+from transforms.records import CATEGORIES, FILE, MODEL, METRICS_NAMESPACE, ScoredBatch
 
 ERRORS_TAG = 'errors'
+_LOG = logging.getLogger(__name__)
 OUTPUT_FORMATS = ('jsonl', 'parquet', 'tfrecord')
 MAX_RAW_BYTES = 8192
 LOCATION_FIELDS = ('filename', 'offset', 'index')
@@ -57,27 +60,29 @@ def relative_name(path: str, bases) -> str:
   return path[len(best):] if best is not None else posixpath.basename(path)
 
 
-def _bytes_json(value):
-  """TF Serving's convention: UTF-8 text where valid, else {"b64": ...}."""
-  if isinstance(value, list):
-    return [_bytes_json(v) for v in value]
-  try:
-    return value.decode('utf-8')
-  except UnicodeDecodeError:
-    return {'b64': base64.b64encode(value).decode('ascii')}
-
-
 def _bytes_text(value):
   """For string columns: UTF-8 text, or the JSON text of {"b64": ...}."""
   if isinstance(value, list):
     return [_bytes_text(v) for v in value]
-  decoded = _bytes_json(value)
+  decoded = bytes_json(value)
   return decoded if isinstance(decoded, str) else json.dumps(decoded)
 
 
-def _as_text(value):
-  """A carried value in a string column: text as is, anything else as JSON."""
-  return value if isinstance(value, str) or value is None else orjson.dumps(value).decode()
+def _bytes_json(value):
+  if isinstance(value, list):
+    return [_bytes_json(v) for v in value]
+  return bytes_json(value)
+
+
+_INT64_TEXT = re.compile(rb'-?(?:0|[1-9][0-9]{0,18})')
+
+
+def _carried_feature_value(text: bytes):
+  """A carried value in a tf.Example: an integer that fits int64 as itself,
+  anything else as text (a string as is, other values as JSON text)."""
+  if _INT64_TEXT.fullmatch(text) and -2**63 <= int(text) < 2**63:
+    return int(text)
+  return carried_as_text(text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,12 +114,19 @@ class OutputLayout:
 
 class FormatRecords(beam.DoFn):
   """ScoredBatch -> one element of prediction records (main output) and one
-  block of error lines (tagged output)."""
-  def __init__(self, layout: OutputLayout):
+  block of error lines (tagged output).
+
+  Carried values are written as the JSON texts the decoder kept. Nothing
+  about one record can raise out of this step: a prediction that cannot be
+  written becomes an error record of its own.
+  """
+  def __init__(self, layout: OutputLayout, formats: dict):
     self._layout = layout
+    self._formats = formats  # input kind -> InputFormat, for raw records
     self._predicted = Metrics.counter(METRICS_NAMESPACE, 'predictions')
-    self._failed = {c: Metrics.counter(METRICS_NAMESPACE, f'errors_{c}')
-                    for c in ('parse', 'schema', 'model')}
+    self._failed = {c: Metrics.counter(METRICS_NAMESPACE, f'errors_{c}') for c in CATEGORIES}
+    self._files_incomplete = Metrics.counter(METRICS_NAMESPACE, 'files_incomplete')
+    self._incomplete_paths = Metrics.string_set(METRICS_NAMESPACE, 'incomplete_files')
     self._schema = None
     self._names = {}  # file path -> relative name, per worker
 
@@ -123,31 +135,66 @@ class FormatRecords(beam.DoFn):
       self._schema = self._layout.parquet_schema()
 
   def process(self, scored: ScoredBatch):
-    records = self._prediction_records(scored)
+    errors = list(scored.errors)
+    records = self._prediction_records(scored, errors)
     if records:
-      self._predicted.inc(len(records))
-      output_format = self._layout.output_format
-      if output_format == 'jsonl':
-        yield b'\n'.join(orjson.dumps(r, option=_DUMPS_OPTIONS) for r in records)
-      elif output_format == 'parquet':
-        yield pa.Table.from_pylist(records, schema=self._schema)
-      else:
-        yield [_example_bytes(r) for r in records]
-    if scored.errors:
-      yield beam.pvalue.TaggedOutput(
-          ERRORS_TAG, b'\n'.join(self._error_line(scored.batch, e) for e in scored.errors))
+      encoded = self._encode(records, scored.batch, errors)
+      if encoded is not None:
+        yield encoded
+    lines = [self._error_line(scored.batch, e) for e in errors]
+    lines += [self._file_error_line(path, message)
+              for path, message in scored.batch.chunk.file_errors]
+    if lines:
+      yield beam.pvalue.TaggedOutput(ERRORS_TAG, b'\n'.join(lines))
 
-  def _prediction_records(self, scored) -> list:
+  def _encode(self, records, batch, errors):
+    """The prediction records in the output format; a record that cannot be
+    encoded is moved to `errors`."""
+    output_format = self._layout.output_format
+    encode_one = {'jsonl': lambda r: orjson.dumps(r, option=_DUMPS_OPTIONS),
+                  'parquet': lambda r: pa.Table.from_pylist([r], schema=self._schema),
+                  'tfrecord': _example_bytes}[output_format]
+    try:
+      encoded = [encode_one(r) for _, r in records] if output_format != 'parquet' else None
+      if output_format == 'parquet':
+        table = pa.Table.from_pylist([r for _, r in records], schema=self._schema)
+    except Exception:  # pylint: disable=broad-except
+      kept, encoded = [], []
+      for row, record in records:
+        try:
+          encoded.append(encode_one(record))
+          kept.append((row, record))
+        except Exception as e:  # pylint: disable=broad-except
+          errors.append(_output_error(row, e))
+      records = kept
+      if output_format == 'parquet':
+        table = pa.concat_tables(encoded) if encoded else None
+    if not records:
+      return None
+    self._predicted.inc(len(records))
+    if output_format == 'jsonl':
+      return b'\n'.join(encoded)
+    return table if output_format == 'parquet' else encoded
+
+  def _prediction_records(self, scored, errors) -> list:
+    """(row, record) of every prediction."""
     layout, batch = self._layout, scored.batch
     records = []
     for rows, outputs in scored.results:
-      values = [(json_name, self._column(outputs[name]))
-                for name, json_name in layout.output_names.items()]
+      try:
+        values = [(json_name, self._column(outputs[name]))
+                  for name, json_name in layout.output_names.items()]
+      except Exception as e:  # pylint: disable=broad-except
+        errors.extend(_output_error(row, e) for row in rows)
+        continue
       for i, row in enumerate(rows):
-        record = self._carried(batch, row)
-        for json_name, column in values:
-          record[json_name] = column[i]
-        records.append(record)
+        try:
+          record = self._carried(batch, row)
+          for json_name, column in values:
+            record[json_name] = column[i]
+          records.append((row, record))
+        except Exception as e:  # pylint: disable=broad-except
+          errors.append(_output_error(row, e))
     return records
 
   def _column(self, array: np.ndarray):
@@ -160,23 +207,32 @@ class FormatRecords(beam.DoFn):
       return [convert(v) for v in array.tolist()]
     return array if output_format == 'jsonl' else array.tolist()
 
+  def _carried_value(self, text):
+    output_format = self._layout.output_format
+    if output_format == 'jsonl':
+      return orjson.Fragment(text)
+    if output_format == 'parquet':
+      return carried_as_text(text)
+    return _carried_feature_value(text)
+
   def _carried(self, batch, row) -> dict:
     layout = self._layout
-    text = _as_text if layout.output_format == 'parquet' else (lambda v: v)
     if layout.key_field:
-      record = {layout.key_field: text(batch.keys[row])}
+      record = {layout.key_field: self._carried_value(batch.carried[layout.key_field][row])}
     else:
       record = self._location(batch.chunk, row)
     for field in layout.passthrough_fields:
-      record[field] = text(batch.passthrough[field][row])
+      record[field] = self._carried_value(batch.carried[field][row])
     return record
 
-  def _location(self, chunk, row) -> dict:
-    path = chunk.path_of(row)
+  def _relative(self, path) -> str:
     name = self._names.get(path)
     if name is None:
       name = self._names[path] = relative_name(path, self._layout.input_bases)
-    location = {'filename': name}
+    return name
+
+  def _location(self, chunk, row) -> dict:
+    location = {'filename': self._relative(chunk.path_of(row))}
     if chunk.positions[row] is not None:
       location[chunk.position_field] = chunk.positions[row]
     return location
@@ -184,32 +240,49 @@ class FormatRecords(beam.DoFn):
   def _error_line(self, batch, error) -> bytes:
     self._failed[error.category].inc()
     record = {}
-    if self._layout.key_field and batch.keys and batch.keys[error.row] is not None:
-      record[self._layout.key_field] = batch.keys[error.row]
+    key_field = self._layout.key_field
+    key = batch.carried.get(key_field, [None] * (error.row + 1))[error.row] if key_field else None
+    if key is not None:
+      record[key_field] = orjson.Fragment(key)
     record.update(self._location(batch.chunk, error.row))
     record['error'] = {'category': error.category, 'message': error.message}
-    record.update(_raw_fields(batch.chunk, error.row))
+    fmt = self._formats[batch.chunk.kind]
+    try:
+      raw = fmt.raw(batch.chunk, error.row)
+    except Exception as e:  # pylint: disable=broad-except
+      raw = f'(the record cannot be shown: {type(e).__name__})'.encode()
+    record.update(raw_fields(raw, fmt.binary_records))
     return orjson.dumps(record, option=_DUMPS_OPTIONS)
 
+  def _file_error_line(self, path, message) -> bytes:
+    self._failed[FILE].inc()
+    self._files_incomplete.inc()
+    self._incomplete_paths.add(path)
+    return orjson.dumps({'filename': self._relative(path),
+                         'error': {'category': FILE, 'message': message}})
 
-def _raw_fields(chunk, row) -> dict:
-  """The failed instance as read: text for text formats, base64 for TFRecord."""
-  record = chunk.records[row] if chunk.kind != PARQUET else None
-  if chunk.kind in (JSONL, CSV):
-    raw, field = record, 'raw'
-  elif chunk.kind == TFRECORD:
-    raw, field = record, 'raw_b64'
-  elif chunk.kind == JSON:
-    raw = record.encode('utf-8') if isinstance(record, str) else orjson.dumps(
-        record, option=orjson.OPT_SERIALIZE_NUMPY)
-    field = 'raw'
-  else:
-    raw = orjson.dumps(chunk.records.slice(row, 1).to_pylist()[0], default=str)
-    field = 'raw'
-  fields = {}
+
+def _output_error(row, error):
+  from transforms.records import InstanceError  # pylint: disable=import-outside-toplevel
+  _LOG.warning('A prediction could not be written', exc_info=True)
+  return InstanceError(row, MODEL, f'the prediction cannot be written: '
+                                   f'{type(error).__name__}: {str(error)[:300]}')
+
+
+def raw_fields(raw: bytes, binary: bool = False) -> dict:
+  """The failed record as read: UTF-8 text as `raw`, other bytes (and
+  binary records) as `raw_b64`; cut at MAX_RAW_BYTES (never in the middle
+  of a character)."""
   cut = raw[:MAX_RAW_BYTES]
-  fields[field] = (base64.b64encode(cut).decode('ascii') if field == 'raw_b64'
-                   else cut.decode('utf-8', 'replace'))
+  try:
+    if binary:
+      raise UnicodeDecodeError('utf-8', cut, 0, 0, 'binary record')
+    fields = {'raw': cut.decode('utf-8')}
+  except UnicodeDecodeError as e:
+    if not binary and len(raw) > MAX_RAW_BYTES and e.start >= len(cut) - 3:
+      fields = {'raw': cut[:e.start].decode('utf-8')}  # a character cut in two
+    else:
+      fields = {'raw_b64': base64.b64encode(cut).decode('ascii')}
   if len(raw) > MAX_RAW_BYTES:
     fields['raw_truncated_from_bytes'] = len(raw)
   return fields

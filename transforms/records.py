@@ -18,9 +18,11 @@ import transforms.storage  # noqa: F401  pylint: disable=unused-import
 METRICS_NAMESPACE = 'batch_predict'
 
 # Error categories written in error records.
-PARSE = 'parse'    # the line is not JSON
-SCHEMA = 'schema'  # JSON, but not an instance of the signature
+PARSE = 'parse'    # the record cannot be read (not JSON, not CSV, too large, ...)
+SCHEMA = 'schema'  # readable, but not an instance of the signature
 MODEL = 'model'    # the model failed on this instance
+FILE = 'file'      # a file could not be read (completely): one record per fault
+CATEGORIES = (PARSE, SCHEMA, MODEL, FILE)
 
 
 # Input kinds, and the field that locates an instance within its file.
@@ -44,6 +46,9 @@ class RawChunk:
   kind: str = JSONL
   header: Optional[tuple] = None  # CSV column names
   read_errors: dict = dataclasses.field(default_factory=dict)  # record -> reason
+  # Faults that stopped reading a file (or a range of it) after these
+  # records: (path, reason); each becomes one error record of category FILE.
+  file_errors: list = dataclasses.field(default_factory=list)
 
   def __len__(self):
     return len(self.positions)
@@ -70,7 +75,8 @@ class RawChunk:
         self.segments + [(p, base + first) for p, first in other.segments],
         self.positions + other.positions, self.records + other.records,
         self.blank_lines + other.blank_lines, self.kind, self.header,
-        {**self.read_errors, **{base + r: e for r, e in other.read_errors.items()}})
+        {**self.read_errors, **{base + r: e for r, e in other.read_errors.items()}},
+        self.file_errors + other.file_errors)
 
 
 @dataclasses.dataclass
@@ -90,10 +96,11 @@ class FeedGroup:
 @dataclasses.dataclass
 class InstanceBatch:
   """A decoded chunk: what the model is fed, and what rides along to the
-  output (key or location, passthrough fields, the raw line for errors)."""
+  output (key and passthrough fields, the raw record for errors)."""
   chunk: RawChunk
-  keys: Optional[list]  # per row; None without --key_field
-  passthrough: dict  # field name -> list of values per row
+  # Carried field (key first, then passthrough) -> per row, the JSON text
+  # the value is written as (convert.carried_text), None where unknown.
+  carried: dict
   groups: list  # of FeedGroup
   errors: list  # of InstanceError
 

@@ -1,0 +1,237 @@
+"""JSON Lines: reading, and what a line means.
+
+Definition (`JsonLinesFormat.instance`): each line (transforms/lines.py says
+what a line is) is exactly one JSON text (transforms/json_values.py says
+what that is). An object's fields name the inputs; a single-input signature
+also takes the bare value. Values convert by transforms/convert.py.
+
+Fast path (`JsonLinesFormat.fast`): simdjson parses each line (it rejects
+every line the definition rejects, and a few it accepts: NaN, integers
+beyond 64 bits, nesting beyond its limit), then typed extraction for inputs
+of fully defined shape of rank 0 or 1. A line is accepted only in the plain
+case where the result is the definition's by construction: an object with
+no repeated field, each input of exactly its dtype's JSON kind and shape,
+carried values that are strings, integers, booleans or (passthrough only)
+null. Anything else, from a decimal key (whose digits only the definition
+keeps) to a one-element list for a scalar input, goes to the definition.
+"""
+import numpy as np
+import orjson
+import simdjson
+
+from transforms import convert
+from transforms.decode import FastRows, Instance, InputFormat, ThreadLocal
+from transforms.json_values import parse_json
+from transforms.lines import ReadLineChunks
+from transforms.records import JSONL
+
+
+class _Defer(Exception):
+  """The fast path leaves this line to the definition."""
+
+
+_DEFER = _Defer()
+
+
+def json_instance(value) -> Instance:
+  """The instance a parsed JSON value is (JSON Lines, request files): an
+  object is its fields, anything else a bare value."""
+  if isinstance(value, dict):
+    return Instance(value, value, duplicates=getattr(value, 'duplicates', None) or frozenset())
+  return Instance(None, value)
+
+
+class JsonLinesFormat(InputFormat):
+  kind = JSONL
+
+  def __init__(self, max_instance_bytes: int):
+    self._max_instance_bytes = max_instance_bytes
+    self._local = ThreadLocal()
+    self._plans = {}
+
+  def __getstate__(self):
+    return {'_max_instance_bytes': self._max_instance_bytes}
+
+  def __setstate__(self, state):
+    self.__init__(state['_max_instance_bytes'])
+
+  def read(self, files):
+    return files | ReadLineChunks(JSONL, self._max_instance_bytes)
+
+  def instance(self, chunk, row) -> Instance:
+    return json_instance(parse_json(chunk.records[row]))
+
+  # -- fast path -------------------------------------------------------------
+
+  def fast(self, chunk, rows, decoder):
+    plan = self._plans.get(id(decoder))
+    if plan is None:
+      plan = self._plans[id(decoder)] = _plan(decoder)
+    if not plan:
+      return None
+    parser = getattr(self._local, 'parser', None)
+    if parser is None:
+      parser = self._local.parser = simdjson.Parser()
+    extractors, carriers = plan
+    accepted, values = [], [[] for _ in extractors]
+    texts = [[] for _ in carriers]
+    records = chunk.records
+    for row in rows:
+      try:
+        row_values, row_texts = _extract(parser, records[row], extractors, carriers, decoder)
+      except (_Defer, ValueError, TypeError, KeyError, RuntimeError, IndexError,
+              OverflowError, UnicodeDecodeError):
+        continue
+      accepted.append(row)
+      for column, value in zip(values, row_values):
+        column.append(value)
+      for column, text in zip(texts, row_texts):
+        column.append(text)
+    if not accepted:
+      return None
+    feeds = {}
+    for (spec, _, finish), column in zip(extractors, values):
+      feeds[spec.name] = finish(column)
+    return FastRows(accepted, feeds,
+                    {field: column for (field, _), column in zip(carriers, texts)})
+
+
+def _extract(parser, line, extractors, carriers, decoder):
+  doc = parser.parse(line)
+  try:
+    if type(doc) is simdjson.Object:  # pylint: disable=unidiomatic-typecheck
+      keys = doc.keys()
+      if len(keys) != len(set(keys)):
+        raise _DEFER
+      if decoder.single is not None and keys == ['b64'] and decoder.single.dtype == 'string':
+        raise _DEFER
+      get = doc.get
+      row_values = [extract(get(spec.name)) for spec, extract, _ in extractors]
+      row_texts = [carry(get(field)) for field, carry in carriers]
+    elif decoder.single is not None and not carriers:
+      row_values = [extractors[0][1](doc)]
+      row_texts = []
+    else:
+      raise _DEFER
+    return row_values, row_texts
+  finally:
+    doc = None  # the parser reuses its buffer: no proxy may outlive the line
+
+
+def _plan(decoder):
+  """(input extractors, carried extractors), or None where the signature
+  takes nothing the fast path knows."""
+  if decoder.signature.takes_examples:
+    return None
+  extractors = []
+  for spec in decoder.inputs:
+    if not spec.fully_defined or len(spec.shape) > 1:
+      return None
+    extractors.append(_input_extractor(spec))
+  carriers = [(field, _carrier(field == decoder.key_field)) for field in decoder.carried]
+  return extractors, carriers
+
+
+def _input_extractor(spec):
+  """(spec, extract(value) -> column entry, finish(column) -> feed array)."""
+  if spec.dtype == 'string':
+    if spec.shape == ():
+      def extract(value):
+        if type(value) is not str:  # pylint: disable=unidiomatic-typecheck
+          raise _DEFER
+        return value.encode('utf-8')
+    else:
+      size = spec.shape[0]
+
+      def extract(value):
+        if type(value) is not simdjson.Array or len(value) != size:  # pylint: disable=unidiomatic-typecheck
+          raise _DEFER
+        items = value.as_list()
+        if not all(type(v) is str for v in items):  # pylint: disable=unidiomatic-typecheck
+          raise _DEFER
+        return [v.encode('utf-8') for v in items]
+
+    def finish(column):
+      arr = np.empty((len(column),) + spec.shape, dtype=object)
+      if spec.shape == ():
+        arr[:] = column
+      else:
+        for i, items in enumerate(column):
+          arr[i, :] = items
+      return arr
+    return spec, extract, finish
+
+  dtype = np.dtype(spec.dtype)
+  kind = dtype.kind
+  if kind == 'b':
+    if spec.shape != ():
+      def extract(value):  # vectors of booleans: left to the definition
+        raise _DEFER
+    else:
+      def extract(value):
+        if type(value) is not bool:  # pylint: disable=unidiomatic-typecheck
+          raise _DEFER
+        return value
+    return spec, extract, lambda column: np.array(column, dtype=np.bool_)
+
+  if kind == 'f':
+    if spec.shape == ():
+      def extract(value):
+        if type(value) is not float and type(value) is not int:  # pylint: disable=unidiomatic-typecheck
+          raise _DEFER
+        return value
+      return spec, extract, lambda column: np.array(column, np.float64).astype(dtype)
+    size = spec.shape[0]
+
+    def extract(value):
+      if type(value) is not simdjson.Array or len(value) != size:  # pylint: disable=unidiomatic-typecheck
+        raise _DEFER
+      buffer = value.as_buffer(of_type='d')
+      if len(buffer) != 8 * size:  # nested arrays flatten
+        raise _DEFER
+      return buffer
+    return spec, extract, lambda column: np.frombuffer(b''.join(column), np.float64).reshape(
+        (len(column), size)).astype(dtype)
+
+  info = np.iinfo(dtype)
+  if spec.shape == ():
+    def extract(value):
+      if type(value) is not int or not info.min <= value <= info.max:  # pylint: disable=unidiomatic-typecheck
+        raise _DEFER
+      return value
+    return spec, extract, lambda column: np.array(column, dtype=dtype)
+  size = spec.shape[0]
+
+  def extract(value):
+    if type(value) is not simdjson.Array or len(value) != size:  # pylint: disable=unidiomatic-typecheck
+      raise _DEFER
+    buffer = value.as_buffer(of_type='i')  # int64: larger integers defer
+    if len(buffer) != 8 * size:
+      raise _DEFER
+    if dtype != np.int64:
+      ints = np.frombuffer(buffer, np.int64)
+      if size and (ints.min() < info.min or ints.max() > info.max):
+        raise _DEFER
+    return buffer
+  return spec, extract, lambda column: np.frombuffer(b''.join(column), np.int64).reshape(
+      (len(column), size)).astype(dtype)
+
+
+def _carrier(is_key):
+  """A carried value's JSON text, for the kinds whose text the parsed value
+  determines: strings and integers (and null for a passthrough field)."""
+  dumps = orjson.dumps
+
+  def carry(value):
+    kind = type(value)
+    if kind is str:
+      return dumps(value)
+    if kind is int:
+      return str(value).encode('ascii')
+    if kind is bool:
+      return b'true' if value else b'false'
+    if value is None and not is_key:
+      return b'null'
+    raise _DEFER
+  return carry
+

@@ -1,0 +1,184 @@
+"""Parquet files: reading, and what a row means.
+
+Reading: record batches of up to ROWS_PER_CHUNK rows, only the columns the
+job uses, never a whole file in memory. A file that cannot be read (or stops
+being readable part-way) is a file error saying how many rows were read.
+
+Definition (`ParquetFormat.instance`): a row's columns are its fields.
+Inputs of fully defined shape take a column cast with Arrow's safe cast to
+the input's type (no silent truncation: 3.5 does not become an integer,
+300 does not fit int8), nested lists of exactly the input's shape; inputs of
+other shapes take the row's Python values by the shared rules of
+transforms/convert.py. Null is a missing value. Carried values: the value's
+JSON text, 32-bit floats by the shortest text of their 32-bit value, types
+JSON has no value for (dates, decimals) as their text.
+
+Fast path (`ParquetFormat.fast`): the same cast on whole columns; rows with
+a null input are left to the definition, and so is the whole batch when a
+cast or a shape check fails for any row.
+"""
+import apache_beam as beam
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from transforms import convert
+from transforms.decode import FastRows, Instance, InputFormat
+from transforms.lines import fault_reason
+from transforms.records import PARQUET, RawChunk
+
+ROWS_PER_CHUNK = 4096
+_ARROW_TYPES = {
+    'float16': pa.float16(), 'float32': pa.float32(), 'float64': pa.float64(),
+    'int8': pa.int8(), 'int16': pa.int16(), 'int32': pa.int32(),
+    'int64': pa.int64(), 'uint8': pa.uint8(), 'uint16': pa.uint16(),
+    'uint32': pa.uint32(), 'uint64': pa.uint64(), 'bool': pa.bool_(),
+    'string': pa.binary(),
+}
+
+
+class _Mismatch(Exception):
+  pass
+
+
+def arrow_type(spec):
+  """The Arrow type of a fully defined input, else None."""
+  if not spec.fully_defined:
+    return None
+  arrow = _ARROW_TYPES[spec.dtype]
+  for _ in spec.shape:
+    arrow = pa.list_(arrow)
+  return arrow
+
+
+def column_array(column, spec) -> np.ndarray:
+  """A column (or a slice of one) of a fully defined input as an array of
+  shape (rows,) + spec.shape; _Mismatch when any row does not fit."""
+  arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+  if arr.null_count:
+    raise _Mismatch
+  if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+    arr = arr.cast(pa.binary())
+  try:
+    arr = pc.cast(arr, arrow_type(spec))  # safe: no silent truncation
+  except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+    raise _Mismatch from None
+  rows = len(arr)
+  for dim in spec.shape:
+    lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+    if rows and (lengths.min() != dim or lengths.max() != dim):
+      raise _Mismatch
+    arr = arr.flatten()
+    if arr.null_count:
+      raise _Mismatch
+  values = arr.to_numpy(zero_copy_only=False)
+  return values.reshape((rows,) + tuple(spec.shape))
+
+
+def carried_texts(column) -> list:
+  """The JSON texts of a column's values (see the module's docstring)."""
+  arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+  if pa.types.is_float32(arr.type) or pa.types.is_float16(arr.type):
+    values = [None if v is None else np.float32(v) for v in arr.to_pylist()]
+  else:
+    values = arr.to_pylist()
+  texts = []
+  for value in values:
+    try:
+      texts.append(convert.carried_text(value))
+    except TypeError:  # dates, decimals, ...: their text
+      texts.append(orjson.dumps(str(value)))
+  return texts
+
+
+class ReadParquetBatches(beam.DoFn):
+  """FileMetadata -> RawChunks holding one RecordBatch each; positions are
+  row indexes within the file."""
+  def __init__(self, columns=None):
+    self._columns = columns  # None: all columns
+
+  def process(self, metadata):
+    path = metadata.path
+    row = 0
+    try:
+      with FileSystems.open(path) as f:
+        parquet = pq.ParquetFile(f)
+        names = set(parquet.schema_arrow.names)
+        columns = None if self._columns is None else [
+            c for c in self._columns if c in names]
+        for batch in parquet.iter_batches(batch_size=ROWS_PER_CHUNK, columns=columns):
+          yield RawChunk([(path, 0)], list(range(row, row + batch.num_rows)), batch,
+                         kind=PARQUET)
+          row += batch.num_rows
+    except Exception as e:  # pylint: disable=broad-except
+      yield RawChunk([(path, 0)], [], pa.record_batch([]), kind=PARQUET, file_errors=[
+          (path, f'reading failed after {row} rows: {fault_reason(e)}')])
+
+
+class ParquetFormat(InputFormat):
+  kind = PARQUET
+
+  def __init__(self, columns=None):
+    self._columns = columns
+
+  def read(self, files):
+    return files | beam.Reshuffle() | beam.ParDo(ReadParquetBatches(self._columns))
+
+  def instance(self, chunk, row) -> Instance:
+    batch = chunk.records
+    fields = {}
+    for i, name in enumerate(batch.schema.names):
+      cell = batch.column(i).slice(row, 1)
+      fields[name] = None if cell.null_count else cell
+    return Instance(fields, convert=_convert_cell, carry=_carry_cell,
+                    plain=lambda cell: cell.to_pylist()[0])
+
+  def raw(self, chunk, row) -> bytes:
+    record = chunk.records.slice(row, 1).to_pylist()[0]
+    return orjson.dumps(record, default=str, option=orjson.OPT_NON_STR_KEYS)
+
+  def fast(self, chunk, rows, decoder):
+    if decoder.signature.takes_examples or not all(s.fully_defined for s in decoder.inputs):
+      return None
+    batch = chunk.records
+    names = set(batch.schema.names)
+    if not all(s.name in names for s in decoder.inputs) or not all(
+        f in names for f in decoder.carried):
+      return None
+    keep = np.zeros(len(chunk), dtype=bool)
+    keep[rows] = True
+    for name in [s.name for s in decoder.inputs] + (
+        [decoder.key_field] if decoder.key_field else []):
+      keep &= ~batch.column(name).is_null().to_numpy(zero_copy_only=False)
+    if not keep.any():
+      return None
+    selected = batch.filter(pa.array(keep))
+    try:
+      feeds = {s.name: column_array(selected.column(s.name), s) for s in decoder.inputs}
+    except _Mismatch:
+      return None
+    carried = {f: carried_texts(selected.column(f)) for f in decoder.carried}
+    return FastRows([int(r) for r in np.flatnonzero(keep)], feeds, carried)
+
+
+def _convert_cell(cell, spec) -> np.ndarray:
+  """One row's column (a 1-row slice) for one input."""
+  if cell.null_count:
+    raise convert.SchemaError(f'input {spec.name!r} is null')
+  if spec.fully_defined:
+    try:
+      return column_array(cell, spec)[0]
+    except _Mismatch:
+      value = cell.to_pylist()[0]
+      raise convert.SchemaError(
+          f'input {spec.name!r} expects {spec.dtype} values of shape '
+          f'{convert.shape_text(spec.shape)}, got {convert.short(value)} '
+          f'({cell.type})') from None
+  return convert.convert_value(cell.to_pylist()[0], spec)
+
+
+def _carry_cell(cell) -> bytes:
+  return b'null' if cell is None else carried_texts(cell)[0]

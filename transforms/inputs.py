@@ -1,0 +1,62 @@
+"""The input formats, and reading instances of every format present.
+
+The format of each file is known before the pipeline starts (by extension,
+or `--format`), so the graph holds one reader per format present, flattened.
+Each format's reading and meaning live in its own module (input_*.py).
+"""
+import apache_beam as beam
+
+from transforms.input_csv import CsvFormat
+from transforms.input_json import JsonRequestFormat
+from transforms.input_jsonl import JsonLinesFormat
+from transforms.input_parquet import ParquetFormat
+from transforms.input_tfrecord import TFRecordFormat
+from transforms.records import CSV, JSON, JSONL, PARQUET, RawChunk, TFRECORD
+
+FORMATS = (JSONL, JSON, CSV, TFRECORD, PARQUET)
+_EXTENSIONS = {'.jsonl': JSONL, '.ndjson': JSONL, '.json': JSON, '.csv': CSV,
+               '.tfrecord': TFRECORD, '.tfrecords': TFRECORD, '.parquet': PARQUET}
+_COMPRESSION_SUFFIXES = ('.gz', '.gzip')
+
+
+def detect_format(path: str):
+  """The format a file's extension names (compression suffix aside), or None."""
+  name = path.lower()
+  for suffix in _COMPRESSION_SUFFIXES:
+    if name.endswith(suffix):
+      name = name[:-len(suffix)]
+  dot = name.rfind('.')
+  return _EXTENSIONS.get(name[dot:]) if dot >= 0 else None
+
+
+def input_formats(signature, key_field, passthrough_fields, max_instance_bytes) -> dict:
+  """Kind -> InputFormat, for a job's signature and options."""
+  parquet_columns = None if signature.takes_examples else (
+      [s.name for s in signature.inputs] + ([key_field] if key_field else [])
+      + list(passthrough_fields))
+  return {JSONL: JsonLinesFormat(max_instance_bytes),
+          JSON: JsonRequestFormat(signature.name, max_instance_bytes),
+          CSV: CsvFormat(max_instance_bytes),
+          TFRECORD: TFRecordFormat(max_instance_bytes),
+          PARQUET: ParquetFormat(parquet_columns)}
+
+
+class ReadInstances(beam.PTransform):
+  """{format: [FileMetadata]} -> RawChunks of every file."""
+  def __init__(self, files_by_format: dict, formats: dict, unreadable_files=()):
+    super().__init__()
+    self._files_by_format = files_by_format
+    self._formats = formats
+    self._unreadable = unreadable_files  # (path, kind, reason), found before the run
+
+  def expand(self, pbegin):
+    chunks = [
+        pbegin
+        | f'{kind.capitalize()}Files' >> beam.Create(files)
+        | f'Read{kind.capitalize()}' >> self._formats[kind].read_transform()
+        for kind, files in sorted(self._files_by_format.items())]
+    if self._unreadable:
+      chunks.append(pbegin | 'UnreadableFiles' >> beam.Create([
+          RawChunk([(path, 0)], [], [], kind=kind, file_errors=[(path, reason)])
+          for path, kind, reason in self._unreadable]).with_output_types(RawChunk))
+    return chunks | 'AllChunks' >> beam.Flatten().with_output_types(RawChunk)
