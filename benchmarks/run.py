@@ -17,8 +17,19 @@ Each configuration runs in its own process (so peak RSS is its own):
 Times exclude interpreter start and TensorFlow import; (c) and (d) include
 pipeline start-up and model load. Batch size 256 everywhere.
 
+Two more rows for the tabular workload time (d) when things go wrong, each
+against the clean (d) run ("time / clean (d)": how many times longer):
+  (d) every instance fails  the same data through a variant of the tabular
+                    model (same layers and size) whose graph asserts
+                    `f0 > 1e6`, which no instance satisfies: every instance
+                    becomes a `model` error
+  (d) 0.1% bad lines  the same data with every 1000th line replaced by
+                    malformed JSON or a line with a string for a float input
 A second table times (d) on the tabular instances stored as CSV, Parquet
 and TFRecord (tf.Example) files.
+
+  --only mlp,tabular,failures,formats   runs only those parts ('failures':
+                    the clean (d) tabular run and the two rows above)
 """
 import argparse
 import json
@@ -35,6 +46,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 BATCH = 256
 TABULAR_FEATURES = [f'f{i}' for i in range(13)]
 WORKLOADS = {'mlp': 100_000, 'tabular': 500_000}
+PARTS = ('mlp', 'tabular', 'failures', 'formats')
+BAD_EVERY = 1000  # one bad line in this many, in the "0.1% bad lines" row
 
 
 # -- data and models ---------------------------------------------------------
@@ -50,13 +63,50 @@ def build_mlp(path):
 
 def build_tabular(path):
   import keras
+  tabular_layers(keras).export(path, format='tf_saved_model', verbose=False)
+
+
+def tabular_layers(keras):
   inputs = {n: keras.Input(shape=(), name=n) for n in TABULAR_FEATURES}
   x = keras.layers.Concatenate()([keras.layers.Reshape((1,))(inputs[n])
                                   for n in TABULAR_FEATURES])
   x = keras.layers.Dense(64, activation='relu')(x)
   x = keras.layers.Dense(32, activation='relu')(x)
   score = keras.layers.Dense(1, activation='sigmoid', name='score')(x)
-  keras.Model(inputs, {'score': score}).export(path, format='tf_saved_model', verbose=False)
+  return keras.Model(inputs, {'score': score})
+
+
+def build_tabular_failing(path):
+  """The tabular model behind an assertion that no benchmark instance passes
+  (`f0 > 1e6`; the data is about N(0, 10)): the model fails on every one."""
+  import keras
+  import tensorflow as tf
+  model = tabular_layers(keras)
+  archive = keras.export.ExportArchive()
+  archive.track(model)
+
+  @tf.function(input_signature=[{n: tf.TensorSpec([None], tf.float32, name=n)
+                                 for n in TABULAR_FEATURES}])
+  def serve(features):
+    check = tf.debugging.assert_greater(features['f0'], 1e6, message='f0 out of range')
+    with tf.control_dependencies([check]):
+      return model(features)
+
+  archive.add_endpoint('serving_default', serve)
+  archive.write_out(path, verbose=False)
+
+
+def write_bad_lines(clean_path, path):
+  """The clean data with every BAD_EVERY-th line replaced by a bad one:
+  alternately malformed JSON and a string where a float belongs."""
+  with open(clean_path, 'rb') as f, open(path, 'wb') as out:
+    for i, line in enumerate(f):
+      if i % BAD_EVERY == BAD_EVERY // 2:
+        if (i // BAD_EVERY) % 2:
+          line = line[:len(line) // 2] + b'\n'
+        else:
+          line = line.replace(b'"f3":', b'"f3":"oops","was":', 1)
+      out.write(line)
 
 
 def write_data(workload, path, count):
@@ -98,9 +148,13 @@ def write_other_formats(jsonl_path, stem):
       f.write(tfrecord_frame(example.SerializeToString()))
 
 
-def prepare(workdir, scale):
+def prepare(workdir, scale, parts):
   os.makedirs(workdir, exist_ok=True)
   for workload, count in WORKLOADS.items():
+    if workload == 'mlp' and 'mlp' not in parts:
+      continue
+    if workload == 'tabular' and not set(parts) & {'tabular', 'failures', 'formats'}:
+      continue
     count = int(count * scale)
     data = os.path.join(workdir, f'{workload}-{count}.jsonl')
     model = os.path.join(workdir, f'{workload}-model')
@@ -110,8 +164,15 @@ def prepare(workdir, scale):
       write_data(workload, data + '.tmp', count)
       os.rename(data + '.tmp', data)
     stem = data[:-len('.jsonl')]
-    if workload == 'tabular' and not os.path.exists(stem + '.tfrecord'):
+    if workload == 'tabular' and 'formats' in parts and not os.path.exists(stem + '.tfrecord'):
       write_other_formats(data, stem)
+    if workload == 'tabular' and 'failures' in parts:
+      failing = os.path.join(workdir, 'tabular-failing-model')
+      if not os.path.exists(failing):
+        build_tabular_failing(failing)
+      if not os.path.exists(stem + '-bad.jsonl'):
+        write_bad_lines(data, stem + '-bad.jsonl.tmp')
+        os.rename(stem + '-bad.jsonl.tmp', stem + '-bad.jsonl')
 
 
 # -- the four configurations (each in its own process) -----------------------
@@ -203,22 +264,47 @@ def run_runinference(workload, model, data, out):
   return sum(1 for _ in open(data, 'rb')), time.perf_counter() - started
 
 
-def run_this_job(workload, model, data, out):
+def run_job(model, data, out, expect_errors=False):
+  """(d): returns (the job's summary, seconds). With `expect_errors`, exit
+  status 3 (too many errors) is expected: the summary is checked instead."""
   # Imports are excluded from every configuration's time, as in (c).
   import tensorflow  # noqa: F401
   from pipeline import cli, graph  # noqa: F401
   started = time.perf_counter()
   rc = cli.main([f'--model={model}', f'--input={data}', f'--output={out}/job',
                  '--key_field=id', f'--max_batch_size={BATCH}'])
-  assert rc == 0
+  seconds = time.perf_counter() - started
+  assert rc in ((0, 3) if expect_errors else (0,)), rc
   with open(f'{out}/job/summary.json') as f:
-    summary = json.load(f)
+    return json.load(f), seconds
+
+
+def run_this_job(workload, model, data, out):
+  summary, seconds = run_job(model, data, out)
   assert summary['predictions'] == summary['instances_read'], summary
-  return summary['instances_read'], time.perf_counter() - started
+  return summary['instances_read'], seconds
+
+
+def run_all_failing(workload, model, data, out):
+  summary, seconds = run_job(model, data, out, expect_errors=True)
+  assert summary['errors_by_category']['model'] == summary['instances_read'], summary
+  return summary['instances_read'], seconds
+
+
+def run_bad_lines(workload, model, data, out):
+  summary, seconds = run_job(model, data, out, expect_errors=True)
+  count = summary['instances_read']
+  bad = len(range(BAD_EVERY // 2, count, BAD_EVERY))
+  by_category = summary['errors_by_category']
+  assert by_category['parse'] + by_category['schema'] == bad, summary
+  assert by_category['model'] == 0 and summary['predictions'] == count - bad, summary
+  return count, seconds
 
 
 CONFIGS = {'a': ('model alone', run_model_alone), 'b': ('hand loop', run_hand_loop),
-           'c': ('RunInference', run_runinference), 'd': ('this job', run_this_job)}
+           'c': ('RunInference', run_runinference), 'd': ('this job', run_this_job),
+           'd-fail': ('this job, every instance fails in the model', run_all_failing),
+           'd-bad': ('this job, 0.1% bad lines', run_bad_lines)}
 
 
 def run_child(config, workload, model, data, out) -> dict:
@@ -247,35 +333,62 @@ def main():
   parser.add_argument('--scale', type=float, default=1.0,
                       help='fraction of the instance counts (for a quick look)')
   parser.add_argument('--workdir', default=os.path.join(ROOT, 'out', 'bench'))
+  parser.add_argument('--only', default=','.join(PARTS),
+                      help=f'comma-separated parts to run, of {",".join(PARTS)}')
   parser.add_argument('--child', nargs=5, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
     return child(*args.child)
-  prepare(args.workdir, args.scale)
+  parts = [p for p in args.only.split(',') if p]
+  unknown = set(parts) - set(PARTS)
+  if unknown:
+    parser.error(f'--only: unknown part(s) {", ".join(sorted(unknown))}; '
+                 f'choose from {", ".join(PARTS)}')
+  prepare(args.workdir, args.scale, parts)
   rows = []
+  clean_d = {}
   for workload, count in WORKLOADS.items():
+    if workload in parts:
+      configs = list('abcd')
+    elif workload == 'tabular' and set(parts) & {'failures', 'formats'}:
+      configs = ['d']  # the reference for the failure rows and the format table
+    else:
+      continue
     count = int(count * args.scale)
     data = os.path.join(args.workdir, f'{workload}-{count}.jsonl')
     model = os.path.join(args.workdir, f'{workload}-model')
     results = {}
-    for config in CONFIGS:
+    for config in configs:
       out = os.path.join(args.workdir, 'out', f'{workload}-{config}')
       results[config] = run_child(config, workload, model, data, out)
+    clean_d[workload] = results['d']
+    if workload == 'tabular' and 'failures' in parts:
+      stem = data[:-len('.jsonl')]
+      failing = os.path.join(args.workdir, 'tabular-failing-model')
+      results['d-fail'] = run_child('d-fail', workload, failing, data,
+                                    os.path.join(args.workdir, 'out', 'tabular-d-fail'))
+      results['d-bad'] = run_child('d-bad', workload, model, stem + '-bad.jsonl',
+                                   os.path.join(args.workdir, 'out', 'tabular-d-bad'))
     for config, r in results.items():
-      rows.append((workload, f'({config}) {CONFIGS[config][0]}', r['count'], r['seconds'],
-                   r['rate'], r['peak_mb'], r['rate'] / results['b']['rate'],
-                   r['rate'] / results['c']['rate']))
+      vs = [f'{r["rate"] / results[c]["rate"]:.2f}x' if c in results else '-'
+            for c in ('b', 'c')]
+      rows.append((workload, f'({config[0]}) {CONFIGS[config][0]}', r['count'], r['seconds'],
+                   r['rate'], r['peak_mb'], *vs,
+                   f'{r["seconds"] / results["d"]["seconds"]:.2f}x'
+                   if config.startswith('d') else '-'))
   header = ('workload', 'configuration', 'instances', 'seconds', 'inst/s',
-            'peak MiB', 'vs (b)', 'vs (c)')
+            'peak MiB', 'vs (b)', 'vs (c)', 'time / clean (d)')
   print('| ' + ' | '.join(header) + ' |')
   print('|' + '---|' * len(header))
-  for w, c, n, s, rate, mem, vb, vc in rows:
-    print(f'| {w} | {c} | {n:,} | {s:.1f} | {rate:,.0f} | {mem:,.0f} | {vb:.2f}x | {vc:.2f}x |')
+  for w, c, n, s, rate, mem, vb, vc, vd in rows:
+    print(f'| {w} | {c} | {n:,} | {s:.1f} | {rate:,.0f} | {mem:,.0f} | {vb} | {vc} | {vd} |')
 
+  if 'formats' not in parts:
+    return
   count = int(WORKLOADS['tabular'] * args.scale)
   stem = os.path.join(args.workdir, f'tabular-{count}')
   model = os.path.join(args.workdir, 'tabular-model')
-  jsonl_rate = next(r[4] for r in rows if r[0] == 'tabular' and r[1].startswith('(d)'))
+  jsonl_rate = clean_d['tabular']['rate']
   print()
   print('| (d) this job, tabular input as | instances | seconds | inst/s | peak MiB | vs JSONL |')
   print('|---|---|---|---|---|---|')
