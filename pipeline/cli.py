@@ -80,7 +80,9 @@ def check_runner(runner: str) -> None:
 
 def exit_status(summary: dict, max_error_fraction: float) -> tuple:
   """(status, reason): whether the result is usable."""
-  read, errors = summary['instances_read'], summary['errors']
+  read = summary['instances_read']
+  # Instances that failed; a `file` error is a fault of a file, not an instance.
+  errors = summary['errors'] - summary['errors_by_category'].get('file', 0)
   if summary['files_incomplete']:
     return EXIT_INPUT_INCOMPLETE, (f'{summary["files_incomplete"]} input file(s) could not '
                                    'be read completely; see the file errors')
@@ -168,7 +170,8 @@ def run_and_promote(config, run_id: str) -> tuple:
       staging.promote()
     except Exception as e:  # pylint: disable=broad-except
       raise PipelineFailed(f'moving the outputs into place failed ({_last_line(e)}); '
-                           'no summary.json: the directory holds no complete result') from e
+                           f'without {config.output}/summary.json the directory holds no '
+                           'complete result: run again') from e
   finally:
     staging.discard()
   return status, job_summary

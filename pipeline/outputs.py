@@ -185,11 +185,12 @@ class _GcsLockFile:
     blob = self._bucket.get_blob(self._name)
     if blob is None:
       return None
+    generation, updated = blob.generation, blob.updated
     try:
-      data = blob.download_as_bytes(if_generation_match=blob.generation)
+      data = blob.download_as_bytes(if_generation_match=generation)
     except (exceptions.NotFound, exceptions.PreconditionFailed):
-      return self.read()
-    return data, blob.generation, blob.updated.timestamp() if blob.updated else time.time()
+      return self.read()  # replaced or deleted meanwhile
+    return data, generation, updated.timestamp() if updated else time.time()
 
   def replace(self, data: bytes, token):
     from google.api_core import exceptions
