@@ -1,12 +1,15 @@
-"""Unit tests of value conversion and chunk decoding (no pipeline)."""
+"""Unit tests of the value rules and chunk decoding (no pipeline)."""
 import base64
 import json
+import pickle
 
 import numpy as np
 import pytest
 
 from transforms import convert
 from transforms.decode import InstanceDecoder
+from transforms.inputs import input_formats
+from transforms.json_values import parse_json
 from transforms.records import PARSE, RawChunk, SCHEMA
 from transforms.savedmodel import SignatureSpec, TensorSpec
 
@@ -15,12 +18,19 @@ def spec(dtype, shape, name='x'):
   return TensorSpec(name, dtype, shape)
 
 
+def decoder_for(signature, key_field=None, passthrough_fields=()):
+  formats = input_formats(signature, key_field, passthrough_fields, 1 << 20)
+  return InstanceDecoder(signature, formats, key_field, passthrough_fields)
+
+
 @pytest.mark.parametrize('value, s, expected', [
     ([1, 2.5], spec('float32', (2,)), np.array([1, 2.5], np.float32)),
     ([[1], [2]], spec('int64', (None, 1)), np.array([[1], [2]], np.int64)),
-    (3.0, spec('int32', ()), np.array(3, np.int32)),
+    (3, spec('int32', ()), np.array(3, np.int32)),
     (True, spec('bool', ()), np.array(True)),
     ([1, 2, 3], spec('float64', None), np.array([1, 2, 3], np.float64)),
+    (2 ** 64 - 1, spec('uint64', ()), np.array(2 ** 64 - 1, np.uint64)),
+    (10 ** 30, spec('float32', ()), np.array(1e30, np.float32)),
 ])
 def test_convert_value_accepts(value, s, expected):
   got = convert.convert_value(value, s)
@@ -33,6 +43,7 @@ def test_convert_value_accepts(value, s, expected):
     ([[1, 2], [3]], spec('float32', (2, None)), 'nested lists of different lengths'),
     (['a'], spec('float32', (1,)), 'expects float32 numbers'),
     ([1.5], spec('int64', (1,)), 'expects integers'),
+    (3.0, spec('int64', ()), 'expects integers'),
     ([300], spec('int8', (1,)), 'out of range for int8'),
     ([True], spec('float32', (1,)), 'got booleans'),
     ([1], spec('bool', (1,)), 'expects booleans'),
@@ -40,6 +51,7 @@ def test_convert_value_accepts(value, s, expected):
     ([1, None], spec('float32', (2,)), 'expects float32 numbers'),
     (5, spec('string', ()), 'expects strings'),
     ({'b64': 'not base64!'}, spec('string', ()), 'invalid base64'),
+    (10 ** 400, spec('float32', ()), 'out of the 64-bit float range'),
 ])
 def test_convert_value_rejects_with_reason(value, s, message):
   with pytest.raises(convert.SchemaError) as e:
@@ -56,11 +68,32 @@ def test_strings_and_b64():
   assert nested.shape == (2, 2) and nested[1, 0] == b'c'
 
 
-def test_parse_accepts_nan_and_infinity_like_tf_serving():
-  value = convert.parse_json_line(b'[NaN, Infinity, -Infinity, 1]')
-  assert np.isnan(value[0]) and value[1] == float('inf') and value[2] == float('-inf')
-  with pytest.raises(ValueError, match='invalid JSON'):
-    convert.parse_json_line(b'[1, 2')
+@pytest.mark.parametrize('text, reason', [
+    (b'[1, 2', 'invalid JSON'),
+    (b'{"a": 1} {"a": 2}', 'invalid JSON: Extra data'),
+    (b'{"a": "\xff"}', 'invalid UTF-8 at byte 7'),
+    (b'{"a": "\\ud800"}', 'unpaired UTF-16 surrogate'),
+    (b'{"a": 1e400}', 'out of the 64-bit float range'),
+    (b'[' * 1025 + b']' * 1025, 'nested deeper than 1024 levels'),
+    (b'[' * 100000, 'nested deeper than 1024 levels'),
+    (b'\xef\xbb\xbf{"a": 1}', 'invalid JSON'),
+    (b'nan', 'invalid JSON'),
+])
+def test_json_definition_rejects(text, reason):
+  with pytest.raises(ValueError) as e:
+    parse_json(text)
+  assert reason in str(e.value)
+
+
+def test_json_definition_keeps_what_carried_values_need():
+  value = parse_json(b'{"i": 123456789012345678901234567890, "f": 0.30000000000000001, '
+                     b'"e": 1E2, "n": NaN, "s": "\\ud83d\\ude00", "d": 1, "d": 2}')
+  assert value['i'] == 123456789012345678901234567890
+  assert [convert.carried_text(value[k]) for k in 'ifens'] == [
+      b'123456789012345678901234567890', b'0.30000000000000001', b'1E2', b'NaN',
+      '"\U0001F600"'.encode()]
+  assert value.duplicates == {'d'} and value['d'] == 2
+  assert parse_json(b'[' * 1024 + b']' * 1024) is not None
 
 
 SIG = SignatureSpec('serving_default', 'tensorflow/serving/predict',
@@ -82,49 +115,79 @@ def rows_and_feeds(batch):
   return out
 
 
-def test_columnar_and_per_instance_paths_agree():
-  lines = [json.dumps({'id': i, 'a': [i, i / 3], 'b': f's{i}', 'p': i * 1.5}) for i in range(50)]
-  decoder = InstanceDecoder(SIG, key_field='id', passthrough_fields=('p',))
-  fast = decoder.decode(chunk(lines))
-  slow = decoder._decode_per_instance(chunk(lines))
-  assert len(fast.groups) == 1 and fast.errors == [] and slow.errors == []
-  assert fast.keys == slow.keys == list(range(50))
-  assert fast.passthrough == slow.passthrough == {'p': [i * 1.5 for i in range(50)]}
+def assert_same_batches(fast, slow):
+  assert fast.carried == slow.carried
+  assert [(e.row, e.category, e.message) for e in fast.errors] == [
+      (e.row, e.category, e.message) for e in slow.errors]
   f, s = rows_and_feeds(fast), rows_and_feeds(slow)
-  for row in range(50):
-    np.testing.assert_array_equal(f[row]['a'], s[row]['a'])
-    assert f[row]['b'] == s[row]['b'] == f's{row}'.encode()
-    assert f[row]['a'].dtype == np.float32
+  assert sorted(f) == sorted(s)
+  for row in f:
+    for name in f[row]:
+      got, want = f[row][name], s[row][name]
+      assert type(got) is type(want) and getattr(got, 'dtype', None) == getattr(want, 'dtype', None)
+      np.testing.assert_array_equal(got, want)
 
 
-def test_one_bad_line_does_not_spoil_its_chunk():
+def test_fast_and_exact_paths_agree_and_carry_texts():
+  lines = [json.dumps({'id': i, 'a': [i, i / 3], 'b': f's{i}', 'p': f'{i}x'}) for i in range(50)]
+  decoder = decoder_for(SIG, key_field='id', passthrough_fields=('p',))
+  fast = decoder.decode(chunk(lines))
+  assert len(fast.groups) == 1 and fast.errors == []
+  assert_same_batches(fast, decoder.decode(chunk(lines), use_fast=False))
+  assert fast.carried['id'][7] == b'7' and fast.carried['p'][7] == b'"7x"'
+
+
+def test_one_bad_line_costs_only_itself():
   lines = [json.dumps({'a': [i, i], 'b': 'x'}) for i in range(10)]
   lines[3] = '{"a": [1, 2], "b": '
   lines[6] = json.dumps({'a': [1, 2, 3], 'b': 'x'})
   lines[8] = json.dumps({'a': [1, 2]})
-  batch = InstanceDecoder(SIG).decode(chunk(lines))
+  batch = decoder_for(SIG).decode(chunk(lines))
   assert sorted(rows_and_feeds(batch)) == [0, 1, 2, 4, 5, 7, 9]
   assert [(e.row, e.category) for e in batch.errors] == [(3, PARSE), (6, SCHEMA), (8, SCHEMA)]
-  assert len(batch) == 7
+  # The good lines stay on the fast path: one group, not one per line.
+  assert len(batch.groups) == 1 and len(batch) == 7
+
+
+def test_neighbours_do_not_change_a_line():
+  """The seen divergences: a key typed from the first line, passthrough
+  values re-encoded, booleans, two values on a line, repeated fields."""
+  decoder = decoder_for(SIG, key_field='id', passthrough_fields=('p',))
+  lines = ['{"id": 1.5, "a": [1, 2], "b": "x", "p": 0.3164}',
+           '{"id": 9007199254740993, "a": [1, 2], "b": "x", "p": 0.3164}',
+           '{"id": 3, "a": [true, 2], "b": "x"}',
+           '{"id": 4, "a": [1, 2], "b": "x"}{"id": 5, "a": [1, 2], "b": "x"}',
+           '{"id": 6, "a": [1, 2], "b": "x", "b": "y"}',
+           '{"id": 7, "a": [1, 2], "b": "x", "ignored": "\xff"}'.encode('latin-1')]
+  alone = [decoder.decode(chunk([line])) for line in lines]
+  together = decoder.decode(chunk(lines))
+  assert together.carried['id'][:2] == [b'1.5', b'9007199254740993']
+  assert together.carried['p'][:2] == [b'0.3164', b'0.3164']
+  for row, single in enumerate(alone):
+    assert [(e.category, e.message) for e in single.errors] == [
+        (e.category, e.message) for e in together.errors if e.row == row]
+    assert single.carried['id'][0] == together.carried['id'][row]
+  assert [(e.row, e.category) for e in together.errors] == [
+      (2, SCHEMA), (3, PARSE), (4, SCHEMA), (5, PARSE)]
 
 
 def test_bare_values_and_mixed_shapes_for_a_single_input():
   single = SignatureSpec('s', 'm', (TensorSpec('x', 'float32', (None,)),), ())
   lines = ['[1, 2]', '{"x": [3]}', '[4, 5]', '[6, 7, 8]']
-  batch = InstanceDecoder(single).decode(chunk(lines))
+  batch = decoder_for(single).decode(chunk(lines))
   assert batch.errors == []
   shapes = sorted((g.rows, g.feeds['x'].shape) for g in batch.groups)
   assert shapes == [([0, 2], (2, 2)), ([1], (1, 1)), ([3], (1, 3))]
   # A bare b64 value for a single string input.
   strings = SignatureSpec('s', 'm', (TensorSpec('img', 'string', ()),), ())
-  batch = InstanceDecoder(strings).decode(chunk(['{"b64": "AAE="}', '"plain"']))
+  batch = decoder_for(strings).decode(chunk(['{"b64": "AAE="}', '"plain"']))
   assert batch.errors == []
   feeds = rows_and_feeds(batch)
   assert [feeds[0]['img'], feeds[1]['img']] == [b'\x00\x01', b'plain']
 
 
 def test_bare_value_for_multi_input_signature_is_a_schema_error():
-  batch = InstanceDecoder(SIG).decode(chunk(['[1, 2]']))
+  batch = decoder_for(SIG).decode(chunk(['[1, 2]']))
   assert batch.errors[0].category == SCHEMA
   assert 'write an object with fields a, b' in batch.errors[0].message
 
@@ -135,34 +198,22 @@ TAB = SignatureSpec('serving_default', 'tensorflow/serving/predict',
                     (TensorSpec('y', 'float32', ()),))
 
 
-def assert_same_batches(fast, slow):
-  assert fast.keys == slow.keys and fast.passthrough == slow.passthrough
-  assert [(e.row, e.category) for e in fast.errors] == [(e.row, e.category) for e in slow.errors]
-  f, s = rows_and_feeds(fast), rows_and_feeds(slow)
-  assert sorted(f) == sorted(s)
-  for row in f:
-    for name in f[row]:
-      got, want = f[row][name], s[row][name]
-      assert type(got) is type(want) and getattr(got, 'dtype', None) == getattr(want, 'dtype', None)
-      np.testing.assert_array_equal(got, want)
-
-
 def csv_chunk(lines):
   return RawChunk([('t.csv', 0)], list(range(len(lines))), [l.encode() for l in lines],
                   kind='csv', header=('id', 'a', 'b', 'c', 'note'))
 
 
-def test_csv_columnar_path_matches_the_per_row_path():
-  decoder = InstanceDecoder(TAB, key_field='id', passthrough_fields=('note',))
+def test_csv_fast_path_matches_the_definition():
+  decoder = decoder_for(TAB, key_field='id', passthrough_fields=('note',))
   lines = [f'{i},{i / 7},{i * 3},"name, {i}",n{i}' for i in range(40)]
-  chunk = csv_chunk(lines)
-  fast = decoder._decode_csv_columnar(chunk)  # raises if it cannot take the chunk
-  assert_same_batches(fast, decoder._decode_per_instance(chunk))
-  assert fast.keys[3] == '3' and fast.passthrough['note'][3] == 'n3'
-  lines[5] = '5,,15,x,n5'  # an empty cell: the chunk falls back, one error
-  batch = decoder.decode(csv_chunk(lines))
-  assert [(e.row, e.category) for e in batch.errors] == [(5, SCHEMA)]
-  assert len(batch) == 39
+  lines[5] = '5,,15,x,n5'  # an empty cell: one error
+  lines[9] = '9,1e400,1,x,n9'  # beyond the 64-bit range
+  lines[11] = '11,0x10,1,x,n11'
+  fast = decoder.decode(csv_chunk(lines))
+  assert_same_batches(fast, decoder.decode(csv_chunk(lines), use_fast=False))
+  assert fast.carried['id'][3] == b'"3"' and fast.carried['note'][3] == b'"n3"'
+  assert [(e.row, e.category) for e in fast.errors] == [(5, SCHEMA), (9, SCHEMA), (11, SCHEMA)]
+  assert len(fast) == 37
 
 
 def tf_example(**features):
@@ -182,14 +233,13 @@ def tfrecord_chunk(records):
   return RawChunk([('t.tfrecord', 0)], list(range(len(records))), records, kind='tfrecord')
 
 
-def test_tfrecord_columnar_path_matches_the_per_record_path():
-  decoder = InstanceDecoder(TAB, key_field='id', passthrough_fields=('w',))
+def test_tfrecord_fast_path_matches_the_definition():
+  decoder = decoder_for(TAB, key_field='id', passthrough_fields=('w',))
   records = [tf_example(id=f'r{i}', a=i / 7, b=i * 3, c=f'name {i}', w=i) for i in range(40)]
-  chunk = tfrecord_chunk(records)
-  fast = decoder._decode_tfrecord_columnar(chunk)
-  assert_same_batches(fast, decoder._decode_per_instance(chunk))
-  assert fast.keys[3] == 'r3' and fast.passthrough['w'][3] == 3
-  records[7] = tf_example(id='r7', a=1.0, c='no b')  # a missing feature: fallback, one error
+  fast = decoder.decode(tfrecord_chunk(records))
+  assert_same_batches(fast, decoder.decode(tfrecord_chunk(records), use_fast=False))
+  assert fast.carried['id'][3] == b'"r3"' and fast.carried['w'][3] == b'3'
+  records[7] = tf_example(id='r7', a=1.0, c='no b')  # a missing feature
   records[9] = b'\x00 not an example'
   batch = decoder.decode(tfrecord_chunk(records))
   assert [(e.row, e.category) for e in batch.errors] == [(7, SCHEMA), (9, PARSE)]
@@ -200,10 +250,10 @@ def test_tfrecord_records_fed_as_they_are_to_an_example_signature():
   examples_sig = SignatureSpec('s', 'tensorflow/serving/classify',
                                (TensorSpec('inputs', 'string', ()),), (), True, {'a': 'float'})
   records = [tf_example(id=i, a=float(i)) for i in range(5)]
-  decoder = InstanceDecoder(examples_sig, key_field='id')
-  fast = decoder._decode_tfrecord_columnar(tfrecord_chunk(records))
-  assert fast.keys == [0, 1, 2, 3, 4]
-  assert list(fast.groups[0].feeds['inputs']) == records
+  decoder = decoder_for(examples_sig, key_field='id')
+  batch = decoder.decode(tfrecord_chunk(records))
+  assert batch.carried['id'] == [b'0', b'1', b'2', b'3', b'4']
+  assert list(batch.groups[0].feeds['inputs']) == records
   records[2] = b'\x00 not an example'
   batch = decoder.decode(tfrecord_chunk(records))
   assert [(e.row, e.category) for e in batch.errors] == [(2, PARSE)]
@@ -214,15 +264,13 @@ WIDE = SignatureSpec('serving_default', 'tensorflow/serving/predict',
                      (TensorSpec('y', 'float32', ()),))
 
 
-def test_wide_numeric_jsonl_takes_simdjson_and_matches_the_per_instance_path():
-  decoder = InstanceDecoder(WIDE, key_field='id', passthrough_fields=('meta',))
+def test_wide_numeric_jsonl_fast_path_survives_pickling():
+  decoder = decoder_for(WIDE, key_field='id', passthrough_fields=('meta',))
   lines = [json.dumps({'id': f'w{i}', 'count': i, 'pixels': [i / 3] * 39 + [i],
                        'meta': {'tags': ['a', i]}}) for i in range(30)]
-  fast = decoder._decode_jsonl_simdjson(chunk(lines))  # raises if it cannot take the chunk
-  assert_same_batches(fast, decoder._decode_per_instance(chunk(lines)))
-  assert fast.passthrough['meta'][4] == {'tags': ['a', 4]}
-  # The parser survives being pickled to workers and used again.
-  import pickle
+  fast = decoder.decode(chunk(lines))
+  assert_same_batches(fast, decoder.decode(chunk(lines), use_fast=False))
+  assert fast.carried['meta'][4] == b'{"tags":["a",4]}'
   again = pickle.loads(pickle.dumps(decoder))
   assert_same_batches(again.decode(chunk(lines)), fast)
 
@@ -230,15 +278,15 @@ def test_wide_numeric_jsonl_takes_simdjson_and_matches_the_per_instance_path():
 @pytest.mark.parametrize('bad, reason', [
     ({'count': 1, 'pixels': [[0.5] * 20, [0.5] * 20]}, 'expects shape [40]'),
     ({'count': 1, 'pixels': [0.5] * 39 + ['x']}, 'expects float32 numbers'),
-    ({'count': True, 'pixels': [0.5] * 40}, 'expects int32 numbers, got booleans'),
+    ({'count': True, 'pixels': [0.5] * 40}, 'expects integers (int32), got booleans'),
     ({'count': 2 ** 40, 'pixels': [0.5] * 40}, 'out of range for int32'),
     ({'count': 1.5, 'pixels': [0.5] * 40}, 'expects integers'),
     ({'pixels': [0.5] * 40}, "missing input field 'count'"),
 ])
-def test_wide_numeric_jsonl_anomalies_fall_back_to_exact_errors(bad, reason):
+def test_wide_numeric_jsonl_anomalies_get_exact_errors(bad, reason):
   lines = [json.dumps({'count': i, 'pixels': [0.25] * 40}) for i in range(8)]
   lines[3] = json.dumps(bad)
-  batch = InstanceDecoder(WIDE).decode(chunk(lines))
+  batch = decoder_for(WIDE).decode(chunk(lines))
   assert [(e.row, e.category) for e in batch.errors] == [(3, SCHEMA)]
   assert reason in batch.errors[0].message
   assert sorted(rows_and_feeds(batch)) == [0, 1, 2, 4, 5, 6, 7]

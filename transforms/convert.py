@@ -179,7 +179,8 @@ def convert_value(value, spec: TensorSpec) -> np.ndarray:
     return arr.reshape(shape)
   # Floats are read as 64-bit floats, then rounded to the input's type.
   arr = np.array(flat, dtype=staging).reshape(shape)
-  return arr.astype(spec.dtype)
+  with np.errstate(over='ignore'):  # beyond float32's range: +-inf, as TF Serving
+    return arr.astype(spec.dtype)
 
 
 # -- CSV cells ----------------------------------------------------------------

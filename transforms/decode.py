@@ -111,13 +111,15 @@ class InstanceDecoder:
   def format(self, kind) -> InputFormat:
     return self._formats[kind]
 
-  def decode(self, chunk: RawChunk) -> InstanceBatch:
+  def decode(self, chunk: RawChunk, use_fast: bool = True) -> InstanceBatch:
+    """The chunk's instances, decoded; `use_fast=False` decodes each one by
+    its format's definition alone (what the fast paths are tested against)."""
     fmt = self._formats[chunk.kind]
     carried = {f: [None] * len(chunk) for f in self.carried}
     errors = [InstanceError(row, PARSE, reason) for row, reason in chunk.read_errors.items()]
     rows = [row for row in range(len(chunk)) if row not in chunk.read_errors]
-    groups = []
-    if fmt.fast is not None and rows:
+    groups, fast_rows = [], 0
+    if use_fast and fmt.fast is not None and rows:
       try:
         fast = fmt.fast(chunk, rows, self)
       except Exception:  # pylint: disable=broad-except
@@ -127,6 +129,7 @@ class InstanceDecoder:
                      chunk.kind, exc_info=True)
         fast = None
       if fast is not None and fast.rows:
+        fast_rows = len(fast.rows)
         groups.append(FeedGroup(fast.rows, fast.feeds))
         for field, texts in fast.carried.items():
           for row, text in zip(fast.rows, texts):
@@ -156,7 +159,7 @@ class InstanceDecoder:
       groups.append(FeedGroup(rows_of, {s.name: np.stack(c)
                                         for s, c in zip(self.inputs, columns)}))
     errors.sort(key=lambda e: e.row)
-    return InstanceBatch(chunk, carried, groups, errors)
+    return InstanceBatch(chunk, carried, groups, errors, fast_rows)
 
   def _exact(self, fmt: InputFormat, chunk: RawChunk, row: int, carried: dict) -> list:
     """The arrays of one instance, by its format's definition; fills in its

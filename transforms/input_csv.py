@@ -152,4 +152,5 @@ def _convert_column(cells: pa.Array, spec):
   # Decimals beyond the 64-bit range are the definition's to report.
   valid &= ~(np.isinf(floats) & ~pc.is_in(cells, value_set=_SPECIAL_FLOAT_TEXTS).to_numpy(
       zero_copy_only=False))
-  return floats.astype(spec.dtype), valid
+  with np.errstate(over='ignore'):  # as convert.convert_value
+    return floats.astype(spec.dtype), valid

@@ -26,11 +26,13 @@ from transforms.lines import ReadLineChunks
 from transforms.records import JSONL
 
 
+_BOM = b'\xef\xbb\xbf'
+
+
 class _Defer(Exception):
-  """The fast path leaves this line to the definition."""
-
-
-_DEFER = _Defer()
+  """The fast path leaves this line to the definition. (Raised as a new
+  instance each time: a shared one would keep the last traceback, and with
+  it simdjson proxies that forbid the parser's next parse.)"""
 
 
 def json_instance(value) -> Instance:
@@ -79,8 +81,12 @@ class JsonLinesFormat(InputFormat):
     for row in rows:
       try:
         row_values, row_texts = _extract(parser, records[row], extractors, carriers, decoder)
-      except (_Defer, ValueError, TypeError, KeyError, RuntimeError, IndexError,
-              OverflowError, UnicodeDecodeError):
+      except _Defer:
+        continue
+      except (ValueError, TypeError, KeyError, RuntimeError, IndexError, OverflowError,
+              UnicodeDecodeError):
+        # simdjson's refusals; a fresh parser, in case one left it unusable.
+        parser = self._local.parser = simdjson.Parser()
         continue
       accepted.append(row)
       for column, value in zip(values, row_values):
@@ -97,22 +103,27 @@ class JsonLinesFormat(InputFormat):
 
 
 def _extract(parser, line, extractors, carriers, decoder):
+  if line.startswith(_BOM):  # simdjson skips one; in a line it is not JSON
+    raise _Defer
   doc = parser.parse(line)
   try:
     if type(doc) is simdjson.Object:  # pylint: disable=unidiomatic-typecheck
-      keys = doc.keys()
-      if len(keys) != len(set(keys)):
-        raise _DEFER
-      if decoder.single is not None and keys == ['b64'] and decoder.single.dtype == 'string':
-        raise _DEFER
+      names = set(doc.keys())
+      if len(names) != len(doc):  # a repeated field
+        raise _Defer
+      if decoder.single is not None and names == {'b64'} and decoder.single.dtype == 'string':
+        raise _Defer
       get = doc.get
-      row_values = [extract(get(spec.name)) for spec, extract, _ in extractors]
+      # Each vector input holds one '['; any other means nesting may hide in
+      # one (simdjson's buffers flatten nested arrays).
+      nested = line.count(b'[') != len(extractors.vectors)
+      row_values = [extract(get(spec.name), nested) for spec, extract, _ in extractors]
       row_texts = [carry(get(field)) for field, carry in carriers]
     elif decoder.single is not None and not carriers:
-      row_values = [extractors[0][1](doc)]
+      row_values = [extractors[0][1](doc, line.count(b'[') != len(extractors.vectors))]
       row_texts = []
     else:
-      raise _DEFER
+      raise _Defer
     return row_values, row_texts
   finally:
     doc = None  # the parser reuses its buffer: no proxy may outlive the line
@@ -123,32 +134,42 @@ def _plan(decoder):
   takes nothing the fast path knows."""
   if decoder.signature.takes_examples:
     return None
-  extractors = []
+  extractors = _Extractors()
   for spec in decoder.inputs:
     if not spec.fully_defined or len(spec.shape) > 1:
       return None
     extractors.append(_input_extractor(spec))
+  extractors.vectors = [s for s in decoder.inputs if s.shape]
   carriers = [(field, _carrier(field == decoder.key_field)) for field in decoder.carried]
   return extractors, carriers
+
+
+class _Extractors(list):
+  vectors = ()
+
+
+def _no_nested(value):
+  if any(type(item) is list for item in value.as_list()):  # pylint: disable=unidiomatic-typecheck
+    raise _Defer
 
 
 def _input_extractor(spec):
   """(spec, extract(value) -> column entry, finish(column) -> feed array)."""
   if spec.dtype == 'string':
     if spec.shape == ():
-      def extract(value):
+      def extract(value, nested=False):
         if type(value) is not str:  # pylint: disable=unidiomatic-typecheck
-          raise _DEFER
+          raise _Defer
         return value.encode('utf-8')
     else:
       size = spec.shape[0]
 
-      def extract(value):
+      def extract(value, nested=False):
         if type(value) is not simdjson.Array or len(value) != size:  # pylint: disable=unidiomatic-typecheck
-          raise _DEFER
+          raise _Defer
         items = value.as_list()
         if not all(type(v) is str for v in items):  # pylint: disable=unidiomatic-typecheck
-          raise _DEFER
+          raise _Defer
         return [v.encode('utf-8') for v in items]
 
     def finish(column):
@@ -165,56 +186,63 @@ def _input_extractor(spec):
   kind = dtype.kind
   if kind == 'b':
     if spec.shape != ():
-      def extract(value):  # vectors of booleans: left to the definition
-        raise _DEFER
+      def extract(value, nested=False):  # vectors of booleans: left to the definition
+        raise _Defer
     else:
-      def extract(value):
+      def extract(value, nested=False):
         if type(value) is not bool:  # pylint: disable=unidiomatic-typecheck
-          raise _DEFER
+          raise _Defer
         return value
     return spec, extract, lambda column: np.array(column, dtype=np.bool_)
 
   if kind == 'f':
     if spec.shape == ():
-      def extract(value):
+      def extract(value, nested=False):
         if type(value) is not float and type(value) is not int:  # pylint: disable=unidiomatic-typecheck
-          raise _DEFER
+          raise _Defer
         return value
-      return spec, extract, lambda column: np.array(column, np.float64).astype(dtype)
+      return spec, extract, lambda column: _to_float(np.array(column, np.float64), dtype)
     size = spec.shape[0]
 
-    def extract(value):
+    def extract(value, nested=False):
       if type(value) is not simdjson.Array or len(value) != size:  # pylint: disable=unidiomatic-typecheck
-        raise _DEFER
-      buffer = value.as_buffer(of_type='d')
-      if len(buffer) != 8 * size:  # nested arrays flatten
-        raise _DEFER
-      return buffer
-    return spec, extract, lambda column: np.frombuffer(b''.join(column), np.float64).reshape(
-        (len(column), size)).astype(dtype)
+        raise _Defer
+      flat = np.frombuffer(value.as_buffer(of_type='d'), np.float64)
+      if flat.size != size:
+        raise _Defer
+      if nested:
+        _no_nested(value)
+      return flat
+    return spec, extract, lambda column: _to_float(
+        np.concatenate(column).reshape((len(column), size)), dtype)
 
   info = np.iinfo(dtype)
   if spec.shape == ():
-    def extract(value):
+    def extract(value, nested=False):
       if type(value) is not int or not info.min <= value <= info.max:  # pylint: disable=unidiomatic-typecheck
-        raise _DEFER
+        raise _Defer
       return value
     return spec, extract, lambda column: np.array(column, dtype=dtype)
   size = spec.shape[0]
 
-  def extract(value):
+  def extract(value, nested=False):
     if type(value) is not simdjson.Array or len(value) != size:  # pylint: disable=unidiomatic-typecheck
-      raise _DEFER
-    buffer = value.as_buffer(of_type='i')  # int64: larger integers defer
-    if len(buffer) != 8 * size:
-      raise _DEFER
-    if dtype != np.int64:
-      ints = np.frombuffer(buffer, np.int64)
-      if size and (ints.min() < info.min or ints.max() > info.max):
-        raise _DEFER
-    return buffer
-  return spec, extract, lambda column: np.frombuffer(b''.join(column), np.int64).reshape(
+      raise _Defer
+    ints = np.frombuffer(value.as_buffer(of_type='i'), np.int64)  # larger integers defer
+    if ints.size != size:
+      raise _Defer
+    if nested:
+      _no_nested(value)
+    if dtype != np.int64 and size and (ints.min() < info.min or ints.max() > info.max):
+      raise _Defer
+    return ints
+  return spec, extract, lambda column: np.concatenate(column).reshape(
       (len(column), size)).astype(dtype)
+
+
+def _to_float(values: np.ndarray, dtype) -> np.ndarray:
+  with np.errstate(over='ignore'):  # as convert.convert_value
+    return values.astype(dtype)
 
 
 def _carrier(is_key):
@@ -232,6 +260,6 @@ def _carrier(is_key):
       return b'true' if value else b'false'
     if value is None and not is_key:
       return b'null'
-    raise _DEFER
+    raise _Defer
   return carry
 

@@ -1,0 +1,285 @@
+"""Property-based tests: on generated hostile input, every fast path gives
+exactly what the written definition gives, a line's result never depends
+on its neighbours, and the reader splits any bytes into lines exactly as
+the definition of a line says.
+
+Each test states how many lines it generates; together they exceed 10,000
+lines per run (see LINES_PER_RUN)."""
+import base64
+import json
+
+import numpy as np
+from apache_beam.io.range_trackers import OffsetRangeTracker
+from apache_beam.io.restriction_trackers import OffsetRange
+from hypothesis import HealthCheck, Phase, given, settings, strategies as st
+
+from tests.test_convert_decode import assert_same_batches, decoder_for, rows_and_feeds
+from transforms.lines import LineChunkSource
+from transforms.records import RawChunk
+from transforms.savedmodel import SignatureSpec, TensorSpec
+
+JSONL_EXAMPLES, JSONL_LINES = 120, 60
+CSV_EXAMPLES, CSV_LINES = 60, 40
+READER_EXAMPLES = 60
+LINES_PER_RUN = JSONL_EXAMPLES * JSONL_LINES + CSV_EXAMPLES * CSV_LINES + READER_EXAMPLES * 20
+
+# No shrinking: hostile lines are long, and shrinking them takes minutes; a
+# failure prints the whole generated input.
+SETTINGS = dict(deadline=None, database=None, suppress_health_check=list(HealthCheck),
+                phases=(Phase.explicit, Phase.reuse, Phase.generate))
+
+# A signature with a float vector, a scalar string, an int and a float.
+MIXED = SignatureSpec('serving_default', 'tensorflow/serving/predict',
+                      (TensorSpec('a', 'float32', (2,)), TensorSpec('b', 'string', ()),
+                       TensorSpec('c', 'int64', ()), TensorSpec('d', 'float32', ())),
+                      (TensorSpec('y', 'float32', ()),))
+
+# -- generated JSON texts (as bytes, formatted as hostile writers do) --------
+
+NUMBERS = st.one_of(
+    st.integers(-2 ** 70, 2 ** 70).map(str),
+    st.integers(-1000, 1000).map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.floats(allow_nan=False, allow_infinity=False, width=32).map(lambda f: f'{f:.7g}'),
+    st.sampled_from(['1e2', '1E-3', '-0', '-0.0', '0.30000000000000001', '1e400', '-1e400',
+                     'NaN', 'Infinity', '-Infinity', '9007199254740993', '1.50', '1e-400',
+                     '18446744073709551615', '9223372036854775808', '01', '1.', '.5', '+1',
+                     '0x10', 'nan', '2.5e-324', '1' * 400]))
+STRINGS = st.one_of(
+    st.text(max_size=12).map(lambda s: json.dumps(s, ensure_ascii=False)),
+    st.text(max_size=12).map(json.dumps),
+    st.sampled_from(['"\\ud800"', '"a\\udc00b"', '"\\ud83d\\ude00"', '"\\u0000"', '"\\n\\t"',
+                     '"caf\\u00e9"', '"x\x01y"', '"tab\there"', '"\\q"', '"unterminated',
+                     '"\\/"']))
+SCALARS = st.one_of(NUMBERS, STRINGS, st.sampled_from(['true', 'false', 'null']))
+
+
+def _array(items):
+  return '[' + ', '.join(items) + ']'
+
+
+def _object(pairs):
+  return '{' + ','.join(f'{json.dumps(k)}: {v}' for k, v in pairs) + '}'
+
+
+VALUES = st.recursive(SCALARS, lambda inner: st.one_of(
+    st.lists(inner, max_size=3).map(_array),
+    st.lists(st.tuples(st.sampled_from(['a', 'k', 'b64', 'id']), inner), max_size=3).map(_object)),
+    max_leaves=6)
+A_VALUES = st.one_of(st.lists(NUMBERS, min_size=2, max_size=2).map(_array),
+                     st.lists(NUMBERS, min_size=2, max_size=2).map(_array), VALUES,
+                     st.lists(st.lists(NUMBERS, min_size=1, max_size=1).map(_array),
+                              min_size=2, max_size=2).map(_array))
+B_VALUES = st.one_of(STRINGS, STRINGS, VALUES,
+                     st.binary(max_size=6).map(lambda b: '{"b64": "%s"}'
+                                               % base64.b64encode(b).decode()),
+                     st.just('{"b64": "not base64!"}'), st.just('["one"]'))
+C_VALUES = st.one_of(st.integers(-2 ** 64, 2 ** 64).map(str), NUMBERS, VALUES, st.just('[7]'))
+D_VALUES = st.one_of(NUMBERS, NUMBERS, VALUES, st.just('[0.5]'))
+FIELD_VALUES = {'id': st.one_of(NUMBERS, STRINGS, VALUES), 'a': A_VALUES, 'b': B_VALUES,
+                'c': C_VALUES, 'd': D_VALUES, 'p': VALUES, 'ignored': VALUES}
+NAMES = {'a': st.sampled_from(['"a"', '"\\u0061"']), 'p': st.sampled_from(['"p"', '"\\u0070"'])}
+
+
+@st.composite
+def objects(draw):
+  fields = draw(st.lists(st.sampled_from(list(FIELD_VALUES)), min_size=0, max_size=9))
+  names = list(dict.fromkeys(['id', 'a', 'b', 'c', 'd'] + fields))
+  if draw(st.integers(0, 9)) == 0:  # sometimes drop a field
+    names.remove(draw(st.sampled_from(names)))
+  if draw(st.integers(0, 9)) == 0:  # sometimes repeat one
+    names.append(draw(st.sampled_from(names)))
+  order = draw(st.permutations(names))
+  separator = draw(st.sampled_from([',', ', ', ' ,\t']))
+  colon = draw(st.sampled_from([':', ': ', ' :']))
+  pairs = []
+  for name in order:
+    key = draw(NAMES[name]) if name in NAMES else json.dumps(name)
+    pairs.append(f'{key}{colon}{draw(FIELD_VALUES[name])}')
+  return '{' + separator.join(pairs) + '}'
+
+
+def _mutate(draw, line: bytes) -> bytes:
+  kind = draw(st.integers(0, 30))
+  if kind == 0:
+    return line + b' ' + line  # two values on a line
+  if kind == 1:
+    return line[:draw(st.integers(0, max(len(line) - 1, 0)))]  # a partial value
+  if kind == 2:
+    return b'[' * 1100 + b']' * 1100
+  if kind == 3:
+    at = draw(st.integers(0, len(line)))
+    return line[:at] + draw(st.sampled_from([b'\xff', b'\xc3', b'\xed\xa0\x80', b'\x00',
+                                             b'\xef\xbb\xbf'])) + line[at:]
+  if kind == 4:
+    return b'{"a": ' + b'[' * 1030 + b'1' + b']' * 1030 + b'}'
+  if kind == 5:
+    return b'\xef\xbb\xbf' + line
+  if kind == 6:
+    return line + b'\r' + line
+  if kind == 7:
+    return b' \t' + line + b'  \t'
+  return line
+
+
+@st.composite
+def jsonl_lines(draw):
+  shape = draw(st.integers(0, 9))
+  if shape == 0:
+    line = draw(VALUES).encode('utf-8', 'surrogatepass')  # a bare value
+  else:
+    line = draw(objects()).encode('utf-8', 'surrogatepass')
+  line = _mutate(draw, line).replace(b'\n', b' ')
+  return line if line.strip(b' \t\r') else b'0'
+
+
+def jsonl_chunk(lines):
+  return RawChunk([('g.jsonl', 0)], [i * 7 for i in range(len(lines))], list(lines))
+
+
+def _assert_rows_isolated(decoder, make_chunk, lines, together):
+  """Each line decoded alone gives what it gives among its neighbours."""
+  feeds = rows_and_feeds(together)
+  for row, line in enumerate(lines):
+    alone = decoder.decode(make_chunk([line]))
+    assert [(e.category, e.message) for e in alone.errors] == [
+        (e.category, e.message) for e in together.errors if e.row == row], line
+    assert {f: v[0] for f, v in alone.carried.items()} == {
+        f: v[row] for f, v in together.carried.items()}, line
+    if row in feeds:
+      single = rows_and_feeds(alone)[0]
+      for name, value in feeds[row].items():
+        got = single[name]
+        assert type(got) is type(value)
+        assert getattr(got, 'dtype', None) == getattr(value, 'dtype', None)
+        np.testing.assert_array_equal(got, value)
+
+
+@settings(max_examples=JSONL_EXAMPLES, **SETTINGS)
+@given(st.lists(jsonl_lines(), min_size=JSONL_LINES, max_size=JSONL_LINES), st.booleans())
+def test_jsonl_fast_path_is_the_definition(lines, with_key):
+  decoder = decoder_for(MIXED, key_field='id' if with_key else None,
+                        passthrough_fields=('p', 'ignored'))
+  # Plain lines among the hostile ones: the fast path must take them.
+  plain = [b'{"id": %d, "a": [1.5, -2], "b": "s%d", "c": %d, "d": 0.25, "p": "x"}' % (i, i, i)
+           for i in range(5)]
+  lines = plain[:2] + lines + plain[2:]
+  fast = decoder.decode(jsonl_chunk(lines))
+  assert_same_batches(fast, decoder.decode(jsonl_chunk(lines), use_fast=False))
+  assert len(fast) + len(fast.errors) == len(lines)
+  assert fast.fast_rows >= len(plain)
+  if with_key:
+    _assert_rows_isolated(decoder, jsonl_chunk, lines[:12], decoder.decode(jsonl_chunk(
+        lines[:12])))
+
+
+WIDE = SignatureSpec('serving_default', 'tensorflow/serving/predict',
+                     (TensorSpec('x', 'float32', (5,)),), (TensorSpec('y', 'float32', ()),))
+
+
+@settings(max_examples=30, **SETTINGS)
+@given(st.lists(st.one_of(
+    st.lists(NUMBERS, min_size=5, max_size=5).map(_array),
+    st.lists(NUMBERS, min_size=4, max_size=6).map(_array), VALUES,
+    st.lists(NUMBERS, min_size=5, max_size=5).map(lambda n: '{"x": %s}' % _array(n))),
+    min_size=40, max_size=40))
+def test_bare_values_fast_path_is_the_definition(values):
+  lines = [v.encode('utf-8', 'surrogatepass') for v in values]
+  decoder = decoder_for(WIDE)
+  fast = decoder.decode(jsonl_chunk(lines))
+  assert_same_batches(fast, decoder.decode(jsonl_chunk(lines), use_fast=False))
+
+
+# -- CSV ---------------------------------------------------------------------
+
+CSV_HEADER = ('id', 'a', 'b', 'c', 'd', 'note')
+CSV_SCALAR = TensorSpec
+CSV_SIG = SignatureSpec('serving_default', 'tensorflow/serving/predict',
+                        (TensorSpec('a', 'float32', (1,)), TensorSpec('b', 'string', ()),
+                         TensorSpec('c', 'int32', ()), TensorSpec('d', 'bool', ())),
+                        (TensorSpec('y', 'float32', ()),))
+CELLS = st.one_of(NUMBERS, st.text(max_size=6), st.sampled_from(
+    ['', ' 1', '1 ', 'true', 'True', 'false', '0', '1', 'yes', 'nan', 'inf', '-inf',
+     '"quoted, comma"', '"a""b"', 'x"y', '"open', '1_000', '2147483648', '-2147483648',
+     '\x00', 'é', '\r']))
+
+
+@st.composite
+def csv_lines(draw):
+  cells = draw(st.lists(CELLS, min_size=len(CSV_HEADER) - 1, max_size=len(CSV_HEADER) + 1))
+  quote = draw(st.booleans())
+  text = ','.join((json.dumps(c) if quote and '"' not in c and draw(st.booleans()) else c)
+                  for c in cells).replace('\n', ' ')
+  line = text.encode('utf-8', 'surrogatepass')
+  if draw(st.integers(0, 20)) == 0:
+    line += b'\xff'
+  return line if line.strip(b' \t\r') else b'0'
+
+
+def csv_chunk(lines):
+  return RawChunk([('g.csv', 0)], list(range(len(lines))), list(lines), kind='csv',
+                  header=CSV_HEADER)
+
+
+@settings(max_examples=CSV_EXAMPLES, **SETTINGS)
+@given(st.lists(csv_lines(), min_size=CSV_LINES, max_size=CSV_LINES))
+def test_csv_fast_path_is_the_definition(lines):
+  decoder = decoder_for(CSV_SIG, key_field='id', passthrough_fields=('note',))
+  lines = [b'7,1.5,abc,-3,true,n'] + lines + [b'8,2,x,4,0,']
+  fast = decoder.decode(csv_chunk(lines))
+  assert fast.fast_rows >= 2
+  assert_same_batches(fast, decoder.decode(csv_chunk(lines), use_fast=False))
+  _assert_rows_isolated(decoder, csv_chunk, lines[:8], decoder.decode(csv_chunk(lines[:8])))
+
+
+# -- the reader --------------------------------------------------------------
+
+def reference_lines(content: bytes, max_bytes: int):
+  """The definition of a line, written plainly: (offset, line or size)."""
+  lines, offset = [], 0
+  parts = content.split(b'\n')
+  if parts and parts[-1] == b'':
+    parts.pop()
+  for part in parts:
+    line = part
+    if offset == 0 and line.startswith(b'\xef\xbb\xbf'):
+      line = line[3:]
+    size = len(line)
+    if size > max_bytes:
+      lines.append((offset, ('too large', size)))
+    else:
+      if line.endswith(b'\r'):
+        line = line[:-1]
+      if line.strip(b' \t\r'):
+        lines.append((offset, line))
+    offset += len(part) + 1
+  return lines
+
+
+@settings(max_examples=READER_EXAMPLES, **SETTINGS)
+@given(st.lists(st.one_of(jsonl_lines(), st.sampled_from([b'', b' ', b'\t\r', b'\r', b'x' * 50])),
+                min_size=0, max_size=20),
+       st.lists(st.sampled_from([b'\n', b'\r\n']), min_size=20, max_size=20),
+       st.booleans(), st.booleans(), st.integers(1, 200), st.integers(8, 400))
+def test_reader_splits_any_bytes_by_the_definition(lines, ends, bom, final_newline,
+                                                    range_size, max_bytes):
+  content = (b'\xef\xbb\xbf' if bom else b'') + b''.join(
+      line + end for line, end in zip(lines, ends))
+  if not final_newline and content.endswith(b'\n'):
+    content = content[:-1]
+  import tempfile
+  with tempfile.NamedTemporaryFile(suffix='.jsonl') as f:
+    f.write(content)
+    f.flush()
+    source = LineChunkSource(f.name, 'jsonl', 3, 1 << 20, max_bytes)
+    got = []
+    for r in OffsetRange(0, max(len(content), 1)).split(range_size, 0):
+      for chunk in source.read_records(f.name, OffsetRangeTracker(r.start, r.stop)):
+        assert not chunk.file_errors
+        for row, (offset, line) in enumerate(zip(chunk.positions, chunk.records)):
+          if row in chunk.read_errors:
+            size = int(chunk.read_errors[row].split(' is ')[1].split()[0])
+            got.append((offset, ('too large', size)))
+          else:
+            got.append((offset, line))
+  assert got == reference_lines(content, max_bytes)
