@@ -9,6 +9,7 @@ Exit status (one line on stderr for every status but 0, never a traceback):
 The pipeline writes into a staging folder of the output directory; the
 result replaces the previous one only once complete (pipeline/outputs.py).
 """
+import contextlib
 import logging
 import os
 import sys
@@ -150,9 +151,18 @@ def run(config, staging) -> dict:
   except Exception as e:  # pylint: disable=broad-except
     raise PipelineFailed(_last_line(e)) from e
   if state not in (None, PipelineState.DONE):
-    raise PipelineFailed(f'the pipeline ended in state {state}')
+    raise PipelineFailed(f'it ended in state {state}')
   return summary.build(config, summary.counters(result), config.options.runner,
                        time.time() - started)
+
+
+@contextlib.contextmanager
+def _fails_as(what: str, hint: str = ''):
+  """Turns an exception of a step around the pipeline into PipelineFailed."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except
+    raise PipelineFailed(f'{what} ({_last_line(e)}){hint}') from e
 
 
 def run_and_promote(config, run_id: str) -> tuple:
@@ -161,17 +171,16 @@ def run_and_promote(config, run_id: str) -> tuple:
   from pipeline import outputs, summary
   staging = outputs.Staging(config.output, run_id)
   try:
-    staging.clear_leftovers()
+    with _fails_as(f'removing what killed runs left in {config.output} failed'):
+      staging.clear_leftovers()
     job_summary = run(config, staging)
     status, reason = exit_status(job_summary, config.options.max_error_fraction)
     job_summary.update(exit_status=status, exit_reason=reason)
-    summary.write(job_summary, staging.path)
-    try:
+    with _fails_as('moving the outputs into place failed',
+                   f'; without {config.output}/summary.json the directory holds no '
+                   'complete result: run again'):
+      summary.write(job_summary, staging.path)
       staging.promote()
-    except Exception as e:  # pylint: disable=broad-except
-      raise PipelineFailed(f'moving the outputs into place failed ({_last_line(e)}); '
-                           f'without {config.output}/summary.json the directory holds no '
-                           'complete result: run again') from e
   finally:
     staging.discard()
   return status, job_summary

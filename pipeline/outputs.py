@@ -387,7 +387,11 @@ def _match(patterns) -> list:
 
 
 def _folders(output: str, prefixes) -> list:
-  """Folders directly in `output` whose names start with one of `prefixes`."""
+  """Folders directly in `output` whose names start with one of `prefixes`.
+
+  Locally Beam's match lists files only (it walks the tree) and `*` does not
+  cross `/`, so a pattern like `OUTPUT/beam-temp-*` never matches a folder
+  there: local folders are listed directly."""
   if is_local(output):
     with os.scandir(output) as entries:
       return sorted(e.path for e in entries
@@ -419,6 +423,11 @@ class Staging:
                  if f != self.path]
     for folder in leftovers:
       _remove_folder(folder)
+    if is_local(self.output):  # a heartbeat's temporary file, if killed while renewing
+      for name in os.listdir(self.output):
+        if name.startswith(LOCK_NAME + '.'):
+          leftovers.append(os.path.join(self.output, name))
+          os.remove(leftovers[-1])
     if leftovers:
       _LOG.info('Removed %d folder(s) left by earlier runs: %s', len(leftovers),
                 ', '.join(leftovers))

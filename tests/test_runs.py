@@ -232,6 +232,7 @@ def test_leftovers_of_killed_runs_are_removed(model_dir, tmp_path):
   for name in partial:
     write_lines(str(out / name), ['{"id": "partial"}'])
   (out / '.staging-20260101T000000Z-0000empty').mkdir()
+  (out / '.lock.0123abcd').write_text('{"run_id": "killed while renewing its lock"}')
   assert [os.path.basename(p) for p in glob.glob(str(out / '*'))] == [
       'beam-temp-predictions-0123']  # a folder of an older version: no result file
   assert cli.main([*keras_args(model_dir, tmp_path / 'in.jsonl'), f'--output={out}']) == 0
