@@ -9,10 +9,12 @@ validate options without loading variables; workers load the whole model with
 
 TensorFlow is imported inside functions only: importing it costs seconds.
 """
+import atexit
 import dataclasses
 import logging
 import os
 import re
+import weakref
 from typing import Optional
 
 from apache_beam.io.filesystems import FileSystems
@@ -290,6 +292,14 @@ class SessionSignature:
     except BaseException:
       self._session.close()
       raise
+    _open_sessions.add(self)
+
+  def close(self) -> None:
+    """Releases the callables and the Session (also done at exit, before
+    TensorFlow's modules are torn down: releasing a callable later fails
+    noisily)."""
+    self._pooled = self._inline = None
+    self._session.close()
 
   def call(self, arrays: list) -> list:
     """Output arrays (in `output_names` order) for input arrays (in
@@ -299,6 +309,15 @@ class SessionSignature:
   def call_small(self, arrays: list) -> list:
     """As `call`, for a few instances: runs in the calling thread."""
     return self._inline(*arrays)
+
+
+_open_sessions = weakref.WeakSet()
+
+
+@atexit.register
+def _close_sessions():
+  for signature in list(_open_sessions):
+    signature.close()
 
 
 class EagerSignature:
