@@ -1,10 +1,12 @@
 """Everything checked before the pipeline starts: the inputs exist, the model
 is a SavedModel with the signature and tags asked for, the options fit it."""
 import dataclasses
+import glob
 import os
 import re
 import stat
 
+from apache_beam.io.filesystem import FileMetadata
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.options import ConfigError, JobOptions
@@ -47,6 +49,7 @@ def match_inputs(patterns) -> tuple:
       matched = FileSystems.match([pattern])[0].metadata_list
     except Exception:  # a missing directory matches nothing; say so below
       matched = []
+    matched = list(matched) + _unlisted_local_files(pattern, {m.path for m in matched})
     directories = [m for m in matched if is_local(m.path) and os.path.isdir(m.path)]
     matched = [m for m in matched if m not in directories]
     if not matched and directories:
@@ -59,6 +62,16 @@ def match_inputs(patterns) -> tuple:
         seen.add(metadata.path)
         files.append(metadata)
   return tuple(files)
+
+
+def _unlisted_local_files(pattern: str, listed: set) -> list:
+  """Local paths the pattern matches that Beam's listing leaves out: it
+  drops what it cannot stat (a broken link, a file removed meanwhile), and
+  the job must account for every file it was pointed at."""
+  if not is_local(pattern):
+    return []
+  return [FileMetadata(path, 0) for path in sorted(glob.glob(pattern, recursive=True))
+          if path not in listed and not os.path.isdir(path)]
 
 
 def special_file_reason(path: str):

@@ -19,6 +19,7 @@ def model_dir(tmp_path_factory):
   models.build_estimator_style_model(str(root / 'estimator'))
   models.build_assets_tuple_model(str(root / 'assets'))
   models.build_no_variables_model(str(root / 'novars'))
+  models.build_mixed_model(str(root / 'mixed'))
   return root
 
 

@@ -166,3 +166,24 @@ def build_no_variables_model(path: str) -> None:
               {'x': info(x)}, {'y': info(y)}, 'tensorflow/serving/predict')})
       builder.save()
   shutil.rmtree(os.path.join(path, 'variables'), ignore_errors=True)
+
+
+def build_mixed_model(path: str) -> None:
+  """tf.Module with inputs a float32[2], b string, c int64, d float32 (the
+  signature of the property-based tests): y = a0 - 2 a1 + d + c / 1000 +
+  len(b), as float64 so that nothing is lost to rounding."""
+  import tensorflow as tf
+
+  class Mixed(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name='a'),
+                                  tf.TensorSpec([None], tf.string, name='b'),
+                                  tf.TensorSpec([None], tf.int64, name='c'),
+                                  tf.TensorSpec([None], tf.float32, name='d')])
+    def serve(self, a, b, c, d):
+      a = tf.cast(a, tf.float64)
+      y = (a[:, 0] - 2.0 * a[:, 1] + tf.cast(d, tf.float64) + tf.cast(c, tf.float64) / 1000.0
+           + tf.cast(tf.strings.length(b), tf.float64))
+      return {'y': y, 'b_upper': tf.strings.upper(b)}
+
+  module = Mixed()
+  tf.saved_model.save(module, path, signatures={'serving_default': module.serve})

@@ -251,7 +251,8 @@ class FormatRecords(beam.DoFn):
       raw = fmt.raw(batch.chunk, error.row)
     except Exception as e:  # pylint: disable=broad-except
       raw = f'(the record cannot be shown: {type(e).__name__})'.encode()
-    record.update(raw_fields(raw, fmt.binary_records))
+    record.update(raw_fields(raw, fmt.binary_records,
+                             batch.chunk.unread_sizes.get(error.row)))
     return orjson.dumps(record, option=_DUMPS_OPTIONS)
 
   def _file_error_line(self, path, message) -> bytes:
@@ -269,22 +270,23 @@ def _output_error(row, error):
                                    f'{type(error).__name__}: {str(error)[:300]}')
 
 
-def raw_fields(raw: bytes, binary: bool = False) -> dict:
+def raw_fields(raw: bytes, binary: bool = False, size=None) -> dict:
   """The failed record as read: UTF-8 text as `raw`, other bytes (and
   binary records) as `raw_b64`; cut at MAX_RAW_BYTES (never in the middle
-  of a character)."""
+  of a character). `size`: the real size of a record only partly read."""
+  size = size or len(raw)
   cut = raw[:MAX_RAW_BYTES]
   try:
     if binary:
       raise UnicodeDecodeError('utf-8', cut, 0, 0, 'binary record')
     fields = {'raw': cut.decode('utf-8')}
   except UnicodeDecodeError as e:
-    if not binary and len(raw) > MAX_RAW_BYTES and e.start >= len(cut) - 3:
+    if not binary and size > len(cut) and e.start >= len(cut) - 3:
       fields = {'raw': cut[:e.start].decode('utf-8')}  # a character cut in two
     else:
       fields = {'raw_b64': base64.b64encode(cut).decode('ascii')}
-  if len(raw) > MAX_RAW_BYTES:
-    fields['raw_truncated_from_bytes'] = len(raw)
+  if size > len(cut):
+    fields['raw_truncated_from_bytes'] = size
   return fields
 
 

@@ -11,13 +11,12 @@ index. A body that is not valid is one error record for the file. There is
 no fast path: request files are small, and decoding is per instance.
 """
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 
 from transforms.convert import carried_text
 from transforms.decode import InputFormat
 from transforms.input_jsonl import json_instance
 from transforms.json_values import parse_json
-from transforms.lines import fault_reason
+from transforms.lines import fault_reason, open_input
 from transforms.records import JSON, RawChunk
 
 MAX_INSTANCES_PER_CHUNK = 4096
@@ -81,7 +80,7 @@ class ReadJsonRequests(beam.DoFn):
           'it was not read')})
       return
     try:
-      with FileSystems.open(path) as f:
+      with open_input(path) as f:
         content = f.read(self._max_bytes + 1)
     except Exception as e:  # pylint: disable=broad-except
       yield RawChunk([(path, 0)], [], [], kind=JSON, file_errors=[

@@ -27,12 +27,10 @@ import struct
 import apache_beam as beam
 import google_crc32c
 import numpy as np
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
 from transforms import convert, examples
 from transforms.decode import FastRows, Instance, InputFormat
-from transforms.lines import KEPT_PREFIX_BYTES, fault_reason
+from transforms.lines import KEPT_PREFIX_BYTES, fault_reason, open_input
 from transforms.records import RawChunk, TFRECORD
 
 MAX_RECORDS_PER_CHUNK = 4096
@@ -70,7 +68,7 @@ def read_tfrecords(f, max_bytes: int):
       if left > 0 or len(footer) < 4:
         yield None, f'truncated TFRecord record at byte {offset}'
         return
-      yield data, (f'the record is {length} bytes, more than --max_instance_bytes '
+      yield data, (length, f'the record is {length} bytes, more than --max_instance_bytes '
                    f'({max_bytes}); it was not read')
     else:
       data = f.read(length)
@@ -95,11 +93,13 @@ class ReadTFRecords(beam.DoFn):
     chunk = RawChunk([(path, 0)], [], [], kind=TFRECORD)
     index = 0
     try:
-      with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as f:
+      with open_input(path) as f:
         for record, error in read_tfrecords(f, self._max_bytes):
           if record is None:
             chunk.file_errors.append((path, f'reading failed after {index} records: {error}'))
             break
+          if isinstance(error, tuple):  # too large: (its size, the reason)
+            chunk.unread_sizes[len(chunk)], error = error
           if error:
             chunk.read_errors[len(chunk)] = error
           chunk.positions.append(index)

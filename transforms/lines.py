@@ -25,10 +25,12 @@ error that says how far reading got.
 """
 import dataclasses
 import functools
+import gzip
 
 import apache_beam as beam
 from apache_beam.io import filebasedsource
 from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 
 from transforms.records import RawChunk
 
@@ -40,6 +42,17 @@ DEFAULT_MAX_INSTANCE_BYTES = 4 << 20
 KEPT_PREFIX_BYTES = 8192  # of a line too large to read, for its error record
 _BOM = b'\xef\xbb\xbf'
 _BLANK = b' \t\r'
+
+
+def open_input(path: str):
+  """A file for reading, decompressed by its extension. gzip goes through
+  Python's gzip module rather than Beam's decompressing reader, which stops
+  silently at a truncated stream and checks no CRC: here a truncated or
+  corrupt stream raises, and becomes a file error."""
+  if CompressionTypes.detect_compression_type(path) == CompressionTypes.GZIP:
+    return gzip.GzipFile(fileobj=FileSystems.open(path, compression_type=(
+        CompressionTypes.UNCOMPRESSED)), mode='rb')
+  return FileSystems.open(path, compression_type=CompressionTypes.AUTO)
 
 
 def fault_reason(error: Exception) -> str:
@@ -60,8 +73,11 @@ def split_lines(f, start: int, max_bytes: int):
   else:
     skipping = False
   pending, pending_size, pending_start = b'', 0, position
+  # read1: a decompressor that fails part-way loses only what one read of
+  # the underlying file gave, not a whole block's worth of lines.
+  read = getattr(f, 'read1', f.read)
   while True:
-    block = f.read(BLOCK_SIZE)
+    block = read(BLOCK_SIZE)
     if not block:
       break
     base = 0
@@ -131,6 +147,9 @@ class LineChunkSource(filebasedsource.FileBasedSource):
           f'{progress.position}): {fault_reason(e)}')))
       yield chunk
 
+  def open_file(self, file_name):
+    return open_input(file_name)
+
   def _compressed(self, file_name) -> bool:
     return CompressionTypes.detect_compression_type(file_name) != CompressionTypes.UNCOMPRESSED
 
@@ -160,6 +179,7 @@ class LineChunkSource(filebasedsource.FileBasedSource):
           chunk.blank_lines += 1
           continue
         if size > self._max_bytes:
+          chunk.unread_sizes[len(chunk)] = size
           chunk.read_errors[len(chunk)] = (
               f'the instance is {size} bytes, more than --max_instance_bytes '
               f'({self._max_bytes}); it was not read')

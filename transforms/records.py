@@ -49,6 +49,8 @@ class RawChunk:
   # Faults that stopped reading a file (or a range of it) after these
   # records: (path, reason); each becomes one error record of category FILE.
   file_errors: list = dataclasses.field(default_factory=list)
+  # Records too large to read: row -> real size (the record is its start).
+  unread_sizes: dict = dataclasses.field(default_factory=dict)
 
   def __len__(self):
     return len(self.positions)
@@ -76,7 +78,8 @@ class RawChunk:
         self.positions + other.positions, self.records + other.records,
         self.blank_lines + other.blank_lines, self.kind, self.header,
         {**self.read_errors, **{base + r: e for r, e in other.read_errors.items()}},
-        self.file_errors + other.file_errors)
+        self.file_errors + other.file_errors,
+        {**self.unread_sizes, **{base + r: n for r, n in other.unread_sizes.items()}})
 
 
 @dataclasses.dataclass

@@ -97,10 +97,7 @@ class LoadedSignature:
     """(output arrays, None), or (None, the exception)."""
     try:
       values = (self._fn.call_small if small else self._fn.call)(arrays)
-      for name, value in zip(self._fn.output_names, values):
-        if value.ndim == 0 or value.shape[0] != size:
-          raise ValueError(f'output {name!r} has shape {list(value.shape)}, '
-                           f'not one row per instance of the batch')
+      _check_rows(self._fn.output_names, values, size)
       return values, None
     except Exception as e:  # pylint: disable=broad-except
       return None, e
@@ -122,6 +119,9 @@ class LoadedSignature:
     while failing:
       low, high = failing.pop()
       step = max(1, min(group, (high - low) // 2))
+      if step == 1:
+        self._alone(arrays, low, high, parts, failures)
+        continue
       all_passed = True
       for start in range(low, high, step):
         stop = min(start + step, high)
@@ -142,6 +142,19 @@ class LoadedSignature:
           failing.append((start, stop))
           all_passed = False
 
+  def _alone(self, arrays, low, high, parts, failures):
+    """Calls the model on each of rows [low, high) alone (the loop above,
+    without its bookkeeping: when every instance fails, this is the cost)."""
+    call, names = self._fn.call_small, self._fn.output_names
+    for row in range(low, high):
+      try:
+        values = call([a[row:row + 1] for a in arrays])
+        _check_rows(names, values, 1)
+      except Exception as e:  # pylint: disable=broad-except
+        failures.append((row, one_line(e)))
+        continue
+      parts.append((row, row + 1, values))
+
   def _merged(self, parts) -> list:
     """(positions, outputs) from (start, stop, values) parts: one part where
     the outputs' shapes beyond the batch agree (the usual case), so that a
@@ -159,6 +172,13 @@ class LoadedSignature:
 
   def _named(self, values) -> dict:
     return dict(zip(self._fn.output_names, values))
+
+
+def _check_rows(names, values, size):
+  for name, value in zip(names, values):
+    if value.ndim == 0 or value.shape[0] != size:
+      raise ValueError(f'output {name!r} has shape {list(value.shape)}, '
+                       f'not one row per instance of the batch')
 
 
 _NODE_SUFFIX = re.compile(
