@@ -258,6 +258,104 @@ def convert_feature_values(values: list, spec: TensorSpec) -> np.ndarray:
   return convert_value(nested.reshape(dims).tolist(), spec)
 
 
+# -- tf.Examples ----------------------------------------------------------------
+# Signatures that take serialized tf.Examples (Estimator exports, classify and
+# regress signatures) are fed Examples built from an instance's fields, typed
+# by the parsing spec stored in the model's graph where there is one, else by
+# the values; CSV cells by the number rules above.
+
+FLOAT, INT64, BYTES = 'float', 'int64', 'bytes'
+
+
+def _example_pb2():
+  # Imported on first use: the TensorFlow package costs seconds to import.
+  from tensorflow.core.example import example_pb2  # pylint: disable=import-outside-toplevel
+  return example_pb2
+
+
+def _feature_values(value, name) -> list:
+  if isinstance(value, list):
+    return [x for v in value for x in _feature_values(v, name)]
+  if isinstance(value, dict):
+    if set(value) == {'b64'} and isinstance(value['b64'], str):
+      return [to_bytes(value, name)]
+    raise SchemaError(f'feature {name!r}: objects cannot be Example features')
+  return [value]
+
+
+def _feature_kind(values, name) -> str:
+  if all(isinstance(v, int) for v in values):
+    return INT64
+  if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+    return FLOAT
+  if all(isinstance(v, (str, bytes)) for v in values):
+    return BYTES
+  raise SchemaError(f'feature {name!r} mixes numbers and strings')
+
+
+def _text_feature_values(values, kind, name) -> list:
+  """CSV text cells as the values of a feature of `kind` (None: inferred)."""
+  if kind is None:
+    kind = (INT64 if all(INTEGER_TEXT.fullmatch(v) for v in values) else
+            FLOAT if all(NUMBER_TEXT.fullmatch(v) or v in SPECIAL_FLOATS for v in values)
+            else BYTES)
+  if kind == BYTES:
+    return values
+  dtype = 'int64' if kind == INT64 else 'float32'
+  return [text_scalar(v, TensorSpec(name, dtype, ())) for v in values]
+
+
+def serialize_example(fields: dict, feature_kinds, text_cells=False) -> bytes:
+  """Fields -> serialized Example. With `feature_kinds` (the parsing spec:
+  name -> float/int64/bytes) only those features are written, converted to
+  their kind; without, every field is written with a kind inferred from its
+  values. `text_cells`: values are CSV text; an empty cell is a missing
+  feature."""
+  example = _example_pb2().Example()
+  features = example.features.feature
+  for name, value in fields.items():
+    if value is None or (feature_kinds is not None and name not in feature_kinds):
+      continue
+    if text_cells and value == '':
+      continue
+    kind = feature_kinds[name] if feature_kinds is not None else None
+    values = _feature_values(value, name)
+    try:
+      if text_cells:
+        values = _text_feature_values(values, kind, name)
+      kind = kind or _feature_kind(values, name)
+      if kind == FLOAT:
+        features[name].float_list.value.extend(
+            _float_leaf(name, 'float')(v) for v in values)
+      elif kind == INT64:  # Examples have no booleans: true is 1
+        features[name].int64_list.value.extend(
+            _int_leaf(name, 'int64')(int(v) if isinstance(v, bool) else v) for v in values)
+      else:
+        features[name].bytes_list.value.extend(to_bytes(v, name) for v in values)
+    except (TypeError, ValueError, AttributeError) as e:
+      if isinstance(e, SchemaError):
+        raise SchemaError(str(e).replace('input', 'feature', 1)) from None
+      raise SchemaError(f'feature {name!r} expects {kind} values, got '
+                        f'{short(values)}') from None
+  return example.SerializeToString()
+
+
+def example_fields(serialized: bytes) -> dict:
+  """Serialized Example -> {feature name: list of values (bytes for
+  bytes_list)}. Raises ValueError when the record is not an Example."""
+  from google.protobuf.message import DecodeError  # pylint: disable=import-outside-toplevel
+  example = _example_pb2().Example()
+  try:
+    example.ParseFromString(serialized)
+  except DecodeError:
+    raise ValueError('the record is not a serialized tf.Example') from None
+  fields = {}
+  for name, feature in example.features.feature.items():
+    kind = feature.WhichOneof('kind')
+    fields[name] = list(getattr(feature, kind).value) if kind else []
+  return fields
+
+
 # -- carried values ------------------------------------------------------------
 
 def carried_text(value) -> bytes:

@@ -24,7 +24,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from transforms import convert, examples
+from transforms import convert
 from transforms.convert import carried_text, convert_value
 from transforms.records import (FeedGroup, InstanceBatch, InstanceError,
                                 METRICS_NAMESPACE, PARSE, RawChunk, SCHEMA)
@@ -216,7 +216,7 @@ class InstanceDecoder:
     skip = set(self.carried) - set(features or ())
     kept = {k: instance.plain(v) for k, v in instance.fields.items()
             if k not in skip and v is not None}
-    return bytes_scalar(examples.serialize_example(kept, features,
+    return bytes_scalar(convert.serialize_example(kept, features,
                                                    text_cells=instance.text_cells))
 
 

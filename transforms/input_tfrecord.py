@@ -28,7 +28,7 @@ import apache_beam as beam
 import google_crc32c
 import numpy as np
 
-from transforms import convert, examples
+from transforms import convert
 from transforms.decode import FastRows, Instance, InputFormat
 from transforms.lines import KEPT_PREFIX_BYTES, fault_reason, open_input
 from transforms.records import RawChunk, TFRECORD
@@ -141,7 +141,7 @@ class TFRecordFormat(InputFormat):
 
   def instance(self, chunk, row) -> Instance:
     record = chunk.records[row]
-    return Instance(examples.example_fields(record), convert=convert.convert_feature_values,
+    return Instance(convert.example_fields(record), convert=convert.convert_feature_values,
                     carry=carry_feature, example=record)
 
   def raw(self, chunk, row) -> bytes:
@@ -168,7 +168,7 @@ class TFRecordFormat(InputFormat):
     carried = {f: [] for f in decoder.carried}
     keep = np.ones(len(rows), dtype=bool)
     for i, record in enumerate(records):
-      fields = examples.example_fields(record)
+      fields = convert.example_fields(record)
       if decoder.key_field and fields.get(decoder.key_field) is None:
         keep[i] = False  # the definition reports it
         continue
