@@ -20,6 +20,9 @@ def counters(result) -> dict:
   for metric in query['counters']:
     value = metric.committed if metric.committed is not None else metric.attempted
     totals[metric.key.metric.name] = totals.get(metric.key.metric.name, 0) + (value or 0)
+  for metric in query.get('string_sets', []):  # sets of names, e.g. incomplete_files
+    value = metric.committed if metric.committed is not None else metric.attempted
+    totals.setdefault(metric.key.metric.name, set()).update(value or ())
   return totals
 
 
@@ -32,12 +35,16 @@ def build(config, counts: dict, runner: str, wall_time_s: float) -> dict:
       'errors': sum(errors.values()),
       'errors_by_category': errors,
       'blank_lines_skipped': counts.get('blank_lines', 0),
-      'files_incomplete': counts.get('files_incomplete', 0),
+      # Distinct files (a large file is read in several ranges, each may fail).
+      'files_incomplete': len(counts['incomplete_files']) if counts.get('incomplete_files')
+                          else counts.get('files_incomplete', 0),
+      'incomplete_files': sorted(counts.get('incomplete_files', ()))[:100],
       'model': {'path': config.model.path, 'version': config.model.version,
                 'signature': config.model.signature.name,
                 'tags': list(config.model.tags)},
       'model_loads': counts.get('model_loads', 0),
-      'input_files': sum(len(f) for f in config.files_by_format.values()),
+      'input_files': (sum(len(f) for f in config.files_by_format.values())
+                      + len(config.unreadable_files)),
       'output': config.output,
       'runner': runner,
       'wall_time_s': round(wall_time_s, 3),

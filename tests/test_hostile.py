@@ -108,7 +108,8 @@ def test_unreadable_files_are_file_errors_and_the_job_goes_on(model_dir, tmp_pat
     assert file_errors == []
     return
   assert len(file_errors) == 1 and file_errors[0]['filename'] == bad.name
-  assert summary['files_incomplete'] == 1
+  assert summary['files_incomplete'] == 1 and summary['incomplete_files'] == [str(bad)]
+  assert summary['input_files'] == 2
   message = file_errors[0]['error']['message']
   if fault == 'corrupt_gzip':
     read = int(message.split('after ')[1].split()[0])
