@@ -286,3 +286,125 @@ def test_reader_splits_any_bytes_by_the_definition(lines, ends, bom, final_newli
           else:
             got.append((offset, line))
   assert got == reference_lines(content, max_bytes)
+
+
+# -- Parquet and TFRecord ----------------------------------------------------
+
+def _column(draw, kind, n):
+  import pyarrow as pa
+  small_ints = st.integers(-2 ** 40, 2 ** 40)
+  floats = st.floats(allow_nan=True, allow_infinity=True, width=64)
+  maybe = lambda s: st.one_of(st.none(), s, s, s)  # noqa: E731
+  if kind == 'vector':
+    arrow = draw(st.sampled_from([pa.list_(pa.float64()), pa.list_(pa.int64()),
+                                  pa.list_(pa.float32()), pa.list_(pa.string())]))
+    item = (st.text(max_size=3) if arrow.value_type == pa.string() else
+            small_ints if arrow.value_type == pa.int64() else
+            st.floats(width=32) if arrow.value_type == pa.float32() else floats)
+    values = [draw(maybe(st.lists(maybe(item), min_size=1, max_size=3))) for _ in range(n)]
+  else:
+    arrow = draw(st.sampled_from([pa.float64(), pa.float32(), pa.int64(), pa.int32(),
+                                  pa.string(), pa.binary(), pa.bool_(), pa.float16()]))
+    item = {pa.float64(): floats, pa.float32(): st.floats(width=32),
+            pa.float16(): st.floats(width=16), pa.int64(): small_ints,
+            pa.int32(): st.integers(-2 ** 31, 2 ** 31 - 1), pa.string(): st.text(max_size=4),
+            pa.binary(): st.binary(max_size=4), pa.bool_(): st.booleans()}[arrow]
+    values = [draw(maybe(item)) for _ in range(n)]
+  return pa.array(values, type=arrow)
+
+
+@st.composite
+def parquet_batches(draw):
+  import pyarrow as pa
+  n = draw(st.integers(1, 30))
+  columns = {'id': _column(draw, 'scalar', n), 'a': _column(draw, 'vector', n),
+             'b': _column(draw, 'scalar', n), 'c': _column(draw, 'scalar', n),
+             'd': _column(draw, 'scalar', n), 'p': _column(draw, draw(st.sampled_from(
+                 ['scalar', 'vector'])), n)}
+  dropped = draw(st.sampled_from([None, None, None, 'a', 'p']))
+  return pa.record_batch({k: v for k, v in columns.items() if k != dropped})
+
+
+@settings(max_examples=80, **SETTINGS)
+@given(parquet_batches())
+def test_parquet_fast_path_is_the_definition(batch):
+  decoder = decoder_for(MIXED, key_field='id', passthrough_fields=('p',))
+  chunk = RawChunk([('g.parquet', 0)], list(range(batch.num_rows)), batch, kind='parquet')
+  fast = decoder.decode(chunk)
+  assert_same_batches(fast, decoder.decode(chunk, use_fast=False))
+  assert len(fast) + len(fast.errors) == batch.num_rows
+
+
+FEATURE_VALUES = st.one_of(
+    st.lists(st.floats(width=32), max_size=3).map(lambda v: ('float', v)),
+    st.lists(st.integers(-2 ** 63, 2 ** 63 - 1), max_size=3).map(lambda v: ('int64', v)),
+    st.lists(st.binary(max_size=4), max_size=3).map(lambda v: ('bytes', v)))
+
+
+@st.composite
+def tfrecords(draw):
+  from tensorflow.core.example import example_pb2
+  if draw(st.integers(0, 15)) == 0:
+    return draw(st.binary(max_size=20))
+  if draw(st.integers(0, 10)) == 0:  # two Examples in one record: features repeated
+    return draw(tfrecords()) + draw(tfrecords())
+  example = example_pb2.Example()
+  for name in draw(st.lists(st.sampled_from(['id', 'a', 'b', 'c', 'd', 'p', 'zz']),
+                            max_size=8, unique=True)):
+    kind, values = draw(FEATURE_VALUES)
+    feature = example.features.feature[name]
+    if kind == 'float':
+      feature.float_list.value.extend(values)
+    elif kind == 'int64':
+      feature.int64_list.value.extend(values)
+    else:
+      feature.bytes_list.value.extend(values)
+  return example.SerializeToString()
+
+
+def _tfrecord_chunk(records):
+  return RawChunk([('g.tfrecord', 0)], list(range(len(records))), list(records),
+                  kind='tfrecord')
+
+
+@settings(max_examples=60, **SETTINGS)
+@given(st.lists(tfrecords(), min_size=1, max_size=30))
+def test_tfrecord_fast_path_is_the_definition(records):
+  from tests.test_convert_decode import tf_example
+  decoder = decoder_for(MIXED, key_field='id', passthrough_fields=('p',))
+  plain = [tf_example(id=i, a=[0.5, 1.5], b='x', c=i, d=2.0) for i in range(3)]
+  records = plain[:1] + records + plain[1:]
+  fast = decoder.decode(_tfrecord_chunk(records))
+  assert_same_batches(fast, decoder.decode(_tfrecord_chunk(records), use_fast=False))
+  assert fast.fast_rows >= len(plain)
+
+
+@st.composite
+def plain_tfrecords(draw):
+  """Examples whose inputs have the right kinds and sizes (the bulk path's
+  case), with carried features of any kind, and sometimes a second Example
+  appended: protobuf merges it, repeating features on the wire."""
+  from tensorflow.core.example import example_pb2
+  example = example_pb2.Example()
+  features = example.features.feature
+  features['a'].float_list.value.extend(draw(st.lists(st.floats(width=32), min_size=2,
+                                                      max_size=2)))
+  features['b'].bytes_list.value.append(draw(st.binary(max_size=4)))
+  features['c'].int64_list.value.append(draw(st.integers(-2 ** 63, 2 ** 63 - 1)))
+  features['d'].float_list.value.append(draw(st.floats(width=32)))
+  for name in ('id', 'p'):
+    if draw(st.integers(0, 8)):
+      kind, values = draw(FEATURE_VALUES)
+      getattr(features[name], f'{kind}_list').value.extend(values)
+  record = example.SerializeToString()
+  if draw(st.integers(0, 6)) == 0:
+    record += draw(plain_tfrecords())
+  return record
+
+
+@settings(max_examples=40, **SETTINGS)
+@given(st.lists(plain_tfrecords(), min_size=1, max_size=20))
+def test_tfrecord_bulk_parse_is_the_definition(records):
+  decoder = decoder_for(MIXED, key_field='id', passthrough_fields=('p',))
+  fast = decoder.decode(_tfrecord_chunk(records))
+  assert_same_batches(fast, decoder.decode(_tfrecord_chunk(records), use_fast=False))

@@ -340,17 +340,20 @@ def serialize_example(fields: dict, feature_kinds, text_cells=False) -> bytes:
   return example.SerializeToString()
 
 
-def example_fields(serialized: bytes) -> dict:
+def example_fields(serialized: bytes, names=None) -> dict:
   """Serialized Example -> {feature name: list of values (bytes for
-  bytes_list)}. Raises ValueError when the record is not an Example."""
+  bytes_list)}, every feature or only those of `names` that it has. Raises
+  ValueError when the record is not an Example."""
   from google.protobuf.message import DecodeError  # pylint: disable=import-outside-toplevel
   example = _example_pb2().Example()
   try:
     example.ParseFromString(serialized)
   except DecodeError:
     raise ValueError('the record is not a serialized tf.Example') from None
+  features = example.features.feature
   fields = {}
-  for name, feature in example.features.feature.items():
+  for name in (features if names is None else [n for n in names if n in features]):
+    feature = features[name]
     kind = feature.WhichOneof('kind')
     fields[name] = list(getattr(feature, kind).value) if kind else []
   return fields

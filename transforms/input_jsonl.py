@@ -75,12 +75,13 @@ class JsonLinesFormat(InputFormat):
     if parser is None:
       parser = self._local.parser = simdjson.Parser()
     extractors, carriers = plan
-    accepted, values = [], [[] for _ in extractors]
+    accepted, values, scalars = [], [[] for _ in extractors], []
     texts = [[] for _ in carriers]
     records = chunk.records
     for row in rows:
       try:
-        row_values, row_texts = _extract(parser, records[row], extractors, carriers, decoder)
+        row_values, row_scalars, row_texts = _extract(parser, records[row], extractors,
+                                                      carriers, decoder)
       except _Defer:
         continue
       except (ValueError, TypeError, KeyError, RuntimeError, IndexError, OverflowError,
@@ -89,6 +90,7 @@ class JsonLinesFormat(InputFormat):
         parser = self._local.parser = simdjson.Parser()
         continue
       accepted.append(row)
+      scalars.append(row_scalars)
       for column, value in zip(values, row_values):
         column.append(value)
       for column, text in zip(texts, row_texts):
@@ -98,6 +100,10 @@ class JsonLinesFormat(InputFormat):
     feeds = {}
     for (spec, _, finish), column in zip(extractors, values):
       feeds[spec.name] = finish(column)
+    if extractors.scalar_floats:
+      table = np.array(scalars, dtype=np.float64)
+      for j, spec in enumerate(extractors.scalar_floats):
+        feeds[spec.name] = _to_float(table[:, j], spec.dtype)
     return FastRows(accepted, feeds,
                     {field: column for (field, _), column in zip(carriers, texts)})
 
@@ -118,13 +124,22 @@ def _extract(parser, line, extractors, carriers, decoder):
       # one (simdjson's buffers flatten nested arrays).
       nested = line.count(b'[') != len(extractors.vectors)
       row_values = [extract(get(spec.name), nested) for spec, extract, _ in extractors]
+      # Scalar float inputs, the many narrow fields of tabular data, at once:
+      # each a JSON number (int or float), never a bool, string or null.
+      row_scalars = [get(name) for name in extractors.scalar_float_names]
+      if not _NUMBER_TYPES.issuperset(map(type, row_scalars)):
+        raise _Defer
       row_texts = [carry(get(field)) for field, carry in carriers]
     elif decoder.single is not None and not carriers:
-      row_values = [extractors[0][1](doc, line.count(b'[') != len(extractors.vectors))]
-      row_texts = []
+      nested = line.count(b'[') != len(extractors.vectors)
+      if extractors.scalar_floats:
+        if type(doc) not in _NUMBER_TYPES:  # pylint: disable=unidiomatic-typecheck
+          raise _Defer
+        return [], [doc], []
+      row_values, row_scalars, row_texts = [extractors[0][1](doc, nested)], [], []
     else:
       raise _Defer
-    return row_values, row_texts
+    return row_values, row_scalars, row_texts
   finally:
     doc = None  # the parser reuses its buffer: no proxy may outlive the line
 
@@ -138,14 +153,27 @@ def _plan(decoder):
   for spec in decoder.inputs:
     if not spec.fully_defined or len(spec.shape) > 1:
       return None
-    extractors.append(_input_extractor(spec))
+    if spec.shape == () and spec.dtype != 'string' and np.dtype(spec.dtype).kind == 'f':
+      extractors.scalar_floats.append(spec)
+    else:
+      extractors.append(_input_extractor(spec))
+  extractors.scalar_float_names = [s.name for s in extractors.scalar_floats]
   extractors.vectors = [s for s in decoder.inputs if s.shape]
   carriers = [(field, _carrier(field == decoder.key_field)) for field in decoder.carried]
   return extractors, carriers
 
 
 class _Extractors(list):
-  vectors = ()
+  """The extractors of the inputs taken one by one; scalar float inputs are
+  taken together (`scalar_floats`)."""
+  def __init__(self):
+    super().__init__()
+    self.scalar_floats = []
+    self.scalar_float_names = []
+    self.vectors = []
+
+
+_NUMBER_TYPES = frozenset((int, float))
 
 
 def _no_nested(value):

@@ -148,31 +148,109 @@ class TFRecordFormat(InputFormat):
     return chunk.records[row]
 
   def fast(self, chunk, rows, decoder):
+    """tf.io.parse_example on the chunk where every record has each input
+    as a feature of exactly its dtype's kind and size (then its arrays are
+    the definition's); else `_fast_per_record`."""
+    plan = _plan(decoder)
+    if plan is None:
+      return None
     import tensorflow as tf  # workers load it for scoring anyway
     tf_types = {'float32': tf.float32, 'int64': tf.int64, 'string': tf.string}
-    if decoder.signature.takes_examples:
-      return None
-    features = {}
-    for spec in decoder.inputs:
-      if spec.dtype not in tf_types or not spec.fully_defined:
-        return None
-      features[spec.name] = tf.io.FixedLenFeature(spec.shape, tf_types[spec.dtype])
-    records = [chunk.records[row] for row in rows]
-    try:
-      parsed = tf.io.parse_example(records, features)
-    except (tf.errors.InvalidArgumentError, ValueError):
-      return None
-    feeds = {s.name: parsed[s.name].numpy() for s in decoder.inputs}
-    if not decoder.carried:
-      return FastRows(list(rows), feeds, {})
+    if all(spec.dtype in tf_types for spec, _, _ in plan):
+      records = [chunk.records[row] for row in rows]
+      try:
+        parsed = tf.io.parse_example(records, {
+            spec.name: tf.io.FixedLenFeature(spec.shape, tf_types[spec.dtype])
+            for spec, _, _ in plan})
+      except (tf.errors.InvalidArgumentError, ValueError):
+        parsed = None
+      if parsed is not None:
+        keep, carried = np.ones(len(rows), dtype=bool), {f: [] for f in decoder.carried}
+        if carried:
+          for i, record in enumerate(records):
+            fields = convert.example_fields(record, decoder.carried)
+            if decoder.key_field and fields.get(decoder.key_field) is None:
+              keep[i] = False  # the definition reports it
+              continue
+            for field, texts in carried.items():
+              texts.append(carry_feature(fields.get(field)))
+        feeds = {spec.name: parsed[spec.name].numpy()[keep] for spec, _, _ in plan}
+        accepted = [row for row, k in zip(rows, keep) if k]
+        return FastRows(accepted, feeds, carried) if accepted else None
+    return self._fast_per_record(chunk, rows, decoder, plan)
+
+  def _fast_per_record(self, chunk, rows, decoder, plan):
+    """The definition in bulk: each record parsed as the definition parses
+    it, values taken where their kind and count are exactly the input's,
+    stacked per input at once (rather than converted per record)."""
+    accepted, columns = [], [[] for _ in plan]
     carried = {f: [] for f in decoder.carried}
-    keep = np.ones(len(rows), dtype=bool)
-    for i, record in enumerate(records):
-      fields = convert.example_fields(record)
-      if decoder.key_field and fields.get(decoder.key_field) is None:
-        keep[i] = False  # the definition reports it
+    key = decoder.key_field
+    for row in rows:
+      try:
+        fields = convert.example_fields(chunk.records[row])
+      except ValueError:
         continue
+      values = [fields.get(spec.name) for spec, _, _ in plan]
+      if not all(v is not None and len(v) == size and (not size or type(v[0]) in kinds)
+                 for v, (_, size, kinds) in zip(values, plan)):
+        continue
+      if key and fields.get(key) is None:
+        continue
+      accepted.append(row)
+      for column, value in zip(columns, values):
+        column.append(value)
       for field, texts in carried.items():
         texts.append(carry_feature(fields.get(field)))
-    return FastRows([row for row, k in zip(rows, keep) if k],
-                    {name: array[keep] for name, array in feeds.items()}, carried)
+    if not accepted:
+      return None
+    feeds, keep = {}, np.ones(len(accepted), dtype=bool)
+    for (spec, size, _), column in zip(plan, columns):
+      feeds[spec.name], valid = _stack(column, spec, size)
+      keep &= valid
+    if not keep.all():
+      accepted = [row for row, k in zip(accepted, keep) if k]
+      feeds = {name: array[keep] for name, array in feeds.items()}
+      carried = {f: [t for t, k in zip(texts, keep) if k] for f, texts in carried.items()}
+    return FastRows(accepted, feeds, carried) if accepted else None
+
+
+# Python types of a feature's values by which the fast path takes them for an
+# input's dtype: float_list (float), int64_list (int), bytes_list (bytes). As
+# in the definition, a float input also takes int64 values.
+_KINDS = {'f': (float, int), 'i': (int,), 'u': (int,), 'b': (), 'O': (bytes,)}
+
+
+def _plan(decoder):
+  """(spec, values per instance, Python types taken) per input, or None."""
+  if decoder.signature.takes_examples:
+    return None
+  plan = []
+  for spec in decoder.inputs:
+    if not spec.fully_defined:
+      return None
+    kind = 'O' if spec.dtype == 'string' else np.dtype(spec.dtype).kind
+    if not _KINDS[kind]:
+      return None  # booleans: the definition's business
+    plan.append((spec, int(np.prod(spec.shape)), _KINDS[kind]))
+  return plan
+
+
+def _stack(column, spec, size):
+  """(array of shape (rows,) + spec.shape, valid rows) from feature lists
+  already checked for kind and count."""
+  rows = len(column)
+  shape = (rows,) + tuple(spec.shape)
+  if spec.dtype == 'string':
+    arr = np.empty((rows, size), dtype=object)
+    for i, values in enumerate(column):
+      arr[i, :] = values
+    return arr.reshape(shape), np.ones(rows, dtype=bool)
+  if np.dtype(spec.dtype).kind == 'f':
+    with np.errstate(over='ignore'):  # as convert.convert_value
+      return np.array(column, dtype=np.float64).reshape(shape).astype(spec.dtype), \
+          np.ones(rows, dtype=bool)
+  ints = np.array(column, dtype=np.int64).reshape((rows, size))
+  info = np.iinfo(spec.dtype)
+  valid = ((ints >= info.min) & (ints <= info.max)).all(axis=1) if size else np.ones(rows, bool)
+  return ints.reshape(shape).astype(spec.dtype), valid
