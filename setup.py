@@ -18,7 +18,7 @@ setuptools.setup(
         'pysimdjson>=7.0.2,<8',
     ],
     extras_require={
-        'test': ['pytest>=9,<10', 'gcp-storage-emulator>=2026.7.19'],
+        'test': ['pytest>=9,<10', 'gcp-storage-emulator>=2026.7.19', 'hypothesis>=6.170,<7'],
         # Beam's TF model handler (the benchmark's peer) imports tensorflow_hub,
         # which still needs pkg_resources.
         'bench': ['tensorflow-hub>=0.16.1,<0.17', 'setuptools<81'],
