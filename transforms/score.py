@@ -12,7 +12,7 @@ neighbours.
 
 How a failing batch is split adapts to how often the model fails (group
 testing): while failures are rare, halves are tried, so a batch with one bad
-instance costs about 2 log2(n) more calls; when most instances of failing
+instance costs at most 2 log2(n) more calls; when most instances of failing
 batches fail, each instance is tried alone at once (n calls, where halving
 would take 2n). Calls made to isolate failures run the model's ops in the
 calling thread, which for small batches costs a fraction of a pooled call.
@@ -37,9 +37,10 @@ _LOG = logging.getLogger(__name__)
 # Estimated failure rate (among the instances of failing batches) from which
 # failing batches are split straight into single instances. Below it, groups
 # of 2^floor(log2((1-p)/p)) instances are tried, halving those that fail
-# (Hwang's generalized binary splitting); simulated with measured call costs,
-# going to single instances at about 0.3 costs at most ~10% more calls than
-# the best group size at any rate, and wins outright above it.
+# (Hwang's generalized binary splitting). Simulated for group calls costing
+# 1 to 1.5 times a single-instance call (as calls in the calling thread do
+# for small models), this rule costs at most ~10% more than the best fixed
+# group size at any failure rate; above 0.3, single instances are the best.
 SOLO_FAILURE_RATE = 0.3
 
 
