@@ -1,11 +1,14 @@
 """What a SavedModel offers (versions, tag sets, signatures) and how to load one.
 
 Reading the signature needs only the SavedModel proto, so the launcher can
-validate options without loading variables; workers load the whole model with
-`tf.saved_model.load`, which handles TF2 (`tf.saved_model.save`, Keras
-`model.export`) and TF1 (`SavedModelBuilder`) models alike. (Under Keras 3,
-`tf.keras.models.load_model` loads neither, which is also why Beam's stock
-`TFModelHandlerNumpy` loader is not used.)
+validate options without loading variables. Workers load the whole model into
+a graph-mode Session with the TF1 loader, as TF Serving does, and call the
+signature's tensors by name (`SessionSignature`): it runs TF2
+(`tf.saved_model.save`, Keras `model.export`) and TF1 (`SavedModelBuilder`)
+models alike, and a call costs a fraction of an eager one. A model a Session
+cannot load falls back to `tf.saved_model.load` (`EagerSignature`). (Under
+Keras 3, `tf.keras.models.load_model` loads neither, which is also why Beam's
+stock `TFModelHandlerNumpy` loader is not used.)
 
 TensorFlow is imported inside functions only: importing it costs seconds.
 """
