@@ -241,7 +241,7 @@ class FormatRecords(beam.DoFn):
     self._failed[error.category].inc()
     record = {}
     key_field = self._layout.key_field
-    key = batch.carried.get(key_field, [None] * (error.row + 1))[error.row] if key_field else None
+    key = batch.carried[key_field][error.row] if key_field in batch.carried else None
     if key is not None:
       record[key_field] = orjson.Fragment(key)
     record.update(self._location(batch.chunk, error.row))
