@@ -90,9 +90,27 @@ def special_file_reason(path: str):
   return f'the path is {kind}, not a regular file; it was not read'
 
 
+def _unsupported_compression(path: str):
+  """The compression a file's name says, other than gzip: Beam would read
+  it, but stops silently where such a stream is cut short (.gz goes through
+  Python's gzip module, which does not); `.gzip` Beam would not even see as
+  compressed."""
+  name = path.lower()
+  for suffix, kind in (('.gzip', 'gzip under a .gzip name (rename it .gz)'),
+                       ('.bz2', 'bzip2'), ('.zst', 'zstd'), ('.deflate', 'deflate'),
+                       ('.xz', 'xz'), ('.lzma', 'lzma'), ('.snappy', 'snappy')):
+    if name.endswith(suffix):
+      return kind
+  return None
+
+
 def group_by_format(files, requested: str) -> dict:
   groups = {}
   for metadata in files:
+    compressed = _unsupported_compression(metadata.path)
+    if compressed:
+      raise ConfigError(f'--input: {metadata.path} is compressed with {compressed}; '
+                        'only gzip (.gz) is supported')
     kind = requested if requested != 'auto' else detect_format(metadata.path)
     if kind is None:
       raise ConfigError(f'--input: cannot tell the format of {metadata.path} from '

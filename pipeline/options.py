@@ -4,6 +4,8 @@ Mistakes raise ConfigError with one line that says what to fix; the CLI
 prints it without a stack trace.
 """
 import argparse
+import contextlib
+import io
 import dataclasses
 
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -11,6 +13,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 DEFAULT_MAX_BATCH_SIZE = 256
 DEFAULT_MIN_BATCH_SIZE = 32
 DEFAULT_MAX_INSTANCE_BYTES = 4 << 20  # as transforms.lines.DEFAULT_MAX_INSTANCE_BYTES
+MAX_INSTANCE_BYTES_LIMIT = 1 << 30
 # The most errors per instance read with which a run still exits 0.
 DEFAULT_MAX_ERROR_FRACTION = 0.1
 # Beam's DirectRunner first tries to download the Prism runner binary; the
@@ -105,12 +108,33 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
+@contextlib.contextmanager
+def _beam_parser_errors():
+  """Beam's option parser prints its whole usage and exits on a bad value;
+  here that is one line (ConfigError)."""
+  captured = io.StringIO()
+  try:
+    with contextlib.redirect_stderr(captured):
+      yield
+  except SystemExit:
+    lines = [line for line in captured.getvalue().splitlines() if line.strip()]
+    reason = lines[-1].split('error: ', 1)[-1] if lines else 'invalid Beam option'
+    raise ConfigError(reason) from None
+
+
 def unknown_beam_args(args) -> list:
   """Arguments that no Beam PipelineOptions class defines."""
   parsers = []
-  PipelineOptions(list(args)).get_all_options(add_extra_args_fn=parsers.append)
-  _, unknown = parsers[0].parse_known_args(list(args))
+  with _beam_parser_errors():
+    PipelineOptions(list(args)).get_all_options(add_extra_args_fn=parsers.append)
+    _, unknown = parsers[0].parse_known_args(list(args))
   return [a for a in unknown if a.startswith('-')] or list(unknown)
+
+
+def beam_options(args) -> dict:
+  """Beam's own reading of its options."""
+  with _beam_parser_errors():
+    return PipelineOptions(list(args)).get_all_options()
 
 
 def parse_args(argv) -> JobOptions:
@@ -134,7 +158,18 @@ def parse_args(argv) -> JobOptions:
     raise ConfigError('--input: give at least one file pattern')
   if not known.tags:
     raise ConfigError('--tag: give at least one tag')
-  runner = PipelineOptions(rest).get_all_options()['runner'] or LOCAL_RUNNER
+  beam = beam_options(rest)
+  if (beam.get('direct_num_workers') or 0) < 0:
+    raise ConfigError('--direct_num_workers must be 0 (one per core) or more')
+  for name, fields in (('--passthrough_fields', known.passthrough_fields),
+                       ('--output_fields', known.output_fields), ('--input', known.inputs)):
+    repeated = sorted({f for f in fields if fields.count(f) > 1})
+    if repeated:
+      raise ConfigError(f'{name}: {repeated[0]!r} is given twice')
+  if known.max_instance_bytes > MAX_INSTANCE_BYTES_LIMIT:
+    raise ConfigError(f'--max_instance_bytes: at most {MAX_INSTANCE_BYTES_LIMIT} '
+                      f'({MAX_INSTANCE_BYTES_LIMIT >> 30} GiB)')
+  runner = beam['runner'] or LOCAL_RUNNER
   if runner.lower() in ('directrunner', 'direct'):
     runner = LOCAL_RUNNER
   return JobOptions(

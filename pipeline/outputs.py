@@ -250,6 +250,10 @@ class OutputInUse(ConfigError):
   """Another run holds the output directory."""
 
 
+# A lock whose content cannot be read is a dead run's after this long.
+UNREADABLE_LOCK_GRACE_S = 60
+
+
 @dataclasses.dataclass
 class OutputLock:
   """`OUTPUT/.lock`: JSON naming the run (run id, pid, host, start), with a
@@ -320,11 +324,18 @@ class OutputLock:
 
   def _stale(self, holder: Optional[dict], modified: float) -> Optional[str]:
     """Why the lock is a dead run's, or None if its run may be alive."""
-    if holder is None:  # being written, or not ours: judged by its age
+    try:
+      pid = int(holder['pid']) if holder is not None else None
+    except (KeyError, TypeError, ValueError, OverflowError):
+      holder = pid = None
+    if holder is None:
+      # Being written (a run writes its lock as soon as it creates it), or
+      # damaged: judged by its age, with a short grace.
       age = time.time() - modified
-      return f'unreadable and {age:.0f} s old' if age > self.stale_after_s else None
-    if holder.get('host') == self.host and not _pid_alive(int(holder.get('pid', -1))):
-      return f'process {holder.get("pid")} is gone'
+      return (f'unreadable and {age:.0f} s old'
+              if age > min(self.stale_after_s, UNREADABLE_LOCK_GRACE_S) else None)
+    if holder.get('host') == self.host and not _pid_alive(pid):
+      return f'process {pid} is gone'
     try:
       age = _age_s(holder['heartbeat'])
     except (KeyError, TypeError, ValueError):

@@ -46,11 +46,34 @@ class JsonFloat(float):
     number.text = text
     return number
 
+  def __reduce__(self):  # chunks are pickled between stages
+    return (JsonFloat, (float(self), self.text))
+
+
+class JsonNegativeZero(int):
+  """The JSON integer -0: the integer 0, written back as read."""
+  text = '-0'
+
+  def __new__(cls):
+    return super().__new__(cls, 0)
+
+  def __reduce__(self):
+    return (JsonNegativeZero, ())
+
 
 class JsonObject(dict):
   """A JSON object; `duplicates` names the fields given more than once (the
   dict holds the last value of each)."""
   __slots__ = ('duplicates',)
+
+  def __reduce__(self):
+    return (_json_object, (list(self.items()), self.duplicates))
+
+
+def _json_object(items, duplicates):
+  obj = JsonObject(items)
+  obj.duplicates = duplicates
+  return obj
 
 
 def shape_text(shape) -> str:
@@ -370,7 +393,7 @@ def carried_text(value) -> bytes:
     return orjson.dumps(value)
   if value is None or isinstance(value, bool):
     return b'null' if value is None else (b'true' if value else b'false')
-  if isinstance(value, JsonFloat):
+  if isinstance(value, (JsonFloat, JsonNegativeZero)):
     return value.text.encode('ascii')
   if isinstance(value, int):
     return str(value).encode('ascii')  # any size, where orjson stops at 64 bits
@@ -405,7 +428,8 @@ def bytes_json(value: bytes):
 
 def carried_as_text(text: Optional[bytes]) -> Optional[str]:
   """A carried value for a string column (Parquet, tf.Example bytes): a JSON
-  string as its own text, anything else as its JSON text."""
-  if text is None:
+  string as its own text, null as a missing value, anything else as its JSON
+  text."""
+  if text is None or text == b'null':
     return None
   return orjson.loads(text) if text[:1] == b'"' else text.decode('utf-8')

@@ -128,11 +128,13 @@ class FormatRecords(beam.DoFn):
     self._files_incomplete = Metrics.counter(METRICS_NAMESPACE, 'files_incomplete')
     self._incomplete_paths = Metrics.string_set(METRICS_NAMESPACE, 'incomplete_files')
     self._schema = None
+    self._text_outputs = set()  # outputs of unknown rank (Parquet: JSON text)
     self._names = {}  # file path -> relative name, per worker
 
   def setup(self):
     if self._layout.output_format == 'parquet':
       self._schema = self._layout.parquet_schema()
+    self._text_outputs = {s.name for s in self._layout.output_specs if s.shape is None}
 
   def process(self, scored: ScoredBatch):
     errors = list(scored.errors)
@@ -182,7 +184,7 @@ class FormatRecords(beam.DoFn):
     records = []
     for rows, outputs in scored.results:
       try:
-        values = [(json_name, self._column(outputs[name]))
+        values = [(json_name, self._column(outputs[name], name))
                   for name, json_name in layout.output_names.items()]
       except Exception as e:  # pylint: disable=broad-except
         errors.extend(_output_error(row, e) for row in rows)
@@ -197,15 +199,20 @@ class FormatRecords(beam.DoFn):
           errors.append(_output_error(row, e))
     return records
 
-  def _column(self, array: np.ndarray):
+  def _column(self, array: np.ndarray, name: str):
     """Something indexable by row, in the output format's convention."""
     output_format = self._layout.output_format
     if output_format == 'tfrecord':
       return array  # Examples hold bytes as they are
     if array.dtype == object:  # tf.string outputs come back as bytes objects
       convert = _bytes_json if output_format == 'jsonl' else _bytes_text
-      return [convert(v) for v in array.tolist()]
-    return array if output_format == 'jsonl' else array.tolist()
+      values = [convert(v) for v in array.tolist()]
+    else:
+      values = array if output_format == 'jsonl' else array.tolist()
+    if output_format == 'parquet' and name in self._text_outputs:
+      # Unknown rank: the schema has a string column, the value's JSON text.
+      return [orjson.dumps(v, option=_DUMPS_OPTIONS).decode() for v in values]
+    return values
 
   def _carried_value(self, text):
     output_format = self._layout.output_format
@@ -294,11 +301,18 @@ def _feature(feature, value) -> None:
   """Sets one Example feature from a record value: numbers as float or int64
   lists, text and bytes as bytes, anything structured as its JSON text."""
   if isinstance(value, (str, bytes)):
-    value = [value]
-  try:
-    flat = np.asarray(value).reshape(-1)
-  except ValueError:  # ragged structure
-    flat = np.asarray([orjson.dumps(value)], dtype=object)
+    flat = np.empty(1, dtype=object)
+    flat[0] = value
+  elif isinstance(value, np.ndarray) and value.dtype == object:
+    flat = value.reshape(-1)
+  else:
+    # Object dtype for text: numpy's fixed-width strings drop trailing NULs.
+    probe = np.asarray(value, dtype=object)
+    try:
+      flat = np.asarray(value).reshape(-1) if probe.size == 0 or not isinstance(
+          probe.reshape(-1)[0], (str, bytes)) else probe.reshape(-1)
+    except ValueError:  # ragged structure
+      flat = np.asarray([orjson.dumps(value)], dtype=object)
   if flat.dtype.kind == 'f':
     feature.float_list.value.extend(flat.tolist())
   elif flat.dtype.kind in 'biu':

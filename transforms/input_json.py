@@ -86,6 +86,13 @@ class ReadJsonRequests(beam.DoFn):
       yield RawChunk([(path, 0)], [], [], kind=JSON, file_errors=[
           (path, f'reading failed: {fault_reason(e)}')])
       return
+    if len(content) > self._max_bytes:  # larger once decompressed
+      yield RawChunk([(path, 0)], [None], [content[:8192]], kind=JSON, read_errors={0: (
+          f'the request file holds more than {self._max_bytes} bytes (64 x '
+          '--max_instance_bytes); it was not read')}, unread_sizes={0: len(content)})
+      return
+    if content.startswith(b'\xef\xbb\xbf'):  # a byte order mark, as in every file
+      content = content[3:]
     try:
       instances = split_request(parse_json(content), self._signature_name)
     except (ValueError, RecursionError) as e:  # invalid JSON or RequestError

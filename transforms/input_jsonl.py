@@ -275,14 +275,15 @@ def _to_float(values: np.ndarray, dtype) -> np.ndarray:
 
 def _carrier(is_key):
   """A carried value's JSON text, for the kinds whose text the parsed value
-  determines: strings and integers (and null for a passthrough field)."""
+  determines: strings and integers (and null for a passthrough field); 0
+  may have been written -0, which only the definition keeps."""
   dumps = orjson.dumps
 
   def carry(value):
     kind = type(value)
     if kind is str:
       return dumps(value)
-    if kind is int:
+    if kind is int and value:
       return str(value).encode('ascii')
     if kind is bool:
       return b'true' if value else b'false'

@@ -54,12 +54,29 @@ def arrow_type(spec):
   return arrow
 
 
+def _same_kind(arrow, spec) -> bool:
+  """Values of a column feed an input only as JSON values would: numbers
+  for numeric inputs (not strings, booleans or dates), booleans for bool,
+  text or bytes for string inputs."""
+  while pa.types.is_list(arrow) or pa.types.is_large_list(arrow) or \
+      pa.types.is_fixed_size_list(arrow) or pa.types.is_dictionary(arrow):
+    arrow = arrow.value_type
+  if spec.dtype == 'string':
+    return (pa.types.is_string(arrow) or pa.types.is_large_string(arrow)
+            or pa.types.is_binary(arrow) or pa.types.is_large_binary(arrow))
+  if np.dtype(spec.dtype).kind == 'b':
+    return pa.types.is_boolean(arrow)
+  return pa.types.is_integer(arrow) or pa.types.is_floating(arrow)
+
+
 def column_array(column, spec) -> np.ndarray:
   """A column (or a slice of one) of a fully defined input as an array of
   shape (rows,) + spec.shape; _Mismatch when any row does not fit."""
   arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-  if arr.null_count:
+  if arr.null_count or not _same_kind(arr.type, spec):
     raise _Mismatch
+  if pa.types.is_dictionary(arr.type):
+    arr = arr.dictionary_decode()
   if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
     arr = arr.cast(pa.binary())
   try:
@@ -145,9 +162,9 @@ class ParquetFormat(InputFormat):
       return None
     batch = chunk.records
     names = set(batch.schema.names)
-    if not all(s.name in names for s in decoder.inputs) or not all(
-        f in names for f in decoder.carried):
-      return None
+    if not all(s.name in names for s in decoder.inputs) or (
+        decoder.key_field and decoder.key_field not in names):
+      return None  # every row is a missing input or key: the definition says so
     keep = np.zeros(len(chunk), dtype=bool)
     keep[rows] = True
     for name in [s.name for s in decoder.inputs] + (
@@ -160,7 +177,9 @@ class ParquetFormat(InputFormat):
       feeds = {s.name: column_array(selected.column(s.name), s) for s in decoder.inputs}
     except _Mismatch:
       return None
-    carried = {f: carried_texts(selected.column(f)) for f in decoder.carried}
+    # A passthrough column the file lacks is null, as in the definition.
+    carried = {f: carried_texts(selected.column(f)) if f in names else [b'null'] * len(selected)
+               for f in decoder.carried}
     return FastRows([int(r) for r in np.flatnonzero(keep)], feeds, carried)
 
 
@@ -170,7 +189,7 @@ def _convert_cell(cell, spec) -> np.ndarray:
     raise convert.SchemaError(f'input {spec.name!r} is null')
   if spec.fully_defined:
     try:
-      return column_array(cell, spec)[0]
+      return column_array(cell, spec)[0, ...]  # an array, also for a scalar string
     except _Mismatch:
       value = cell.to_pylist()[0]
       raise convert.SchemaError(

@@ -165,15 +165,21 @@ class TFRecordFormat(InputFormat):
       except (tf.errors.InvalidArgumentError, ValueError):
         parsed = None
       if parsed is not None:
+        # parse_example's own parser takes some bytes the definition's does
+        # not (a feature name that is not UTF-8, ...): every record is also
+        # parsed by the definition's parser, which reads the carried ones.
         keep, carried = np.ones(len(rows), dtype=bool), {f: [] for f in decoder.carried}
-        if carried:
-          for i, record in enumerate(records):
+        for i, record in enumerate(records):
+          try:
             fields = convert.example_fields(record, decoder.carried)
-            if decoder.key_field and fields.get(decoder.key_field) is None:
-              keep[i] = False  # the definition reports it
-              continue
-            for field, texts in carried.items():
-              texts.append(carry_feature(fields.get(field)))
+          except ValueError:
+            keep[i] = False
+            continue
+          if decoder.key_field and fields.get(decoder.key_field) is None:
+            keep[i] = False  # the definition reports it
+            continue
+          for field, texts in carried.items():
+            texts.append(carry_feature(fields.get(field)))
         feeds = {spec.name: parsed[spec.name].numpy()[keep] for spec, _, _ in plan}
         accepted = [row for row, k in zip(rows, keep) if k]
         return FastRows(accepted, feeds, carried) if accepted else None

@@ -16,7 +16,7 @@ from transforms.records import CSV, JSON, JSONL, PARQUET, RawChunk, TFRECORD
 FORMATS = (JSONL, JSON, CSV, TFRECORD, PARQUET)
 _EXTENSIONS = {'.jsonl': JSONL, '.ndjson': JSONL, '.json': JSON, '.csv': CSV,
                '.tfrecord': TFRECORD, '.tfrecords': TFRECORD, '.parquet': PARQUET}
-_COMPRESSION_SUFFIXES = ('.gz', '.gzip')
+_COMPRESSION_SUFFIXES = ('.gz',)
 
 
 def detect_format(path: str):

@@ -23,7 +23,7 @@ import sys
 
 import numpy as np
 
-from transforms.convert import JsonFloat, JsonObject
+from transforms.convert import JsonFloat, JsonNegativeZero, JsonObject
 
 MAX_DEPTH = 1024
 # The standard library's parser recurses once per level (and convert.py's
@@ -43,6 +43,10 @@ def _float(text: str) -> JsonFloat:
   return JsonFloat(value, text)
 
 
+def _int(text: str) -> int:
+  return JsonNegativeZero() if text == '-0' else int(text)
+
+
 def _constant(text: str) -> JsonFloat:
   return JsonFloat(_SPECIALS[text], text)
 
@@ -55,7 +59,7 @@ def _object(pairs) -> JsonObject:
   return obj
 
 
-_DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_float=_float,
+_DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_float=_float, parse_int=_int,
                             parse_constant=_constant)
 
 

@@ -62,50 +62,58 @@ def fault_reason(error: Exception) -> str:
 
 def split_lines(f, start: int, max_bytes: int):
   """Yields (offset, line, size) for every line that starts at or after
-  `start` (the line straddling `start` belongs to the range before it);
-  a line longer than `max_bytes` comes as its first KEPT_PREFIX_BYTES only,
-  with its real size."""
-  position = start
-  if start > 0:
-    f.seek(start - 1)
-    position = start - 1
-    skipping = True  # up to the end of the previous range's last line
-  else:
-    skipping = False
-  pending, pending_size, pending_start = b'', 0, position
+  `start` (the line straddling `start` belongs to the range before it): the
+  line without its line feed, one carriage return before it, or a byte order
+  mark at the start of the file, and its size. A line longer than
+  `max_bytes` comes as its first KEPT_PREFIX_BYTES only, with its real size."""
+  read = getattr(f, 'read1', f.read)
   # read1: a decompressor that fails part-way loses only what one read of
   # the underlying file gave, not a whole block's worth of lines.
-  read = getattr(f, 'read1', f.read)
+  keep = max_bytes + 1  # room for a carriage return, which is not counted
+  if start > 0:
+    f.seek(start - 1)
+    position, skipping, block = start - 1, True, b''
+  else:
+    head = f.read(len(_BOM))
+    position, skipping = (len(_BOM), False) if head == _BOM else (0, False)
+    block = b'' if head == _BOM else head
+  line_start, pending, pending_size, last = (0 if start == 0 else position), b'', 0, b''
   while True:
-    block = read(BLOCK_SIZE)
+    block += read(BLOCK_SIZE)
     if not block:
       break
     base = 0
     while True:
       end = block.find(b'\n', base)
+      piece = block[base:] if end < 0 else block[base:end]
+      if not skipping:
+        if pending_size + len(piece) <= keep:
+          pending += piece
+        elif len(pending) < KEPT_PREFIX_BYTES:
+          pending = (pending + piece)[:KEPT_PREFIX_BYTES]
+        pending_size += len(piece)
+        last = piece[-1:] or last
+      position += len(piece)
       if end < 0:
-        piece = block[base:]
-        if not skipping:
-          if pending_size + len(piece) <= max_bytes:
-            pending += piece
-          elif len(pending) < KEPT_PREFIX_BYTES:
-            pending = (pending + piece)[:KEPT_PREFIX_BYTES]
-          pending_size += len(piece)
-        position += len(piece)
         break
-      piece = block[base:end]
       if skipping:
         skipping = False
       else:
-        size = pending_size + len(piece)
-        line = pending + piece if size <= max_bytes else (pending + piece[:KEPT_PREFIX_BYTES])[
-            :KEPT_PREFIX_BYTES]
-        yield pending_start, line, size
-      position += len(piece) + 1
-      pending, pending_size, pending_start = b'', 0, position
+        yield _line(line_start, pending, pending_size, last, max_bytes)
+      position += 1
+      line_start, pending, pending_size, last = position, b'', 0, b''
       base = end + 1
+    block = b''
   if pending_size and not skipping:
-    yield pending_start, pending, pending_size
+    yield _line(line_start, pending, pending_size, last, max_bytes)
+
+
+def _line(offset, data, size, last, max_bytes):
+  if last == b'\r':
+    size -= 1
+  if size <= max_bytes:
+    return offset, data[:size], size
+  return offset, data[:KEPT_PREFIX_BYTES], size
 
 
 @dataclasses.dataclass
@@ -160,21 +168,15 @@ class LineChunkSource(filebasedsource.FileBasedSource):
       if self._header_reader is not None:
         first = next(split_lines(f, 0, self._max_bytes), None)
         header = self._header_reader(first[1] if first else b'')
-        f.seek(start if start > 0 else 0)
+        f.seek(0)
       chunk = progress.chunk = self._new_chunk(file_name, header)
       chunk_bytes = 0
       for offset, line, size in split_lines(f, start, self._max_bytes):
         if not range_tracker.try_claim(offset):
           break
         progress.position = offset
-        if offset == 0:
-          if header is not None:
-            continue  # the CSV header row
-          if line.startswith(_BOM):
-            line = line[len(_BOM):]
-            size -= len(_BOM)
-        if line.endswith(b'\r') and size <= self._max_bytes:
-          line = line[:-1]
+        if offset == 0 and header is not None:
+          continue  # the CSV header row
         if not line.strip(_BLANK) and size <= self._max_bytes:
           chunk.blank_lines += 1
           continue
