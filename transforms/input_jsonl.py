@@ -129,7 +129,7 @@ def _extract(parser, line, extractors, carriers, decoder):
       row_scalars = [get(name) for name in extractors.scalar_float_names]
       if not _NUMBER_TYPES.issuperset(map(type, row_scalars)):
         raise _Defer
-      row_texts = [carry(get(field)) for field, carry in carriers]
+      row_texts = [carry(get(field), line) for field, carry in carriers]
     elif decoder.single is not None and not carriers:
       nested = line.count(b'[') != len(extractors.vectors)
       if extractors.scalar_floats:
@@ -279,11 +279,11 @@ def _carrier(is_key):
   may have been written -0, which only the definition keeps."""
   dumps = orjson.dumps
 
-  def carry(value):
+  def carry(value, line):
     kind = type(value)
     if kind is str:
       return dumps(value)
-    if kind is int and value:
+    if kind is int and (value or b'-0' not in line):
       return str(value).encode('ascii')
     if kind is bool:
       return b'true' if value else b'false'
