@@ -50,6 +50,18 @@ def storage_emulator():
     process.wait(10)
 
 
+@contextlib.contextmanager
+def emulated_bucket(name: str):
+  """A bucket of a fresh storage emulator, with every client of this process
+  (Beam's too) connecting anonymously."""
+  from google.cloud import storage
+  with storage_emulator():
+    from transforms.storage import use_anonymous_credentials_for_emulator
+    use_anonymous_credentials_for_emulator()
+    client = storage.Client.create_anonymous_client()
+    yield client.create_bucket(name, project='test-project')
+
+
 def upload_tree(bucket, local_dir: str, prefix: str) -> None:
   for root, _, files in os.walk(local_dir):
     for name in files:

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from pipeline import cli
-from tests.helpers import assert_conserved, read_jsonl, run_job
+from tests.helpers import assert_conserved, run_job
 from tests.test_convert_decode import decoder_for, rows_and_feeds
 from tests.test_equivalence import MIXED, SETTINGS, jsonl_chunk, jsonl_lines
 

@@ -477,12 +477,8 @@ BUCKET = 'batch-predict-runs'
 
 @pytest.fixture(scope='module')
 def bucket():
-  from google.cloud import storage
-  with cloud.storage_emulator():
-    from transforms.storage import use_anonymous_credentials_for_emulator
-    use_anonymous_credentials_for_emulator()
-    client = storage.Client.create_anonymous_client()
-    yield client.create_bucket(BUCKET, project='test-project')
+  with cloud.emulated_bucket(BUCKET) as created:
+    yield created
 
 
 def test_bucket_output_is_staged_promoted_and_locked(bucket, model_dir, tmp_path, capsys):

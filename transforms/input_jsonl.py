@@ -15,11 +15,12 @@ carried values that are strings, integers, booleans or (passthrough only)
 null. Anything else, from a decimal key (whose digits only the definition
 keeps) to a one-element list for a scalar input, goes to the definition.
 """
+import weakref
+
 import numpy as np
 import orjson
 import simdjson
 
-from transforms import convert
 from transforms.decode import FastRows, Instance, InputFormat, ThreadLocal
 from transforms.json_values import parse_json
 from transforms.lines import ReadLineChunks
@@ -49,7 +50,7 @@ class JsonLinesFormat(InputFormat):
   def __init__(self, max_instance_bytes: int):
     self._max_instance_bytes = max_instance_bytes
     self._local = ThreadLocal()
-    self._plans = {}
+    self._plans = weakref.WeakKeyDictionary()  # decoder -> its fast-path plan
 
   def __getstate__(self):
     return {'_max_instance_bytes': self._max_instance_bytes}
@@ -66,9 +67,9 @@ class JsonLinesFormat(InputFormat):
   # -- fast path -------------------------------------------------------------
 
   def fast(self, chunk, rows, decoder):
-    plan = self._plans.get(id(decoder))
+    plan = self._plans.get(decoder)
     if plan is None:
-      plan = self._plans[id(decoder)] = _plan(decoder)
+      plan = self._plans[decoder] = _plan(decoder)
     if not plan:
       return None
     parser = getattr(self._local, 'parser', None)
