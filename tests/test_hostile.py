@@ -148,8 +148,10 @@ def test_generated_job_equals_the_model_called_on_the_definition(model_dir, tmp_
     return
   feeds = [rows_and_feeds(decoder.decode(jsonl_chunk([offsets[p['offset']]])))[0]
            for p in predictions]
-  expected = signature_of(model_dir / 'mixed', **{
-      name: np.stack([f[name] for f in feeds]) for name in ('a', 'b', 'c', 'd')})
+  strings = np.empty(len(feeds), dtype=object)  # np.stack would make 'S': no trailing NULs
+  strings[:] = [f['b'] for f in feeds]
+  expected = signature_of(model_dir / 'mixed', b=strings, **{
+      name: np.stack([f[name] for f in feeds]) for name in ('a', 'c', 'd')})
   for i, p in enumerate(predictions):
     want = expected['y'][i]
     if p['y'] is None:  # NaN and +-Infinity are written as null
