@@ -17,7 +17,6 @@ generated input).
 """
 import dataclasses
 import logging
-import threading
 from typing import Callable, Optional
 
 import apache_beam as beam
@@ -45,7 +44,7 @@ class Instance:
   duplicates: frozenset = frozenset()  # field names given more than once
   example: Optional[bytes] = None  # a serialized tf.Example, fed as it is
   text_cells: bool = False  # values are CSV text (for building Examples)
-  plain: Callable = staticmethod(lambda value: value)  # a value as Python data
+  plain: Callable = lambda value: value  # noqa: E731  a value as Python data
 
 
 @dataclasses.dataclass
@@ -224,13 +223,6 @@ def bytes_scalar(data: bytes) -> np.ndarray:
   arr = np.empty((), dtype=object)
   arr[()] = data
   return arr
-
-
-class ThreadLocal(threading.local):
-  """Per-thread state of a fast path (parsers are not thread-safe); not
-  pickled with the decoder."""
-  def __reduce__(self):
-    return (type(self), ())
 
 
 class DecodeInstances(beam.DoFn):

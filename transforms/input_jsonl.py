@@ -15,13 +15,14 @@ carried values that are strings, integers, booleans or (passthrough only)
 null. Anything else, from a decimal key (whose digits only the definition
 keeps) to a one-element list for a scalar input, goes to the definition.
 """
+import threading
 import weakref
 
 import numpy as np
 import orjson
 import simdjson
 
-from transforms.decode import FastRows, Instance, InputFormat, ThreadLocal
+from transforms.decode import FastRows, Instance, InputFormat
 from transforms.json_values import parse_json
 from transforms.lines import ReadLineChunks
 from transforms.records import JSONL
@@ -49,7 +50,7 @@ class JsonLinesFormat(InputFormat):
 
   def __init__(self, max_instance_bytes: int):
     self._max_instance_bytes = max_instance_bytes
-    self._local = ThreadLocal()
+    self._local = threading.local()  # simdjson parsers are not thread-safe
     self._plans = weakref.WeakKeyDictionary()  # decoder -> its fast-path plan
 
   def __getstate__(self):
