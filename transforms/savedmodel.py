@@ -22,6 +22,8 @@ from typing import Optional
 
 from apache_beam.io.filesystems import FileSystems
 
+from transforms import example_spec
+
 # Signature dtypes this job can feed and return, by TF DataType enum name.
 NUMPY_DTYPES = {
     'DT_FLOAT': 'float32', 'DT_DOUBLE': 'float64', 'DT_HALF': 'float16',
@@ -59,7 +61,6 @@ class TensorSpec:
 
 
 CLASSIFY_REGRESS = ('tensorflow/serving/classify', 'tensorflow/serving/regress')
-_PARSE_OPS = ('ParseExample', 'ParseExampleV2')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,55 +182,13 @@ def read_signature(model_dir: str, tags: tuple, signature_name: str) -> Signatur
                   for k in sorted(sig.outputs))
   if not inputs:
     raise ModelError(f'{where} takes no inputs; nothing to feed it')
-  parse_nodes = _parse_example_nodes(chosen.graph_def)
+  parse_nodes = example_spec.parse_example_nodes(chosen.graph_def)
   takes_examples = (len(inputs) == 1 and inputs[0].dtype == 'string'
                     and (sig.method_name in CLASSIFY_REGRESS or bool(parse_nodes)))
-  features = _example_features(chosen.graph_def, parse_nodes) if takes_examples else None
+  features = (example_spec.example_features(chosen.graph_def, parse_nodes)
+              if takes_examples else None)
   return SignatureSpec(signature_name, sig.method_name, inputs, outputs,
                        takes_examples, features)
-
-
-def _all_nodes(graph_def):
-  yield from graph_def.node
-  for function in graph_def.library.function:
-    yield from function.node_def
-
-
-def _parse_example_nodes(graph_def) -> list:
-  return [n for n in _all_nodes(graph_def) if n.op in _PARSE_OPS]
-
-
-def _example_features(graph_def, parse_nodes) -> Optional[dict]:
-  """Feature name -> kind, read from ParseExample(V2) nodes: the keys are
-  string constants feeding the op, their types the op's attributes."""
-  kinds = {1: 'float', 9: 'int64', 7: 'bytes'}  # DT_FLOAT, DT_INT64, DT_STRING
-  consts = {n.name: n for n in _all_nodes(graph_def) if n.op == 'Const'}
-
-  def keys(input_names):
-    found = []
-    for name in input_names:
-      node = consts.get(name.lstrip('^').split(':')[0])
-      if node is None:
-        return None
-      found.extend(v.decode('utf-8') for v in node.attr['value'].tensor.string_val)
-    return found
-
-  features = {}
-  for node in parse_nodes:
-    if node.op == 'ParseExampleV2':
-      sparse = keys([node.input[2]])
-      dense = keys([node.input[3]])
-    else:
-      n_sparse, n_dense = node.attr['Nsparse'].i, node.attr['Ndense'].i
-      sparse = keys(node.input[2:2 + n_sparse])
-      dense = keys(node.input[2 + n_sparse:2 + n_sparse + n_dense])
-    if sparse is None or dense is None:
-      return None
-    for key, dtype in zip(sparse, node.attr['sparse_types'].list.type):
-      features[key] = kinds.get(dtype, 'bytes')
-    for key, dtype in zip(dense, node.attr['Tdense'].list.type):
-      features[key] = kinds.get(dtype, 'bytes')
-  return features or None
 
 
 def inspect_model(path: str, tags: tuple, signature_name: str) -> ModelRef:
