@@ -270,3 +270,67 @@ def test_unknown_extension_and_output_field_are_config_errors(model_dir, tmp_pat
   assert cli.main([f'--model={model_dir / "ragged"}', f'--input={tmp_path / "a.txt"}',
                    '--format=jsonl', '--output_fields=nope', f'--output={tmp_path / "o"}']) == 2
   assert "no output 'nope'; outputs: label, total" in capsys.readouterr().err
+
+
+@pytest.fixture(scope='module')
+def bytes_output_model(tmp_path_factory):
+  """Outputs `image_bytes` (string, named as TF Serving's `_bytes`
+  convention wants), `label` (string) and `pair_bytes` (string [2]); all
+  are the input text, or invalid UTF-8 when the input is "bad"."""
+  import tensorflow as tf
+
+  class Echo(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='text')])
+    def serve(self, text):
+      value = tf.where(tf.equal(text, 'bad'), tf.constant(b'\xff\xfe'), text)
+      return {'image_bytes': value, 'label': value,
+              'pair_bytes': tf.stack([value, tf.strings.upper(value)], axis=1)}
+
+  path = str(tmp_path_factory.mktemp('bytes_model') / 'model')
+  module = Echo()
+  tf.saved_model.save(module, path, signatures={'serving_default': module.serve})
+  return path
+
+
+@pytest.mark.parametrize('output_format', ['jsonl', 'parquet', 'tfrecord'])
+def test_outputs_named_bytes_are_always_base64(bytes_output_model, tmp_path, output_format):
+  """TF Serving's REST convention: a string output whose name ends in
+  `_bytes` is {"b64": ...} whatever its content; other string outputs are
+  text where valid UTF-8. Parquet and TFRecord hold the bytes natively."""
+  texts = ['plain', 'bad', 'ünï']
+  write_lines(str(tmp_path / 'in' / 'a.jsonl'),
+              [json.dumps({'id': i, 'text': t}) for i, t in enumerate(texts)])
+  out = tmp_path / 'out'
+  run_job(str(out), f'--model={bytes_output_model}', f'--input={tmp_path}/in/*.jsonl',
+          '--key_field=id', f'--output_format={output_format}')
+  expected = [t.encode() if t != 'bad' else b'\xff\xfe' for t in texts]
+  if output_format == 'jsonl':
+    from tests.helpers import read_jsonl
+    by_id = {p['id']: p for p in read_jsonl(str(out / 'predictions-*.jsonl'))}
+    for i, value in enumerate(expected):
+      assert by_id[i]['image_bytes'] == {'b64': base64.b64encode(value).decode()}
+      assert by_id[i]['pair_bytes'] == [{'b64': base64.b64encode(v).decode()}
+                                        for v in (value, value.upper())]
+      label = by_id[i]['label']
+      assert label == (value.decode() if value != b'\xff\xfe'
+                       else {'b64': base64.b64encode(value).decode()})
+  elif output_format == 'parquet':
+    table = pa.concat_tables([pq.read_table(p) for p in sorted(out.glob('predictions-*'))])
+    assert table.schema.field('image_bytes').type == pa.binary()
+    assert table.schema.field('pair_bytes').type == pa.list_(pa.binary())
+    rows = {r['id']: r for r in table.to_pylist()}
+    for i, value in enumerate(expected):
+      assert rows[str(i)]['image_bytes'] == value
+      assert rows[str(i)]['pair_bytes'] == [value, value.upper()]
+  else:
+    import tensorflow as tf
+    from transforms.convert import example_fields
+    rows = {}
+    for path in sorted(out.glob('predictions-*')):
+      for record in tf.data.TFRecordDataset(str(path)):
+        fields = example_fields(record.numpy())
+        rows[fields['id'][0]] = fields
+    for i, value in enumerate(expected):
+      assert rows[i]['image_bytes'] == [value]
+      assert rows[i]['label'] == [value]
+      assert rows[i]['pair_bytes'] == [value, value.upper()]

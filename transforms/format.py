@@ -74,6 +74,20 @@ def _bytes_json(value):
   return bytes_json(value)
 
 
+def _b64_json(value):
+  """TF Serving's form for an output named `*_bytes`: always base64."""
+  if isinstance(value, list):
+    return [_b64_json(v) for v in value]
+  return {'b64': base64.b64encode(value).decode('ascii')}
+
+
+def is_bytes_output(spec) -> bool:
+  """TF Serving's REST convention: a string output whose name ends in
+  `_bytes` is always written as {"b64": ...}, whatever its content (so a
+  client never has to guess whether a value is text)."""
+  return spec.dtype == 'string' and spec.name.endswith('_bytes')
+
+
 _INT64_TEXT = re.compile(rb'-?(?:0|[1-9][0-9]{0,18})')
 
 
@@ -105,7 +119,8 @@ class OutputLayout:
       if spec.shape is None:
         arrow = pa.string()  # unknown rank: the value's JSON text
       else:
-        arrow = _NUMPY_TO_ARROW[spec.dtype]
+        # Parquet holds bytes natively: `*_bytes` outputs are binary columns.
+        arrow = pa.binary() if is_bytes_output(spec) else _NUMPY_TO_ARROW[spec.dtype]
         for _ in spec.shape:
           arrow = pa.list_(arrow)
       fields.append((self.output_names[spec.name], arrow))
@@ -129,12 +144,14 @@ class FormatRecords(beam.DoFn):
     self._incomplete_paths = Metrics.string_set(METRICS_NAMESPACE, 'incomplete_files')
     self._schema = None
     self._text_outputs = set()  # outputs of unknown rank (Parquet: JSON text)
+    self._bytes_outputs = set()  # `*_bytes` string outputs: always base64 in JSON
     self._names = {}  # file path -> relative name, per worker
 
   def setup(self):
     if self._layout.output_format == 'parquet':
       self._schema = self._layout.parquet_schema()
     self._text_outputs = {s.name for s in self._layout.output_specs if s.shape is None}
+    self._bytes_outputs = {s.name for s in self._layout.output_specs if is_bytes_output(s)}
 
   def process(self, scored: ScoredBatch):
     errors = list(scored.errors)
@@ -205,7 +222,12 @@ class FormatRecords(beam.DoFn):
     if output_format == 'tfrecord':
       return array  # Examples hold bytes as they are
     if array.dtype == object:  # tf.string outputs come back as bytes objects
-      convert = _bytes_json if output_format == 'jsonl' else _bytes_text
+      if name in self._bytes_outputs:
+        if output_format == 'parquet' and name not in self._text_outputs:
+          return array.tolist()  # a binary column
+        convert = _b64_json
+      else:
+        convert = _bytes_json if output_format == 'jsonl' else _bytes_text
       values = [convert(v) for v in array.tolist()]
     else:
       values = array if output_format == 'jsonl' else array.tolist()
