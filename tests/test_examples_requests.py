@@ -1,9 +1,9 @@
-"""Unit tests: building tf.Examples from fields, and TF Serving request bodies."""
+"""Unit tests: building tf.Examples from fields (request bodies:
+tests/test_request_bodies.py)."""
 import pytest
 
 from transforms import convert as examples
 from transforms.convert import SchemaError
-from transforms.input_json import RequestError, split_request
 
 
 def test_example_kinds_inferred_from_values_without_a_parsing_spec():
@@ -35,25 +35,3 @@ def test_carried_values_from_example_features():
   assert carry_feature([0.3164]) == b'0.3164'  # the shortest text of the float32
   assert carry_feature([b'\xff', b'x']) == b'[{"b64":"/w=="},"x"]'
   assert carry_feature(None) == b'null'
-
-
-@pytest.mark.parametrize('body, expected', [
-    ({'instances': [1, 2]}, [1, 2]),
-    ({'inputs': [[1], [2]]}, [[1], [2]]),
-    ({'inputs': {'a': [1, 2], 'b': ['x', 'y']}}, [{'a': 1, 'b': 'x'}, {'a': 2, 'b': 'y'}]),
-    ({'a': 1}, [{'a': 1}]),
-    ([1, 2], [[1, 2]]),
-])
-def test_request_bodies(body, expected):
-  assert split_request(body, 'serving_default') == expected
-
-
-@pytest.mark.parametrize('body, message', [
-    ({'instances': [1], 'inputs': [1]}, 'not both'),
-    ({'inputs': {'a': [1, 2], 'b': [1]}}, 'same length'),
-    ({'instances': 3}, 'must be a list'),
-    ({'signature_name': 'x', 'instances': [1]}, "asks for signature 'x'"),
-])
-def test_malformed_request_bodies(body, message):
-  with pytest.raises(RequestError, match=message):
-    split_request(body, 'serving_default')

@@ -285,7 +285,11 @@ def convert_feature_values(values: list, spec: TensorSpec) -> np.ndarray:
 # Signatures that take serialized tf.Examples (Estimator exports, classify and
 # regress signatures) are fed Examples built from an instance's fields, typed
 # by the parsing spec stored in the model's graph where there is one, else by
-# the values; CSV cells by the number rules above.
+# the values; CSV cells by the number rules above. Every Example fed (built,
+# or given serialized) is checked against the parsing spec first
+# (`check_example`): a required feature missing, a feature of another kind
+# or with a value count its shape does not take is a SchemaError naming the
+# feature, as TensorFlow's parser would refuse it.
 
 FLOAT, INT64, BYTES = 'float', 'int64', 'bytes'
 
@@ -328,12 +332,18 @@ def _text_feature_values(values, kind, name) -> list:
   return [text_scalar(v, TensorSpec(name, dtype, ())) for v in values]
 
 
+def _kind_of(spec) -> str:
+  """A parsing spec's value: an example_spec.FeatureSpec, or a kind name."""
+  return getattr(spec, 'kind', spec)
+
+
 def serialize_example(fields: dict, feature_kinds, text_cells=False) -> bytes:
   """Fields -> serialized Example. With `feature_kinds` (the parsing spec:
-  name -> float/int64/bytes) only those features are written, converted to
-  their kind; without, every field is written with a kind inferred from its
-  values. `text_cells`: values are CSV text; an empty cell is a missing
-  feature."""
+  name -> example_spec.FeatureSpec, or a kind name float/int64/bytes) only
+  those features are written, converted to their kind, and the Example is
+  checked against the spec; without, every field is written with a kind
+  inferred from its values. `text_cells`: values are CSV text; an empty cell
+  is a missing feature."""
   example = _example_pb2().Example()
   features = example.features.feature
   for name, value in fields.items():
@@ -341,7 +351,7 @@ def serialize_example(fields: dict, feature_kinds, text_cells=False) -> bytes:
       continue
     if text_cells and value == '':
       continue
-    kind = feature_kinds[name] if feature_kinds is not None else None
+    kind = _kind_of(feature_kinds[name]) if feature_kinds is not None else None
     values = _feature_values(value, name)
     try:
       if text_cells:
@@ -360,7 +370,46 @@ def serialize_example(fields: dict, feature_kinds, text_cells=False) -> bytes:
         raise SchemaError(str(e).replace('input', 'feature', 1)) from None
       raise SchemaError(f'feature {name!r} expects {kind} values, got '
                         f'{short(values)}') from None
+  if feature_kinds is not None:
+    _check_features(example, feature_kinds)
   return example.SerializeToString()
+
+
+def check_example(serialized: bytes, feature_specs) -> None:
+  """Checks a serialized Example against the parsing spec (name ->
+  example_spec.FeatureSpec): SchemaError naming the first feature that
+  TensorFlow's parser would refuse; ValueError when it is not an Example."""
+  from google.protobuf.message import DecodeError  # pylint: disable=import-outside-toplevel
+  example = _example_pb2().Example()
+  try:
+    example.ParseFromString(serialized)
+  except DecodeError:
+    raise ValueError('the record is not a serialized tf.Example') from None
+  _check_features(example, feature_specs)
+
+
+_LISTS = {'float_list': 'a float list', 'int64_list': 'an int64 list',
+          'bytes_list': 'a bytes list'}
+
+
+def _check_features(example, feature_specs) -> None:
+  features = example.features.feature
+  for name, spec in feature_specs.items():
+    if not hasattr(spec, 'required'):
+      continue  # a kind alone says nothing to check
+    kind = features[name].WhichOneof('kind') if name in features else None
+    if kind is None:  # absent, or a feature of no kind (TensorFlow: absent)
+      if spec.required:
+        raise SchemaError(f'missing required feature {name!r} ({spec.kind}, '
+                          f'{spec.describe_count()})')
+      continue
+    if kind != f'{spec.kind}_list':
+      raise SchemaError(f'feature {name!r} must be {_LISTS[spec.kind + "_list"]}, the '
+                        f'Example has {_LISTS[kind]}')
+    count = len(getattr(features[name], kind).value)
+    if not spec.count_fits(count):
+      raise SchemaError(f'feature {name!r} must hold {spec.describe_count()}, the '
+                        f'Example has {count}')
 
 
 def example_fields(serialized: bytes, names=None) -> dict:

@@ -184,7 +184,7 @@ class InstanceDecoder:
       for field in self.carried:
         carried[field][row] = b'null'
     if self.signature.takes_examples:
-      return [self._example(instance)]
+      return [self._example(instance, fields)]
     if fields is None:
       if self.single is None:
         names = ', '.join(s.name for s in self.inputs)
@@ -204,19 +204,35 @@ class InstanceDecoder:
     return (single is not None and single.dtype == 'string' and single.name != 'b64'
             and set(fields) == {'b64'})
 
-  def _example(self, instance: Instance) -> np.ndarray:
-    """The serialized Example to feed: the record itself where it is one,
-    else one built from the instance's fields."""
-    if instance.example is not None:
-      return bytes_scalar(instance.example)
-    if instance.fields is None:
-      return instance.convert(instance.value, self.single)  # a bare serialized Example
+  def _example(self, instance: Instance, fields: Optional[dict]) -> np.ndarray:
+    """The serialized Example to feed, checked against the graph's parsing
+    spec where there is one (convert.check_example):
+    - the record itself where it is one (TFRecord);
+    - a bare value (`{"b64": ...}`, a string) is a serialized Example;
+    - a field named like the signature's input (`{"inputs": {"b64": ...}}`,
+      as TF Serving's predict clients send it) is one, fed as it is, unless
+      the parsing spec names a feature of that name; the key and
+      passthrough fields beside it are carried, other fields ignored;
+    - else an Example built from the instance's fields."""
     features = self.signature.example_features
-    skip = set(self.carried) - set(features or ())
-    kept = {k: instance.plain(v) for k, v in instance.fields.items()
-            if k not in skip and v is not None}
-    return bytes_scalar(convert.serialize_example(kept, features,
-                                                   text_cells=instance.text_cells))
+    if instance.example is not None:
+      data = instance.example
+    elif fields is None or (self.single.name in fields
+                            and self.single.name not in (features or ())):
+      value = instance.value if fields is None else fields[self.single.name]
+      array = instance.convert(value, self.single)
+      if not features or array.shape != () or not isinstance(array[()], bytes):
+        return array
+      data = array[()]
+    else:
+      skip = set(self.carried) - set(features or ())
+      kept = {k: instance.plain(v) for k, v in fields.items()
+              if k not in skip and v is not None}
+      return bytes_scalar(convert.serialize_example(kept, features,
+                                                     text_cells=instance.text_cells))
+    if features:
+      convert.check_example(data, features)
+    return bytes_scalar(data)
 
 
 def bytes_scalar(data: bytes) -> np.ndarray:

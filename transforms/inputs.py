@@ -35,7 +35,7 @@ def input_formats(signature, key_field, passthrough_fields, max_instance_bytes) 
       [s.name for s in signature.inputs] + ([key_field] if key_field else [])
       + list(passthrough_fields))
   return {JSONL: JsonLinesFormat(max_instance_bytes),
-          JSON: JsonRequestFormat(signature.name, max_instance_bytes),
+          JSON: JsonRequestFormat(signature, max_instance_bytes),
           CSV: CsvFormat(max_instance_bytes),
           TFRECORD: TFRecordFormat(max_instance_bytes),
           PARQUET: ParquetFormat(parquet_columns)}

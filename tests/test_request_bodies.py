@@ -1,0 +1,315 @@
+"""TF Serving request bodies (row, columnar, classify/regress) and tf.Example
+inputs (fed by input name, checked against the graph's parsing spec): unit
+tests of split_request and the spec, a property test of the check against
+TensorFlow's own parser, and whole jobs on the estimator-style model
+against the model called directly."""
+import base64
+import json
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings, strategies as st
+
+from tests.helpers import assert_conserved, run_job, write_lines
+from tests.test_convert_decode import decoder_for
+from transforms import convert, example_spec
+from transforms.example_spec import FeatureSpec
+from transforms.input_json import NotAnExample, RequestError, split_request
+from transforms.json_values import parse_json
+from transforms.records import PARSE, RawChunk, SCHEMA
+from transforms.savedmodel import SignatureSpec, TensorSpec
+
+
+def signature(*inputs, takes_examples=False, features=None, name='serving_default'):
+  return SignatureSpec(name, 'tensorflow/serving/predict',
+                       tuple(TensorSpec(*i) for i in inputs), (), takes_examples, features)
+
+
+VECTOR = signature(('x', 'float32', (3,)))
+SCALAR_STRING = signature(('s', 'string', ()))
+UNKNOWN_RANK = signature(('u', 'float32', None))
+TWO = signature(('a', 'float32', (2,)), ('b', 'string', ()))
+ESTIMATOR_FEATURES = {'age': FeatureSpec('float', True, (1,)),
+                      'thal': FeatureSpec('bytes', True, (1,)),
+                      'count': FeatureSpec('int64', False, ())}
+EXAMPLES = signature(('inputs', 'string', ()), takes_examples=True,
+                     features=ESTIMATOR_FEATURES, name='classification')
+B64 = {'b64': 'AAE='}
+
+
+@pytest.mark.parametrize('sig, body, expected', [
+    # row format
+    (VECTOR, {'instances': [[1, 2, 3], [4, 5, 6]]}, [[1, 2, 3], [4, 5, 6]]),
+    # columnar, a single input: depth = rank is one instance, rank + 1 a batch
+    (VECTOR, {'inputs': [1, 2, 3]}, [[1, 2, 3]]),
+    (VECTOR, {'inputs': [[1, 2, 3], [4, 5, 6]]}, [[1, 2, 3], [4, 5, 6]]),
+    (VECTOR, {'inputs': [[1, 2]]}, [[1, 2]]),  # a batch; its instance's shape is wrong
+    (SCALAR_STRING, {'inputs': 'text'}, ['text']),
+    (SCALAR_STRING, {'inputs': B64}, [B64]),
+    (SCALAR_STRING, {'inputs': [B64, B64]}, [B64, B64]),
+    (SCALAR_STRING, {'inputs': ['a']}, ['a']),
+    (UNKNOWN_RANK, {'inputs': 5}, [5]),
+    (UNKNOWN_RANK, {'inputs': [[1], [2, 3]]}, [[1], [2, 3]]),
+    # columnar, named inputs
+    (TWO, {'inputs': {'a': [1, 2], 'b': 'x'}}, [{'a': [1, 2], 'b': 'x'}]),
+    (TWO, {'inputs': {'a': [[1, 2], [3, 4]], 'b': ['x', 'y'], 'id': [7, 8]}},
+     [{'a': [1, 2], 'b': 'x', 'id': 7}, {'a': [3, 4], 'b': 'y', 'id': 8}]),
+    (TWO, {'inputs': {'a': [1, 2], 'b': 'x', 'id': [7, 8]}},  # one instance: id as it is
+     [{'a': [1, 2], 'b': 'x', 'id': [7, 8]}]),
+    (TWO, {'inputs': {'id': [1, 2], 'p': ['x', 'y']}}, [{'id': 1, 'p': 'x'}, {'id': 2, 'p': 'y'}]),
+    (TWO, {'inputs': {'id': 1}}, [{'id': 1}]),
+    # serialized Examples by input name; features by name
+    (EXAMPLES, {'inputs': {'inputs': [B64]}}, [{'inputs': B64}]),
+    (EXAMPLES, {'inputs': B64}, [B64]),
+    (EXAMPLES, {'inputs': {'age': [30, 40], 'thal': ['a', 'b']}},
+     [{'age': 30, 'thal': 'a'}, {'age': 40, 'thal': 'b'}]),
+    # classify / regress bodies
+    (EXAMPLES, {'signature_name': 'classification', 'examples': [{'age': 1}, {'age': 2, 'thal': 'y'}],
+                'context': {'thal': 'x', 'count': 3}},
+     [{'thal': 'x', 'count': 3, 'age': 1}, {'thal': 'y', 'count': 3, 'age': 2}]),
+    (EXAMPLES, {'examples': [{'age': 1}, 5, [1]]},
+     [{'age': 1}, NotAnExample(5), NotAnExample([1])]),
+    (EXAMPLES, {'examples': []}, []),
+    (TWO, {'examples': [{'a': [1, 2]}], 'context': {'b': 'z'}}, [{'b': 'z', 'a': [1, 2]}]),
+    # single instances
+    (EXAMPLES, {'examples': B64}, [{'examples': B64}]),  # a field named "examples"
+    (TWO, {'a': [1, 2], 'b': 'x'}, [{'a': [1, 2], 'b': 'x'}]),
+    (VECTOR, [1, 2, 3], [[1, 2, 3]]),
+])
+def test_request_body_forms(sig, body, expected):
+  assert split_request(body, sig) == expected
+
+
+@pytest.mark.parametrize('sig, body, message', [
+    (TWO, {'instances': [1], 'inputs': [1]}, 'not both (it has instances and inputs)'),
+    (EXAMPLES, {'examples': [], 'inputs': [1]}, 'not both'),
+    (TWO, {'inputs': {'a': [[1, 2], [3, 4]], 'b': ['x']}}, 'different batch lengths'),
+    (TWO, {'inputs': {'id': [1, 2], 'p': [1]}}, 'different batch lengths'),
+    (TWO, {'inputs': {'a': [[1, 2], [3, 4]], 'b': 'x'}},
+     "cannot be split into instances: 'b' holds one instance's value, 'a' a batch"),
+    (TWO, {'inputs': {'a': [[1, 2]], 'b': ['x'], 'id': 'k'}}, "'id' holds one instance's value"),
+    (TWO, {'inputs': {}}, 'names no input'),
+    (TWO, {'inputs': 5}, 'must hold a batch'),
+    (TWO, {'instances': 3}, 'must be a list'),
+    (EXAMPLES, {'examples': B64, 'context': {}}, '"examples" must be a list'),
+    (EXAMPLES, {'examples': [{}], 'context': [1]}, '"context" must be an object of features'),
+    (EXAMPLES, {'signature_name': 'x', 'examples': [{}]},
+     "asks for signature 'x'; this job runs 'classification'"),
+    (TWO, {'signature_name': 'x', 'instances': [1]}, "asks for signature 'x'"),
+])
+def test_malformed_request_bodies(sig, body, message):
+  with pytest.raises(RequestError) as e:
+    split_request(body, sig)
+  assert message in str(e.value)
+
+
+def test_repeated_body_fields_and_merged_duplicates():
+  with pytest.raises(RequestError, match='gives "examples" twice'):
+    split_request(parse_json(b'{"examples": [], "examples": []}'), EXAMPLES)
+  with pytest.raises(RequestError, match='gives "context" twice'):
+    split_request(parse_json(b'{"examples": [], "context": {}, "context": {}}'), EXAMPLES)
+  body = parse_json(b'{"examples": [{"a": 1, "a": 2}, {"b": 5}, {"c": 1}],'
+                    b' "context": {"b": 1, "b": 2, "c": 0}}')
+  first, second, third = split_request(body, EXAMPLES)
+  assert first == {'b': 2, 'c': 0, 'a': 2} and first.duplicates == {'a', 'b'}
+  assert second == {'b': 5, 'c': 0} and not second.duplicates  # the example overrides b
+  assert third == {'b': 2, 'c': 1} and third.duplicates == {'b'}
+
+
+def json_chunk(records):
+  return RawChunk([('r.json', 0)], list(range(len(records))), records, kind='json')
+
+
+def test_examples_and_b64_examples_decode_per_instance():
+  """An element of "examples" that is not an object fails alone; a
+  serialized Example by input name is fed as it is (key carried), checked
+  against the spec; a field of that name that is a feature is a feature."""
+  from tests.test_convert_decode import tf_example
+  good = tf_example(age=30.0, thal='fixed')
+  body = {'examples': [{'age': 40, 'thal': 'normal', 'id': 'e0'}, 7, {'age': 41, 'id': 'e2'},
+                       {'inputs': {'b64': base64.b64encode(good).decode()}, 'id': 'e3'}],
+          'context': {'count': 2}}
+  decoder = decoder_for(EXAMPLES, key_field='id')
+  batch = decoder.decode(json_chunk(split_request(body, EXAMPLES)))
+  assert [(e.row, e.category, e.message) for e in batch.errors] == [
+      (1, SCHEMA, 'an element of "examples" must be an object of features, got 7'),
+      (2, SCHEMA, "missing required feature 'thal' (bytes, 1 value (shape [1]))")]
+  feeds = batch.groups[0].feeds['inputs']
+  assert batch.groups[0].rows == [0, 3]
+  assert convert.example_fields(feeds[0]) == {'age': [40.0], 'thal': [b'normal'], 'count': [2]}
+  assert feeds[1] == good
+  assert batch.carried['id'] == [b'"e0"', None, b'"e2"', b'"e3"']
+  assert decoder.format('json').raw(json_chunk([NotAnExample(7)]), 0) == b'7'
+  # A feature named like the input is a feature, not a serialized Example.
+  shadowed = signature(('inputs', 'string', ()), takes_examples=True,
+                       features={'inputs': FeatureSpec('bytes', True, (1,))})
+  batch = decoder_for(shadowed).decode(json_chunk([{'inputs': 'word'}]))
+  assert convert.example_fields(batch.groups[0].feeds['inputs'][0]) == {'inputs': [b'word']}
+
+
+# -- the parsing spec ---------------------------------------------------------
+
+def _graph_features(build):
+  import tensorflow as tf
+  graph = tf.Graph()
+  with graph.as_default():
+    serialized = tf.compat.v1.placeholder(tf.string, [None])
+    build(tf, serialized)
+  graph_def = graph.as_graph_def()
+  return example_spec.example_features(graph_def, example_spec.parse_example_nodes(graph_def))
+
+
+def test_example_spec_from_parse_example_v2():
+  features = _graph_features(lambda tf, s: tf.io.parse_example(s, {
+      'age': tf.io.FixedLenFeature([1], tf.float32),
+      'count': tf.io.FixedLenFeature([], tf.int64, default_value=0),
+      'grid': tf.io.FixedLenFeature([2, 3], tf.string),
+      'grid_default': tf.io.FixedLenFeature([2], tf.float32, default_value=[1.0, 2.0]),
+      'tags': tf.io.VarLenFeature(tf.string),
+      'seq': tf.io.FixedLenSequenceFeature([2], tf.float32, allow_missing=True),
+      'ragged': tf.io.RaggedFeature(tf.int64)}))
+  assert features == {
+      'age': FeatureSpec('float', True, (1,)), 'count': FeatureSpec('int64', False, ()),
+      'grid': FeatureSpec('bytes', True, (2, 3)),
+      'grid_default': FeatureSpec('float', False, (2,)),
+      'tags': FeatureSpec('bytes'), 'seq': FeatureSpec('float', False, (None, 2)),
+      'ragged': FeatureSpec('int64')}
+
+
+def test_example_spec_from_the_v1_op_and_a_saved_function(tmp_path):
+  features = _graph_features(lambda tf, s: tf.raw_ops.ParseExample(
+      serialized=s, names=tf.constant([], tf.string), sparse_keys=[tf.constant('sp')],
+      dense_keys=[tf.constant('d1'), tf.constant('d2')],
+      dense_defaults=[tf.constant([], tf.float32), tf.constant([5], tf.int64)],
+      sparse_types=[tf.float32], dense_shapes=[[2], [1]]))
+  assert features == {'sp': FeatureSpec('float'), 'd1': FeatureSpec('float', True, (2,)),
+                      'd2': FeatureSpec('int64', False, (1,))}
+  # A TF2 SavedModel: the parsing node lives in the function library.
+  from transforms.savedmodel import read_signature
+  from tests.models_examples import build_tf2_example_model
+  build_tf2_example_model(str(tmp_path / 'm'))
+  spec = read_signature(str(tmp_path / 'm'), ('serve',), 'serving_default')
+  assert spec.takes_examples
+  assert spec.example_features == {'x': FeatureSpec('float', True, (2,)),
+                                   'w': FeatureSpec('float', False, ()),
+                                   'tags': FeatureSpec('bytes')}
+
+
+def test_sample_example_satisfies_the_spec():
+  features = dict(ESTIMATOR_FEATURES, grid=FeatureSpec('bytes', True, (2, 3)),
+                  seq=FeatureSpec('float', False, (None, 2)), tags=FeatureSpec('bytes'))
+  data = example_spec.sample_example(features)
+  convert.check_example(data, features)
+  assert convert.example_fields(data) == {'age': [0.0], 'thal': [b''], 'count': [0],
+                                          'grid': [b''] * 6}
+  assert example_spec.sample_example(None) == b''
+
+
+@pytest.mark.parametrize('example, message', [
+    (dict(thal=['x']), "missing required feature 'age' (float, 1 value (shape [1]))"),
+    (dict(age=[1.0], thal=[]), "feature 'thal' must hold 1 value (shape [1]), the Example has 0"),
+    (dict(age=[1, 2], thal=['x']), "feature 'age' must be a float list, the Example has an "
+                                   "int64 list"),
+    (dict(age=[1.0, 2.0], thal=['x']), "feature 'age' must hold 1 value (shape [1]), the "
+                                       "Example has 2"),
+    (dict(age=[1.0], thal=['x'], count=[1.0]), "feature 'count' must be an int64 list, the Example has a float list"),
+    (dict(age=[1.0], thal=['x'], count=[1, 2]), "feature 'count' must hold 1 value (shape []), the Example has 2"),
+    (dict(age=[1.0], thal=['x'], seq=[1.0, 2.0, 3.0]),
+     "feature 'seq' must hold a multiple of 2 values (shape [?,2]), the Example has 3"),
+    (dict(age=[1.0], thal=['x'], tags=[1.0]), "feature 'tags' must be a bytes list, the Example has a float list"),
+])
+def test_check_example_names_the_feature(example, message):
+  features = dict(ESTIMATOR_FEATURES, seq=FeatureSpec('float', False, (None, 2)),
+                  tags=FeatureSpec('bytes'))
+  with pytest.raises(convert.SchemaError) as e:
+    convert.check_example(_example(example), features)
+  assert str(e.value) == message
+
+
+def test_check_example_accepts_what_tensorflow_accepts():
+  features = dict(ESTIMATOR_FEATURES, seq=FeatureSpec('float', False, (None, 2)))
+  convert.check_example(_example(dict(age=[1.0], thal=['x'], seq=('float', []), extra=[1])),
+                        features)
+  convert.check_example(_example(dict(age=[1.0], thal=['x'], count=None, tags=None)), features)
+  with pytest.raises(convert.SchemaError, match="missing required feature 'age'"):
+    convert.check_example(_example(dict(age=None, thal=['x'])), features)  # a kindless feature
+  with pytest.raises(ValueError, match='not a serialized tf.Example'):
+    convert.check_example(b'\xff\xff', features)
+
+
+def _example(features: dict) -> bytes:
+  """A tf.Example whose features are float, int64 or bytes lists by their
+  values' type (an empty list is a bytes list), or (kind, values); None a
+  feature of no kind."""
+  from tensorflow.core.example import example_pb2
+  example = example_pb2.Example()
+  for name, values in features.items():
+    feature = example.features.feature[name]
+    if values is None:
+      feature.SetInParent()
+    elif isinstance(values, tuple):
+      getattr(feature, f'{values[0]}_list').SetInParent()
+      getattr(feature, f'{values[0]}_list').value.extend(values[1])
+    elif values and isinstance(values[0], float):
+      feature.float_list.value.extend(values)
+    elif values and isinstance(values[0], int):
+      feature.int64_list.value.extend(values)
+    else:
+      feature.bytes_list.SetInParent()
+      feature.bytes_list.value.extend(v.encode() for v in values)
+  return example.SerializeToString()
+
+
+# The check is an optimization of TensorFlow's parser, never a second
+# definition: on generated Examples it refuses exactly what parse_example
+# refuses.
+_KIND_VALUES = st.sampled_from(['float', 'int64', 'bytes', 'none']).flatmap(
+    lambda kind: st.just((kind, [])) if kind == 'none' else st.tuples(
+        st.just(kind), st.lists({'float': st.just(0.5), 'int64': st.just(3),
+                                 'bytes': st.just(b'v')}[kind], max_size=4)))
+
+
+@st.composite
+def _generated_example(draw):
+  from tensorflow.core.example import example_pb2
+  example = example_pb2.Example()
+  for name in draw(st.lists(st.sampled_from(['age', 'thal', 'count', 'seq', 'tags', 'other']),
+                            max_size=6, unique=True)):
+    kind, values = draw(_KIND_VALUES)
+    feature = example.features.feature[name]
+    if kind == 'none':
+      feature.SetInParent()
+    else:
+      getattr(feature, f'{kind}_list').SetInParent()
+      getattr(feature, f'{kind}_list').value.extend(values)
+  data = example.SerializeToString()
+  if draw(st.integers(0, 6)) == 0:  # a second Example appended: features repeated
+    data += draw(_generated_example())
+  return data
+
+
+@settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck),
+          phases=(Phase.explicit, Phase.reuse, Phase.generate))
+@given(st.lists(_generated_example(), min_size=20, max_size=20))
+def test_check_example_refuses_exactly_what_tensorflow_refuses(records):
+  import tensorflow as tf
+  features = dict(ESTIMATOR_FEATURES, seq=FeatureSpec('float', False, (None, 2)),
+                  tags=FeatureSpec('bytes'))
+  tf_spec = {'age': tf.io.FixedLenFeature([1], tf.float32),
+             'thal': tf.io.FixedLenFeature([1], tf.string),
+             'count': tf.io.FixedLenFeature([], tf.int64, default_value=0),
+             'seq': tf.io.FixedLenSequenceFeature([2], tf.float32, allow_missing=True),
+             'tags': tf.io.VarLenFeature(tf.string)}
+  records = [_example(dict(age=[1.0], thal=['x']))] + records
+  for record in records:
+    try:
+      convert.check_example(record, features)
+      ours = None
+    except convert.SchemaError as e:
+      ours = str(e)
+    try:
+      tf.io.parse_example([record], tf_spec)
+      theirs = None
+    except tf.errors.InvalidArgumentError as e:
+      theirs = e.message.split('\n')[0]
+    assert (ours is None) == (theirs is None), (record, ours, theirs)
