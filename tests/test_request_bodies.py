@@ -147,6 +147,19 @@ def test_examples_and_b64_examples_decode_per_instance():
   assert convert.example_fields(batch.groups[0].feeds['inputs'][0]) == {'inputs': [b'word']}
 
 
+def test_examples_body_for_a_signature_of_named_inputs():
+  """Merged fields name the inputs, as an instance's fields do (TF
+  Serving's classify API would refuse such a signature)."""
+  body = {'examples': [{'a': [1, 2]}, {'a': [3, 4], 'b': 'own'}, {'b': 'no a'}],
+          'context': {'b': 'shared'}}
+  batch = decoder_for(TWO).decode(json_chunk(split_request(body, TWO)))
+  assert [(e.row, e.category, e.message) for e in batch.errors] == [
+      (2, SCHEMA, "missing input field 'a'")]
+  feeds = batch.groups[0].feeds
+  np.testing.assert_array_equal(feeds['a'], np.array([[1, 2], [3, 4]], np.float32))
+  assert list(feeds['b']) == [b'shared', b'own']
+
+
 # -- the parsing spec ---------------------------------------------------------
 
 def _graph_features(build):
@@ -313,3 +326,107 @@ def test_check_example_refuses_exactly_what_tensorflow_refuses(records):
     except tf.errors.InvalidArgumentError as e:
       theirs = e.message.split('\n')[0]
     assert (ours is None) == (theirs is None), (record, ours, theirs)
+
+
+# -- whole jobs on the estimator-style model ----------------------------------
+
+def reference_example(age=None, thal=None, count=None, tag=None, age_kind=float) -> bytes:
+  """The Example TF Serving would build, written with tf.train.Example."""
+  import tensorflow as tf
+  feature = {}
+  if age is not None:
+    ages = age if isinstance(age, list) else [age]
+    feature['age'] = (tf.train.Feature(float_list=tf.train.FloatList(value=ages))
+                      if age_kind is float else
+                      tf.train.Feature(int64_list=tf.train.Int64List(value=ages)))
+  if thal is not None:
+    feature['thal'] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[thal.encode()]))
+  if count is not None:
+    feature['count'] = tf.train.Feature(int64_list=tf.train.Int64List(value=[count]))
+  if tag is not None:
+    feature['tag'] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[tag.encode()]))
+  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def b64(data: bytes) -> dict:
+  return {'b64': base64.b64encode(data).decode('ascii')}
+
+
+@pytest.mark.parametrize('sig, input_name', [
+    ('classification', 'inputs'), ('regression', 'inputs'), ('serving_default', 'examples')])
+def test_request_bodies_and_example_inputs_end_to_end(model_dir, tmp_path, signature_of, sig,
+                                                      input_name):
+  from tests.test_formats import write_tfrecords
+  d = tmp_path / 'in'
+  d.mkdir()
+  expected = {}  # tag (or file name) -> the serialized Example the model must score
+
+  def given(name, data):
+    expected[name] = data
+    return b64(data)
+
+  (d / 'classify.json').write_text(json.dumps({
+      'signature_name': sig, 'context': {'count': 1, 'thal': 'normal'}, 'examples': [
+          {'age': 30.0, 'thal': b64(b'fixed'), 'tag': 'c0'}, {'age': 41, 'tag': 'c1'},
+          {'age': 50, 'count': 0, 'tag': 'c2'}, 'not an object', {'age': [1, 2], 'tag': 'c4'}]}))
+  expected.update(c0=reference_example(30.0, 'fixed', 1), c1=reference_example(41.0, 'normal', 1),
+                  c2=reference_example(50.0, 'normal', 0))
+  (d / 'no_thal.json').write_text(json.dumps({'examples': [
+      {'age': 3, 'tag': 'm0'}, {'age': 4, 'thal': 'fixed', 'tag': 'm1'}]}))
+  expected['m1'] = reference_example(4.0, 'fixed')
+  (d / 'other.json').write_text(json.dumps({'signature_name': 'nope', 'examples': [{}]}))
+  (d / 'rows.json').write_text(json.dumps({'instances': [
+      {input_name: given('r0', reference_example(7.5, 'fixed', 2)), 'tag': 'r0'},
+      {input_name: b64(reference_example(thal='fixed')), 'tag': 'r1'}]}))
+  (d / 'columns.json').write_text(json.dumps({'inputs': {
+      input_name: [given('k0', reference_example(1.0, 'x')), given('k1', reference_example(2.0, 'fixed'))],
+      'tag': ['k0', 'k1']}}))
+  (d / 'single.json').write_text(json.dumps({'inputs': given('single.json',
+                                                             reference_example(9.0, 'fixed', 3))}))
+  lines = [json.dumps({input_name: given('l0', reference_example(11.0, 'normal')), 'tag': 'l0'}),
+           json.dumps(given('lines.jsonl', reference_example(12.0, 'fixed'))),
+           json.dumps({input_name: b64(reference_example(13.0)), 'tag': 'l2'})]
+  write_lines(str(d / 'lines.jsonl'), lines)
+  records = [reference_example(20.0, 'fixed', 4, tag='t0'), reference_example(21.0, tag='t1'),
+             reference_example(22, 'fixed', tag='t2', age_kind=int),
+             reference_example([23.0, 24.0], 'fixed', tag='t3')]
+  expected['t0'] = records[0]
+  write_tfrecords(str(d / 'records.tfrecord'), records)
+
+  predictions, errors, summary = run_job(
+      str(tmp_path / 'out'), f'--model={model_dir / "estimator"}', f'--signature={sig}',
+      f'--input={d}/*', '--passthrough_fields=tag')
+  assert_conserved(summary, predictions, errors)
+  got = sorted((e['filename'], e.get('index', e.get('offset')), e['error']['category'],
+                e['error']['message']) for e in errors)
+  assert got == sorted([
+      ('classify.json', 3, 'schema',
+       'an element of "examples" must be an object of features, got "not an object"'),
+      ('classify.json', 4, 'schema',
+       "feature 'age' must hold 1 value (shape [1]), the Example has 2"),
+      ('lines.jsonl', len(lines[0]) + len(lines[1]) + 2, 'schema',
+       "missing required feature 'thal' (bytes, 1 value (shape [1]))"),
+      ('no_thal.json', 0, 'schema', "missing required feature 'thal' (bytes, 1 value (shape [1]))"),
+      ('other.json', None, 'parse',
+       f"the request asks for signature 'nope'; this job runs '{sig}'"),
+      ('records.tfrecord', 1, 'schema',
+       "missing required feature 'thal' (bytes, 1 value (shape [1]))"),
+      ('records.tfrecord', 2, 'schema',
+       "feature 'age' must be a float list, the Example has an int64 list"),
+      ('records.tfrecord', 3, 'schema',
+       "feature 'age' must hold 1 value (shape [1]), the Example has 2"),
+      ('rows.json', 1, 'schema', "missing required feature 'age' (float, 1 value (shape [1]))")])
+  assert json.loads(next(e for e in errors if e['filename'] == 'lines.jsonl')['raw'])['tag'] == 'l2'
+  by_name = {p['tag'] if p.get('tag') is not None else p['filename']: p for p in predictions}
+  assert sorted(by_name) == sorted(expected)
+  assert 'index' not in by_name['single.json']
+  assert by_name['c1']['index'] == 1 and by_name['k1']['index'] == 1
+  names = sorted(expected)
+  reference = signature_of(model_dir / 'estimator', sig, **{input_name: np.array(
+      [expected[n] for n in names], dtype=object)})
+  for i, name in enumerate(names):
+    for output, values in reference.items():
+      if values.dtype == object:
+        assert by_name[name][output] == [v.decode() for v in values[i]], name
+      else:
+        np.testing.assert_allclose(by_name[name][output], values[i], rtol=1e-6, err_msg=name)
