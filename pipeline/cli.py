@@ -212,15 +212,40 @@ def main(argv=None) -> int:
     lock.release()
 
 
+def check_model(config) -> None:
+  """Says which tensor shapes come from the graph rather than the
+  signature, then proves the signature callable (transforms/score.py
+  `check_model`) unless --skip_model_check; raises ConfigError."""
+  from pipeline.options import ConfigError
+  from transforms.savedmodel import ModelError
+  from transforms.score import check_model as load_and_call
+  for note in config.model.signature.graph_shapes_used:
+    _LOG.warning('Using the graph\'s shape, as TF Serving does (the SignatureDef '
+                 'disagrees with the graph, as in older TF1 exports): %s', note)
+  if config.options.skip_model_check:
+    return
+  try:
+    seconds, warning = load_and_call(config.model)
+  except ModelError as e:
+    raise ConfigError(str(e)) from None
+  if warning:
+    _LOG.warning('Model check: %s', warning)
+  _LOG.info('Model check: loaded %s and called signature %s on a sample batch in %.1f s',
+            config.model.path, config.model.signature.name, seconds)
+
+
 def _run(options, lock) -> int:
   from pipeline import config as job_config
   from pipeline import summary
   from pipeline.options import ConfigError
   try:
     message = starts_no_job(options)
+    if not message:
+      lock.check_free()  # a second run stops here, before loading anything
+    config = job_config.resolve(options)
+    check_model(config)
     if not message:  # a template or dry run writes nothing now
       lock.acquire()
-    config = job_config.resolve(options)
   except (ConfigError, OSError) as e:
     _error(e)
     return EXIT_CONFIG_ERROR

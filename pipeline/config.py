@@ -134,7 +134,8 @@ def resolve(options: JobOptions) -> JobConfig:
                      for kind, metadata_list in files_by_format.items()}
   files_by_format = {kind: m for kind, m in files_by_format.items() if m}
   try:
-    model = inspect_model(_absolute(options.model), options.tags, options.signature)
+    model = inspect_model(_absolute(options.model), options.tags, options.signature,
+                          options.model_version)
   except ModelError as e:
     raise ConfigError(str(e)) from None
   carried = ([options.key_field] if options.key_field else list(LOCATION_FIELDS))
@@ -150,6 +151,10 @@ def resolve(options: JobOptions) -> JobConfig:
                       f'outputs: {", ".join(outputs)}')
   kept = [s for s in model.signature.outputs
           if not options.output_fields or s.name in options.output_fields]
+  # Only the outputs written are fetched: an output left out costs nothing,
+  # and one the job cannot write (no batch dimension) can be left out.
+  model = dataclasses.replace(model, signature=dataclasses.replace(
+      model.signature, outputs=tuple(kept)))
   layout = OutputLayout(
       key_field=options.key_field, passthrough_fields=options.passthrough_fields,
       output_names=output_names([s.name for s in kept], carried),

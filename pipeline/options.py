@@ -7,6 +7,8 @@ import argparse
 import contextlib
 import io
 import dataclasses
+import re
+from typing import Optional
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -45,6 +47,11 @@ class JobOptions:
   max_error_fraction: float  # more errors per instance read: exit status 3
   beam_args: tuple  # Beam pipeline options, as given
   runner: str  # overrides --runner in beam_args
+  # The version of a TF Serving base directory to use (TF Serving's
+  # `/versions/N`); None: the highest.
+  model_version: Optional[int] = None
+  # No load-and-call of the model before the pipeline starts.
+  skip_model_check: bool = False
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,6 +72,15 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument('--model', required=True,
                       help='SavedModel directory, or a TF Serving base directory '
                            'of numeric versions (the highest is used)')
+  parser.add_argument('--model_version', default=None,
+                      help='with a TF Serving base directory: the version to use, by '
+                           'number (7 picks the folder 7, 07 or 00000007), as TF '
+                           "Serving's /versions/N (default: the highest)")
+  parser.add_argument('--skip_model_check', action='store_true',
+                      help='do not load the model and call it once on a sample batch '
+                           'before the pipeline starts (for models too big to load on '
+                           'the launching machine); a model that cannot run then fails '
+                           'in the workers')
   parser.add_argument('--input', dest='inputs', required=True, type=_csv,
                       help='file pattern(s) of JSONL instances, comma-separated')
   parser.add_argument('--output', required=True,
@@ -169,6 +185,11 @@ def parse_args(argv) -> JobOptions:
   if known.max_instance_bytes > MAX_INSTANCE_BYTES_LIMIT:
     raise ConfigError(f'--max_instance_bytes: at most {MAX_INSTANCE_BYTES_LIMIT} '
                       f'({MAX_INSTANCE_BYTES_LIMIT >> 30} GiB)')
+  model_version = known.model_version
+  if model_version is not None:
+    if not re.fullmatch(r'[0-9]+', model_version.strip()):
+      raise ConfigError(f'--model_version: {model_version!r} is not a version number')
+    model_version = int(model_version)
   runner = beam['runner'] or LOCAL_RUNNER
   if runner.lower() in ('directrunner', 'direct'):
     runner = LOCAL_RUNNER
@@ -181,4 +202,5 @@ def parse_args(argv) -> JobOptions:
       input_format=known.input_format, output_format=known.output_format,
       output_fields=known.output_fields, share_model=known.share_model,
       max_error_fraction=known.max_error_fraction,
-      beam_args=tuple(rest), runner=runner)
+      beam_args=tuple(rest), runner=runner, model_version=model_version,
+      skip_model_check=known.skip_model_check)

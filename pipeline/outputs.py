@@ -313,14 +313,31 @@ class OutputLock:
       holder = _parse(data)
       why = self._stale(holder, modified)
       if why is None:
-        raise OutputInUse(f'--output: {self.output} is in use by another run '
-                          f'({_describe(holder)}); wait for it to end, or delete '
-                          f'{self.path} if that run is gone')
+        raise self._in_use(holder)
       _LOG.warning('Taking over the lock of an earlier run (%s): %s', _describe(holder), why)
       self._file.delete(token)
       time.sleep(0.05)
     raise OutputInUse(f'--output: {self.output} is in use: its lock {self.path} keeps '
                       'changing hands')
+
+  def check_free(self) -> None:
+    """Raises OutputInUse when a live run holds the lock; creates nothing.
+    A cheap look before the launcher's slower checks (loading the model), so
+    that a second run stops at once; acquire() still decides."""
+    try:
+      current = self._file.read()
+    except Exception:  # pylint: disable=broad-except  (acquire() says what is wrong)
+      return
+    if current is not None:
+      data, _, modified = current
+      holder = _parse(data)
+      if self._stale(holder, modified) is None:
+        raise self._in_use(holder)
+
+  def _in_use(self, holder: Optional[dict]) -> 'OutputInUse':
+    return OutputInUse(f'--output: {self.output} is in use by another run '
+                       f'({_describe(holder)}); wait for it to end, or delete '
+                       f'{self.path} if that run is gone')
 
   def _stale(self, holder: Optional[dict], modified: float) -> Optional[str]:
     """Why the lock is a dead run's, or None if its run may be alive."""

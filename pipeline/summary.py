@@ -39,9 +39,15 @@ def build(config, counts: dict, runner: str, wall_time_s: float) -> dict:
       'files_incomplete': len(counts['incomplete_files']) if counts.get('incomplete_files')
                           else counts.get('files_incomplete', 0),
       'incomplete_files': sorted(counts.get('incomplete_files', ()))[:100],
+      # `path`: the SavedModel loaded; for a TF Serving base directory
+      # (`base`), the folder of the version used (`00000123`: version 123).
       'model': {'path': config.model.path, 'version': config.model.version,
+                'version_folder': config.model.version_folder,
+                'base': (config.model.path[:-len(config.model.version_folder) - 1]
+                         if config.model.version_folder else None),
                 'signature': config.model.signature.name,
-                'tags': list(config.model.tags)},
+                'tags': list(config.model.tags),
+                'fixed_batch': config.model.signature.fixed_batch},
       'model_loads': counts.get('model_loads', 0),
       'input_files': (sum(len(f) for f in config.files_by_format.values())
                       + len(config.unreadable_files)),
@@ -63,7 +69,8 @@ def write(summary: dict, output_dir: str) -> str:
 
 def table(summary: dict) -> str:
   model = summary['model']
-  version = f' (version {model["version"]})' if model['version'] is not None else ''
+  version = (f' (version {model["version"]}, folder {model.get("version_folder")})'
+             if model['version'] is not None else '')
   rows = [
       ('instances read', summary['instances_read']),
       ('predictions', summary['predictions']),

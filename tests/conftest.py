@@ -37,3 +37,16 @@ def signature_of():
     outputs = cache[key][1](**inputs)
     return {k: v.numpy() for k, v in outputs.items()}
   return call
+
+
+@pytest.fixture(scope='session')
+def serving_models(tmp_path_factory):
+  """The unusual models TF Serving serves (tests/test_serving_models.py),
+  built once, apart from `model_dir` so that other tests do not pay for them."""
+  root = tmp_path_factory.mktemp('serving_models')
+  models.build_zero_padded_base(str(root / 'padded'))
+  models.build_stale_signature_model(str(root / 'stale'))
+  models.build_ref_output_model(str(root / 'ref'))
+  models.build_functions_model(str(root / 'functions'))
+  models.build_no_signatures_model(str(root / 'nosig'))
+  return root

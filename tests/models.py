@@ -187,3 +187,180 @@ def build_mixed_model(path: str) -> None:
 
   module = Mixed()
   tf.saved_model.save(module, path, signatures={'serving_default': module.serve})
+
+
+# -- models TF Serving serves that are unusual (tests/test_serving_models.py) --
+
+def build_scaled_tf1_model(path: str, scale: float) -> None:
+  """TF1 graph, quick to build: y = scale * x for x float32[2]."""
+  import tensorflow as tf
+  v1 = tf.compat.v1
+  graph = tf.Graph()
+  with graph.as_default():
+    x = v1.placeholder(tf.float32, [None, 2], name='x')
+    y = tf.multiply(x, scale, name='y')
+    with v1.Session(graph=graph) as sess:
+      builder = v1.saved_model.Builder(path)
+      info = v1.saved_model.utils.build_tensor_info
+      builder.add_meta_graph_and_variables(sess, ['serve'], signature_def_map={
+          'serving_default': v1.saved_model.signature_def_utils.build_signature_def(
+              {'x': info(x)}, {'y': info(y)}, 'tensorflow/serving/predict')})
+      builder.save()
+
+
+def build_zero_padded_base(base: str) -> None:
+  """TF Serving's own example layout: base/00000007, base/00000123 and
+  base/00000124 (scale = the version number), plus base/not_a_version."""
+  for version in (7, 123, 124):
+    build_scaled_tf1_model(os.path.join(base, f'{version:08d}'), float(version))
+  os.makedirs(os.path.join(base, 'not_a_version'))
+
+
+def build_stale_signature_model(path: str) -> None:
+  """An older TF1 export whose SignatureDef disagrees with its graph: the
+  placeholder x is float32[?,1] and the output y = x W + b float32[?,2], but
+  the signature declares both as scalars `[]`. TF Serving serves it (it runs
+  the tensors by name); `tf.saved_model.load` cannot."""
+  import tensorflow as tf
+  v1 = tf.compat.v1
+  graph = tf.Graph()
+  with graph.as_default():
+    x = v1.placeholder(tf.float32, [None, 1], name='x')
+    w = v1.get_variable('w', initializer=tf.constant([[2.0, -3.0]]))
+    b = v1.get_variable('b', initializer=tf.constant([0.25, 1.0]))
+    y = tf.add(tf.matmul(x, w), b, name='y')
+    with v1.Session(graph=graph) as sess:
+      sess.run(v1.global_variables_initializer())
+      info = v1.saved_model.utils.build_tensor_info
+      x_info, y_info = info(x), info(y)
+      x_info.tensor_shape.Clear()
+      y_info.tensor_shape.Clear()
+      builder = v1.saved_model.Builder(path)
+      builder.add_meta_graph_and_variables(sess, ['serve'], signature_def_map={
+          'serving_default': v1.saved_model.signature_def_utils.build_signature_def(
+              {'x': x_info}, {'y': y_info}, 'tensorflow/serving/predict')})
+      builder.save()
+
+
+def build_ref_output_model(path: str) -> None:
+  """TF1 graph returning a reference-typed tensor (dtype DT_FLOAT_REF): a
+  non-resource variable `last` assigned 2 * x on each call, the assignment
+  returned as output `doubled`; also `y` = x + 1 (plain)."""
+  import tensorflow as tf
+  v1 = tf.compat.v1
+  graph = tf.Graph()
+  with graph.as_default():
+    x = v1.placeholder(tf.float32, [None, 2], name='x')
+    last = v1.Variable(tf.zeros([0, 2]), use_resource=False, validate_shape=False,
+                       name='last')
+    doubled = v1.assign(last, x * 2.0, validate_shape=False)
+    y = tf.add(x, 1.0, name='y')
+    with v1.Session(graph=graph) as sess:
+      sess.run(v1.global_variables_initializer())
+      info = v1.saved_model.utils.build_tensor_info
+      builder = v1.saved_model.Builder(path)
+      builder.add_meta_graph_and_variables(sess, ['serve'], signature_def_map={
+          'serving_default': v1.saved_model.signature_def_utils.build_signature_def(
+              {'x': info(x)}, {'doubled': info(doubled), 'y': info(y)},
+              'tensorflow/serving/predict')})
+      builder.save()
+
+
+def build_functions_model(path: str) -> None:
+  """One TF2 SavedModel (resource variables w, b), one function under
+  several signatures: x float32[3] -> y = x W + b [2] and total = row sum;
+  fails (an assertion) for an instance with a negative value.
+    serving_default  x [None, 3]   any batch
+    one              x [1, 3]      a fixed batch of 1 (single-example export)
+    four             x [4, 3]      a fixed batch of 4
+    positive         x [None, 3]   also asserts x > 0 (zeros fail)
+    counter          x [None, 3]   y = 2 x, calls = how many times it was called
+    conflict         a [1, 3], b [4, 3]   inputs fixing different batch sizes
+    weights          x [None, 3]   y, and w itself (no batch dimension)
+  """
+  import tensorflow as tf
+
+  class Functions(tf.Module):
+    def __init__(self):
+      super().__init__()
+      self.w = tf.Variable([[0.5, -1.0], [2.0, 0.25], [-1.5, 3.0]])
+      self.b = tf.Variable([0.1, -0.2])
+      self.calls = tf.Variable(0, dtype=tf.int64)
+
+    def core(self, x):
+      check = tf.debugging.assert_greater_equal(x, 0.0, message='negative value')
+      with tf.control_dependencies([check]):
+        return {'y': tf.matmul(x, self.w) + self.b, 'total': tf.reduce_sum(x, axis=1)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name='x')])
+    def dynamic(self, x):
+      return self.core(x)
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 3], tf.float32, name='x')])
+    def one(self, x):
+      return self.core(x)
+
+    @tf.function(input_signature=[tf.TensorSpec([4, 3], tf.float32, name='x')])
+    def four(self, x):
+      return self.core(x)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name='x')])
+    def positive(self, x):
+      check = tf.debugging.assert_positive(x, message='not positive')
+      with tf.control_dependencies([check]):
+        return self.core(x)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name='x')])
+    def counter(self, x):
+      calls = self.calls.assign_add(1)
+      return {'y': x * 2.0, 'calls': tf.fill(tf.shape(x)[:1], calls)}
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 3], tf.float32, name='a'),
+                                  tf.TensorSpec([4, 3], tf.float32, name='b')])
+    def conflict(self, a, b):
+      return {'y': a + b}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name='x')])
+    def weights(self, x):
+      return {'y': self.core(x)['y'], 'w': tf.identity(self.w)}
+
+  module = Functions()
+  tf.saved_model.save(module, path, signatures={
+      'serving_default': module.dynamic, 'one': module.one, 'four': module.four,
+      'positive': module.positive, 'counter': module.counter,
+      'conflict': module.conflict, 'weights': module.weights})
+
+
+def build_no_signatures_model(path: str) -> None:
+  """A tf.Module saved without `signatures=` and without a function that
+  has an input signature: the SavedModel has no SignatureDef at all."""
+  import tensorflow as tf
+
+  class Plain(tf.Module):
+    def __init__(self):
+      super().__init__()
+      self.w = tf.Variable(2.0)
+
+    @tf.function
+    def scale(self, x):
+      return x * self.w
+
+  module = Plain()
+  module.scale(tf.constant(1.0))
+  tf.saved_model.save(module, path)
+
+
+def replace_op(model_dir: str, op: str, new_op: str) -> None:
+  """Edits saved_model.pb: every node of type `op` becomes `new_op` (e.g.
+  an op TensorFlow does not know)."""
+  from tensorflow.core.protobuf import saved_model_pb2
+  pb_path = os.path.join(model_dir, 'saved_model.pb')
+  saved_model = saved_model_pb2.SavedModel()
+  with open(pb_path, 'rb') as f:
+    saved_model.ParseFromString(f.read())
+  for meta_graph in saved_model.meta_graphs:
+    for node in meta_graph.graph_def.node:
+      if node.op == op:
+        node.op = new_op
+  with open(pb_path, 'wb') as f:
+    f.write(saved_model.SerializeToString())

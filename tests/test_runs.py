@@ -243,8 +243,11 @@ def test_two_runs_at_once_second_stops_naming_the_first(model_dir, big_input, tm
   """The real command, twice: the second exits 2 at once, in one line,
   without importing TensorFlow (well under the first's start-up)."""
   out = tmp_path / 'out'
-  first = start_cli(keras_args(model_dir, big_input / '0.jsonl', f'--output={out}'),
-                    tmp_path / 'first.log')
+  # The lock is taken once the model is checked, just before the pipeline
+  # starts: a first run of one call per instance still holds it when the
+  # second starts.
+  first = start_cli(keras_args(model_dir, big_input / '*.jsonl', f'--output={out}',
+                               '--max_batch_size=1'), tmp_path / 'first.log')
   try:
     assert wait_for(lambda: (out / '.lock').exists(), first)
     started = time.time()
@@ -411,8 +414,11 @@ def test_a_failing_pipeline_exits_1_and_keeps_the_previous_result(model_dir, tmp
   shutil.copytree(model_dir / 'keras', broken)
   for path in glob.glob(str(broken / 'variables' / 'variables.data-*')):
     os.remove(path)
+  # Past the launcher's model check (which would stop it with exit 2), so
+  # that the workers fail.
   args = [sys.executable, '-m', 'pipeline', f'--model={broken}', '--signature=serve',
-          f'--input={tmp_path / "in.jsonl"}', '--key_field=id', f'--output={out}']
+          f'--input={tmp_path / "in.jsonl"}', '--key_field=id', f'--output={out}',
+          '--skip_model_check']
   env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='3')
   env.pop('BATCH_PREDICT_DEBUG', None)
   proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)

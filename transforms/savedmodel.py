@@ -75,6 +75,12 @@ class SignatureSpec:
   # Feature name -> 'float' | 'int64' | 'bytes', from the parsing ops in the
   # graph; None when the graph does not say.
   example_features: Optional[dict] = None
+  # Rows per model call when the inputs fix the batch dimension (`[1, ...]`
+  # in TF2 exports of a single-example function); None: any number.
+  fixed_batch: Optional[int] = None
+  # One line per tensor whose SignatureDef shape disagrees with the graph
+  # (older TF1 exports): the graph's shape is used, as a Session enforces it.
+  graph_shapes_used: tuple = ()
 
   def input(self, name: str) -> Optional[TensorSpec]:
     return next((s for s in self.inputs if s.name == name), None)
@@ -83,11 +89,12 @@ class SignatureSpec:
 @dataclasses.dataclass(frozen=True)
 class ModelRef:
   """A resolved SavedModel: the directory to load and, for a TF Serving base
-  directory, the version chosen."""
+  directory, the version chosen and its folder's name (`00000123`)."""
   path: str
   version: Optional[int]
   tags: tuple
   signature: SignatureSpec
+  version_folder: Optional[str] = None
 
 
 def _is_saved_model_dir(path: str) -> bool:
@@ -96,48 +103,124 @@ def _is_saved_model_dir(path: str) -> bool:
       for name in ('saved_model.pb', 'saved_model.pbtxt'))
 
 
-def resolve_model_dir(path: str) -> tuple:
-  """Returns (SavedModel directory, version or None).
-
-  A base directory in TF Serving layout (`base/1`, `base/2`, ...) resolves to
-  its highest numeric version that holds a SavedModel, as TF Serving serves by
-  default.
-  """
-  path = path.rstrip('/') or '/'
-  if _is_saved_model_dir(path):
-    return path, None
-  versions = []
+def version_folders(base: str) -> dict:
+  """Version number -> names of the folders of a TF Serving base directory
+  that hold a SavedModel (`1`, `07`, `00000123`: TF Serving reads the name
+  as a number, so `7` and `007` are both version 7)."""
   try:
-    matched = FileSystems.match([FileSystems.join(path, '*', 'saved_model.pb*')])
+    matched = FileSystems.match([FileSystems.join(base, '*', 'saved_model.pb*')])
     candidates = [m.path for m in matched[0].metadata_list]
   except Exception:  # a missing directory matches nothing
     candidates = []
+  folders = {}
   for candidate in candidates:
-    version_dir = os.path.basename(os.path.dirname(candidate))
-    if re.fullmatch(r'\d+', version_dir):
-      versions.append(int(version_dir))
-  if versions:
-    version = max(versions)
-    return FileSystems.join(path, str(version)), version
-  if not FileSystems.exists(path):
-    raise ModelError(f'--model: {path} does not exist')
-  raise ModelError(
-      f'--model: {path} is not a SavedModel (no saved_model.pb) and has no '
-      'numeric version subdirectories holding one')
+    name = os.path.basename(os.path.dirname(candidate))
+    if re.fullmatch(r'\d+', name) and os.path.basename(candidate) in (
+        'saved_model.pb', 'saved_model.pbtxt'):
+      folders.setdefault(int(name), set()).add(name)
+  return {number: sorted(names) for number, names in folders.items()}
 
 
-def _tensor_spec(name, tensor_info, dtype_names, where) -> TensorSpec:
-  dtype_name = dtype_names[tensor_info.dtype]
+def resolve_model_dir(path: str, version: Optional[int] = None) -> tuple:
+  """Returns (SavedModel directory, version or None, version folder or None).
+
+  A base directory in TF Serving layout (`base/1`, `base/00000123`, ...)
+  resolves to the version asked for, else its highest numeric version that
+  holds a SavedModel, as TF Serving serves by default.
+  """
+  path = path.rstrip('/') or '/'
+  if _is_saved_model_dir(path):
+    if version is not None:
+      raise ModelError(f'--model_version: {path} is a SavedModel, not a TF Serving '
+                       'base directory of versions; leave --model_version out')
+    return path, None, None
+  folders = version_folders(path)
+  if not folders:
+    if not FileSystems.exists(path):
+      raise ModelError(f'--model: {path} does not exist')
+    raise ModelError(
+        f'--model: {path} is not a SavedModel (no saved_model.pb) and has no '
+        'numeric version subdirectories holding one')
+  option = '--model' if version is None else '--model_version'
+  if version is None:
+    version = max(folders)
+  elif version not in folders:
+    raise ModelError(f'--model_version: {path} has no version {version}; available: '
+                     f'{", ".join(str(v) for v in sorted(folders))}')
+  names = folders[version]
+  if len(names) > 1:
+    raise ModelError(f'{option}: {path} holds version {version} twice, in folders '
+                     f'{" and ".join(names)}; remove or rename one of them')
+  return FileSystems.join(path, names[0]), version, names[0]
+
+
+def _dims(shape_proto) -> Optional[list]:
+  """A TensorShapeProto as a list (None for unknown sizes), or None for
+  unknown rank."""
+  if shape_proto.unknown_rank:
+    return None
+  return [None if d.size < 0 else d.size for d in shape_proto.dim]
+
+
+def _describe_dims(dims) -> str:
+  if dims is None:
+    return 'unknown rank'
+  return '[' + ','.join('?' if d is None else str(d) for d in dims) + ']'
+
+
+def _graph_dims(nodes: dict, tensor_name: str) -> Optional[list]:
+  """The shape the graph gives a tensor (`x:0`): a placeholder's `shape`
+  attribute, else the node's `_output_shapes`; None when the graph does not
+  hold the tensor or does not say."""
+  node_name, _, index = tensor_name.partition(':')
+  node = nodes.get(node_name)
+  if node is None or not (index or '0').isdigit():
+    return None
+  index = int(index or '0')
+  if (node.op in ('Placeholder', 'PlaceholderWithDefault') and index == 0
+      and 'shape' in node.attr):
+    return _dims(node.attr['shape'].shape)
+  shapes = node.attr['_output_shapes'].list.shape if '_output_shapes' in node.attr else ()
+  return _dims(shapes[index]) if index < len(shapes) else None
+
+
+def _compatible(a: list, b: list) -> bool:
+  return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
+
+
+def _tensor_spec(name, tensor_info, dtype_names, where, nodes, notes) -> tuple:
+  """(TensorSpec, full dims with the batch dimension or None).
+
+  Where the SignatureDef declares a shape the graph's tensor does not have
+  (older TF1 exports: `[]` for a `[?,1]` placeholder), the graph's shape is
+  used and a line is added to `notes`: the Session runs the graph's tensors
+  by name and enforces their shapes, as TF Serving does.
+  """
+  # A TF1 variable returned directly is reference-typed (DT_FLOAT_REF); a
+  # Session fetches its value, so it is read as its base type.
+  dtype_name = dtype_names[tensor_info.dtype].removesuffix('_REF')
   if dtype_name not in NUMPY_DTYPES:
     raise ModelError(f'{where} {name!r} has dtype {dtype_name}, which this job '
                      f'cannot convert from JSON (supported: '
                      f'{", ".join(sorted(NUMPY_DTYPES))})')
-  if tensor_info.tensor_shape.unknown_rank:
-    shape = None
-  else:
-    dims = [None if d.size < 0 else d.size for d in tensor_info.tensor_shape.dim]
-    shape = tuple(dims[1:])  # dimension 0 is the batch
-  return TensorSpec(name, NUMPY_DTYPES[dtype_name], shape)
+  dims = _dims(tensor_info.tensor_shape)
+  graph = _graph_dims(nodes, tensor_info.name) if tensor_info.name else None
+  if graph and (dims is None or not _compatible(dims, graph)):
+    notes.append(f'{where} {name!r} ({tensor_info.name}) is declared '
+                 f'{_describe_dims(dims)} but is {_describe_dims(graph)} in the graph')
+    dims = graph
+  shape = None if dims is None else tuple(dims[1:])  # dimension 0 is the batch
+  return TensorSpec(name, NUMPY_DTYPES[dtype_name], shape), dims
+
+
+def _fixed_batch(where: str, inputs: list) -> Optional[int]:
+  """The batch size the inputs fix in dimension 0, if any."""
+  fixed = {name: dims[0] for name, dims in inputs if dims and dims[0] is not None}
+  if len(set(fixed.values())) > 1:
+    described = ', '.join(f'{name!r} {size}' for name, size in sorted(fixed.items()))
+    raise ModelError(f'--signature: {where} fixes different batch sizes for its inputs '
+                     f'({described}); no batch can satisfy them all')
+  return next(iter(fixed.values()), None)
 
 
 def read_signature(model_dir: str, tags: tuple, signature_name: str) -> SignatureSpec:
@@ -169,32 +252,42 @@ def read_signature(model_dir: str, tags: tuple, signature_name: str) -> Signatur
     raise ModelError(f'--tag: the SavedModel has no tag set '
                      f'"{",".join(tags)}"; available: {", ".join(available)}')
   signatures = chosen.signature_def
+  # `__saved_model_init_op` and the like are not signatures one can call.
+  available = sorted(k for k in signatures if not k.startswith('__'))
+  if not available:
+    raise ModelError(f'--model: {model_dir} has no signatures (tag set '
+                     f'"{",".join(tags)}"), so there is nothing to call; TF Serving '
+                     'cannot serve it either: save it with signatures=...')
   if signature_name not in signatures:
-    available = sorted(k for k in signatures if not k.startswith('__'))
-    raise ModelError(f'--signature: no signature {signature_name!r}; '
-                     f'available: {", ".join(available) or "none"}')
+    raise ModelError(f'--signature: no signature {signature_name!r}; available: '
+                     f'{", ".join(available)}; pass --signature=NAME')
   sig = signatures[signature_name]
   dtype_names = {v: k for k, v in types_pb2.DataType.items()}
   where = f'signature {signature_name!r}'
-  inputs = tuple(_tensor_spec(k, sig.inputs[k], dtype_names, f'{where} input')
-                 for k in sorted(sig.inputs))
-  outputs = tuple(_tensor_spec(k, sig.outputs[k], dtype_names, f'{where} output')
-                  for k in sorted(sig.outputs))
+  nodes = {n.name: n for n in chosen.graph_def.node}
+  notes = []
+  inputs = [(k, *_tensor_spec(k, sig.inputs[k], dtype_names, f'{where} input', nodes,
+                              notes)) for k in sorted(sig.inputs)]
+  outputs = tuple(_tensor_spec(k, sig.outputs[k], dtype_names, f'{where} output', nodes,
+                               notes)[0] for k in sorted(sig.outputs))
   if not inputs:
     raise ModelError(f'{where} takes no inputs; nothing to feed it')
+  fixed_batch = _fixed_batch(where, [(k, dims) for k, _, dims in inputs])
+  inputs = tuple(spec for _, spec, _ in inputs)
   parse_nodes = example_spec.parse_example_nodes(chosen.graph_def)
   takes_examples = (len(inputs) == 1 and inputs[0].dtype == 'string'
                     and (sig.method_name in CLASSIFY_REGRESS or bool(parse_nodes)))
   features = (example_spec.example_features(chosen.graph_def, parse_nodes)
               if takes_examples else None)
   return SignatureSpec(signature_name, sig.method_name, inputs, outputs,
-                       takes_examples, features)
+                       takes_examples, features, fixed_batch, tuple(notes))
 
 
-def inspect_model(path: str, tags: tuple, signature_name: str) -> ModelRef:
-  model_dir, version = resolve_model_dir(path)
+def inspect_model(path: str, tags: tuple, signature_name: str,
+                  version: Optional[int] = None) -> ModelRef:
+  model_dir, version, folder = resolve_model_dir(path, version)
   return ModelRef(model_dir, version, tuple(tags),
-                  read_signature(model_dir, tuple(tags), signature_name))
+                  read_signature(model_dir, tuple(tags), signature_name), folder)
 
 
 def load_signature(model: ModelRef):
@@ -312,14 +405,19 @@ def _silenced_deprecation():
 
 def load_signature_function(model: ModelRef):
   """The model's signature as a SessionSignature, or, when a Session cannot
-  load this SavedModel, as an EagerSignature (logged)."""
+  load this SavedModel, as an EagerSignature (logged). When neither loads
+  it, raises the Session's error: the loader TF Serving uses says why."""
   from transforms.storage import stage_model
   path = stage_model(model.path)
   try:
     return SessionSignature(path, model.tags, model.signature)
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as session_error:  # pylint: disable=broad-except
+    try:
+      eager = EagerSignature(model)
+    except Exception:  # pylint: disable=broad-except
+      raise session_error from None
     logging.getLogger(__name__).warning(
-        'Loading %s into a graph session failed (%s: %s); loading it eagerly '
-        'instead (slower per model call)', model.path, type(e).__name__,
-        (str(e).strip().splitlines() or [''])[-1])
-    return EagerSignature(model)
+        'Loading %s into a graph session failed (%s: %s); loaded it eagerly '
+        'instead (slower per model call)', model.path, type(session_error).__name__,
+        (str(session_error).strip().splitlines() or [''])[-1])
+    return eager

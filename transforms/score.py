@@ -16,6 +16,14 @@ instance costs at most 2 log2(n) more calls; when most instances of failing
 batches fail, each instance is tried alone at once (n calls, where halving
 would take 2n). Calls made to isolate failures run the model's ops in the
 calling thread, which for small batches costs a fraction of a pooled call.
+
+A signature whose inputs fix the batch dimension (`[1, ...]`, `[8, ...]`) is
+called on exactly that many rows from the start: a batch is cut into calls
+of N rows, the last padded by repeating its last row (the padding's outputs
+are dropped), and an instance of a failing call is tried alone, padded to N.
+
+`check_model` is the launcher's proof that the signature can run at all: it
+loads it as the workers do and calls it once on a sample batch.
 """
 import logging
 import math
@@ -30,7 +38,7 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from transforms.records import (InstanceBatch, InstanceError, METRICS_NAMESPACE,
                                 MODEL, ScoredBatch)
-from transforms.savedmodel import ModelRef, load_signature_function
+from transforms.savedmodel import ModelError, ModelRef, load_signature_function
 
 _LOG = logging.getLogger(__name__)
 
@@ -42,6 +50,10 @@ _LOG = logging.getLogger(__name__)
 # for small models), this rule costs at most ~10% more than the best fixed
 # group size at any failure rate; above 0.3, single instances are the best.
 SOLO_FAILURE_RATE = 0.3
+# Fixed-batch signatures of at most this many rows are called in the calling
+# thread (`call_small`): for a few rows the thread-pool hand-off costs more
+# than the ops.
+SMALL_CALL_ROWS = 32
 
 
 class LoadedSignature:
@@ -53,6 +65,7 @@ class LoadedSignature:
   """
   def __init__(self, model: ModelRef):
     self._fn = load_signature_function(model)
+    self._fixed_batch = model.signature.fixed_batch
     self._first_use = True
     self._lock = threading.Lock()
     # Fraction of the instances of recent failing batches that failed alone
@@ -84,6 +97,8 @@ class LoadedSignature:
     """
     arrays = [feeds[name] for name in self._fn.input_names]
     size = len(arrays[0])
+    if self._fixed_batch:
+      return self._score_fixed(arrays, size, self._fixed_batch)
     values, error = self._call(arrays, size, small=size == 1)
     if error is None:
       return [(None, self._named(values))], []
@@ -92,6 +107,27 @@ class LoadedSignature:
     parts, failures = [], []
     self._isolate(arrays, size, parts, failures)
     self._failure_rate = (self._failure_rate + len(failures) / size) / 2
+    return self._merged(parts), failures
+
+  def _score_fixed(self, arrays, size, rows) -> tuple:
+    """`score` for a signature that takes exactly `rows` rows per call."""
+    call = self._fn.call_small if rows <= SMALL_CALL_ROWS else self._fn.call
+    names = self._fn.output_names
+    parts, failures = [], []
+    for start in range(0, size, rows):
+      stop = min(start + rows, size)
+      try:
+        parts.append((start, stop, _call_padded(call, names, arrays, start, stop, rows)))
+        continue
+      except Exception as e:  # pylint: disable=broad-except
+        if stop - start == 1:
+          failures.append((start, one_line(e)))
+          continue
+      for row in range(start, stop):  # each instance alone, padded to `rows`
+        try:
+          parts.append((row, row + 1, _call_padded(call, names, arrays, row, row + 1, rows)))
+        except Exception as e:  # pylint: disable=broad-except
+          failures.append((row, one_line(e)))
     return self._merged(parts), failures
 
   def _call(self, arrays, size, small):
@@ -175,11 +211,31 @@ class LoadedSignature:
     return dict(zip(self._fn.output_names, values))
 
 
+def _call_padded(call, names, arrays, start, stop, rows) -> list:
+  """Outputs for rows [start, stop) of `arrays` from one call on exactly
+  `rows` rows: the last row is repeated to fill the call, and the repeats'
+  outputs are dropped. Raises what the model raises."""
+  count = stop - start
+  if count == rows:
+    values = call([a[start:stop] for a in arrays])
+    _check_rows(names, values, rows)
+    return values
+  feeds = [np.concatenate([a[start:stop], np.repeat(a[stop - 1:stop], rows - count, axis=0)])
+           for a in arrays]
+  values = call(feeds)
+  _check_rows(names, values, rows)
+  return [v[:count] for v in values]
+
+
+class OutputRowsError(ValueError):
+  """An output without one row per instance: the job cannot split it."""
+
+
 def _check_rows(names, values, size):
   for name, value in zip(names, values):
     if value.ndim == 0 or value.shape[0] != size:
-      raise ValueError(f'output {name!r} has shape {list(value.shape)}, '
-                       f'not one row per instance of the batch')
+      raise OutputRowsError(f'output {name!r} has shape {list(value.shape)}, '
+                       f'not one row per instance of the batch ({size})')
 
 
 _NODE_SUFFIX = re.compile(
@@ -197,6 +253,67 @@ def one_line(error: Exception) -> str:
     if line:
       return f'{type(error).__name__}: {line}'
   return type(error).__name__
+
+
+def sample_feeds(signature) -> list:
+  """A tiny batch built from the signature, in input order: zeros or empty
+  strings of each input's dtype, unknown dimensions as 1, one row (or the
+  fixed batch size); for a signature that takes serialized tf.Examples, an
+  Example that satisfies its parsing spec where one can be built, else an
+  empty one."""
+  rows = signature.fixed_batch or 1
+  if signature.takes_examples:
+    from transforms import example_spec
+    make = getattr(example_spec, 'sample_example', None)
+    example = b''
+    if make and signature.example_features:
+      try:
+        example = make(signature.example_features)
+      except Exception:  # pylint: disable=broad-except  (an empty Example still tests the load)
+        _LOG.warning('Could not build a sample tf.Example from the parsing spec; '
+                     'checking the model with an empty one')
+    return [np.array([example] * rows, dtype=object)]
+  arrays = []
+  for spec in signature.inputs:
+    shape = (rows, *(1 if d is None else d for d in spec.shape or ()))
+    arrays.append(np.full(shape, b'', dtype=object) if spec.dtype == 'string'
+                  else np.zeros(shape, spec.dtype))
+  return arrays
+
+
+def check_model(model: ModelRef) -> tuple:
+  """Loads the signature as the workers do and calls it once on
+  `sample_feeds`, so that a model that cannot run stops the job before it
+  starts instead of failing every batch. Raises ModelError (one line).
+
+  Returns (seconds, warning or None): InvalidArgumentError on the sample is
+  only a warning, since data-dependent checks in a model (assertions,
+  lookups) may reject zeros and accept real instances.
+  """
+  import tensorflow as tf
+  started = time.time()
+  try:
+    fn = load_signature_function(model)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ModelError(f'--model: cannot load {model.path}: {one_line(e)}') from None
+  warning = None
+  try:
+    arrays = sample_feeds(model.signature)
+    values = fn.call(arrays)
+    _check_rows(fn.output_names, values, len(arrays[0]))
+  except tf.errors.InvalidArgumentError as e:
+    warning = (f'the model rejects a sample batch of zeros ({one_line(e)}); going on, '
+               'as real instances may pass')
+  except OutputRowsError as e:
+    raise ModelError(f'--model: signature {model.signature.name!r} of {model.path}: {e}; '
+                     'leave it out with --output_fields') from None
+  except Exception as e:  # pylint: disable=broad-except
+    raise ModelError(f'--model: signature {model.signature.name!r} of {model.path} '
+                     f'fails on a sample batch: {one_line(e)}') from None
+  finally:
+    if hasattr(fn, 'close'):
+      fn.close()  # the workers load their own copy
+  return time.time() - started, warning
 
 
 class SavedModelHandler(ModelHandler[InstanceBatch, ScoredBatch, LoadedSignature]):

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import uuid
 
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 _LOG = logging.getLogger(__name__)
@@ -72,14 +73,22 @@ def stage_model(path: str) -> str:
   partial = f'{destination}.partial-{os.getpid()}-{uuid.uuid4().hex}'
   prefix = path.rstrip('/') + '/'
   files = FileSystems.match([prefix + '**'])[0].metadata_list
-  for metadata in files:
-    relative = metadata.path[len(prefix):]
-    if not relative or relative.endswith('/'):
-      continue  # a directory placeholder object
-    target = os.path.join(partial, relative)
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    with FileSystems.open(metadata.path) as source, open(target, 'wb') as sink:
-      shutil.copyfileobj(source, sink, 8 << 20)
+  try:
+    # Everything under the model is copied, `assets.extra/` (TF Serving's
+    # warm-up requests, which loading ignores) included.
+    for metadata in files:
+      relative = metadata.path[len(prefix):]
+      if not relative or relative.endswith('/'):
+        continue  # a directory placeholder object
+      target = os.path.join(partial, relative)
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      # As stored: Beam would otherwise decompress a `.gz` asset.
+      with FileSystems.open(metadata.path, compression_type=CompressionTypes.UNCOMPRESSED
+                            ) as source, open(target, 'wb') as sink:
+        shutil.copyfileobj(source, sink, 8 << 20)
+  except BaseException:  # a failed copy leaves nothing behind
+    shutil.rmtree(partial, ignore_errors=True)
+    raise
   try:
     os.rename(partial, destination)
     _LOG.info('Staged model %s into %s (%d files)', path, destination, len(files))

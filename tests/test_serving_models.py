@@ -1,0 +1,326 @@
+"""Every model TF Serving serves loads here and scores the numbers the model
+gives when called directly (batch dimension aside): zero-padded version
+folders, older TF1 exports whose SignatureDef disagrees with the graph,
+fixed batch dimensions, reference-typed and stateful outputs, warm-up
+assets; and models that cannot run stop the job before it starts, in one
+line, leaving nothing behind. Models: tests/models.py (`serving_models`)."""
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pipeline import cli
+from tests import cloud, models
+from tests.helpers import assert_conserved, run_job, write_lines
+from tests.test_runs import ROOT, TF_CHATTER, leftovers
+
+F32 = np.float32
+
+
+def config_error(capsys, *args) -> str:
+  """Runs the command expecting a configuration error: the one line."""
+  rc = cli.main(list(args))
+  err = capsys.readouterr().err.strip()
+  assert rc == cli.EXIT_CONFIG_ERROR, err
+  assert len(err.splitlines()) == 1 and 'Traceback' not in err, err
+  return err
+
+
+def tf1_session_run(path, fetches, feeds):
+  """The model run as TF Serving runs it: the TF1 loader and the
+  signature's tensors by name."""
+  import tensorflow as tf
+  v1 = tf.compat.v1
+  graph = tf.Graph()
+  with graph.as_default(), v1.Session(graph=graph) as sess:
+    v1.saved_model.load(sess, ['serve'], str(path))
+    return sess.run(fetches, feeds)
+
+
+def jsonl(tmp_path, name, instances):
+  return write_lines(str(tmp_path / name), [json.dumps(x) for x in instances])
+
+
+# -- version folders ---------------------------------------------------------
+
+def test_zero_padded_versions_highest_is_used_and_reported(serving_models, tmp_path, capsys):
+  base = serving_models / 'padded'
+  x = [[1.0, 2.0], [-0.5, 4.25]]
+  data = jsonl(tmp_path, 'in.jsonl', [{'id': i, 'x': v} for i, v in enumerate(x)])
+  predictions, errors, summary = run_job(
+      str(tmp_path / 'out'), f'--model={base}', f'--input={data}', '--key_field=id')
+  assert errors == []
+  assert summary['model']['version'] == 124
+  assert summary['model']['version_folder'] == '00000124'
+  assert summary['model']['path'] == str(base / '00000124')
+  assert summary['model']['base'] == str(base)
+  assert 'version 124, folder 00000124' in capsys.readouterr().out
+  expected = tf1_session_run(base / '00000124', 'y:0', {'x:0': x})
+  assert [p['y'] for p in sorted(predictions, key=lambda p: p['id'])] == expected.tolist()
+
+
+@pytest.mark.parametrize('given', ['7', '07', '00000007'])
+def test_model_version_picks_a_version_by_number(serving_models, tmp_path, given):
+  base = serving_models / 'padded'
+  data = jsonl(tmp_path, 'in.jsonl', [{'x': [1.0, 3.0]}])
+  predictions, errors, summary = run_job(
+      str(tmp_path / 'out'), f'--model={base}', f'--input={data}', f'--model_version={given}')
+  assert errors == [] and summary['model']['version'] == 7
+  assert summary['model']['version_folder'] == '00000007'
+  assert predictions[0]['y'] == (tf1_session_run(base / '00000007', 'y:0',
+                                                 {'x:0': [[1.0, 3.0]]})[0]).tolist()
+
+
+def test_model_version_mistakes_are_one_line(serving_models, tmp_path, capsys):
+  base = serving_models / 'padded'
+  data = jsonl(tmp_path, 'in.jsonl', [{'x': [1.0, 3.0]}])
+  common = (f'--input={data}', f'--output={tmp_path / "out"}')
+  err = config_error(capsys, f'--model={base}', '--model_version=5', *common)
+  assert err.endswith(f'--model_version: {base} has no version 5; available: 7, 123, 124')
+  err = config_error(capsys, f'--model={base}', '--model_version=v7', *common)
+  assert "--model_version: 'v7' is not a version number" in err
+  err = config_error(capsys, f'--model={base / "00000123"}', '--model_version=123', *common)
+  assert f'{base / "00000123"} is a SavedModel, not a TF Serving base directory' in err
+  twice = tmp_path / 'twice'
+  for folder in ('7', '007', '3'):
+    shutil.copytree(base / '00000007', twice / folder)
+  err = config_error(capsys, f'--model={twice}', '--model_version=7', *common)
+  assert err.endswith(f'{twice} holds version 7 twice, in folders 007 and 7; '
+                      'remove or rename one of them')
+  err = config_error(capsys, f'--model={twice}', *common)  # the highest is ambiguous too
+  assert 'holds version 7 twice, in folders 007 and 7' in err
+  assert leftovers(tmp_path / 'out') == []
+
+
+# -- older TF1 exports: the signature disagrees with the graph --------------
+
+def test_stale_tf1_signature_scores_as_a_tf1_session(serving_models, tmp_path, caplog):
+  path = serving_models / 'stale'
+  instances = [{'id': 'a', 'x': [1.5]}, {'id': 'b', 'x': [-2.0]}, {'id': 'c', 'x': [0.0]},
+               {'id': 'scalar', 'x': 3},  # a scalar fits shape [1] (README)
+               {'id': 'two', 'x': [1.0, 2.0]}, {'id': 'deep', 'x': [[1.0]]}]
+  data = jsonl(tmp_path, 'in.jsonl', instances)
+  with caplog.at_level(logging.INFO):
+    predictions, errors, summary = run_job(
+        str(tmp_path / 'out'), f'--model={path}', f'--input={data}', '--key_field=id')
+  assert_conserved(summary, predictions, errors)
+  notes = [r.getMessage() for r in caplog.records if 'disagrees with the graph' in r.getMessage()]
+  assert len(notes) == 2, notes  # once each for x and y, by the launcher
+  assert "input 'x' (x:0) is declared [] but is [?,1] in the graph" in notes[0]
+  assert "output 'y' (y:0) is declared [] but is [?,2] in the graph" in notes[1]
+  assert any('Model check: loaded' in r.getMessage() for r in caplog.records)
+  expected = tf1_session_run(path, 'y:0', {'x:0': [[1.5], [-2.0], [0.0], [3.0]]})
+  by_id = {p['id']: p['y'] for p in predictions}
+  assert by_id == {k: v.tolist() for k, v in zip(['a', 'b', 'c', 'scalar'], expected)}
+  assert {e['id']: e['error']['category'] for e in errors} == {'two': 'schema',
+                                                               'deep': 'schema'}
+  for e in errors:
+    assert "input 'x' expects shape [1] per instance" in e['error']['message'], e
+
+
+# -- fixed batch dimensions ---------------------------------------------------
+
+def test_fixed_batch_signatures_score_as_the_dynamic_one(serving_models, tmp_path,
+                                                         signature_of):
+  path = serving_models / 'functions'
+  rng = np.random.default_rng(4)
+  x = rng.uniform(0, 5, size=(11, 3)).round(3).astype(F32)  # 11: not a multiple of 4
+  x[6, 1] = -1.0  # fails in the model, alone
+  data = jsonl(tmp_path, 'in.jsonl', [{'id': i, 'x': row.tolist()} for i, row in enumerate(x)])
+  good = [i for i in range(11) if i != 6]
+  expected = signature_of(path, x=x[good])
+  results = {}
+  for signature, fixed in (('serving_default', None), ('one', 1), ('four', 4)):
+    predictions, errors, summary = run_job(
+        str(tmp_path / signature), f'--model={path}', f'--signature={signature}',
+        f'--input={data}', '--key_field=id', '--max_batch_size=8')
+    assert summary['model']['fixed_batch'] == fixed
+    assert [e['id'] for e in errors] == [6]
+    assert errors[0]['error']['category'] == 'model'
+    assert 'negative value' in errors[0]['error']['message']
+    by_id = {p['id']: p for p in predictions}
+    assert sorted(by_id) == good
+    for j, i in enumerate(good):
+      np.testing.assert_array_equal(np.array(by_id[i]['y'], F32), expected['y'][j])
+      assert F32(by_id[i]['total']) == expected['total'][j]
+    results[signature] = sorted(predictions, key=lambda p: p['id'])
+  assert results['one'] == results['four'] == results['serving_default']
+
+
+def test_fixed_batch_scoring_pads_and_isolates(serving_models):
+  """The handler directly, on batches of every size around the fixed one."""
+  from transforms.savedmodel import inspect_model
+  from transforms.score import LoadedSignature
+  path = str(serving_models / 'functions')
+  dynamic = LoadedSignature(inspect_model(path, ('serve',), 'serving_default'))
+  for signature in ('one', 'four'):
+    fixed = LoadedSignature(inspect_model(path, ('serve',), signature))
+    for size in (1, 3, 4, 5, 9):
+      for bad in ([], [0], [size - 1], list(range(size))):
+        x = np.arange(size * 3, dtype=F32).reshape(size, 3)
+        x[bad, 0] = -1.0
+        parts, failures = fixed.score({'x': x})
+        assert sorted(i for i, _ in failures) == bad
+        rows = [i for positions, _ in parts for i in positions]
+        assert sorted(rows) == [i for i in range(size) if i not in bad]
+        for positions, outputs in parts:
+          want = dynamic.predict({'x': x[list(positions)]})
+          np.testing.assert_array_equal(outputs['y'], want['y'])
+
+
+def test_inputs_fixing_different_batch_sizes_is_one_line(serving_models, tmp_path, capsys):
+  data = jsonl(tmp_path, 'in.jsonl', [{'a': [1, 2, 3], 'b': [1, 2, 3]}])
+  err = config_error(capsys, f'--model={serving_models / "functions"}', '--signature=conflict',
+                     f'--input={data}', f'--output={tmp_path / "out"}')
+  assert err.endswith("--signature: signature 'conflict' fixes different batch sizes for "
+                      "its inputs ('a' 1, 'b' 4); no batch can satisfy them all")
+
+
+# -- stateful and unusual models ----------------------------------------------
+
+def test_reference_typed_output_is_fetched_as_its_value(serving_models, tmp_path):
+  path = serving_models / 'ref'
+  x = [[1.0, -2.0], [0.5, 8.0], [3.0, 0.0]]
+  data = jsonl(tmp_path, 'in.jsonl', [{'id': i, 'x': v} for i, v in enumerate(x)])
+  predictions, errors, _ = run_job(str(tmp_path / 'out'), f'--model={path}',
+                                   f'--input={data}', '--key_field=id')
+  assert errors == []
+  doubled, y = tf1_session_run(path, ['Assign:0', 'y:0'], {'x:0': x})
+  by_id = {p['id']: p for p in predictions}
+  assert [by_id[i]['doubled'] for i in range(3)] == doubled.tolist()
+  assert [by_id[i]['y'] for i in range(3)] == y.tolist()
+
+
+def test_stateful_counter_loads_and_scores(serving_models, tmp_path, signature_of):
+  path = serving_models / 'functions'
+  x = np.arange(30, dtype=F32).reshape(10, 3) / 4
+  data = jsonl(tmp_path, 'in.jsonl', [{'id': i, 'x': row.tolist()} for i, row in enumerate(x)])
+  predictions, errors, _ = run_job(str(tmp_path / 'out'), f'--model={path}',
+                                   '--signature=counter', f'--input={data}', '--key_field=id',
+                                   '--max_batch_size=4')
+  assert errors == [] and len(predictions) == 10
+  expected = signature_of(path, 'counter', x=x)['y']
+  calls = []
+  for p in predictions:
+    np.testing.assert_array_equal(np.array(p['y'], F32), expected[p['id']])
+    calls.append(p['calls'])
+  # The variable counts the job's calls, from 1 in each loaded copy: at most
+  # 4 instances per call.
+  assert sorted(set(calls)) == list(range(1, max(calls) + 1))
+  assert 4 * len(set(calls)) >= 10 and max(calls.count(c) for c in calls) <= 4
+
+
+def test_an_output_without_batch_dimension_is_one_line_or_left_out(serving_models, tmp_path,
+                                                                  capsys, signature_of):
+  path = serving_models / 'functions'
+  data = jsonl(tmp_path, 'in.jsonl', [{'x': [1.0, 2.0, 3.0]}])
+  err = config_error(capsys, f'--model={path}', '--signature=weights', f'--input={data}',
+                     f'--output={tmp_path / "out"}')
+  assert ("output 'w' has shape [3, 2], not one row per instance of the batch (1); "
+          'leave it out with --output_fields') in err
+  predictions, errors, _ = run_job(str(tmp_path / 'out'), f'--model={path}',
+                                   '--signature=weights', '--output_fields=y',
+                                   f'--input={data}')
+  expected = signature_of(path, 'weights', x=np.array([[1.0, 2.0, 3.0]], F32))['y'][0]
+  assert errors == [] and sorted(predictions[0]) == ['filename', 'offset', 'y']
+  np.testing.assert_array_equal(np.array(predictions[0]['y'], F32), expected)
+
+
+def test_warmup_requests_in_assets_extra_are_ignored(model_dir, tmp_path, signature_of):
+  """TF Serving's warm-up file sits beside the SavedModel: loading ignores
+  it, locally and when the model is staged from a bucket (copied as is)."""
+  base = tmp_path / 'base'
+  shutil.copytree(model_dir / 'assets', base / '00000003')
+  warmup = base / '00000003' / 'assets.extra' / 'tf_serving_warmup_requests'
+  warmup.parent.mkdir()
+  warmup.write_bytes(b'\x1e\x00\x00\x00\x00\x00\x00\x00not a PredictionLog\xff' * 4)
+  instances = [{'id': 'a', 'age': 30.0, 'thal': 'normal'}, {'id': 'b', 'age': 2.5,
+                                                            'thal': 'unknown'}]
+  data = jsonl(tmp_path, 'in.jsonl', instances)
+  expected = signature_of(model_dir / 'assets', age=np.array([30.0, 2.5], F32),
+                          thal=np.array([b'normal', b'unknown']))
+
+  def check(predictions, errors, summary):
+    assert errors == [] and summary['model']['version_folder'] == '00000003'
+    by_id = {p['id']: p for p in predictions}
+    assert [by_id[k]['output_0'] for k in 'ab'] == expected['output_0'].tolist()
+    assert [by_id[k]['output_1'] for k in 'ab'] == ['NORMAL', 'UNKNOWN']
+
+  check(*run_job(str(tmp_path / 'out'), f'--model={base}', f'--input={data}', '--key_field=id'))
+  staging = tmp_path / 'staged'
+  os.environ['BATCH_PREDICT_STAGING_DIR'] = str(staging)
+  try:
+    with cloud.emulated_bucket('serving-models') as bucket:
+      cloud.upload_tree(bucket, str(base), 'models/assets')
+      check(*run_job(str(tmp_path / 'out-gs'), '--model=gs://serving-models/models/assets',
+                     f'--input={data}', '--key_field=id'))
+  finally:
+    del os.environ['BATCH_PREDICT_STAGING_DIR']
+  [copy] = os.listdir(staging)  # one complete copy, no partial one
+  assert '.partial-' not in copy
+  staged = staging / copy / 'assets.extra' / 'tf_serving_warmup_requests'
+  assert staged.read_bytes() == warmup.read_bytes()
+
+
+def test_signature_mistakes_name_the_available_ones(serving_models, model_dir, tmp_path,
+                                                    capsys):
+  data = jsonl(tmp_path, 'in.jsonl', [{'x': 1.0}])
+  common = (f'--input={data}', f'--output={tmp_path / "out"}')
+  err = config_error(capsys, f'--model={model_dir / "tf1"}', *common)
+  assert err.endswith("--signature: no signature 'serving_default'; available: "
+                      'predict_scores; pass --signature=NAME')
+  err = config_error(capsys, f'--model={serving_models / "nosig"}', *common)
+  assert err.endswith(f'--model: {serving_models / "nosig"} has no signatures (tag set '
+                      '"serve"), so there is nothing to call; TF Serving cannot serve it '
+                      'either: save it with signatures=...')
+
+
+def test_sample_call_rejected_with_invalid_argument_only_warns(serving_models, tmp_path,
+                                                              caplog, signature_of):
+  """`positive` asserts x > 0: the launch check's zeros fail, real
+  instances pass."""
+  path = serving_models / 'functions'
+  x = np.array([[1.0, 2.0, 3.0], [0.5, 0.0, 1.0]], F32)
+  data = jsonl(tmp_path, 'in.jsonl', [{'id': i, 'x': row.tolist()} for i, row in enumerate(x)])
+  with caplog.at_level(logging.WARNING, logger='pipeline'):
+    predictions, errors, summary = run_job(
+        str(tmp_path / 'out'), f'--model={path}', '--signature=positive', f'--input={data}',
+        '--key_field=id')
+  warnings = [r.getMessage() for r in caplog.records if 'Model check' in r.getMessage()]
+  assert len(warnings) == 1 and 'rejects a sample batch of zeros' in warnings[0]
+  assert 'InvalidArgumentError' in warnings[0] and 'not positive' in warnings[0]
+  assert [e['id'] for e in errors] == [1] and 'not positive' in errors[0]['error']['message']
+  expected = signature_of(path, 'positive', x=x[:1])['y'][0]
+  np.testing.assert_array_equal(np.array(predictions[0]['y'], F32), expected)
+  assert summary['exit_status'] == 0 or summary['errors'] == 1
+
+
+def test_unknown_op_stops_the_job_at_launch_in_one_line(model_dir, tmp_path, capsys):
+  """The real command: one line naming the op, exit 2, no lock or staging
+  folder; with --skip_model_check the workers fail instead (exit 1), and
+  nothing is left behind either."""
+  broken = tmp_path / 'broken'
+  shutil.copytree(model_dir / 'novars', broken)
+  models.replace_op(str(broken), 'Mul', 'NoSuchOp')
+  data = jsonl(tmp_path, 'in.jsonl', [{'x': [1.0, 2.0]}])
+  out = tmp_path / 'out'
+  args = [f'--model={broken}', f'--input={data}', f'--output={out}']
+  env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='3')
+  env.pop('BATCH_PREDICT_DEBUG', None)
+  proc = subprocess.run([sys.executable, '-m', 'pipeline', *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True)
+  lines = [l for l in proc.stderr.splitlines() if l.strip() and not TF_CHATTER.match(l)]
+  assert proc.returncode == cli.EXIT_CONFIG_ERROR, proc.stderr
+  assert len(lines) == 1, lines
+  assert lines[0].startswith(f'batch-predict: error: --model: cannot load {broken}: ')
+  assert "Op type not registered 'NoSuchOp'" in lines[0]
+  assert leftovers(out) == [] and not (out / 'summary.json').exists()
+  rc = cli.main([*args, '--skip_model_check'])
+  err = capsys.readouterr().err
+  assert rc == cli.EXIT_PIPELINE_FAILED and "Op type not registered 'NoSuchOp'" in err
+  assert leftovers(out) == [] and not (out / 'summary.json').exists()
