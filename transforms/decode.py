@@ -95,6 +95,8 @@ class InstanceDecoder:
   An instance is an object whose fields name the inputs; for a single-input
   signature it may also be the bare value. `key_field` and
   `passthrough_fields` are carried to the output; other fields are ignored.
+  A signature that takes serialized tf.Examples is fed one per instance, as
+  `_example` says, checked against the graph's parsing spec before scoring.
   """
   def __init__(self, signature: SignatureSpec, formats: dict,
                key_field: Optional[str] = None, passthrough_fields=()):

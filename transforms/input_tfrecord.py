@@ -11,7 +11,10 @@ error record and is skipped unread.
 Definition (`TFRecordFormat.instance`): a record is a serialized tf.Example;
 its features are the instance's fields, each a flat list of values,
 reshaped to the input's shape (`convert.convert_feature_values`). A
-signature that takes serialized Examples is fed the record as it is.
+signature that takes serialized Examples is fed the record as it is, once it
+passes the graph's parsing spec (`convert.check_example`: a required feature
+missing, another kind, or a value count the feature's shape does not take,
+is a schema error naming the feature).
 Carried features are written as one value (or a list of several): int64 as
 the integer, float as the shortest text of its 32-bit value, bytes as UTF-8
 text where valid, else {"b64": ...}.
