@@ -28,8 +28,14 @@ against the clean (d) run ("time / clean (d)": how many times longer):
 A second table times (d) on the tabular instances stored as CSV, Parquet
 and TFRecord (tf.Example) files.
 
-  --only mlp,tabular,failures,formats   runs only those parts ('failures':
-                    the clean (d) tabular run and the two rows above)
+A third ('fixed_batch') times (d) on the tabular data through two exports
+of one Keras model (same layers, same weights): inputs of shape [None]
+(any batch) and of shape [1] (a fixed batch of one, as TF2 exports of a
+single-example function declare), scored one instance per call.
+
+  --only mlp,tabular,failures,formats,fixed_batch   runs only those parts
+                    ('failures': the clean (d) tabular run and the two rows
+                    above)
 """
 import argparse
 import json
@@ -46,7 +52,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 BATCH = 256
 TABULAR_FEATURES = [f'f{i}' for i in range(13)]
 WORKLOADS = {'mlp': 100_000, 'tabular': 500_000}
-PARTS = ('mlp', 'tabular', 'failures', 'formats')
+PARTS = ('mlp', 'tabular', 'failures', 'formats', 'fixed_batch')
 BAD_EVERY = 1000  # one bad line in this many, in the "0.1% bad lines" row
 
 
@@ -94,6 +100,22 @@ def build_tabular_failing(path):
 
   archive.add_endpoint('serving_default', serve)
   archive.write_out(path, verbose=False)
+
+
+def build_tabular_batch_pair(dynamic_path, fixed_path):
+  """The tabular layers (one set of weights) exported twice: inputs [None]
+  and inputs [1] (a fixed batch dimension of one)."""
+  import keras
+  import tensorflow as tf
+  model = tabular_layers(keras)
+  for path, batch in ((dynamic_path, None), (fixed_path, 1)):
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint('serving_default', tf.function(
+        lambda features: model(features),
+        input_signature=[{n: tf.TensorSpec([batch], tf.float32, name=n)
+                          for n in TABULAR_FEATURES}]))
+    archive.write_out(path, verbose=False)
 
 
 def write_bad_lines(clean_path, path):
@@ -153,7 +175,8 @@ def prepare(workdir, scale, parts):
   for workload, count in WORKLOADS.items():
     if workload == 'mlp' and 'mlp' not in parts:
       continue
-    if workload == 'tabular' and not set(parts) & {'tabular', 'failures', 'formats'}:
+    if workload == 'tabular' and not set(parts) & {'tabular', 'failures', 'formats',
+                                                   'fixed_batch'}:
       continue
     count = int(count * scale)
     data = os.path.join(workdir, f'{workload}-{count}.jsonl')
@@ -166,6 +189,10 @@ def prepare(workdir, scale, parts):
     stem = data[:-len('.jsonl')]
     if workload == 'tabular' and 'formats' in parts and not os.path.exists(stem + '.tfrecord'):
       write_other_formats(data, stem)
+    if workload == 'tabular' and 'fixed_batch' in parts:
+      dynamic = os.path.join(workdir, 'tabular-dynamic-batch-model')
+      if not os.path.exists(dynamic):
+        build_tabular_batch_pair(dynamic, os.path.join(workdir, 'tabular-fixed-batch-model'))
     if workload == 'tabular' and 'failures' in parts:
       failing = os.path.join(workdir, 'tabular-failing-model')
       if not os.path.exists(failing):
@@ -378,11 +405,14 @@ def main():
                    if config.startswith('d') else '-'))
   header = ('workload', 'configuration', 'instances', 'seconds', 'inst/s',
             'peak MiB', 'vs (b)', 'vs (c)', 'time / clean (d)')
-  print('| ' + ' | '.join(header) + ' |')
-  print('|' + '---|' * len(header))
+  if rows:
+    print('| ' + ' | '.join(header) + ' |')
+    print('|' + '---|' * len(header))
   for w, c, n, s, rate, mem, vb, vc, vd in rows:
     print(f'| {w} | {c} | {n:,} | {s:.1f} | {rate:,.0f} | {mem:,.0f} | {vb} | {vc} | {vd} |')
 
+  if 'fixed_batch' in parts:
+    fixed_batch_table(args.workdir, int(WORKLOADS['tabular'] * args.scale))
   if 'formats' not in parts:
     return
   count = int(WORKLOADS['tabular'] * args.scale)
@@ -397,6 +427,25 @@ def main():
                   os.path.join(args.workdir, 'out', f'tabular-d-{extension}'))
     print(f'| {extension} | {r["count"]:,} | {r["seconds"]:.1f} | {r["rate"]:,.0f} | '
           f'{r["peak_mb"]:,.0f} | {r["rate"] / jsonl_rate:.2f}x |')
+
+
+def fixed_batch_table(workdir, count):
+  """(d) on the same tabular data through the [None] and the [1] export."""
+  data = os.path.join(workdir, f'tabular-{count}.jsonl')
+  results = {}
+  for batch in ('dynamic', 'fixed'):
+    model = os.path.join(workdir, f'tabular-{batch}-batch-model')
+    results[batch] = run_child('d', 'tabular', model, data,
+                               os.path.join(workdir, 'out', f'tabular-d-{batch}-batch'))
+  print()
+  print('| (d) this job, tabular model with inputs | instances | seconds | inst/s | peak MiB '
+        '| vs [None] |')
+  print('|---|---|---|---|---|---|')
+  for batch, label in (('dynamic', '[None] (any batch; 256 per call)'),
+                       ('fixed', '[1] (fixed batch; 1 per call)')):
+    r = results[batch]
+    print(f'| {label} | {r["count"]:,} | {r["seconds"]:.1f} | {r["rate"]:,.0f} | '
+          f'{r["peak_mb"]:,.0f} | {r["rate"] / results["dynamic"]["rate"]:.2f}x |')
 
 
 if __name__ == '__main__':

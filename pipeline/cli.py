@@ -222,6 +222,10 @@ def check_model(config) -> None:
   for note in config.model.signature.graph_shapes_used:
     _LOG.warning('Using the graph\'s shape, as TF Serving does (the SignatureDef '
                  'disagrees with the graph, as in older TF1 exports): %s', note)
+  fixed = config.model.signature.fixed_batch
+  if fixed:
+    _LOG.info('Signature %s fixes the batch dimension at %d: scored in calls of %d rows, '
+              'the last of each batch padded', config.model.signature.name, fixed, fixed)
   if config.options.skip_model_check:
     return
   try:

@@ -324,3 +324,17 @@ def test_unknown_op_stops_the_job_at_launch_in_one_line(model_dir, tmp_path, cap
   err = capsys.readouterr().err
   assert rc == cli.EXIT_PIPELINE_FAILED and "Op type not registered 'NoSuchOp'" in err
   assert leftovers(out) == [] and not (out / 'summary.json').exists()
+
+
+def test_launch_check_feeds_examples_built_from_the_parsing_spec(model_dir):
+  """Signatures that take serialized tf.Examples are checked with an Example
+  that satisfies the graph's parsing spec (an empty one would fail the
+  model's required features)."""
+  from transforms.savedmodel import inspect_model
+  from transforms.score import check_model, sample_feeds
+  for signature in ('serving_default', 'classification', 'regression'):
+    ref = inspect_model(str(model_dir / 'estimator'), ('serve',), signature)
+    [examples] = sample_feeds(ref.signature)
+    assert examples.shape == (1,) and examples[0] != b''
+    seconds, warning = check_model(ref)
+    assert warning is None and seconds > 0
