@@ -16,7 +16,7 @@ from transforms import convert, example_spec
 from transforms.example_spec import FeatureSpec
 from transforms.input_json import NotAnExample, RequestError, split_request
 from transforms.json_values import parse_json
-from transforms.records import PARSE, RawChunk, SCHEMA
+from transforms.records import RawChunk, SCHEMA
 from transforms.savedmodel import SignatureSpec, TensorSpec
 
 
@@ -64,8 +64,8 @@ B64 = {'b64': 'AAE='}
     (EXAMPLES, {'inputs': {'age': [30, 40], 'thal': ['a', 'b']}},
      [{'age': 30, 'thal': 'a'}, {'age': 40, 'thal': 'b'}]),
     # classify / regress bodies
-    (EXAMPLES, {'signature_name': 'classification', 'examples': [{'age': 1}, {'age': 2, 'thal': 'y'}],
-                'context': {'thal': 'x', 'count': 3}},
+    (EXAMPLES, {'signature_name': 'classification', 'context': {'thal': 'x', 'count': 3},
+                'examples': [{'age': 1}, {'age': 2, 'thal': 'y'}]},
      [{'thal': 'x', 'count': 3, 'age': 1}, {'thal': 'y', 'count': 3, 'age': 2}]),
     (EXAMPLES, {'examples': [{'age': 1}, 5, [1]]},
      [{'age': 1}, NotAnExample(5), NotAnExample([1])]),
@@ -225,11 +225,14 @@ def test_sample_example_satisfies_the_spec():
                                    "int64 list"),
     (dict(age=[1.0, 2.0], thal=['x']), "feature 'age' must hold 1 value (shape [1]), the "
                                        "Example has 2"),
-    (dict(age=[1.0], thal=['x'], count=[1.0]), "feature 'count' must be an int64 list, the Example has a float list"),
-    (dict(age=[1.0], thal=['x'], count=[1, 2]), "feature 'count' must hold 1 value (shape []), the Example has 2"),
+    (dict(age=[1.0], thal=['x'], count=[1.0]),
+     "feature 'count' must be an int64 list, the Example has a float list"),
+    (dict(age=[1.0], thal=['x'], count=[1, 2]),
+     "feature 'count' must hold 1 value (shape []), the Example has 2"),
     (dict(age=[1.0], thal=['x'], seq=[1.0, 2.0, 3.0]),
      "feature 'seq' must hold a multiple of 2 values (shape [?,2]), the Example has 3"),
-    (dict(age=[1.0], thal=['x'], tags=[1.0]), "feature 'tags' must be a bytes list, the Example has a float list"),
+    (dict(age=[1.0], thal=['x'], tags=[1.0]),
+     "feature 'tags' must be a bytes list, the Example has a float list"),
 ])
 def test_check_example_names_the_feature(example, message):
   features = dict(ESTIMATOR_FEATURES, seq=FeatureSpec('float', False, (None, 2)),
@@ -361,7 +364,7 @@ def test_request_bodies_and_example_inputs_end_to_end(model_dir, tmp_path, signa
   d.mkdir()
   expected = {}  # tag (or file name) -> the serialized Example the model must score
 
-  def given(name, data):
+  def fed(name, data):
     expected[name] = data
     return b64(data)
 
@@ -376,15 +379,16 @@ def test_request_bodies_and_example_inputs_end_to_end(model_dir, tmp_path, signa
   expected['m1'] = reference_example(4.0, 'fixed')
   (d / 'other.json').write_text(json.dumps({'signature_name': 'nope', 'examples': [{}]}))
   (d / 'rows.json').write_text(json.dumps({'instances': [
-      {input_name: given('r0', reference_example(7.5, 'fixed', 2)), 'tag': 'r0'},
+      {input_name: fed('r0', reference_example(7.5, 'fixed', 2)), 'tag': 'r0'},
       {input_name: b64(reference_example(thal='fixed')), 'tag': 'r1'}]}))
   (d / 'columns.json').write_text(json.dumps({'inputs': {
-      input_name: [given('k0', reference_example(1.0, 'x')), given('k1', reference_example(2.0, 'fixed'))],
+      input_name: [fed('k0', reference_example(1.0, 'x')),
+                   fed('k1', reference_example(2.0, 'fixed'))],
       'tag': ['k0', 'k1']}}))
-  (d / 'single.json').write_text(json.dumps({'inputs': given('single.json',
+  (d / 'single.json').write_text(json.dumps({'inputs': fed('single.json',
                                                              reference_example(9.0, 'fixed', 3))}))
-  lines = [json.dumps({input_name: given('l0', reference_example(11.0, 'normal')), 'tag': 'l0'}),
-           json.dumps(given('lines.jsonl', reference_example(12.0, 'fixed'))),
+  lines = [json.dumps({input_name: fed('l0', reference_example(11.0, 'normal')), 'tag': 'l0'}),
+           json.dumps(fed('lines.jsonl', reference_example(12.0, 'fixed'))),
            json.dumps({input_name: b64(reference_example(13.0)), 'tag': 'l2'})]
   write_lines(str(d / 'lines.jsonl'), lines)
   records = [reference_example(20.0, 'fixed', 4, tag='t0'), reference_example(21.0, tag='t1'),
