@@ -28,7 +28,10 @@ instances, each then what a JSON Lines line holding it would be:
   split into instances: an error for the file. `{"b64": ...}` is a binary
   value, not an object of named inputs, unless an input is named "b64";
 - anything else (an object without "instances", "inputs" or a list of
-  "examples", or a non-object) is a single instance.
+  "examples", or a non-object) is a single instance: `{"examples": {"b64":
+  ...}}` is an instance for a signature whose input is named "examples"
+  (with "context" or "signature_name" beside it, "examples" must be a
+  list).
 
 "signature_name", where given, must name the job's signature (else an error
 for the file naming both). A body holds one of "instances", "inputs" or
