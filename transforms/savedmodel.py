@@ -72,8 +72,8 @@ class SignatureSpec:
   # The signature's only input is serialized tf.Examples (Estimator exports,
   # classify/regress signatures).
   takes_examples: bool = False
-  # Feature name -> 'float' | 'int64' | 'bytes', from the parsing ops in the
-  # graph; None when the graph does not say.
+  # Feature name -> example_spec.FeatureSpec (kind, required, shape), from
+  # the parsing ops in the graph; None when the graph does not say.
   example_features: Optional[dict] = None
   # Rows per model call when the inputs fix the batch dimension (`[1, ...]`
   # in TF2 exports of a single-example function); None: any number.
