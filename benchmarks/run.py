@@ -28,10 +28,12 @@ against the clean (d) run ("time / clean (d)": how many times longer):
 A second table times (d) on the tabular instances stored as CSV, Parquet
 and TFRecord (tf.Example) files.
 
-A third ('fixed_batch') times (d) on the tabular data through two exports
-of one Keras model (same layers, same weights): inputs of shape [None]
-(any batch) and of shape [1] (a fixed batch of one, as TF2 exports of a
-single-example function declare), scored one instance per call.
+A third ('fixed_batch') times (d) through two exports of one Keras model
+(same layers, same weights): inputs of shape [None] (any batch) and of shape
+[1] (a fixed batch of one, as TF2 exports of a single-example function
+declare), scored one instance per call; for the tabular model (tiny: the
+per-call cost dominates) and the MLP (a model with some compute per
+instance).
 
   --only mlp,tabular,failures,formats,fixed_batch   runs only those parts
                     ('failures': the clean (d) tabular run and the two rows
@@ -102,19 +104,27 @@ def build_tabular_failing(path):
   archive.write_out(path, verbose=False)
 
 
-def build_tabular_batch_pair(dynamic_path, fixed_path):
-  """The tabular layers (one set of weights) exported twice: inputs [None]
-  and inputs [1] (a fixed batch dimension of one)."""
+def build_batch_pair(workload, dynamic_path, fixed_path):
+  """One model's layers (one set of weights) exported twice: inputs of
+  batch dimension None and 1 (a fixed batch dimension of one)."""
   import keras
   import tensorflow as tf
-  model = tabular_layers(keras)
+  if workload == 'tabular':
+    model = tabular_layers(keras)
+    specs = lambda batch: {n: tf.TensorSpec([batch], tf.float32, name=n)  # noqa: E731
+                           for n in TABULAR_FEATURES}
+  else:
+    pixels = keras.Input(shape=(784,), name='pixels')
+    hidden = keras.layers.Dense(128, activation='relu')(pixels)
+    probs = keras.layers.Dense(10, activation='softmax', name='probs')(hidden)
+    model = keras.Model({'pixels': pixels}, {'probs': probs})
+    specs = lambda batch: {'pixels': tf.TensorSpec([batch, 784], tf.float32,  # noqa: E731
+                                                   name='pixels')}
   for path, batch in ((dynamic_path, None), (fixed_path, 1)):
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint('serving_default', tf.function(
-        lambda features: model(features),
-        input_signature=[{n: tf.TensorSpec([batch], tf.float32, name=n)
-                          for n in TABULAR_FEATURES}]))
+        lambda features: model(features), input_signature=[specs(batch)]))
     archive.write_out(path, verbose=False)
 
 
@@ -173,7 +183,7 @@ def write_other_formats(jsonl_path, stem):
 def prepare(workdir, scale, parts):
   os.makedirs(workdir, exist_ok=True)
   for workload, count in WORKLOADS.items():
-    if workload == 'mlp' and 'mlp' not in parts:
+    if workload == 'mlp' and not set(parts) & {'mlp', 'fixed_batch'}:
       continue
     if workload == 'tabular' and not set(parts) & {'tabular', 'failures', 'formats',
                                                    'fixed_batch'}:
@@ -189,10 +199,11 @@ def prepare(workdir, scale, parts):
     stem = data[:-len('.jsonl')]
     if workload == 'tabular' and 'formats' in parts and not os.path.exists(stem + '.tfrecord'):
       write_other_formats(data, stem)
-    if workload == 'tabular' and 'fixed_batch' in parts:
-      dynamic = os.path.join(workdir, 'tabular-dynamic-batch-model')
+    if 'fixed_batch' in parts:
+      dynamic = os.path.join(workdir, f'{workload}-dynamic-batch-model')
       if not os.path.exists(dynamic):
-        build_tabular_batch_pair(dynamic, os.path.join(workdir, 'tabular-fixed-batch-model'))
+        build_batch_pair(workload, dynamic,
+                         os.path.join(workdir, f'{workload}-fixed-batch-model'))
     if workload == 'tabular' and 'failures' in parts:
       failing = os.path.join(workdir, 'tabular-failing-model')
       if not os.path.exists(failing):
@@ -412,7 +423,7 @@ def main():
     print(f'| {w} | {c} | {n:,} | {s:.1f} | {rate:,.0f} | {mem:,.0f} | {vb} | {vc} | {vd} |')
 
   if 'fixed_batch' in parts:
-    fixed_batch_table(args.workdir, int(WORKLOADS['tabular'] * args.scale))
+    fixed_batch_table(args.workdir, args.scale)
   if 'formats' not in parts:
     return
   count = int(WORKLOADS['tabular'] * args.scale)
@@ -429,23 +440,24 @@ def main():
           f'{r["peak_mb"]:,.0f} | {r["rate"] / jsonl_rate:.2f}x |')
 
 
-def fixed_batch_table(workdir, count):
-  """(d) on the same tabular data through the [None] and the [1] export."""
-  data = os.path.join(workdir, f'tabular-{count}.jsonl')
-  results = {}
-  for batch in ('dynamic', 'fixed'):
-    model = os.path.join(workdir, f'tabular-{batch}-batch-model')
-    results[batch] = run_child('d', 'tabular', model, data,
-                               os.path.join(workdir, 'out', f'tabular-d-{batch}-batch'))
+def fixed_batch_table(workdir, scale):
+  """(d) on the same data through the [None] and the [1] export."""
   print()
-  print('| (d) this job, tabular model with inputs | instances | seconds | inst/s | peak MiB '
+  print('| (d) this job, model with inputs | instances | seconds | inst/s | peak MiB '
         '| vs [None] |')
   print('|---|---|---|---|---|---|')
-  for batch, label in (('dynamic', '[None] (any batch; 256 per call)'),
-                       ('fixed', '[1] (fixed batch; 1 per call)')):
-    r = results[batch]
-    print(f'| {label} | {r["count"]:,} | {r["seconds"]:.1f} | {r["rate"]:,.0f} | '
-          f'{r["peak_mb"]:,.0f} | {r["rate"] / results["dynamic"]["rate"]:.2f}x |')
+  for workload in ('tabular', 'mlp'):
+    data = os.path.join(workdir, f'{workload}-{int(WORKLOADS[workload] * scale)}.jsonl')
+    results = {}
+    for batch in ('dynamic', 'fixed'):
+      model = os.path.join(workdir, f'{workload}-{batch}-batch-model')
+      results[batch] = run_child('d', workload, model, data,
+                                 os.path.join(workdir, 'out', f'{workload}-d-{batch}-batch'))
+    for batch, label in (('dynamic', '[None] (any batch; 256 per call)'),
+                         ('fixed', '[1] (fixed batch; 1 per call)')):
+      r = results[batch]
+      print(f'| {workload} {label} | {r["count"]:,} | {r["seconds"]:.1f} | {r["rate"]:,.0f} | '
+            f'{r["peak_mb"]:,.0f} | {r["rate"] / results["dynamic"]["rate"]:.2f}x |')
 
 
 if __name__ == '__main__':
