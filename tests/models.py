@@ -152,19 +152,7 @@ def build_no_variables_model(path: str) -> None:
   """TF1 graph without variables, saved without a variables directory:
   y = 3 * x for x float32[2]."""
   import shutil
-  import tensorflow as tf
-  v1 = tf.compat.v1
-  graph = tf.Graph()
-  with graph.as_default():
-    x = v1.placeholder(tf.float32, [None, 2], name='x')
-    y = 3.0 * x
-    with v1.Session(graph=graph) as sess:
-      builder = v1.saved_model.Builder(path)
-      info = v1.saved_model.utils.build_tensor_info
-      builder.add_meta_graph_and_variables(sess, ['serve'], signature_def_map={
-          'serving_default': v1.saved_model.signature_def_utils.build_signature_def(
-              {'x': info(x)}, {'y': info(y)}, 'tensorflow/serving/predict')})
-      builder.save()
+  build_scaled_tf1_model(path, 3.0)
   shutil.rmtree(os.path.join(path, 'variables'), ignore_errors=True)
 
 
