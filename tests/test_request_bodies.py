@@ -169,7 +169,9 @@ def _graph_features(build):
     serialized = tf.compat.v1.placeholder(tf.string, [None])
     build(tf, serialized)
   graph_def = graph.as_graph_def()
-  return example_spec.example_features(graph_def, example_spec.parse_example_nodes(graph_def))
+  every_node = [n.name for n in graph_def.node]
+  return example_spec.example_features(
+      graph_def, example_spec.parse_example_nodes(graph_def, every_node))
 
 
 def test_example_spec_from_parse_example_v2():
@@ -206,6 +208,41 @@ def test_example_spec_from_the_v1_op_and_a_saved_function(tmp_path):
   assert spec.example_features == {'x': FeatureSpec('float', True, (2,)),
                                    'w': FeatureSpec('float', False, ()),
                                    'tags': FeatureSpec('bytes')}
+
+
+def test_parsing_spec_is_the_chosen_signatures_own(tmp_path):
+  """Signatures of one SavedModel parse different Examples, or none: each
+  gets only the parsing nodes its outputs depend on."""
+  import tensorflow as tf
+
+  class Two(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='s')])
+    def lengths(self, s):
+      return {'n': tf.strings.length(s)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='examples')])
+    def parse_a(self, examples):
+      parsed = tf.io.parse_example(examples, {'a': tf.io.FixedLenFeature([], tf.float32)})
+      return {'y': parsed['a'] * 2.0}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='examples')])
+    def parse_b(self, examples):
+      parsed = tf.io.parse_example(examples, {
+          'b': tf.io.FixedLenFeature([], tf.float32),
+          'a': tf.io.FixedLenFeature([], tf.int64, default_value=0)})
+      return {'y': parsed['b'] + tf.cast(parsed['a'], tf.float32)}
+
+  module = Two()
+  path = str(tmp_path / 'two')
+  tf.saved_model.save(module, path, signatures={
+      'serving_default': module.lengths, 'parse_a': module.parse_a, 'parse_b': module.parse_b})
+  from transforms.savedmodel import read_signature
+  plain = read_signature(path, ('serve',), 'serving_default')
+  assert not plain.takes_examples and plain.example_features is None
+  assert read_signature(path, ('serve',), 'parse_a').example_features == {
+      'a': FeatureSpec('float', True, ())}
+  assert read_signature(path, ('serve',), 'parse_b').example_features == {
+      'b': FeatureSpec('float', True, ()), 'a': FeatureSpec('int64', False, ())}
 
 
 def test_sample_example_satisfies_the_spec():

@@ -66,8 +66,47 @@ def _scopes(graph_def):
     yield list(function.node_def)
 
 
-def parse_example_nodes(graph_def) -> list:
-  return [n for scope in _scopes(graph_def) for n in scope if n.op in _PARSE_OPS]
+def parse_example_nodes(graph_def, tensor_names) -> list:
+  """The parsing nodes that the tensors named (a signature's outputs, `y:0`)
+  depend on: other signatures of the same graph may parse other Examples,
+  or none at all. Walks back from the tensors through node inputs and into
+  every function a reached node calls (wholly: a function is one unit)."""
+  functions = {f.signature.name: f for f in graph_def.library.function}
+  nodes = {n.name: n for n in graph_def.node}
+  pending = [name.lstrip('^').split(':')[0] for name in tensor_names]
+  reached, called, found = set(), [], []
+
+  def calls(node):
+    for value in node.attr.values():
+      if value.HasField('func'):
+        yield value.func.name
+      yield from (f.name for f in value.list.func)
+
+  while pending:
+    name = pending.pop()
+    if name in reached or name not in nodes:
+      continue
+    reached.add(name)
+    node = nodes[name]
+    if node.op in _PARSE_OPS:
+      found.append(node)
+    pending.extend(i.lstrip('^').split(':')[0] for i in node.input)
+    called.extend(calls(node))
+    if node.op in functions:  # a function called as an op
+      called.append(node.op)
+  seen = set()
+  while called:
+    name = called.pop()
+    if name in seen or name not in functions:
+      continue
+    seen.add(name)
+    for node in functions[name].node_def:
+      if node.op in _PARSE_OPS:
+        found.append(node)
+      called.extend(calls(node))
+      if node.op in functions:
+        called.append(node.op)
+  return found
 
 
 def _const_of(consts, input_name):

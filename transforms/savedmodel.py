@@ -274,7 +274,8 @@ def read_signature(model_dir: str, tags: tuple, signature_name: str) -> Signatur
     raise ModelError(f'{where} takes no inputs; nothing to feed it')
   fixed_batch = _fixed_batch(where, [(k, dims) for k, _, dims in inputs])
   inputs = tuple(spec for _, spec, _ in inputs)
-  parse_nodes = example_spec.parse_example_nodes(chosen.graph_def)
+  parse_nodes = example_spec.parse_example_nodes(
+      chosen.graph_def, [sig.outputs[k].name for k in sig.outputs])
   takes_examples = (len(inputs) == 1 and inputs[0].dtype == 'string'
                     and (sig.method_name in CLASSIFY_REGRESS or bool(parse_nodes)))
   features = (example_spec.example_features(chosen.graph_def, parse_nodes)
