@@ -212,30 +212,33 @@ def main(argv=None) -> int:
     lock.release()
 
 
-def check_model(config) -> None:
-  """Says which tensor shapes come from the graph rather than the
-  signature, then proves the signature callable (transforms/score.py
-  `check_model`) unless --skip_model_check; raises ConfigError."""
+def check_model(config) -> list:
+  """Proves the signature callable (transforms/score.py `check_model`)
+  unless --skip_model_check; raises ConfigError. Returns what to log once
+  the run goes ahead, as (level, message): a run that stops says one line
+  only."""
   from pipeline.options import ConfigError
   from transforms.savedmodel import ModelError
   from transforms.score import check_model as load_and_call
-  for note in config.model.signature.graph_shapes_used:
-    _LOG.warning('Using the graph\'s shape, as TF Serving does (the SignatureDef '
-                 'disagrees with the graph, as in older TF1 exports): %s', note)
+  notes = [(logging.WARNING, "Using the graph's shape, as TF Serving does (the SignatureDef "
+            f'disagrees with the graph, as in older TF1 exports): {note}')
+           for note in config.model.signature.graph_shapes_used]
   fixed = config.model.signature.fixed_batch
   if fixed:
-    _LOG.info('Signature %s fixes the batch dimension at %d: scored in calls of %d rows, '
-              'the last of each batch padded', config.model.signature.name, fixed, fixed)
+    notes.append((logging.INFO, f'Signature {config.model.signature.name} fixes the batch '
+                  f'dimension at {fixed}: scored in calls of {fixed} rows, the last of '
+                  'each batch padded'))
   if config.options.skip_model_check:
-    return
+    return notes
   try:
     seconds, warning = load_and_call(config.model)
   except ModelError as e:
     raise ConfigError(str(e)) from None
   if warning:
-    _LOG.warning('Model check: %s', warning)
-  _LOG.info('Model check: loaded %s and called signature %s on a sample batch in %.1f s',
-            config.model.path, config.model.signature.name, seconds)
+    notes.append((logging.WARNING, f'Model check: {warning}'))
+  notes.append((logging.INFO, f'Model check: loaded {config.model.path} and called signature '
+                f'{config.model.signature.name} on a sample batch in {seconds:.1f} s'))
+  return notes
 
 
 def _run(options, lock) -> int:
@@ -247,12 +250,14 @@ def _run(options, lock) -> int:
     if not message:
       lock.check_free()  # a second run stops here, before loading anything
     config = job_config.resolve(options)
-    check_model(config)
+    notes = check_model(config)
     if not message:  # a template or dry run writes nothing now
       lock.acquire()
   except (ConfigError, OSError) as e:
     _error(e)
     return EXIT_CONFIG_ERROR
+  for level, note in notes:
+    _LOG.log(level, '%s', note)
   if message:
     print(build_template(config, message))
     return EXIT_OK

@@ -300,14 +300,16 @@ def test_sample_call_rejected_with_invalid_argument_only_warns(serving_models, t
   assert summary['exit_status'] == 0 or summary['errors'] == 1
 
 
-def test_unknown_op_stops_the_job_at_launch_in_one_line(model_dir, tmp_path, capsys):
+def test_unknown_op_stops_the_job_at_launch_in_one_line(serving_models, tmp_path, capsys):
   """The real command: one line naming the op, exit 2, no lock or staging
   folder; with --skip_model_check the workers fail instead (exit 1), and
   nothing is left behind either."""
+  # The stale export: a run that goes ahead would also warn about its
+  # shapes; one that stops says only why.
   broken = tmp_path / 'broken'
-  shutil.copytree(model_dir / 'novars', broken)
-  models.replace_op(str(broken), 'Mul', 'NoSuchOp')
-  data = jsonl(tmp_path, 'in.jsonl', [{'x': [1.0, 2.0]}])
+  shutil.copytree(serving_models / 'stale', broken)
+  models.replace_op(str(broken), 'MatMul', 'NoSuchOp')
+  data = jsonl(tmp_path, 'in.jsonl', [{'x': [1.0]}])
   out = tmp_path / 'out'
   args = [f'--model={broken}', f'--input={data}', f'--output={out}']
   env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='3')
