@@ -221,7 +221,7 @@ def test_an_output_without_batch_dimension_is_one_line_or_left_out(serving_model
   data = jsonl(tmp_path, 'in.jsonl', [{'x': [1.0, 2.0, 3.0]}])
   err = config_error(capsys, f'--model={path}', '--signature=weights', f'--input={data}',
                      f'--output={tmp_path / "out"}')
-  assert ("output 'w' has shape [3, 2], not one row per instance of the batch (1); "
+  assert ("output 'w' has shape [3, 2], not one row per instance of the batch (2); "
           'leave it out with --output_fields') in err
   predictions, errors, _ = run_job(str(tmp_path / 'out'), f'--model={path}',
                                    '--signature=weights', '--output_fields=y',
@@ -337,6 +337,38 @@ def test_launch_check_feeds_examples_built_from_the_parsing_spec(model_dir):
   for signature in ('serving_default', 'classification', 'regression'):
     ref = inspect_model(str(model_dir / 'estimator'), ('serve',), signature)
     [examples] = sample_feeds(ref.signature)
-    assert examples.shape == (1,) and examples[0] != b''
+    assert examples.shape == (2,) and examples[0] != b''
     seconds, warning = check_model(ref)
     assert warning is None and seconds > 0
+
+
+def test_single_example_export_with_unbatched_outputs(tmp_path, signature_of):
+  """A TF2 export of a single-example function: input [1, 2], outputs a
+  scalar, a [2] vector (no batch dimension: the whole output is the one
+  instance's) and a [1, 2] one (batched). Each instance gets what the model
+  returns for it alone; a bad instance is isolated."""
+  import tensorflow as tf
+
+  class One(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([1, 2], tf.float32, name='x')])
+    def serve(self, x):
+      check = tf.debugging.assert_non_negative(x, message='negative')
+      with tf.control_dependencies([check]):
+        return {'total': tf.reduce_sum(x), 'probs': tf.nn.softmax(x[0]), 'doubled': x * 2.0}
+
+  path = str(tmp_path / 'one')
+  module = One()
+  tf.saved_model.save(module, path, signatures={'serving_default': module.serve})
+  xs = [[float(i), float(i % 3)] for i in range(9)] + [[-1.0, 0.0]]
+  data = jsonl(tmp_path, 'in.jsonl', [{'id': i, 'x': x} for i, x in enumerate(xs)])
+  predictions, errors, summary = run_job(str(tmp_path / 'out'), f'--model={path}',
+                                         f'--input={data}', '--key_field=id')
+  assert summary['model']['fixed_batch'] == 1
+  assert [(e['id'], e['error']['category']) for e in errors] == [(9, 'model')]
+  by_id = {p['id']: p for p in predictions}
+  assert sorted(by_id) == list(range(9))
+  for i, x in enumerate(xs[:9]):
+    expected = signature_of(path, x=np.array([x], F32))
+    assert np.float32(by_id[i]['total']) == expected['total']
+    np.testing.assert_array_equal(np.array(by_id[i]['probs'], F32), expected['probs'])
+    np.testing.assert_array_equal(np.array(by_id[i]['doubled'], F32), expected['doubled'][0])

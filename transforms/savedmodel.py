@@ -81,6 +81,11 @@ class SignatureSpec:
   # One line per tensor whose SignatureDef shape disagrees with the graph
   # (older TF1 exports): the graph's shape is used, as a Session enforces it.
   graph_shapes_used: tuple = ()
+  # Outputs without a batch dimension in a signature that fixes the batch at
+  # one (a single-example export returning a scalar or a `[10]` vector): the
+  # whole output is the one instance's. Their TensorSpec shape is the full
+  # shape.
+  unbatched_outputs: tuple = ()
 
   def input(self, name: str) -> Optional[TensorSpec]:
     return next((s for s in self.inputs if s.name == name), None)
@@ -268,12 +273,18 @@ def read_signature(model_dir: str, tags: tuple, signature_name: str) -> Signatur
   notes = []
   inputs = [(k, *_tensor_spec(k, sig.inputs[k], dtype_names, f'{where} input', nodes,
                               notes)) for k in sorted(sig.inputs)]
-  outputs = tuple(_tensor_spec(k, sig.outputs[k], dtype_names, f'{where} output', nodes,
-                               notes)[0] for k in sorted(sig.outputs))
+  outputs = [(k, *_tensor_spec(k, sig.outputs[k], dtype_names, f'{where} output', nodes,
+                               notes)) for k in sorted(sig.outputs)]
   if not inputs:
     raise ModelError(f'{where} takes no inputs; nothing to feed it')
   fixed_batch = _fixed_batch(where, [(k, dims) for k, _, dims in inputs])
   inputs = tuple(spec for _, spec, _ in inputs)
+  unbatched = ()
+  if fixed_batch == 1:  # declared without a leading 1: not batched
+    unbatched = tuple(k for k, _, dims in outputs
+                      if dims is not None and (not dims or dims[0] not in (1, None)))
+  outputs = tuple(dataclasses.replace(spec, shape=tuple(dims)) if k in unbatched else spec
+                  for k, spec, dims in outputs)
   parse_nodes = example_spec.parse_example_nodes(
       chosen.graph_def, [sig.outputs[k].name for k in sig.outputs])
   takes_examples = (len(inputs) == 1 and inputs[0].dtype == 'string'
@@ -281,7 +292,7 @@ def read_signature(model_dir: str, tags: tuple, signature_name: str) -> Signatur
   features = (example_spec.example_features(chosen.graph_def, parse_nodes)
               if takes_examples else None)
   return SignatureSpec(signature_name, sig.method_name, inputs, outputs,
-                       takes_examples, features, fixed_batch, tuple(notes))
+                       takes_examples, features, fixed_batch, tuple(notes), unbatched)
 
 
 def inspect_model(path: str, tags: tuple, signature_name: str,

@@ -66,6 +66,7 @@ class LoadedSignature:
   def __init__(self, model: ModelRef):
     self._fn = load_signature_function(model)
     self._fixed_batch = model.signature.fixed_batch
+    self._unbatched = _positions(self._fn.output_names, model.signature.unbatched_outputs)
     self._first_use = True
     self._lock = threading.Lock()
     # Fraction of the instances of recent failing batches that failed alone
@@ -112,6 +113,8 @@ class LoadedSignature:
   def _score_fixed(self, arrays, size, rows) -> tuple:
     """`score` for a signature that takes exactly `rows` rows per call."""
     call = self._fn.call_small if rows <= SMALL_CALL_ROWS else self._fn.call
+    if self._unbatched:
+      call = _batching(call, self._unbatched)
     names = self._fn.output_names
     parts, failures = [], []
     whole = size - size % rows
@@ -228,6 +231,22 @@ class LoadedSignature:
     return dict(zip(self._fn.output_names, values))
 
 
+def _positions(names, wanted) -> tuple:
+  return tuple(i for i, name in enumerate(names) if name in wanted)
+
+
+def _batching(call, unbatched):
+  """`call`, with a batch dimension of one added to the outputs at the
+  positions `unbatched` (a signature fixing the batch at one whose outputs
+  have none: the whole output is the instance's)."""
+  def batched(arrays):
+    values = list(call(arrays))
+    for i in unbatched:
+      values[i] = np.asarray(values[i])[np.newaxis]
+    return values
+  return batched
+
+
 def _call_padded(call, names, arrays, start, stop, rows) -> list:
   """Outputs for rows [start, stop) of `arrays` from one call on exactly
   `rows` rows: the last row is repeated to fill the call, and the repeats'
@@ -274,11 +293,13 @@ def one_line(error: Exception) -> str:
 
 def sample_feeds(signature) -> list:
   """A tiny batch built from the signature, in input order: zeros or empty
-  strings of each input's dtype, unknown dimensions as 1, one row (or the
+  strings of each input's dtype, unknown dimensions as 1, two rows (or the
   fixed batch size); for a signature that takes serialized tf.Examples, an
   Example that satisfies its parsing spec where one can be built, else an
   empty one."""
-  rows = signature.fixed_batch or 1
+  # Two rows where the batch is free: one row would not show an output that
+  # has no batch dimension (a constant `[1]`), which fails every batch.
+  rows = signature.fixed_batch or 2
   if signature.takes_examples:
     from transforms import example_spec
     make = getattr(example_spec, 'sample_example', None)
@@ -316,7 +337,11 @@ def check_model(model: ModelRef) -> tuple:
   warning = None
   try:
     arrays = sample_feeds(model.signature)
-    values = fn.call(arrays)
+    call = fn.call
+    unbatched = _positions(fn.output_names, model.signature.unbatched_outputs)
+    if unbatched:
+      call = _batching(call, unbatched)
+    values = call(arrays)
     _check_rows(fn.output_names, values, len(arrays[0]))
   except tf.errors.InvalidArgumentError as e:
     warning = (f'the model rejects a sample batch of zeros ({one_line(e)}); going on, '
