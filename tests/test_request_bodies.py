@@ -471,3 +471,23 @@ def test_request_bodies_and_example_inputs_end_to_end(model_dir, tmp_path, signa
         assert by_name[name][output] == [v.decode() for v in values[i]], name
       else:
         np.testing.assert_allclose(by_name[name][output], values[i], rtol=1e-6, err_msg=name)
+
+
+def test_repeated_features_are_schema_errors():
+  """A feature of the parsing spec given twice (in a JSON Lines line, an
+  example or its context) is a schema error: which value was meant is
+  unknown. A repeated field the spec does not read is ignored."""
+  from transforms.records import JSONL
+  lines = [b'{"age": 60, "thal": "fixed", "age": 61}', b'{"age": 60, "thal": "fixed"}',
+           b'{"age": 60, "thal": "fixed", "note": 1, "note": 2}']
+  decoder = decoder_for(EXAMPLES)
+  batch = decoder.decode(RawChunk([('a.jsonl', 0)], [0, 40, 80], lines, kind=JSONL))
+  assert [(e.row, e.category, e.message) for e in batch.errors] == [
+      (0, SCHEMA, "field 'age' is given more than once")]
+  assert batch.groups[0].rows == [1, 2]
+  body = parse_json(b'{"examples": [{"age": 60}, {"age": 61, "thal": "own"}],'
+                    b' "context": {"thal": "fixed", "thal": "normal"}}')
+  batch = decoder_for(EXAMPLES).decode(json_chunk(split_request(body, EXAMPLES)))
+  assert [(e.row, e.message) for e in batch.errors] == [
+      (0, "field 'thal' is given more than once")]
+  assert convert.example_fields(batch.groups[0].feeds['inputs'][0])['thal'] == [b'own']

@@ -106,7 +106,10 @@ class InstanceDecoder:
     self.key_field = key_field
     self.carried = tuple(dict.fromkeys(
         ([key_field] if key_field else []) + list(passthrough_fields)))
-    self.used = frozenset(self.carried) | {s.name for s in self.inputs}
+    # Fields whose repetition is an error (which value was meant is
+    # unknown): carried ones, inputs, and an Example signature's features.
+    self.used = (frozenset(self.carried) | {s.name for s in self.inputs}
+                 | set(signature.example_features or ()))
     self._formats = formats
 
   def format(self, kind) -> InputFormat:
