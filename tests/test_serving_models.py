@@ -372,3 +372,13 @@ def test_single_example_export_with_unbatched_outputs(tmp_path, signature_of):
     assert np.float32(by_id[i]['total']) == expected['total']
     np.testing.assert_array_equal(np.array(by_id[i]['probs'], F32), expected['probs'])
     np.testing.assert_array_equal(np.array(by_id[i]['doubled'], F32), expected['doubled'][0])
+
+
+def test_version_names_are_ascii_int64_numbers(serving_models, tmp_path):
+  """As TF Serving parses them: other digits ('٣', a fullwidth '９') and
+  numbers beyond int64 are not versions."""
+  from transforms.savedmodel import resolve_model_dir
+  base = tmp_path / 'base'
+  for name in ('00000007', '٣', '９', '9' * 25):
+    shutil.copytree(serving_models / 'padded' / '00000007', base / name)
+  assert resolve_model_dir(str(base)) == (str(base / '00000007'), 7, '00000007')

@@ -120,8 +120,10 @@ def version_folders(base: str) -> dict:
   folders = {}
   for candidate in candidates:
     name = os.path.basename(os.path.dirname(candidate))
-    if re.fullmatch(r'\d+', name) and os.path.basename(candidate) in (
-        'saved_model.pb', 'saved_model.pbtxt'):
+    # ASCII digits only, and an int64, as TF Serving parses version names
+    # (Python's \d would take '٣' or a fullwidth '９').
+    if (re.fullmatch(r'[0-9]+', name) and int(name) < 2**63
+        and os.path.basename(candidate) in ('saved_model.pb', 'saved_model.pbtxt')):
       folders.setdefault(int(name), set()).add(name)
   return {number: sorted(names) for number, names in folders.items()}
 
