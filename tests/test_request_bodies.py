@@ -491,3 +491,12 @@ def test_repeated_features_are_schema_errors():
   assert [(e.row, e.message) for e in batch.errors] == [
       (0, "field 'thal' is given more than once")]
   assert convert.example_fields(batch.groups[0].feeds['inputs'][0])['thal'] == [b'own']
+
+
+def test_raw_of_a_request_instance_with_a_repeated_field_is_json():
+  body = parse_json(b'{"instances": [{"a": 1, "a": 2, "b": [1, 2]}, {"a": [1, 2], "b": "x"}]}')
+  records = split_request(body, TWO)
+  decoder = decoder_for(TWO)
+  batch = decoder.decode(json_chunk(records))
+  assert [(e.row, e.message) for e in batch.errors] == [(0, "field 'a' is given more than once")]
+  assert decoder.format('json').raw(json_chunk(records), 0) == b'{"a":2,"b":[1,2]}'

@@ -433,11 +433,12 @@ def example_fields(serialized: bytes, names=None) -> dict:
 
 # -- carried values ------------------------------------------------------------
 
-def carried_text(value) -> bytes:
+def carried_text(value, repeated_ok: bool = False) -> bytes:
   """The JSON text a carried value is written as: strings as the same string,
   JSON numbers with their own digits, integers of any size exactly; lists
   and objects compact, their members by the same rule. Raises SchemaError
-  for an object that repeats a field (which value was meant is unknown)."""
+  for an object that repeats a field (which value was meant is unknown),
+  unless `repeated_ok` (an error record's `raw`: the last value, as parsed)."""
   if isinstance(value, str):
     return orjson.dumps(value)
   if value is None or isinstance(value, bool):
@@ -450,18 +451,18 @@ def carried_text(value) -> bytes:
     return orjson.dumps(value) if math.isfinite(value) else (
         b'NaN' if math.isnan(value) else b'Infinity' if value > 0 else b'-Infinity')
   if isinstance(value, np.generic):
-    return carried_text(value.item()) if not isinstance(value, np.floating) else (
+    return carried_text(value.item(), repeated_ok) if not isinstance(value, np.floating) else (
         orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
         if np.isfinite(value) else carried_text(float(value)))
   if isinstance(value, bytes):
     return orjson.dumps(bytes_json(value))
   if isinstance(value, list):
-    return b'[' + b','.join(carried_text(v) for v in value) + b']'
+    return b'[' + b','.join(carried_text(v, repeated_ok) for v in value) + b']'
   if isinstance(value, dict):
     duplicates = getattr(value, 'duplicates', None)
-    if duplicates:
+    if duplicates and not repeated_ok:
       raise SchemaError(f'a carried object gives field {sorted(duplicates)[0]!r} twice')
-    return b'{' + b','.join(orjson.dumps(str(k)) + b':' + carried_text(v)
+    return b'{' + b','.join(orjson.dumps(str(k)) + b':' + carried_text(v, repeated_ok)
                             for k, v in value.items()) + b'}'
   raise TypeError(f'cannot carry a {type(value).__name__}')
 

@@ -263,6 +263,6 @@ class JsonRequestFormat(InputFormat):
     if isinstance(record, bytes):
       return record
     try:
-      return carried_text(record)
+      return carried_text(record, repeated_ok=True)
     except (ValueError, TypeError, RecursionError):
       return repr(record).encode('utf-8', 'replace')
