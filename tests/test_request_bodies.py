@@ -500,3 +500,12 @@ def test_raw_of_a_request_instance_with_a_repeated_field_is_json():
   batch = decoder.decode(json_chunk(records))
   assert [(e.row, e.message) for e in batch.errors] == [(0, "field 'a' is given more than once")]
   assert decoder.format('json').raw(json_chunk(records), 0) == b'{"a":2,"b":[1,2]}'
+
+
+def test_booleans_for_an_int64_feature_of_the_spec_are_schema_errors():
+  """As an integer input takes no booleans; without a parsing spec (kinds
+  from the values) a boolean is an int64 1 or 0."""
+  with pytest.raises(convert.SchemaError, match="feature 'count' expects integers"):
+    convert.serialize_example({'age': 60, 'thal': 'fixed', 'count': True}, ESTIMATOR_FEATURES)
+  assert convert.example_fields(convert.serialize_example({'flag': True}, None)) == {
+      'flag': [1]}

@@ -360,9 +360,13 @@ def serialize_example(fields: dict, feature_kinds, text_cells=False) -> bytes:
       if kind == FLOAT:
         features[name].float_list.value.extend(
             _float_leaf(name, 'float')(v) for v in values)
-      elif kind == INT64:  # Examples have no booleans: true is 1
+      elif kind == INT64:
+        # Examples have no booleans: without a parsing spec true is 1; an
+        # int64 feature of the spec, like an integer input, takes no booleans.
+        inferred = feature_kinds is None
         features[name].int64_list.value.extend(
-            _int_leaf(name, 'int64')(int(v) if isinstance(v, bool) else v) for v in values)
+            _int_leaf(name, 'int64')(int(v) if inferred and isinstance(v, bool) else v)
+            for v in values)
       else:
         features[name].bytes_list.value.extend(to_bytes(v, name) for v in values)
     except (TypeError, ValueError, AttributeError) as e:
