@@ -121,9 +121,11 @@ def json_chunk(records):
 
 
 def test_examples_and_b64_examples_decode_per_instance():
-  """An element of "examples" that is not an object fails alone; a
-  serialized Example by input name is fed as it is (key carried), checked
-  against the spec; a field of that name that is a feature is a feature."""
+  """An element of "examples" that is not an object fails alone; in an
+  element every field is a feature, as TF Serving reads it, even one named
+  like the input (a serialized Example by input name is for predict
+  bodies and lines: fed as it is, key carried, checked against the spec);
+  a field of that name that is a spec feature is a feature."""
   from tests.test_convert_decode import tf_example
   good = tf_example(age=30.0, thal='fixed')
   body = {'examples': [{'age': 40, 'thal': 'normal', 'id': 'e0'}, 7, {'age': 41, 'id': 'e2'},
@@ -133,12 +135,22 @@ def test_examples_and_b64_examples_decode_per_instance():
   batch = decoder.decode(json_chunk(split_request(body, EXAMPLES)))
   assert [(e.row, e.category, e.message) for e in batch.errors] == [
       (1, SCHEMA, 'an element of "examples" must be an object of features, got 7'),
-      (2, SCHEMA, "missing required feature 'thal' (bytes, 1 value (shape [1]))")]
+      (2, SCHEMA, "missing required feature 'thal' (bytes, 1 value (shape [1]))"),
+      (3, SCHEMA, "missing required feature 'age' (float, 1 value (shape [1]))")]
   feeds = batch.groups[0].feeds['inputs']
-  assert batch.groups[0].rows == [0, 3]
+  assert batch.groups[0].rows == [0]
   assert convert.example_fields(feeds[0]) == {'age': [40.0], 'thal': [b'normal'], 'count': [2]}
-  assert feeds[1] == good
   assert batch.carried['id'] == [b'"e0"', None, b'"e2"', b'"e3"']
+  # In a context too: features of every example, not an Example to feed.
+  body = {'examples': [{'age': 10, 'thal': 'normal'}],
+          'context': {'inputs': {'b64': base64.b64encode(good).decode()}}}
+  batch = decoder_for(EXAMPLES).decode(json_chunk(split_request(body, EXAMPLES)))
+  assert convert.example_fields(batch.groups[0].feeds['inputs'][0]) == {
+      'age': [10.0], 'thal': [b'normal']}
+  # A predict body's instance: the Example by input name, fed as it is.
+  body = {'instances': [{'inputs': {'b64': base64.b64encode(good).decode()}, 'id': 'i0'}]}
+  batch = decoder.decode(json_chunk(split_request(body, EXAMPLES)))
+  assert batch.groups[0].feeds['inputs'][0] == good and batch.carried['id'] == [b'"i0"']
   assert decoder.format('json').raw(json_chunk([NotAnExample(7)]), 0) == b'7'
   # A feature named like the input is a feature, not a serialized Example.
   shadowed = signature(('inputs', 'string', ()), takes_examples=True,

@@ -45,6 +45,9 @@ class Instance:
   example: Optional[bytes] = None  # a serialized tf.Example, fed as it is
   text_cells: bool = False  # values are CSV text (for building Examples)
   plain: Callable = lambda value: value  # noqa: E731  a value as Python data
+  # Every field is a feature (an element of a classify/regress body): none
+  # is a serialized Example fed by the input's name.
+  all_features: bool = False
 
 
 @dataclasses.dataclass
@@ -216,13 +219,14 @@ class InstanceDecoder:
     - a bare value (`{"b64": ...}`, a string) is a serialized Example;
     - a field named like the signature's input (`{"inputs": {"b64": ...}}`,
       as TF Serving's predict clients send it) is one, fed as it is, unless
-      the parsing spec names a feature of that name; the key and
+      the parsing spec names a feature of that name or every field is a
+      feature (`instance.all_features`: a classify/regress example); the key and
       passthrough fields beside it are carried, other fields ignored;
     - else an Example built from the instance's fields."""
     features = self.signature.example_features
     if instance.example is not None:
       data = instance.example
-    elif fields is None or (self.single.name in fields
+    elif fields is None or (self.single.name in fields and not instance.all_features
                             and self.single.name not in (features or ())):
       value = instance.value if fields is None else fields[self.single.name]
       array = instance.convert(value, self.single)

@@ -115,12 +115,26 @@ def _examples(body) -> list:
   return [_merged(context, e) if isinstance(e, dict) else NotAnExample(e) for e in examples]
 
 
+class ExampleFeatures(JsonObject):
+  """An element of a classify/regress body, context merged in: every field
+  is a feature, as TF Serving reads it (none is a serialized Example fed by
+  the input's name)."""
+  __slots__ = ()
+
+  def __reduce__(self):
+    return (_example_features, (list(self.items()), self.duplicates))
+
+
+def _example_features(items, duplicates):
+  features = ExampleFeatures(items)
+  features.duplicates = duplicates
+  return features
+
+
 def _merged(context, example):
   """Context then example, the example's value winning; a field repeated
   within either counts as repeated unless the example overrides it."""
-  if not context:
-    return example
-  merged = JsonObject(context)
+  merged = ExampleFeatures(context or {})
   merged.update(example)
   merged.duplicates = frozenset(
       (getattr(example, 'duplicates', None) or frozenset())
@@ -254,7 +268,9 @@ class JsonRequestFormat(InputFormat):
     if isinstance(record, NotAnExample):
       raise SchemaError(f'an element of "examples" must be an object of features, got '
                         f'{short(record.value)}')
-    return json_instance(record)
+    instance = json_instance(record)
+    instance.all_features = isinstance(record, ExampleFeatures)
+    return instance
 
   def raw(self, chunk, row) -> bytes:
     record = chunk.records[row]
