@@ -10,7 +10,9 @@ instances, each then what a JSON Lines line holding it would be:
   example's value wins where both name a field, as TF Serving serializes
   context then example into one Example); an example that is not an object
   is a `schema` error for that instance alone; a context that is not an
-  object is an error for the file. For a signature that does not take
+  object is an error for the file. Every field of an example is a feature,
+  as TF Serving reads them (`ExampleFeatures`): one named like the input
+  is not a serialized Example to feed. For a signature that does not take
   Examples, the merged fields name the inputs as an instance's fields do;
 - columnar format `{"inputs": value}` (a single-input signature) or
   `{"inputs": {name: value, ...}}`: a value whose nesting depth is at most
