@@ -238,6 +238,11 @@ def test_parsing_spec_is_the_chosen_signatures_own(tmp_path):
       return {'y': parsed['a'] * 2.0}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='examples')])
+    def parse_c(self, examples):  # parse_a's very nodes, reading other constants
+      parsed = tf.io.parse_example(examples, {'c': tf.io.FixedLenFeature([], tf.float32)})
+      return {'y': parsed['c'] * 2.0}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='examples')])
     def parse_b(self, examples):
       parsed = tf.io.parse_example(examples, {
           'b': tf.io.FixedLenFeature([], tf.float32),
@@ -247,12 +252,15 @@ def test_parsing_spec_is_the_chosen_signatures_own(tmp_path):
   module = Two()
   path = str(tmp_path / 'two')
   tf.saved_model.save(module, path, signatures={
-      'serving_default': module.lengths, 'parse_a': module.parse_a, 'parse_b': module.parse_b})
+      'serving_default': module.lengths, 'parse_a': module.parse_a, 'parse_b': module.parse_b,
+      'parse_c': module.parse_c})
   from transforms.savedmodel import read_signature
   plain = read_signature(path, ('serve',), 'serving_default')
   assert not plain.takes_examples and plain.example_features is None
   assert read_signature(path, ('serve',), 'parse_a').example_features == {
       'a': FeatureSpec('float', True, ())}
+  assert read_signature(path, ('serve',), 'parse_c').example_features == {
+      'c': FeatureSpec('float', True, ())}
   assert read_signature(path, ('serve',), 'parse_b').example_features == {
       'b': FeatureSpec('float', True, ()), 'a': FeatureSpec('int64', False, ())}
 

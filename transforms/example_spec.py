@@ -59,18 +59,20 @@ class FeatureSpec:
 
 
 def _scopes(graph_def):
-  """The graph's nodes, then each library function's: node names are only
-  unique within one of these."""
-  yield list(graph_def.node)
+  """(scope name, nodes): the graph's (scope None), then each library
+  function's. Node names are only unique within one scope, and two
+  functions may hold identical nodes reading different constants."""
+  yield None, list(graph_def.node)
   for function in graph_def.library.function:
-    yield list(function.node_def)
+    yield function.signature.name, list(function.node_def)
 
 
 def parse_example_nodes(graph_def, tensor_names) -> list:
-  """The parsing nodes that the tensors named (a signature's outputs, `y:0`)
-  depend on: other signatures of the same graph may parse other Examples,
-  or none at all. Walks back from the tensors through node inputs and into
-  every function a reached node calls (wholly: a function is one unit)."""
+  """(scope, node name) of the parsing nodes that the tensors named (a
+  signature's outputs, `y:0`) depend on: other signatures of the same graph
+  may parse other Examples, or none at all. Walks back from the tensors
+  through node inputs and into every function a reached node calls (wholly:
+  a function is one unit)."""
   functions = {f.signature.name: f for f in graph_def.library.function}
   nodes = {n.name: n for n in graph_def.node}
   pending = [name.lstrip('^').split(':')[0] for name in tensor_names]
@@ -89,7 +91,7 @@ def parse_example_nodes(graph_def, tensor_names) -> list:
     reached.add(name)
     node = nodes[name]
     if node.op in _PARSE_OPS:
-      found.append(node)
+      found.append((None, name))
     pending.extend(i.lstrip('^').split(':')[0] for i in node.input)
     called.extend(calls(node))
     if node.op in functions:  # a function called as an op
@@ -102,7 +104,7 @@ def parse_example_nodes(graph_def, tensor_names) -> list:
     seen.add(name)
     for node in functions[name].node_def:
       if node.op in _PARSE_OPS:
-        found.append(node)
+        found.append((name, node.name))
       called.extend(calls(node))
       if node.op in functions:
         called.append(node.op)
@@ -166,11 +168,11 @@ def example_features(graph_def, parse_nodes) -> Optional[dict]:
   are string constants feeding the op, kinds and shapes the op's
   attributes, defaults its dense_defaults inputs. None when the graph does
   not say (no parsing node, or keys that are not constants)."""
-  features = {}
-  for scope in _scopes(graph_def):
+  features, wanted = {}, set(parse_nodes)
+  for scope_name, scope in _scopes(graph_def):
     consts = {n.name: n for n in scope if n.op == 'Const'}
     for node in scope:
-      if node.op not in _PARSE_OPS or node not in parse_nodes:  # equal by content
+      if node.op not in _PARSE_OPS or (scope_name, node.name) not in wanted:
         continue
       found = _node_features(node, consts)
       if found is None:
