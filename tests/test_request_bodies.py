@@ -529,3 +529,21 @@ def test_booleans_for_an_int64_feature_of_the_spec_are_schema_errors():
     convert.serialize_example({'age': 60, 'thal': 'fixed', 'count': True}, ESTIMATOR_FEATURES)
   assert convert.example_fields(convert.serialize_example({'flag': True}, None)) == {
       'flag': [1]}
+
+
+def test_repeated_field_errors_keep_the_key_and_b64_examples_are_features():
+  """The error record of an instance that repeats a field keeps its key
+  (unless the key is what is repeated); an element of "examples" whose one
+  field is `b64` is a feature named b64, like any other field."""
+  body = parse_json(b'{"instances": [{"id": "e0", "a": [1, 2], "a": [3, 4], "b": "x"},'
+                    b' {"id": "e1", "id": "e2", "a": [1, 2], "b": "y"}]}')
+  batch = decoder_for(TWO, key_field='id').decode(json_chunk(split_request(body, TWO)))
+  assert [(e.row, e.message) for e in batch.errors] == [
+      (0, "field 'a' is given more than once"), (1, "field 'id' is given more than once")]
+  assert batch.carried['id'] == [b'"e0"', None]
+  from tests.test_convert_decode import tf_example
+  good = base64.b64encode(tf_example(age=30.0, thal='fixed')).decode()
+  batch = decoder_for(EXAMPLES).decode(json_chunk(split_request(
+      {'examples': [{'b64': good}]}, EXAMPLES)))
+  assert [(e.row, e.message) for e in batch.errors] == [
+      (0, "missing required feature 'age' (float, 1 value (shape [1]))")]

@@ -174,14 +174,15 @@ class InstanceDecoder:
     SchemaError."""
     instance = fmt.instance(chunk, row)
     fields = instance.fields
-    if fields is not None and self._is_bare_b64(fields):
+    if fields is not None and not instance.all_features and self._is_bare_b64(fields):
       fields = None
     if fields is not None:
       repeated = sorted(instance.duplicates & self.used)
+      for field in self.carried:  # the error record keeps those it can (not a repeated one)
+        if field not in repeated:
+          carried[field][row] = instance.carry(fields.get(field))
       if repeated:
         raise convert.SchemaError(f'field {repeated[0]!r} is given more than once')
-      for field in self.carried:
-        carried[field][row] = instance.carry(fields.get(field))
       if self.key_field and fields.get(self.key_field) is None:
         carried[self.key_field][row] = None
         raise convert.SchemaError(f'missing key field {self.key_field!r}')
