@@ -344,8 +344,9 @@ def test_launch_check_feeds_examples_built_from_the_parsing_spec(model_dir):
 
 def test_single_example_export_with_unbatched_outputs(tmp_path, signature_of):
   """A TF2 export of a single-example function: input [1, 2], outputs a
-  scalar, a [2] vector (no batch dimension: the whole output is the one
-  instance's) and a [1, 2] one (batched). Each instance gets what the model
+  scalar, a [2] vector, a [None] vector of one or two values (no batch
+  dimension declared: the whole output is the one instance's) and a [1, 2]
+  one (batched). Each instance gets what the model
   returns for it alone; a bad instance is isolated."""
   import tensorflow as tf
 
@@ -354,7 +355,8 @@ def test_single_example_export_with_unbatched_outputs(tmp_path, signature_of):
     def serve(self, x):
       check = tf.debugging.assert_non_negative(x, message='negative')
       with tf.control_dependencies([check]):
-        return {'total': tf.reduce_sum(x), 'probs': tf.nn.softmax(x[0]), 'doubled': x * 2.0}
+        return {'total': tf.reduce_sum(x), 'probs': tf.nn.softmax(x[0]), 'doubled': x * 2.0,
+                'distinct': tf.unique(x[0]).y}  # declared [None]: any number of rows
 
   path = str(tmp_path / 'one')
   module = One()
@@ -372,6 +374,7 @@ def test_single_example_export_with_unbatched_outputs(tmp_path, signature_of):
     assert np.float32(by_id[i]['total']) == expected['total']
     np.testing.assert_array_equal(np.array(by_id[i]['probs'], F32), expected['probs'])
     np.testing.assert_array_equal(np.array(by_id[i]['doubled'], F32), expected['doubled'][0])
+    np.testing.assert_array_equal(np.array(by_id[i]['distinct'], F32), expected['distinct'])
 
 
 def test_version_names_are_ascii_int64_numbers(serving_models, tmp_path):

@@ -81,10 +81,10 @@ class SignatureSpec:
   # One line per tensor whose SignatureDef shape disagrees with the graph
   # (older TF1 exports): the graph's shape is used, as a Session enforces it.
   graph_shapes_used: tuple = ()
-  # Outputs without a batch dimension in a signature that fixes the batch at
-  # one (a single-example export returning a scalar or a `[10]` vector): the
-  # whole output is the one instance's. Their TensorSpec shape is the full
-  # shape.
+  # In a signature that fixes the batch at one (a single-example export),
+  # the outputs not declared with a leading 1 (a scalar, a `[10]` vector,
+  # `[None]` tokens): the whole output is the one instance's. Their
+  # TensorSpec shape is the full shape.
   unbatched_outputs: tuple = ()
 
   def input(self, name: str) -> Optional[TensorSpec]:
@@ -282,11 +282,15 @@ def read_signature(model_dir: str, tags: tuple, signature_name: str) -> Signatur
   fixed_batch = _fixed_batch(where, [(k, dims) for k, _, dims in inputs])
   inputs = tuple(spec for _, spec, _ in inputs)
   unbatched = ()
-  if fixed_batch == 1:  # declared without a leading 1: not batched
-    unbatched = tuple(k for k, _, dims in outputs
-                      if dims is not None and (not dims or dims[0] not in (1, None)))
-  outputs = tuple(dataclasses.replace(spec, shape=tuple(dims)) if k in unbatched else spec
-                  for k, spec, dims in outputs)
+  if fixed_batch == 1:
+    # Only an output declared with a leading 1 is batched: one declared
+    # `[None, ...]` or of unknown rank may hold any number of rows (the
+    # tokens of a single-example tokenizer), and reading its first
+    # dimension as the batch would make an instance's result depend on its
+    # data.
+    unbatched = tuple(k for k, _, dims in outputs if not dims or dims[0] != 1)
+  outputs = tuple(dataclasses.replace(spec, shape=None if dims is None else tuple(dims))
+                  if k in unbatched else spec for k, spec, dims in outputs)
   parse_nodes = example_spec.parse_example_nodes(
       chosen.graph_def, [sig.outputs[k].name for k in sig.outputs])
   takes_examples = (len(inputs) == 1 and inputs[0].dtype == 'string'
