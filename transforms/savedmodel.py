@@ -439,3 +439,46 @@ def load_signature_function(model: ModelRef):
         'instead (slower per model call)', model.path, type(session_error).__name__,
         (str(session_error).strip().splitlines() or [''])[-1])
     return eager
+
+
+# -- the whole SavedModel, for `batch-predict inspect` --------------------------
+
+def read_saved_model(model_dir: str):
+  """(SavedModel proto, path of the file read): saved_model.pb, else
+  saved_model.pbtxt, read as `read_signature` reads them."""
+  from google.protobuf import message, text_format
+  from tensorflow.core.protobuf import saved_model_pb2
+
+  pb_path = FileSystems.join(model_dir, 'saved_model.pb')
+  saved_model = saved_model_pb2.SavedModel()
+  try:
+    if FileSystems.exists(pb_path):
+      with FileSystems.open(pb_path) as f:
+        saved_model.ParseFromString(f.read())
+    else:
+      pb_path = FileSystems.join(model_dir, 'saved_model.pbtxt')
+      with FileSystems.open(pb_path) as f:
+        text_format.Parse(f.read().decode('utf-8'), saved_model)
+  except (message.DecodeError, text_format.ParseError, UnicodeDecodeError):
+    raise ModelError(f'--model: {pb_path} is not a readable SavedModel proto') from None
+  return saved_model, pb_path
+
+
+def callable_signatures(meta_graph) -> list:
+  """A MetaGraph's signature names, sorted, without `__saved_model_init_op`
+  and the like (not signatures one can call)."""
+  return sorted(k for k in meta_graph.signature_def if not k.startswith('__'))
+
+
+def declared_dims(tensor_info) -> Optional[list]:
+  """A TensorInfo's shape as its SignatureDef declares it, batch dimension
+  included (None for unknown sizes), or None for unknown rank."""
+  return _dims(tensor_info.tensor_shape)
+
+
+def dtype_name(tensor_info) -> str:
+  """A TensorInfo's dtype as this job names it (`float32`, `string`), else
+  as TensorFlow does (`DT_VARIANT`)."""
+  from tensorflow.core.framework import types_pb2
+  name = types_pb2.DataType.Name(tensor_info.dtype).removesuffix('_REF')
+  return NUMPY_DTYPES.get(name, name)
