@@ -3,14 +3,13 @@ is a SavedModel with the signature and tags asked for, the options fit it."""
 import dataclasses
 import glob
 import os
-import re
 import stat
 
 from apache_beam.io.filesystem import FileMetadata
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.options import ConfigError, JobOptions
-from transforms.format import LOCATION_FIELDS, OutputLayout, output_names
+from transforms.format import LOCATION_FIELDS, OutputLayout, common_base, output_names
 from transforms.inputs import detect_format
 from transforms.records import POSITION_FIELDS
 from transforms.savedmodel import ModelError, ModelRef, inspect_model
@@ -34,12 +33,6 @@ class JobConfig:
 
 def _absolute(path: str) -> str:
   return os.path.abspath(path) if is_local(path) else path
-
-
-def pattern_base(pattern: str) -> str:
-  """The directory part of a pattern before its first wildcard."""
-  literal = re.split(r'[*?\[{]', pattern, maxsplit=1)[0]
-  return literal[:literal.rfind('/') + 1]
 
 
 def match_inputs(patterns) -> tuple:
@@ -158,7 +151,7 @@ def resolve(options: JobOptions) -> JobConfig:
   layout = OutputLayout(
       key_field=options.key_field, passthrough_fields=options.passthrough_fields,
       output_names=output_names([s.name for s in kept], carried),
-      input_bases=tuple(pattern_base(p) for p in patterns),
+      input_base=common_base(patterns),
       output_format=options.output_format, output_specs=tuple(kept),
       position_fields=tuple(sorted({POSITION_FIELDS[k] for k in files_by_format})))
   return JobConfig(

@@ -334,3 +334,17 @@ def test_outputs_named_bytes_are_always_base64(bytes_output_model, tmp_path, out
       assert rows[i]['image_bytes'] == [value]
       assert rows[i]['label'] == [value]
       assert rows[i]['pair_bytes'] == [value, value.upper()]
+
+
+def test_file_names_are_unique_across_patterns(model_dir, tmp_path, signature_of):
+  """`part.jsonl` in two directories of two patterns: each output names its
+  own file, relative to the patterns' common directory."""
+  xs = keras_instances(6, 'u')
+  for d, part in (('d1', xs[:3]), ('d2', xs[3:])):
+    write_lines(str(tmp_path / 'in' / d / 'part.jsonl'), [json.dumps(x) for x in part])
+  predictions, errors, _ = run_job(
+      str(tmp_path / 'out'), f'--model={model_dir / "keras"}', '--signature=serve',
+      f'--input={tmp_path}/in/d1/*.jsonl,{tmp_path}/in/d2/*.jsonl', '--passthrough_fields=id')
+  assert errors == []
+  assert sorted((p['filename'], p['id']) for p in predictions) == sorted(
+      [('d1/part.jsonl', x['id']) for x in xs[:3]] + [('d2/part.jsonl', x['id']) for x in xs[3:]])

@@ -6,7 +6,8 @@ import pytest
 from apache_beam.io.range_trackers import OffsetRangeTracker
 from apache_beam.io.restriction_trackers import OffsetRange
 
-from transforms.format import FormatRecords, OutputLayout, output_names, relative_name
+from transforms.format import (FormatRecords, OutputLayout, common_base, output_names,
+                               relative_name)
 from transforms.lines import LineChunkSource
 from transforms.records import FeedGroup, InstanceBatch, InstanceError, RawChunk, ScoredBatch
 
@@ -57,11 +58,21 @@ def test_output_names_never_replace_carried_fields():
       'filename': 'filename_output', 'y': 'y'}
 
 
-def test_relative_name_uses_longest_pattern_directory():
-  bases = ('/data/', '/data/sub/')
-  assert relative_name('/data/sub/x.jsonl', bases) == 'x.jsonl'
-  assert relative_name('/data/y/z.jsonl', bases) == 'y/z.jsonl'
-  assert relative_name('/elsewhere/w.jsonl', bases) == 'w.jsonl'
+@pytest.mark.parametrize('patterns, path, name', [
+    (['/data/d1/*.jsonl', '/data/d2/*.jsonl'], '/data/d1/part.jsonl', 'd1/part.jsonl'),
+    (['/data/d1/*.jsonl', '/data/d2/*.jsonl'], '/data/d2/part.jsonl', 'd2/part.jsonl'),
+    (['/data/*.jsonl', '/data/sub/*.jsonl'], '/data/sub/x.jsonl', 'sub/x.jsonl'),
+    (['/data/*.jsonl', '/data/sub/*.jsonl'], '/data/x.jsonl', 'x.jsonl'),
+    (['/data/in/part-*.jsonl'], '/data/in/part-1.jsonl', 'part-1.jsonl'),
+    (['/data/in/**/*.jsonl'], '/data/in/a/b.jsonl', 'a/b.jsonl'),
+    (['/d1/x.jsonl', '/d2/x.jsonl'], '/d2/x.jsonl', 'd2/x.jsonl'),
+    (['gs://b/d1/*', 'gs://c/d1/*'], 'gs://c/d1/p', 'c/d1/p'),
+    (['gs://b/in/*', '/local/in/*'], '/local/in/p', '/local/in/p'),
+])
+def test_file_names_are_relative_to_the_patterns_common_directory(patterns, path, name):
+  """Unique across every pattern of a job: relative to the deepest
+  directory all patterns share."""
+  assert relative_name(path, common_base(patterns)) == name
 
 
 def test_format_records_predictions_and_errors():
@@ -72,7 +83,7 @@ def test_format_records_predictions_and_errors():
              'label': np.array([b'yes', b'\xff'], object),
              'key': np.array([[1, 2], [3, 4]], np.int64)}
   layout = OutputLayout('key', ('p',), output_names(['key', 'label', 'score'], ['key', 'p']),
-                        ('/in/',))
+                        '/in/')
   from transforms.input_jsonl import JsonLinesFormat
   fn = FormatRecords(layout, {'jsonl': JsonLinesFormat(1 << 20)})
   out = list(fn.process(ScoredBatch(batch, [([0, 1], outputs)], batch.errors)))

@@ -6,7 +6,6 @@ import base64
 import dataclasses
 import json
 import logging
-import posixpath
 import re
 
 import apache_beam as beam
@@ -50,14 +49,31 @@ def output_names(outputs, carried) -> dict:
   return names
 
 
-def relative_name(path: str, bases) -> str:
-  """The file's path relative to the directory of the pattern that matched
-  it (the longest matching base), else its base name."""
-  best = None
-  for base in bases:
-    if path.startswith(base) and (best is None or len(base) > len(best)):
-      best = base
-  return path[len(best):] if best is not None else posixpath.basename(path)
+def common_base(patterns) -> str:
+  """The deepest directory common to all input patterns (up to their first
+  wildcard), ending in '/': file names relative to it are unique across
+  the patterns of a job, where names relative to each pattern's own
+  directory would not be (`d1/*.jsonl,d2/*.jsonl` with `part.jsonl` in
+  both). '' when they share nothing (different buckets or schemes)."""
+  parts = [pattern_base(p).split('/')[:-1] for p in patterns]
+  common = []
+  for level in zip(*parts):
+    if len(set(level)) != 1:
+      break
+    common.append(level[0])
+  return '/'.join(common) + '/' if common else ''  # '/', 'gs://' alone: still unique
+
+
+def pattern_base(pattern: str) -> str:
+  """The directory part of a pattern before its first wildcard."""
+  literal = re.split(r'[*?\[{]', pattern, maxsplit=1)[0]
+  return literal[:literal.rfind('/') + 1]
+
+
+def relative_name(path: str, base: str) -> str:
+  """The file's path relative to the job's input base (`common_base`), or
+  the whole path where it is not under it."""
+  return path[len(base):] if base and path.startswith(base) else path
 
 
 def _bytes_text(value):
@@ -104,7 +120,7 @@ class OutputLayout:
   key_field: object  # str or None
   passthrough_fields: tuple
   output_names: dict  # signature output kept -> record field
-  input_bases: tuple  # pattern directories, for relative file names
+  input_base: str  # the patterns' common directory: file names relative to it
   output_format: str = 'jsonl'
   output_specs: tuple = ()  # TensorSpecs of the outputs kept (Parquet schema)
   position_fields: tuple = ('offset',)  # of the input kinds in the job
@@ -257,7 +273,7 @@ class FormatRecords(beam.DoFn):
   def _relative(self, path) -> str:
     name = self._names.get(path)
     if name is None:
-      name = self._names[path] = relative_name(path, self._layout.input_bases)
+      name = self._names[path] = relative_name(path, self._layout.input_base)
     return name
 
   def _location(self, chunk, row) -> dict:
