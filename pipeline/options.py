@@ -177,6 +177,11 @@ def parse_args(argv) -> JobOptions:
   beam = beam_options(rest)
   if (beam.get('direct_num_workers') or 0) < 0:
     raise ConfigError('--direct_num_workers must be 0 (one per core) or more')
+  dry_run = beam.get('dry_run')
+  if dry_run not in (None, False) and str(dry_run).lower() != 'true':
+    # Beam keeps the text: --dry_run=False would be a dry run, as any value.
+    raise ConfigError(f'--dry_run: Beam treats any value as true, {dry_run!r} too; '
+                      'give --dry_run=True for a dry run, or leave it out')
   for name, fields in (('--passthrough_fields', known.passthrough_fields),
                        ('--output_fields', known.output_fields), ('--input', known.inputs)):
     repeated = sorted({f for f in fields if fields.count(f) > 1})

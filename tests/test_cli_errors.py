@@ -95,3 +95,12 @@ def test_corrupt_saved_model_proto(capsys, tmp_path, instances):
   (tmp_path / 'bad' / 'saved_model.pb').write_bytes(b'\xff\xff\xff not a proto')
   err = config_error(capsys, tmp_path, f'--model={tmp_path / "bad"}', f'--input={instances}')
   assert 'is not a readable SavedModel proto' in err
+
+
+@pytest.mark.parametrize('value', ['False', 'false', '0'])
+def test_dry_run_with_a_false_value_is_a_mistake(capsys, tmp_path, model_dir, instances, value):
+  """Beam keeps --dry_run's text, so any value would make a dry run."""
+  err = config_error(capsys, tmp_path, f'--model={model_dir / "ragged"}',
+                     f'--input={instances}', f'--dry_run={value}')
+  assert err == (f"batch-predict: error: --dry_run: Beam treats any value as true, "
+                 f"'{value}' too; give --dry_run=True for a dry run, or leave it out")

@@ -116,3 +116,26 @@ def test_dockerfile_copies_the_package_and_keeps_beams_entry_point():
   assert {'pipeline', 'transforms', 'setup.py'} <= set(copied)
   assert all(os.path.exists(os.path.join(ROOT, c)) for c in copied)
   assert not any(l.startswith(('ENTRYPOINT', 'CMD')) for l in lines)
+
+
+def test_options_as_separate_words_and_user_options_replace_script_defaults():
+  """`--name value` works as `--name=value` does, for parameters and for
+  options passed through; a Beam option the user gives (or its alias)
+  replaces the script's default instead of appearing twice."""
+  args = job_args(launch('dataflow.sh', '--project', 'my-project', '--model', 'gs://b/m',
+                         '--input', 'gs://b/in/*.jsonl', '--output=gs://b/out',
+                         '--temp_location', 'gs://b/tmp', '--worker_machine_type=n2-highmem-8',
+                         '--max_num_workers', '99', '--key_field', 'id'))
+  assert '--project=my-project' in args and '--model=gs://b/m' in args
+  assert not any(a.startswith('--machine_type') for a in args)
+  assert '--worker_machine_type=n2-highmem-8' in args
+  assert [a for a in args if a.startswith('--max_num_workers')] == ['--max_num_workers']
+  assert args[args.index('--max_num_workers') + 1] == '99'
+  options = parse_args(args)
+  assert options.key_field == 'id' and options.runner == 'DataflowRunner'
+  worker = [a for a in options.beam_args if 'machine_type' in a]
+  assert worker == ['--worker_machine_type=n2-highmem-8']
+  proc = launch('dataflow.sh', '--project')
+  assert proc.returncode == 2
+  assert proc.stderr.strip() == ('launch/dataflow.sh: --project needs a value '
+                                 '(--project=VALUE or --project VALUE)')
