@@ -133,6 +133,7 @@ def _tensor(spec, info, where: str, signature, batched: bool) -> dict:
   from transforms import savedmodel
   declared = savedmodel.declared_dims(info)
   notes = []
+  # read_signature's note for this tensor, where the graph's shape is used.
   prefix = f'signature {signature.name!r} {where} {spec.name!r} ('
   graph_used = any(n.startswith(prefix) for n in signature.graph_shapes_used)
   if graph_used:
@@ -302,14 +303,16 @@ def _versions_text(report) -> list:
       marks.append('inspected')
     if len(entry['folders']) > 1:
       marks.append('two folders of one version: cannot be used')
-    rows.append([str(entry['version']), 'folder ' + ' and '.join(entry['folders']),
+    rows.append([str(entry['version']),
+                 ('folders ' if len(entry['folders']) > 1 else 'folder ')
+                 + ' and '.join(entry['folders']),
                  ('<- ' + ', '.join(marks)) if marks else ''])
   lines.extend(_table(rows, '  '))
   lines.append(f'SavedModel: {report["saved_model"]} (version {report["version"]})')
   return lines
 
 
-def _signature_text(sig, tags) -> list:
+def _signature_text(sig) -> list:
   head = f'  Signature "{sig["name"]}"'
   if sig['default']:
     head += ' (the default)'
@@ -366,7 +369,7 @@ def text(report) -> str:
     lines.append(f'Tag set {_tag_text(meta_graph["tags"])}: {count}')
     for sig in signatures:
       lines.append('')
-      lines.extend(_signature_text(sig, meta_graph['tags']))
+      lines.extend(_signature_text(sig))
   return '\n'.join(lines)
 
 

@@ -204,6 +204,26 @@ def test_fixed_batches_unusable_signatures_and_none_at_all(serving_models, capsy
           inspected(capsys, f'--model={serving_models / "nosig"}'))
 
 
+def test_single_example_export_with_unbatched_outputs(tmp_path, capsys):
+  """An output declared without the leading 1 is the instance's whole output."""
+  import tensorflow as tf
+
+  class Single(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([1, 3], tf.float32, name='x')])
+    def serve(self, x):
+      return {'y': x * 2.0, 'tokens': tf.where(x[0] > 0.0)[:, 0]}
+
+  module = Single()
+  tf.saved_model.save(module, str(tmp_path / 'single'), signatures={
+      'serving_default': module.serve})
+  sig = signature(report(capsys, f'--model={tmp_path / "single"}'), 'serving_default')
+  assert tensors(sig['outputs']) == {'tokens': 'int64[?]', 'y': 'float32[batch,3]'}
+  tokens, y = sig['outputs']
+  assert tokens['notes'] == ["not batched: the one instance's whole output"]
+  assert (tokens['batched'], tokens['shape'], y['batched'], y['shape']) == (
+      False, [None], True, [1, 3])
+
+
 def test_example_instances_of_every_kind():
   from transforms.example_spec import FeatureSpec
   from transforms.savedmodel import SignatureSpec, TensorSpec
