@@ -12,6 +12,7 @@ result replaces the previous one only once complete (pipeline/outputs.py).
 import contextlib
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -29,15 +30,43 @@ class PipelineFailed(Exception):
   """The pipeline, or the promotion of its outputs, raised."""
 
 
-def _drop_beam_resource_warning(record) -> bool:
-  # Beam's inference module imports `resource` and `torch` in one try block,
-  # so without torch it warns at every model load that `resource` is missing.
-  return not record.getMessage().startswith('Resource module is not available')
+# Beam's own warnings that say nothing to a user of this job, as logged in
+# this process or forwarded from a worker process ("Worker: ... message: ...").
+_BEAM_NOISE = (
+    # Beam's inference module imports `resource` and `torch` in one try block,
+    # so without torch it warns at every model load that `resource` is missing.
+    'Resource module is not available',
+    # Each worker process of the local multi_processing mode: there is no
+    # staged main session to load, and this job needs none.
+    'No semi_persistent_directory found',
+)
+_FORWARDED = re.compile(r'^Worker: .*? message: "(?P<message>(?:[^"\\]|\\.)*)"')
+
+LOG_LEVELS = {'debug': logging.DEBUG, 'info': logging.INFO, 'warning': logging.WARNING,
+              'error': logging.ERROR}
+_level = logging.INFO  # --log_level, set by main
+
+
+def _drop_beam_noise(record) -> bool:
+  if _debug() or record.name.startswith(('pipeline', 'transforms')):
+    return True  # (Beam logs some of these on the root logger)
+  message = record.getMessage()
+  forwarded = _FORWARDED.match(message)
+  if forwarded:
+    message = forwarded.group('message')
+  return not message.startswith(_BEAM_NOISE)
+
+
+def _at_level(record) -> bool:
+  """--log_level=error also hides warnings of Beam and other libraries."""
+  return record.levelno >= _level or _level == logging.DEBUG
 
 
 def _debug() -> bool:
-  """Full tracebacks: BATCH_PREDICT_DEBUG=1, or logging at debug level."""
+  """Full tracebacks, TensorFlow's native logs: BATCH_PREDICT_DEBUG=1,
+  --log_level=debug, or logging at debug level."""
   return (os.environ.get('BATCH_PREDICT_DEBUG', '') not in ('', '0')
+          or _level == logging.DEBUG
           or logging.getLogger().isEnabledFor(logging.DEBUG))
 
 
@@ -52,15 +81,52 @@ def _quiet_beam_tracebacks(record) -> bool:
   return True
 
 
-def _configure_logging():
+def take_log_level(argv: list) -> tuple:
+  """(level, argv without --log_level): `--log_level=L` or `--log_level L`
+  anywhere, the last one counting. Raises ConfigError."""
+  from pipeline.options import ConfigError
+  rest, name = [], None
+  arguments = iter(argv)
+  for argument in arguments:
+    if argument == '--':
+      rest.append(argument)
+      rest.extend(arguments)
+      break
+    if argument == '--log_level':
+      name = next(arguments, '')
+    elif argument.startswith('--log_level='):
+      name = argument.split('=', 1)[1]
+    else:
+      rest.append(argument)
+  if name is None:
+    return logging.INFO, rest
+  if name.lower() not in LOG_LEVELS:
+    raise ConfigError(f'--log_level: {name!r} is not one of {", ".join(LOG_LEVELS)}')
+  return LOG_LEVELS[name.lower()], rest
+
+
+def _configure_logging(level: int = logging.INFO):
+  """Our loggers at `level`, other libraries' at warning; without debugging,
+  TensorFlow's native start-up lines filtered in this process and in the
+  worker processes it starts (pipeline/quiet.py)."""
+  global _level
+  _level = level
+  from pipeline import quiet
   logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
   for handler in logging.getLogger().handlers:
-    handler.addFilter(_drop_beam_resource_warning)
+    handler.addFilter(_drop_beam_noise)
     handler.addFilter(_quiet_beam_tracebacks)
+    handler.addFilter(_at_level)
   for name in ('pipeline', 'transforms'):
-    logging.getLogger(name).setLevel(logging.INFO)
-  # TensorFlow's C++ start-up chatter is not for batch-job users.
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    logging.getLogger(name).setLevel(level)
+  if _debug():
+    os.environ[quiet.ENV] = '0'
+    quiet.uninstall()
+  else:
+    # TensorFlow's C++ INFO logs (after its start) are not for batch-job users.
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    os.environ[quiet.ENV] = '1'
+    quiet.install()
 
 
 def _last_line(error: BaseException) -> str:
@@ -102,9 +168,10 @@ def _pipeline_options(config):
   from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
   flags = list(config.options.beam_args)
   plugins = PipelineOptions(flags).view_as(SetupOptions).beam_plugins or []
-  # Imported by each SDK worker at start: see transforms/storage.py.
+  # Imported by each SDK worker at start: see pipeline/quiet.py (first, before
+  # anything imports TensorFlow) and transforms/storage.py.
   return PipelineOptions(flags, runner=config.options.runner,
-                         beam_plugins=plugins + ['transforms.storage'])
+                         beam_plugins=['pipeline.quiet', *plugins, 'transforms.storage'])
 
 
 def starts_no_job(options) -> str:
@@ -191,13 +258,25 @@ def _error(message) -> None:
 
 
 def main(argv=None) -> int:
-  _configure_logging()
+  argv = list(sys.argv[1:] if argv is None else argv)
+  from pipeline.options import ConfigError
+  try:
+    level, argv = take_log_level(argv)  # before anything else: it sets what is printed
+  except ConfigError as e:
+    _configure_logging()
+    _error(e)
+    return EXIT_CONFIG_ERROR
+  _configure_logging(level)
+  # Subcommands (`inspect`) go here: argv holds no --log_level any more.
+  return _batch_predict(argv)
+
+
+def _batch_predict(argv: list) -> int:
   from transforms import storage
   storage.use_anonymous_credentials_for_emulator()
   from pipeline import outputs
   from pipeline.options import ConfigError, parse_args
 
-  argv = sys.argv[1:] if argv is None else argv
   try:
     options = parse_args(argv)
     check_runner(options.runner)
