@@ -42,6 +42,9 @@ _BEAM_NOISE = (
 )
 _FORWARDED = re.compile(r'^Worker: .*? message: "(?P<message>(?:[^"\\]|\\.)*)"')
 
+_BEAM_TRACEBACK = re.compile(r'Traceback \(most recent call last\):.* log_location: "[^"]*'
+                             r'/apache_beam/')
+
 LOG_LEVELS = {'debug': logging.DEBUG, 'info': logging.INFO, 'warning': logging.WARNING,
               'error': logging.ERROR}
 _level = logging.INFO  # --log_level, set by main
@@ -53,6 +56,8 @@ def _drop_beam_noise(record) -> bool:
   message = record.getMessage()
   forwarded = _FORWARDED.match(message)
   if forwarded:
+    if _BEAM_TRACEBACK.search(message):
+      return False  # Beam's log of an exception, in a worker: see _quiet_beam_tracebacks
     message = forwarded.group('message')
   return not message.startswith(_BEAM_NOISE)
 
@@ -198,6 +203,19 @@ def build_template(config, message: str) -> str:
   return message
 
 
+def _workers_stderr_filtered(beam_args):
+  """Local worker processes (multi_processing) write TensorFlow's start-up
+  lines, and the traceback of a failing bundle, straight to the stderr they
+  inherit: it is filtered for the run (pipeline/quiet.py), unless debugging."""
+  from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+  from pipeline import quiet
+  mode = PipelineOptions(list(beam_args)).view_as(DirectOptions).direct_running_mode
+  if mode != 'multi_processing' or _debug():
+    return contextlib.nullcontext()
+  # A failing bundle's traceback, printed by the worker, is reported in one line.
+  return quiet.stderr_filtered_by_process(drop_tracebacks=True)
+
+
 def run(config, staging) -> dict:
   """Runs the pipeline into the staging folder and returns the summary;
   raises PipelineFailed."""
@@ -211,10 +229,11 @@ def run(config, staging) -> dict:
       config, options=dataclasses.replace(config.options, output=staging.path))
   started = time.time()
   try:
-    p = beam.Pipeline(options=_pipeline_options(config))
-    graph.build(p, staged)
-    result = p.run()
-    state = result.wait_until_finish()
+    with _workers_stderr_filtered(config.options.beam_args):
+      p = beam.Pipeline(options=_pipeline_options(config))
+      graph.build(p, staged)
+      result = p.run()
+      state = result.wait_until_finish()
   except Exception as e:  # pylint: disable=broad-except
     raise PipelineFailed(_last_line(e)) from e
   if state not in (None, PipelineState.DONE):

@@ -20,18 +20,25 @@ goes to a temporary file. Then fd 2 is restored and every captured line that
 is not known start-up noise (`is_noise`) is written back: a Python warning, a
 C++ warning or error of any other kind, get through unchanged.
 
-Worker processes (Beam's multi_processing mode) inherit environment variables,
-not Python state: the CLI sets ENV, and this module, a Beam plugin
-(--beam_plugins, imported by each SDK worker at start), installs the hook at
-import where ENV is '1'. Remote workers (Dataflow) do not have ENV and are
-left as they are. With debugging on (BATCH_PREDICT_DEBUG=1,
---log_level=debug) the CLI sets ENV to '0': nothing is filtered.
+Worker processes (Beam's local multi_processing mode) inherit file
+descriptors and environment variables, not Python state, and Beam gives them
+no pipeline options (so not our --beam_plugins either): for such a run the CLI
+wraps the pipeline in `stderr_filtered_by_process()`, which points fd 2 of the
+launcher, and so of every worker it starts, at a pipe read by a small filter
+process (this file run as a script). Being a process of its own, the filter
+outlives a launcher that crashes: what was written before is still passed on.
+Where ENV is '1' (set by the CLI, inherited by workers), importing this module
+also installs the import hook (a worker that imports it, Beam's LOOPBACK
+workers, which run in the launcher). Remote workers (Dataflow) do not have
+ENV and are left as they are. With debugging on (BATCH_PREDICT_DEBUG=1,
+--log_level=debug) the CLI sets ENV to '0' and filters nothing.
 """
 import contextlib
 import importlib.abc
 import importlib.util
 import os
 import re
+import subprocess
 import sys
 import tempfile
 
@@ -184,5 +191,113 @@ def uninstall() -> None:
   sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _QuietTensorFlowImport)]
 
 
-if os.environ.get(ENV) == '1':  # a worker process of a run of the CLI
+_TRACEBACK_START = 'Traceback (most recent call last):'
+_TRACEBACK_FRAME = re.compile(r'^(\s|$)')  # indented, or blank
+# What may follow an exception line within one traceback (chained exceptions).
+_TRACEBACK_CHAIN = re.compile(
+    r'^($|During handling of the above exception, another exception occurred:$'
+    r'|The above exception was the direct cause of the following exception:$)')
+
+
+class _StreamFilter:
+  """Line by line, what `drop_noise` keeps (the state: whether a CUDA
+  driver was reported missing, by any process writing into the stream).
+  With `drop_tracebacks`, also Python tracebacks, up to their exception line:
+  a worker process of Beam prints the exception that fails a bundle (and so
+  the run, which the launcher reports in one line)."""
+
+  def __init__(self, drop_tracebacks: bool = False):
+    self._partial = b''
+    self._no_driver = False
+    self._drop_tracebacks = drop_tracebacks
+    self._in_traceback = ''  # '', 'frames' or 'after' (its exception line)
+
+  def _keep(self, line: bytes) -> bool:
+    text = line.decode('utf-8', 'replace').rstrip('\r')
+    if self._drop_tracebacks:
+      if text == _TRACEBACK_START:
+        self._in_traceback = 'frames'
+        return False
+      if self._in_traceback == 'frames':
+        if not _TRACEBACK_FRAME.match(text):
+          self._in_traceback = 'after'  # the exception line
+        return False
+      if self._in_traceback == 'after':
+        if _TRACEBACK_CHAIN.match(text):
+          return False
+        self._in_traceback = ''
+    self._no_driver = self._no_driver or _NO_DRIVER in text
+    return not is_noise(text, self._no_driver)
+
+  def feed(self, data: bytes) -> bytes:
+    lines = (self._partial + data).split(b'\n')
+    self._partial = lines.pop()
+    return b''.join(line + b'\n' for line in lines if self._keep(line))
+
+  def end(self) -> bytes:
+    rest, self._partial = self._partial, b''
+    return rest if rest and self._keep(rest) else b''
+
+
+def filter_stream(source: int, target: int, drop_tracebacks: bool = False) -> None:
+  """Copies fd `source` to fd `target` until end of file, less start-up
+  noise lines (and tracebacks: see _StreamFilter)."""
+  stream = _StreamFilter(drop_tracebacks)
+  while True:
+    try:
+      data = os.read(source, 65536)
+    except InterruptedError:
+      continue
+    if not data:
+      break
+    _write_all(target, stream.feed(data))
+  _write_all(target, stream.end())
+
+
+@contextlib.contextmanager
+def stderr_filtered_by_process(drop_tracebacks: bool = False, seconds_to_drain: float = 10.0):
+  """For the block, fd 2 of this process, and of the processes it starts,
+  is a pipe to a filter process that passes on what is not start-up noise
+  to the real stderr. At the end, fd 2 is restored and the filter is given
+  `seconds_to_drain` to pass on the rest (it goes on alone after that, until
+  the last worker holding the pipe has ended). If the filter cannot be
+  started, the block runs unfiltered."""
+  _flush_stderr()
+  try:
+    read_end, write_end = os.pipe()
+  except OSError:
+    yield
+    return
+  saved = None
+  try:
+    saved = os.dup(2)
+    process = subprocess.Popen([sys.executable, '-I', '-S', os.path.abspath(__file__),
+                                *(['--drop_tracebacks'] if drop_tracebacks else [])],
+                               stdin=read_end, stdout=saved, stderr=saved)
+  except OSError:
+    for fd in (read_end, write_end, saved):
+      if fd is not None:
+        os.close(fd)
+    yield
+    return
+  os.close(read_end)
+  os.dup2(write_end, 2)
+  os.close(write_end)
+  try:
+    yield
+  finally:
+    _flush_stderr()
+    os.dup2(saved, 2)  # the launcher's end of the pipe is closed
+    os.close(saved)
+    try:
+      process.wait(timeout=seconds_to_drain)
+    except subprocess.TimeoutExpired:
+      pass
+
+
+if __name__ == '__main__':  # the filter process of `stderr_filtered_by_process`
+  import signal
+  signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the launcher: pass on its last words
+  filter_stream(0, 1, drop_tracebacks='--drop_tracebacks' in sys.argv[1:])
+elif os.environ.get(ENV) == '1':  # a process started by a run of the CLI
   install()
