@@ -286,7 +286,9 @@ def main(argv=None) -> int:
     _error(e)
     return EXIT_CONFIG_ERROR
   _configure_logging(level)
-  # Subcommands (`inspect`) go here: argv holds no --log_level any more.
+  if argv[:1] == ['inspect']:  # batch-predict inspect --model=...: what a model offers
+    from pipeline import inspect
+    return inspect.main(argv[1:])
   return _batch_predict(argv)
 
 

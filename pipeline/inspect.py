@@ -24,6 +24,10 @@ import sys
 import tempfile
 import traceback
 
+# The command's one-line errors and its debugging switch (--log_level=debug,
+# BATCH_PREDICT_DEBUG=1).
+from pipeline.cli import _debug, _error, _last_line
+
 EXIT_OK = 0
 EXIT_CONFIG_ERROR = 2
 
@@ -374,19 +378,6 @@ def text(report) -> str:
 
 
 # -- the command ---------------------------------------------------------------
-
-def _error(message) -> None:
-  print(f'batch-predict: error: {message}', file=sys.stderr)
-
-
-def _debug() -> bool:
-  return os.environ.get('BATCH_PREDICT_DEBUG', '') not in ('', '0')
-
-
-def _last_line(error: BaseException) -> str:
-  lines = ''.join(traceback.format_exception_only(type(error), error)).strip().splitlines()
-  return lines[-1].strip() if lines else type(error).__name__
-
 
 def main(argv=None) -> int:
   # TensorFlow's C++ start-up chatter is not for this output.

@@ -81,6 +81,13 @@ def _parser() -> argparse.ArgumentParser:
                            'before the pipeline starts (for models too big to load on '
                            'the launching machine); a model that cannot run then fails '
                            'in the workers')
+  # Read (and removed) by pipeline/cli.py before these options are parsed:
+  # listed here for --help.
+  parser.add_argument('--log_level', choices=('debug', 'info', 'warning', 'error'),
+                      default='info',
+                      help="what the command prints on stderr: 'info' its notes, warnings "
+                           "and errors; 'debug' also TensorFlow's start-up lines and full "
+                           'tracebacks (as BATCH_PREDICT_DEBUG=1)')
   parser.add_argument('--input', dest='inputs', required=True, type=_csv,
                       help='file pattern(s) of JSONL instances, comma-separated')
   parser.add_argument('--output', required=True,

@@ -327,3 +327,16 @@ def test_a_model_in_a_bucket(model_dir, capsys):
     assert signature(found, 'regression')['features'] == ESTIMATOR_FEATURES
     assert mistake(capsys, '--model=gs://inspect-models/models/none') == (
         '--model: gs://inspect-models/models/none does not exist')
+
+
+def test_the_command_dispatches_inspect(model_dir, capsys):
+  """`batch-predict inspect ...` (also with --log_level before it) is this
+  report; a mistake in it is one line, exit 2."""
+  from pipeline import cli
+  assert cli.main(['--log_level=warning', 'inspect', f'--model={model_dir / "keras"}',
+                   '--json']) == 0
+  found = json.loads(capsys.readouterr().out)
+  assert signature(found, 'serve')['example_line']
+  assert cli.main(['inspect', f'--model={model_dir / "nope"}']) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith('batch-predict: error: --model:')
