@@ -27,6 +27,8 @@ import traceback
 # The command's one-line errors and its debugging switch (--log_level=debug,
 # BATCH_PREDICT_DEBUG=1).
 from pipeline.cli import _debug, _error, _last_line
+# The job's own option parsing: a mistake is a ConfigError, one line.
+from pipeline.options import ConfigError, _csv, _Parser
 
 EXIT_OK = 0
 EXIT_CONFIG_ERROR = 2
@@ -36,19 +38,6 @@ DEFAULT_SIGNATURE = 'serving_default'
 # Example lines longer than this are shortened in the text output (an image
 # input is hundreds of thousands of zeros); --json holds them whole.
 TEXT_LINE_LIMIT = 2000
-
-
-class UsageError(ValueError):
-  """A mistake in the command line: one line for the user."""
-
-
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):
-    raise UsageError(message)
-
-
-def _csv(text):
-  return tuple(part.strip() for part in text.split(',') if part.strip())
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -385,7 +374,7 @@ def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   try:
     args = _parser().parse_args(argv)
-  except UsageError as e:
+  except ConfigError as e:
     _error(e)
     return EXIT_CONFIG_ERROR
   except SystemExit as e:  # --help
@@ -397,12 +386,12 @@ def main(argv=None) -> int:
   try:
     if version is not None:
       if not version.strip().isascii() or not version.strip().isdigit():
-        raise UsageError(f'--model_version: {version!r} is not a version number')
+        raise ConfigError(f'--model_version: {version!r} is not a version number')
       version = int(version)
     if args.tags is not None and not args.tags:
-      raise UsageError('--tag: give at least one tag')
+      raise ConfigError('--tag: give at least one tag')
     report = describe(args.model, args.tags, version)
-  except (UsageError, ModelError) as e:
+  except (ConfigError, ModelError) as e:
     _error(e)
     return EXIT_CONFIG_ERROR
   except Exception as e:  # pylint: disable=broad-except  (a file system's own error)

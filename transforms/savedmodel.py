@@ -233,23 +233,9 @@ def _fixed_batch(where: str, inputs: list) -> Optional[int]:
 def read_signature(model_dir: str, tags: tuple, signature_name: str) -> SignatureSpec:
   """Reads one signature from the SavedModel proto, as `saved_model_cli show`
   does; unknown tag sets and signatures name the available ones."""
-  from google.protobuf import message, text_format
   from tensorflow.core.framework import types_pb2
-  from tensorflow.core.protobuf import saved_model_pb2
 
-  pb_path = FileSystems.join(model_dir, 'saved_model.pb')
-  saved_model = saved_model_pb2.SavedModel()
-  try:
-    if FileSystems.exists(pb_path):
-      with FileSystems.open(pb_path) as f:
-        saved_model.ParseFromString(f.read())
-    else:
-      pb_path = FileSystems.join(model_dir, 'saved_model.pbtxt')
-      with FileSystems.open(pb_path) as f:
-        text_format.Parse(f.read().decode('utf-8'), saved_model)
-  except (message.DecodeError, text_format.ParseError, UnicodeDecodeError):
-    raise ModelError(f'--model: {pb_path} is not a readable SavedModel proto') from None
-
+  saved_model, _ = read_saved_model(model_dir)
   wanted = set(tags)
   meta_graphs = saved_model.meta_graphs
   chosen = next((m for m in meta_graphs
@@ -441,11 +427,11 @@ def load_signature_function(model: ModelRef):
     return eager
 
 
-# -- the whole SavedModel, for `batch-predict inspect` --------------------------
+# -- the whole SavedModel (read_signature, `batch-predict inspect`) --------------
 
 def read_saved_model(model_dir: str):
   """(SavedModel proto, path of the file read): saved_model.pb, else
-  saved_model.pbtxt, read as `read_signature` reads them."""
+  saved_model.pbtxt."""
   from google.protobuf import message, text_format
   from tensorflow.core.protobuf import saved_model_pb2
 
