@@ -19,9 +19,7 @@ on stderr and exit status 2.
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import traceback
 
 # The command's one-line errors and its debugging switch (--log_level=debug,
@@ -170,12 +168,14 @@ def _flags(tags, signature_name: str) -> str:
   return ' '.join(flags)
 
 
-def _signature(reader_dir: str, tags: tuple, name: str, signature_def) -> dict:
+def _signature(model_dir: str, meta_graph, name: str) -> dict:
   from transforms import savedmodel
+  tags = tuple(meta_graph.meta_info_def.tags)
+  signature_def = meta_graph.signature_def[name]
   entry = {'name': name, 'method': signature_def.method_name,
            'default': name == DEFAULT_SIGNATURE, 'flags': _flags(tags, name)}
   try:
-    spec = savedmodel.read_signature(reader_dir, tags, name)
+    spec = savedmodel.signature_spec(meta_graph, name, model_dir)
   except savedmodel.ModelError as e:
     entry.update(
         usable=False, error=str(e), takes_examples=None, fixed_batch=None,
@@ -215,18 +215,6 @@ def _signature(reader_dir: str, tags: tuple, name: str, signature_def) -> dict:
   return entry
 
 
-def _local_reader_dir(model_dir: str, saved_model, scratch: str) -> str:
-  """Where `read_signature` reads the proto: the model itself when local;
-  for a remote model, a local copy of the proto alone, so that it is
-  downloaded once rather than once per signature."""
-  from transforms import storage
-  if storage.is_local(model_dir):
-    return model_dir
-  with open(os.path.join(scratch, 'saved_model.pb'), 'wb') as f:
-    f.write(saved_model.SerializeToString())
-  return scratch
-
-
 def describe(path: str, tags=None, version=None) -> dict:
   """The report, as a JSON-ready dict; raises savedmodel.ModelError."""
   from transforms import savedmodel
@@ -251,21 +239,15 @@ def describe(path: str, tags=None, version=None) -> dict:
       available = ', '.join('"' + ','.join(t) + '"' for t in report['tag_sets'])
       raise savedmodel.ModelError(f'--tag: the SavedModel has no tag set '
                                   f'"{",".join(tags)}"; available: {available}')
-  scratch = tempfile.mkdtemp(prefix='batch-predict-inspect-')
-  try:
-    reader_dir = _local_reader_dir(model_dir, saved_model, scratch)
-    report['meta_graphs'] = []
-    for meta_graph in meta_graphs:
-      meta_tags = tuple(meta_graph.meta_info_def.tags)
-      names = savedmodel.callable_signatures(meta_graph)
-      names.sort(key=lambda n: n != DEFAULT_SIGNATURE)  # the default first
-      report['meta_graphs'].append({
-          'tags': list(meta_tags), 'default': set(meta_tags) == set(DEFAULT_TAGS),
-          'default_signature': DEFAULT_SIGNATURE if DEFAULT_SIGNATURE in names else None,
-          'signatures': [_signature(reader_dir, meta_tags, n, meta_graph.signature_def[n])
-                         for n in names]})
-  finally:
-    shutil.rmtree(scratch, ignore_errors=True)
+  report['meta_graphs'] = []
+  for meta_graph in meta_graphs:
+    meta_tags = tuple(meta_graph.meta_info_def.tags)
+    names = savedmodel.callable_signatures(meta_graph)
+    names.sort(key=lambda n: n != DEFAULT_SIGNATURE)  # the default first
+    report['meta_graphs'].append({
+        'tags': list(meta_tags), 'default': set(meta_tags) == set(DEFAULT_TAGS),
+        'default_signature': DEFAULT_SIGNATURE if DEFAULT_SIGNATURE in names else None,
+        'signatures': [_signature(model_dir, meta_graph, n) for n in names]})
   return report
 
 

@@ -233,8 +233,6 @@ def _fixed_batch(where: str, inputs: list) -> Optional[int]:
 def read_signature(model_dir: str, tags: tuple, signature_name: str) -> SignatureSpec:
   """Reads one signature from the SavedModel proto, as `saved_model_cli show`
   does; unknown tag sets and signatures name the available ones."""
-  from tensorflow.core.framework import types_pb2
-
   saved_model, _ = read_saved_model(model_dir)
   wanted = set(tags)
   meta_graphs = saved_model.meta_graphs
@@ -244,9 +242,16 @@ def read_signature(model_dir: str, tags: tuple, signature_name: str) -> Signatur
     available = ['"' + ','.join(m.meta_info_def.tags) + '"' for m in meta_graphs]
     raise ModelError(f'--tag: the SavedModel has no tag set '
                      f'"{",".join(tags)}"; available: {", ".join(available)}')
+  return signature_spec(chosen, signature_name, model_dir)
+
+
+def signature_spec(chosen, signature_name: str, model_dir: str) -> SignatureSpec:
+  """One signature of a MetaGraph (`model_dir` only names it in errors)."""
+  from tensorflow.core.framework import types_pb2
+
+  tags = tuple(chosen.meta_info_def.tags)
   signatures = chosen.signature_def
-  # `__saved_model_init_op` and the like are not signatures one can call.
-  available = sorted(k for k in signatures if not k.startswith('__'))
+  available = callable_signatures(chosen)
   if not available:
     raise ModelError(f'--model: {model_dir} has no signatures (tag set '
                      f'"{",".join(tags)}"), so there is nothing to call; TF Serving '
