@@ -276,7 +276,13 @@ def _error(message) -> None:
   print(f'batch-predict: error: {message}', file=sys.stderr)
 
 
+# When the command started: the summary's total wall time counts from here.
+_STARTED = time.time()
+
+
 def main(argv=None) -> int:
+  global _STARTED
+  _STARTED = time.time()
   argv = list(sys.argv[1:] if argv is None else argv)
   from pipeline.options import ConfigError
   try:
@@ -289,6 +295,9 @@ def main(argv=None) -> int:
   if argv[:1] == ['inspect']:  # batch-predict inspect --model=...: what a model offers
     from pipeline import inspect
     return inspect.main(argv[1:])
+  if argv[:1] == ['preflight']:  # batch-predict preflight ...: a run's sample, scored here
+    from pipeline import preflight
+    return preflight.main(argv[1:])
   return _batch_predict(argv)
 
 
@@ -351,6 +360,15 @@ def _run(options, lock) -> int:
       lock.check_free()  # a second run stops here, before loading anything
     config = job_config.resolve(options)
     notes = check_model(config)
+  except (ConfigError, OSError) as e:
+    _error(e)
+    return EXIT_CONFIG_ERROR
+  if options.preflight:  # its report is printed; a failing sample stops the run
+    from pipeline import preflight
+    status = preflight.before_run(config)
+    if status != EXIT_OK:
+      return status
+  try:
     if not message:  # a template or dry run writes nothing now
       lock.acquire()
   except (ConfigError, OSError) as e:

@@ -52,6 +52,13 @@ class JobOptions:
   model_version: Optional[int] = None
   # No load-and-call of the model before the pipeline starts.
   skip_model_check: bool = False
+  # Before the run: decode and score a sample locally (pipeline/preflight.py),
+  # stop if nothing of it can be scored.
+  preflight: bool = False
+  preflight_instances: int = 100  # the sample's size (preflight)
+  # Seconds between progress log lines when stderr is not a terminal; 0: no
+  # progress output (pipeline/progress.py).
+  progress_interval: float = 30.0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -123,6 +130,17 @@ def _parser() -> argparse.ArgumentParser:
                       help='larger instances (a line, a record, a request file over '
                            '64 times this) become error records without being read '
                            f'(default {DEFAULT_MAX_INSTANCE_BYTES >> 20} MiB)')
+  parser.add_argument('--preflight', action='store_true',
+                      help='before the run, read a sample of the input, decode and '
+                           'score it locally, and stop if none of it can be scored '
+                           '(batch-predict preflight reports without running)')
+  parser.add_argument('--preflight_instances', type=int, default=100,
+                      help='instances sampled by the preflight check, spread over the '
+                           'input files (default 100)')
+  parser.add_argument('--progress_interval', type=float, default=30.0,
+                      help='seconds between progress lines on stderr when it is not a '
+                           'terminal (a terminal gets one live line); 0: no progress '
+                           'output (default 30)')
   parser.add_argument('--max_error_fraction', type=float,
                       default=DEFAULT_MAX_ERROR_FRACTION,
                       help='most errors per instance read for exit status 0; above it '
@@ -160,7 +178,12 @@ def beam_options(args) -> dict:
     return PipelineOptions(list(args)).get_all_options()
 
 
-def parse_args(argv) -> JobOptions:
+def parse_args(argv, require_output: bool = True) -> JobOptions:
+  """`require_output=False` (preflight): --output may be left out ('')."""
+  argv = list(argv)
+  if not require_output and not any(a == '--output' or a.startswith('--output=')
+                                    for a in argv):
+    argv.append('--output=')
   known, rest = _parser().parse_known_args(argv)
   unknown = unknown_beam_args(rest)
   if unknown:
@@ -177,6 +200,10 @@ def parse_args(argv) -> JobOptions:
                       'between 0 and 1')
   if known.max_instance_bytes < 1:
     raise ConfigError('--max_instance_bytes must be at least 1')
+  if known.preflight_instances < 1:
+    raise ConfigError('--preflight_instances must be at least 1')
+  if not known.progress_interval >= 0:
+    raise ConfigError('--progress_interval must be 0 (no progress output) or more seconds')
   if not known.inputs:
     raise ConfigError('--input: give at least one file pattern')
   if not known.tags:
@@ -215,4 +242,6 @@ def parse_args(argv) -> JobOptions:
       output_fields=known.output_fields, share_model=known.share_model,
       max_error_fraction=known.max_error_fraction,
       beam_args=tuple(rest), runner=runner, model_version=model_version,
-      skip_model_check=known.skip_model_check)
+      skip_model_check=known.skip_model_check, preflight=known.preflight,
+      preflight_instances=known.preflight_instances,
+      progress_interval=known.progress_interval)
