@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO := out/demo
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench image clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,15 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/run.py
+
+# A worker image for Dataflow (--sdk_container_image) and Flink, for the
+# virtualenv's Python and Beam versions: make image IMAGE=registry/name:tag
+image: $(STAMP)
+	@test -n "$(IMAGE)" || { echo 'make image: give IMAGE=registry/name:tag' >&2; exit 2; }
+	docker build -f launch/Dockerfile \
+	    --build-arg PYTHON_VERSION=$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])') \
+	    --build-arg BEAM_VERSION=$$($(PY) -c 'import apache_beam; print(apache_beam.__version__)') \
+	    -t $(IMAGE) .
 
 clean:
 	rm -rf out

@@ -56,7 +56,7 @@ def test_dataflow_custom_container_replaces_setup_file():
 
 @pytest.mark.parametrize('script, missing', [
     ('dataflow.sh', ['--input', '--output', '--project', '--temp_location']),
-    ('flink.sh', ['--input', '--output', '--flink_master']),
+    ('flink.sh', ['--input', '--output', '--flink_master', '--sdk_container_image']),
     ('local.sh', ['--input', '--output']),
     ('portable.sh', ['--input', '--output']),
 ])
@@ -105,17 +105,60 @@ def test_local_script_runs_the_job(model_dir, tmp_path):
   assert 'predictions          2' in proc.stdout
 
 
+def test_flink_workers_get_an_image_with_the_package_or_a_worker_pool():
+  """Beam's default worker image lacks the package and TensorFlow: flink.sh
+  wants an image (built from launch/Dockerfile) or a worker pool, and the
+  image it is given is the one Beam's portable runner starts workers from."""
+  from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions
+  from apache_beam.transforms.environments import DockerEnvironment, Environment
+  required = dict(MODEL='gs://b/m', INPUT='gs://b/i', OUTPUT='gs://b/o', FLINK_MASTER='f:8081')
+  proc = launch('flink.sh', **required)
+  assert proc.returncode == 2 and proc.stdout == ''
+  [line] = proc.stderr.strip().splitlines()
+  version = f'{sys.version_info.major}.{sys.version_info.minor}'
+  assert line.startswith('launch/flink.sh: missing --sdk_container_image')
+  assert f'--build-arg PYTHON_VERSION={version}' in line and 'make image' in line
+  for given in (['--sdk_container_image=eu.gcr.io/p/bp:1'],
+                ['--environment_config=eu.gcr.io/p/bp:1'],
+                ['--sdk_container_image', 'eu.gcr.io/p/bp:1', '--environment_type=DOCKER']):
+    args = job_args(launch('flink.sh', *given, **required))
+    options = parse_args(args)
+    environment = Environment.from_options(
+        PipelineOptions(list(options.beam_args)).view_as(PortableOptions))
+    assert isinstance(environment, DockerEnvironment)
+    assert environment.container_image == 'eu.gcr.io/p/bp:1'
+  proc = launch('flink.sh', '--sdk_container_image=a:1', '--environment_config=b:1', **required)
+  assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+  proc = launch('flink.sh', '--environment_type=EXTERNAL', **required)
+  assert proc.returncode == 2
+  assert proc.stderr.strip() == ('launch/flink.sh: missing --environment_config '
+                                 '(or environment variable ENVIRONMENT_CONFIG)')
+  proc = launch('flink.sh', '--environment_type=LOOPBACK', **required)
+  assert proc.returncode == 2 and 'is not DOCKER, EXTERNAL or PROCESS' in proc.stderr
+
+
 def test_dockerfile_copies_the_package_and_keeps_beams_entry_point():
+  """The image's Python and Beam versions are build arguments whose defaults
+  are the launcher's (workers unpickle what the launcher pickled); `make
+  image` passes the virtualenv's."""
+  import apache_beam
   with open(os.path.join(ROOT, 'launch', 'Dockerfile')) as f:
     lines = [l.strip() for l in f if l.strip() and not l.startswith('#')]
-  base = next(l for l in lines if l.startswith('FROM'))
-  import apache_beam
-  assert base == (f'FROM apache/beam_python{sys.version_info.major}.{sys.version_info.minor}'
-                  f'_sdk:{apache_beam.__version__}')
+  first_from = next(i for i, l in enumerate(lines) if l.startswith('FROM'))
+  build_args = dict(l.split()[1].split('=', 1) for l in lines[:first_from]
+                    if l.startswith('ARG'))
+  assert build_args == {'PYTHON_VERSION': f'{sys.version_info.major}.{sys.version_info.minor}',
+                        'BEAM_VERSION': apache_beam.__version__}
+  assert lines[first_from] == 'FROM apache/beam_python${PYTHON_VERSION}_sdk:${BEAM_VERSION}'
   copied = [l.split()[1] for l in lines if l.startswith('COPY')]
   assert {'pipeline', 'transforms', 'setup.py'} <= set(copied)
   assert all(os.path.exists(os.path.join(ROOT, c)) for c in copied)
   assert not any(l.startswith(('ENTRYPOINT', 'CMD')) for l in lines)
+  make = subprocess.run(['make', '-n', 'image', 'IMAGE=reg/bp:1', f'PY={sys.executable}',
+                         'STAMP=Makefile'], cwd=ROOT, capture_output=True, text=True)
+  assert make.returncode == 0, make.stderr
+  command = make.stdout.replace('\\\n', ' ')
+  assert 'docker build -f launch/Dockerfile' in command and '-t reg/bp:1' in command
 
 
 def test_options_as_separate_words_and_user_options_replace_script_defaults():
