@@ -70,82 +70,143 @@ def _csv(text):
   return tuple(part.strip() for part in text.split(',') if part.strip())
 
 
+_DESCRIPTION = """\
+Score instances with a TensorFlow SavedModel on Apache Beam, locally or on any
+Beam runner. Reads JSON Lines, TF Serving request files (.json), CSV, TFRecord
+(tf.Example) and Parquet, the text formats and TFRecord also gzipped; writes
+one prediction record per scored instance (JSONL, Parquet or TFRecord), one
+error record per failed instance, and summary.json.
+
+Other commands:
+  batch-predict inspect --model=PATH     a model's signatures, inputs, outputs
+                                         and an example instance line
+  batch-predict preflight [run options]  score a sample of the input here and
+                                         report what the run would do"""
+
+_EPILOG = """\
+examples:
+  batch-predict --model=models/churn --input='data/*.jsonl' --output=out --key_field=id
+  batch-predict --model=models/churn --input='data/*.csv,more/*.parquet' --output=out \\
+      --output_format=parquet --passthrough_fields=customer,day
+  launch/dataflow.sh --project=P --temp_location=gs://B/tmp --model=gs://B/models/churn \\
+      --input='gs://B/in/*.jsonl' --output=gs://B/out --key_field=id
+
+Beam pipeline options (any option not listed above): --runner (default: the
+local FnApiRunner, no network), --direct_running_mode, --direct_num_workers,
+--project, --region, --temp_location, --max_num_workers, ... Beam documents them
+at https://beam.apache.org/releases/pydoc/current/apache_beam.options.pipeline_options.html
+(and in apache_beam/options/pipeline_options.py); the README's "Running it"
+section and launch/*.sh --help show the ones each runner needs.
+
+exit status: 0 done; 1 the pipeline failed (the previous result is kept);
+2 a configuration mistake (nothing ran); 3 too many errors, or no instance;
+4 some input files could not be read to their end."""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+  """The description and examples as written; each option's default shown
+  where it has one worth showing."""
+  def _get_help_string(self, action):
+    text = action.help or ''
+    if ('%(default)' not in text and action.default not in (None, False, (), '')
+        and action.default is not argparse.SUPPRESS and action.option_strings):
+      default = action.default
+      if isinstance(default, tuple):
+        default = ','.join(default)
+      text += f' (default: {default})'
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
-  parser = _Parser(
-      prog='batch-predict', allow_abbrev=False,
-      description='Score JSON-lines instances with a TensorFlow SavedModel on '
-                  'Apache Beam. Options not listed here are Beam pipeline '
-                  'options (--runner, --direct_num_workers, --project, ...).')
-  parser.add_argument('--model', required=True,
-                      help='SavedModel directory, or a TF Serving base directory '
-                           'of numeric versions (the highest is used)')
-  parser.add_argument('--model_version', default=None,
-                      help='with a TF Serving base directory: the version to use, by '
-                           'number (7 picks the folder 7, 07 or 00000007), as TF '
-                           "Serving's /versions/N (default: the highest)")
-  parser.add_argument('--skip_model_check', action='store_true',
-                      help='do not load the model and call it once on a sample batch '
-                           'before the pipeline starts (for models too big to load on '
-                           'the launching machine); a model that cannot run then fails '
-                           'in the workers')
-  # Read (and removed) by pipeline/cli.py before these options are parsed:
-  # listed here for --help.
-  parser.add_argument('--log_level', choices=('debug', 'info', 'warning', 'error'),
-                      default='info',
-                      help="what the command prints on stderr: 'info' its notes, warnings "
-                           "and errors; 'debug' also TensorFlow's start-up lines and full "
-                           'tracebacks (as BATCH_PREDICT_DEBUG=1)')
-  parser.add_argument('--input', dest='inputs', required=True, type=_csv,
-                      help='file pattern(s) of JSONL instances, comma-separated')
-  parser.add_argument('--output', required=True,
-                      help='directory for predictions, errors and summary.json')
-  parser.add_argument('--format', dest='input_format', default='auto',
+  parser = _Parser(prog='batch-predict', allow_abbrev=False, description=_DESCRIPTION,
+                   epilog=_EPILOG, formatter_class=_HelpFormatter)
+  model = parser.add_argument_group('model')
+  model.add_argument('--model', required=True, metavar='PATH',
+                     help='SavedModel directory, or a TF Serving base directory of '
+                          'numeric versions (the highest is used); local or gs://')
+  model.add_argument('--model_version', default=None, metavar='N',
+                     help='with a TF Serving base directory: the version to use, by '
+                          'number (7 picks the folder 7, 07 or 00000007), as TF '
+                          "Serving's /versions/N (default: the highest)")
+  model.add_argument('--signature', default='serving_default', metavar='NAME',
+                     help='signature to call; batch-predict inspect lists them')
+  model.add_argument('--tag', dest='tags', default=('serve',), type=_csv, metavar='TAG[,TAG]',
+                     help='tag set of the MetaGraph to load, comma-separated')
+  model.add_argument('--share_model_across_processes', dest='share_model',
+                     action='store_true',
+                     help='load one model copy per machine, shared by its worker '
+                          'processes (for models too big for one copy per process)')
+  model.add_argument('--skip_model_check', action='store_true',
+                     help='do not load the model and call it once on a sample batch '
+                          'before the pipeline starts (for models too big to load on '
+                          'the launching machine); a model that cannot run then fails '
+                          'in the workers')
+
+  inputs = parser.add_argument_group('input')
+  inputs.add_argument('--input', dest='inputs', required=True, type=_csv,
+                      metavar='PATTERN[,PATTERN]',
+                      help='file pattern(s) of instances, comma-separated; local or '
+                           "gs://, e.g. 'data/*.jsonl,more/*.csv.gz'")
+  inputs.add_argument('--format', dest='input_format', default='auto',
                       choices=('auto', 'jsonl', 'json', 'tfrecord', 'csv', 'parquet'),
                       help='input format; auto decides per file by extension '
-                           '(.jsonl .json .tfrecord(s) .csv .parquet, any of them .gz)')
-  parser.add_argument('--output_format', default='jsonl',
-                      choices=('jsonl', 'parquet', 'tfrecord'),
-                      help='format of the prediction files (errors are always JSONL)')
-  parser.add_argument('--output_fields', default=(), type=_csv,
-                      help='signature outputs to write, comma-separated (default: all)')
-  parser.add_argument('--share_model_across_processes', dest='share_model',
-                      action='store_true',
-                      help='load one model copy per machine, shared by its worker '
-                           'processes (for models too big for one copy per process)')
-  parser.add_argument('--signature', default='serving_default')
-  parser.add_argument('--tag', dest='tags', default=('serve',), type=_csv,
-                      help='tag set of the MetaGraph to load, comma-separated')
-  parser.add_argument('--key_field', default=None,
-                      help='instance field carried to the output to rejoin it '
-                           '(else outputs carry filename and offset)')
-  parser.add_argument('--passthrough_fields', default=(), type=_csv,
-                      help='more instance fields copied to the output')
-  parser.add_argument('--min_batch_size', type=int, default=None,
-                      help='smaller chunks (small files, range ends) are merged '
-                           'up to this many instances before scoring (default '
-                           f'{DEFAULT_MIN_BATCH_SIZE}, or --max_batch_size if smaller)')
-  parser.add_argument('--max_batch_size', type=int, default=DEFAULT_MAX_BATCH_SIZE,
-                      help='most instances per model call')
-  parser.add_argument('--max_instance_bytes', type=int, default=DEFAULT_MAX_INSTANCE_BYTES,
-                      help='larger instances (a line, a record, a request file over '
-                           '64 times this) become error records without being read '
-                           f'(default {DEFAULT_MAX_INSTANCE_BYTES >> 20} MiB)')
-  parser.add_argument('--preflight', action='store_true',
+                           '(.jsonl/.ndjson, .json, .tfrecord(s), .csv, .parquet; the '
+                           'text formats and TFRecord also .gz)')
+  inputs.add_argument('--key_field', default=None, metavar='FIELD',
+                      help='instance field carried to the output to rejoin it (without '
+                           'it, outputs carry the file name and position)')
+  inputs.add_argument('--passthrough_fields', default=(), type=_csv, metavar='FIELD[,FIELD]',
+                      help='more instance fields copied to the output exactly as read, '
+                           'comma-separated')
+  inputs.add_argument('--max_instance_bytes', type=int, default=DEFAULT_MAX_INSTANCE_BYTES,
+                      metavar='BYTES',
+                      help='larger instances (a line, a record; a request file over 64 '
+                           'times this) become error records without being read')
+
+  outputs = parser.add_argument_group('output')
+  outputs.add_argument('--output', required=True, metavar='DIR',
+                       help='directory for predictions, errors and summary.json; a '
+                            "previous result there is replaced only once the new one "
+                            'is complete')
+  outputs.add_argument('--output_format', default='jsonl',
+                       choices=('jsonl', 'parquet', 'tfrecord'),
+                       help='format of the prediction files (errors are always JSONL)')
+  outputs.add_argument('--output_fields', default=(), type=_csv, metavar='NAME[,NAME]',
+                       help='signature outputs to write, comma-separated (default: all)')
+
+  batching = parser.add_argument_group('batching')
+  batching.add_argument('--max_batch_size', type=int, default=DEFAULT_MAX_BATCH_SIZE,
+                        metavar='N',
+                        help='most instances per model call')
+  batching.add_argument('--min_batch_size', type=int, default=None, metavar='N',
+                        help='smaller chunks (small files, range ends) are merged up to '
+                             'this many instances before scoring (default '
+                             f'{DEFAULT_MIN_BATCH_SIZE}, or --max_batch_size if smaller)')
+
+  checks = parser.add_argument_group('checks, errors and output on the terminal')
+  checks.add_argument('--max_error_fraction', type=float, metavar='F',
+                      default=DEFAULT_MAX_ERROR_FRACTION,
+                      help='most failed instances per instance read for exit status 0; '
+                           'above it the outputs are still written, and the exit status '
+                           'is 3')
+  checks.add_argument('--preflight', action='store_true',
                       help='before the run, read a sample of the input, decode and '
-                           'score it locally, and stop if none of it can be scored '
-                           '(batch-predict preflight reports without running)')
-  parser.add_argument('--preflight_instances', type=int, default=100,
+                           'score it here, print what was found, and stop if none of it '
+                           'can be scored')
+  checks.add_argument('--preflight_instances', type=int, default=100, metavar='N',
                       help='instances sampled by the preflight check, spread over the '
-                           'input files (default 100)')
-  parser.add_argument('--progress_interval', type=float, default=30.0,
+                           'input files')
+  checks.add_argument('--progress_interval', type=float, default=30.0, metavar='SECONDS',
                       help='seconds between progress lines on stderr when it is not a '
                            'terminal (a terminal gets one live line); 0: no progress '
-                           'output (default 30)')
-  parser.add_argument('--max_error_fraction', type=float,
-                      default=DEFAULT_MAX_ERROR_FRACTION,
-                      help='most errors per instance read for exit status 0; above it '
-                           'the outputs are still written, and the exit status is 3 '
-                           f'(default {DEFAULT_MAX_ERROR_FRACTION})')
+                           'output')
+  # Read (and removed) by pipeline/cli.py before these options are parsed:
+  # listed here for --help.
+  checks.add_argument('--log_level', choices=('debug', 'info', 'warning', 'error'),
+                      default='info',
+                      help="what the command prints on stderr: 'info' its notes, "
+                           "warnings and errors; 'debug' also TensorFlow's start-up "
+                           'lines and full tracebacks (as BATCH_PREDICT_DEBUG=1)')
   return parser
 
 
