@@ -217,29 +217,36 @@ def _workers_stderr_filtered(beam_args):
 
 
 def run(config, staging) -> dict:
-  """Runs the pipeline into the staging folder and returns the summary;
-  raises PipelineFailed."""
+  """Runs the pipeline into the staging folder, showing its progress, and
+  returns the summary; raises PipelineFailed."""
   import dataclasses
 
   import apache_beam as beam
   from apache_beam.runners.runner import PipelineState
 
-  from pipeline import graph, summary
+  from pipeline import graph, progress, summary
   staged = dataclasses.replace(
       config, options=dataclasses.replace(config.options, output=staging.path))
+  interval = config.options.progress_interval if progress.watched_here(config.options) else 0
+  total_bytes = sum(m.size_in_bytes or 0 for files in config.files_by_format.values()
+                    for m in files)
   started = time.time()
   try:
-    with _workers_stderr_filtered(config.options.beam_args):
-      p = beam.Pipeline(options=_pipeline_options(config))
-      graph.build(p, staged)
-      result = p.run()
-      state = result.wait_until_finish()
+    # The reporter first: on a terminal it writes to stderr as it is before
+    # the workers' filter.
+    with progress.Reporter(interval, total_bytes, started=_STARTED):
+      with _workers_stderr_filtered(config.options.beam_args):
+        p = beam.Pipeline(options=_pipeline_options(config))
+        graph.build(p, staged)
+        result = p.run()
+        state = result.wait_until_finish()
   except Exception as e:  # pylint: disable=broad-except
     raise PipelineFailed(_last_line(e)) from e
+  ended = time.time()
   if state not in (None, PipelineState.DONE):
     raise PipelineFailed(f'it ended in state {state}')
   return summary.build(config, summary.counters(result), config.options.runner,
-                       time.time() - started)
+                       ended - started, started=min(_STARTED, started), ended=ended)
 
 
 @contextlib.contextmanager

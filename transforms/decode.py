@@ -23,6 +23,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
+from pipeline import progress
 from transforms import convert
 from transforms.convert import carried_text, convert_value
 from transforms.records import (FeedGroup, InstanceBatch, InstanceError,
@@ -261,5 +262,9 @@ class DecodeInstances(beam.DoFn):
   def process(self, chunk: RawChunk):
     self._read.inc(len(chunk))
     self._blank.inc(chunk.blank_lines)
+    progress.add(progress.READ, len(chunk))
     if len(chunk) or chunk.file_errors:
       yield self._decoder.decode(chunk)
+
+  def finish_bundle(self):
+    progress.flush()  # a local worker process's figures, for the launcher

@@ -14,6 +14,7 @@ import orjson
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
+from pipeline import progress
 from transforms.convert import bytes_json, carried_as_text
 from transforms.records import CATEGORIES, FILE, MODEL, METRICS_NAMESPACE, ScoredBatch
 
@@ -158,6 +159,11 @@ class FormatRecords(beam.DoFn):
     self._failed = {c: Metrics.counter(METRICS_NAMESPACE, f'errors_{c}') for c in CATEGORIES}
     self._files_incomplete = Metrics.counter(METRICS_NAMESPACE, 'files_incomplete')
     self._incomplete_paths = Metrics.string_set(METRICS_NAMESPACE, 'incomplete_files')
+    # One error message of each category, the first this instance writes
+    # (the summary shows one example per category).
+    self._examples = {c: Metrics.string_set(METRICS_NAMESPACE, f'error_example_{c}')
+                      for c in CATEGORIES}
+    self._exampled = set()
     self._schema = None
     self._text_outputs = set()  # outputs of unknown rank (Parquet: JSON text)
     self._bytes_outputs = set()  # `*_bytes` string outputs: always base64 in JSON
@@ -180,7 +186,11 @@ class FormatRecords(beam.DoFn):
     lines += [self._file_error_line(path, message)
               for path, message in scored.batch.chunk.file_errors]
     if lines:
+      progress.add(progress.ERRORS, len(lines))
       yield beam.pvalue.TaggedOutput(ERRORS_TAG, b'\n'.join(lines))
+
+  def finish_bundle(self):
+    progress.flush()  # a local worker process's figures, for the launcher
 
   def _encode(self, records, batch, errors):
     """The prediction records in the output format; a record that cannot be
@@ -207,6 +217,7 @@ class FormatRecords(beam.DoFn):
     if not records:
       return None
     self._predicted.inc(len(records))
+    progress.add(progress.PREDICTED, len(records))
     if output_format == 'jsonl':
       return b'\n'.join(encoded)
     return table if output_format == 'parquet' else encoded
@@ -282,8 +293,14 @@ class FormatRecords(beam.DoFn):
       location[chunk.position_field] = chunk.positions[row]
     return location
 
+  def _example(self, category, message):
+    if category not in self._exampled:
+      self._exampled.add(category)
+      self._examples[category].add(message)
+
   def _error_line(self, batch, error) -> bytes:
     self._failed[error.category].inc()
+    self._example(error.category, error.message)
     record = {}
     key_field = self._layout.key_field
     key = batch.carried[key_field][error.row] if key_field in batch.carried else None
@@ -304,6 +321,7 @@ class FormatRecords(beam.DoFn):
     self._failed[FILE].inc()
     self._files_incomplete.inc()
     self._incomplete_paths.add(path)
+    self._example(FILE, message)
     return orjson.dumps({'filename': self._relative(path),
                          'error': {'category': FILE, 'message': message}})
 

@@ -49,7 +49,7 @@ from transforms.convert import JsonObject, SchemaError, carried_text, short
 from transforms.decode import InputFormat
 from transforms.input_jsonl import json_instance
 from transforms.json_values import parse_json
-from transforms.lines import fault_reason, open_input
+from transforms.lines import count_read, fault_reason, open_input
 from transforms.records import JSON, RawChunk
 from transforms.savedmodel import SignatureSpec
 
@@ -221,6 +221,7 @@ class ReadJsonRequests(beam.DoFn):
 
   def process(self, metadata):
     path = metadata.path
+    count_read(0, metadata.size_in_bytes)  # read whole (progress: pipeline/progress.py)
     if metadata.size_in_bytes > self._max_bytes:
       yield RawChunk([(path, 0)], [None], [b''], kind=JSON, read_errors={0: (
           f'the request file is {metadata.size_in_bytes} bytes, more than '

@@ -27,7 +27,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms import convert
 from transforms.decode import FastRows, Instance, InputFormat
-from transforms.lines import fault_reason
+from transforms.lines import count_read, fault_reason
 from transforms.records import PARQUET, RawChunk
 
 ROWS_PER_CHUNK = 4096
@@ -119,20 +119,25 @@ class ReadParquetBatches(beam.DoFn):
 
   def process(self, metadata):
     path = metadata.path
-    row = 0
+    row, counted = 0, 0  # stored bytes counted as read (pipeline/progress.py)
     try:
       with FileSystems.open(path) as f:
         parquet = pq.ParquetFile(f)
         names = set(parquet.schema_arrow.names)
         columns = None if self._columns is None else [
             c for c in self._columns if c in names]
+        rows = parquet.metadata.num_rows or 1
         for batch in parquet.iter_batches(batch_size=ROWS_PER_CHUNK, columns=columns):
+          # Bytes in proportion to the rows read: enough for an ETA.
+          counted = count_read(counted, metadata.size_in_bytes * (row + batch.num_rows)
+                               // rows)
           yield RawChunk([(path, 0)], list(range(row, row + batch.num_rows)), batch,
                          kind=PARQUET)
           row += batch.num_rows
     except Exception as e:  # pylint: disable=broad-except
       yield RawChunk([(path, 0)], [], pa.record_batch([]), kind=PARQUET, file_errors=[
           (path, f'reading failed after {row} rows: {fault_reason(e)}')])
+    count_read(counted, metadata.size_in_bytes)  # the file is done with
 
 
 class ParquetFormat(InputFormat):

@@ -33,7 +33,8 @@ import numpy as np
 
 from transforms import convert
 from transforms.decode import FastRows, Instance, InputFormat
-from transforms.lines import KEPT_PREFIX_BYTES, fault_reason, open_input
+from transforms.lines import (KEPT_PREFIX_BYTES, count_read, fault_reason, open_input,
+                              stored_position)
 from transforms.records import RawChunk, TFRECORD
 
 MAX_RECORDS_PER_CHUNK = 4096
@@ -94,7 +95,7 @@ class ReadTFRecords(beam.DoFn):
   def process(self, metadata):
     path = metadata.path
     chunk = RawChunk([(path, 0)], [], [], kind=TFRECORD)
-    index = 0
+    index, counted = 0, 0  # stored bytes counted as read (pipeline/progress.py)
     try:
       with open_input(path) as f:
         for record, error in read_tfrecords(f, self._max_bytes):
@@ -109,11 +110,13 @@ class ReadTFRecords(beam.DoFn):
           chunk.records.append(record)
           index += 1
           if len(chunk) >= MAX_RECORDS_PER_CHUNK:
+            counted = count_read(counted, stored_position(f))
             yield chunk
             chunk = RawChunk([(path, 0)], [], [], kind=TFRECORD)
     except Exception as e:  # pylint: disable=broad-except
       chunk.file_errors.append((path, f'reading failed after {index} records: '
                                       f'{fault_reason(e)}'))
+    count_read(counted, metadata.size_in_bytes)  # the file is done with
     if len(chunk) or chunk.file_errors:
       yield chunk
 

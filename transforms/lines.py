@@ -31,7 +31,9 @@ import apache_beam as beam
 from apache_beam.io import filebasedsource
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.range_trackers import OffsetRangeTracker
 
+from pipeline import progress as tally
 from transforms.records import RawChunk
 
 BLOCK_SIZE = 1 << 20
@@ -121,6 +123,34 @@ class _Progress:
   chunk: RawChunk
   instances: int = 0  # lines read into chunks (not blank)
   position: int = 0
+  counted: int = 0  # stored bytes of the range counted as read (pipeline/progress.py)
+
+
+def stored_position(f, position=None):
+  """How far into the stored file reading is: the compressed position of a
+  gzip file, else `position` (uncompressed; None: f.tell()). None where it
+  cannot be told."""
+  try:
+    raw = getattr(f, 'fileobj', None)  # gzip.GzipFile: the compressed file
+    if raw is not None:
+      return raw.tell()
+    return f.tell() if position is None else position
+  except Exception:  # pylint: disable=broad-except  (progress never fails a read)
+    return None
+
+
+def count_read(counted: int, position, stop=None) -> int:
+  """Counts the stored bytes read from `counted` up to `position` (at most
+  `stop`) for the progress output (pipeline/progress.py); returns the new
+  count."""
+  if position is None:
+    return counted
+  if stop is not None:
+    position = min(position, stop)
+  if position > counted:
+    tally.add(tally.BYTES, position - counted)
+    return position
+  return counted
 
 
 class LineChunkSource(filebasedsource.FileBasedSource):
@@ -140,11 +170,14 @@ class LineChunkSource(filebasedsource.FileBasedSource):
     return RawChunk([(file_name, 0)], [], [], kind=self._kind, header=header)
 
   def read_records(self, file_name, range_tracker):
-    progress = _Progress(self._new_chunk(file_name, None),
-                         position=range_tracker.start_position())
+    start = range_tracker.start_position()
+    progress = _Progress(self._new_chunk(file_name, None), position=start, counted=start)
     try:
       yield from self._read(file_name, range_tracker, progress)
     except Exception as e:  # pylint: disable=broad-except
+      stop = range_tracker.stop_position()
+      if stop < OffsetRangeTracker.OFFSET_INFINITY:  # what could not be read is done with too
+        progress.counted = count_read(progress.counted, stop)
       # Anything the file system or decompressor raises ends this range; what
       # was read stays, and one error record accounts for the rest.
       content = 'uncompressed content' if self._compressed(file_name) else 'file'
@@ -163,6 +196,7 @@ class LineChunkSource(filebasedsource.FileBasedSource):
 
   def _read(self, file_name, range_tracker, progress):
     start = range_tracker.start_position()
+    stop = range_tracker.stop_position()
     with self.open_file(file_name) as f:
       header = None
       if self._header_reader is not None:
@@ -190,9 +224,13 @@ class LineChunkSource(filebasedsource.FileBasedSource):
         progress.instances += 1
         chunk_bytes += len(line)
         if len(chunk) >= self._chunk_lines or chunk_bytes >= self._chunk_bytes:
+          progress.counted = count_read(progress.counted, stored_position(f, offset + size),
+                                        stop)
           yield chunk
           chunk = progress.chunk = self._new_chunk(file_name, header)
           chunk_bytes = 0
+      progress.counted = count_read(progress.counted, stop if stop < (
+          OffsetRangeTracker.OFFSET_INFINITY) else stored_position(f))
     if len(chunk) or chunk.blank_lines:
       yield chunk
 

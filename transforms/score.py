@@ -385,11 +385,17 @@ class SavedModelHandler(ModelHandler[InstanceBatch, ScoredBatch, LoadedSignature
       Metrics.counter(METRICS_NAMESPACE, 'model_loads').inc()
     results, errors = [], list(batch.errors)
     size = self._max_batch_size
+    batch_size, latency = _model_batch_metrics()
     for group in batch.groups:
       for start in range(0, len(group.rows), size):
         rows = group.rows[start:start + size]
+        called = time.perf_counter()
         parts, failures = model.score({k: v[start:start + size]
                                        for k, v in group.feeds.items()})
+        # Per model batch (RunInference's own metrics are per element: a
+        # chunk of up to thousands of instances, scored in such batches).
+        latency.update(int((time.perf_counter() - called) * 1e6))
+        batch_size.update(len(rows))
         for positions, outputs in parts:
           results.append((rows if positions is None else [rows[i] for i in positions],
                           outputs))
@@ -402,6 +408,14 @@ class SavedModelHandler(ModelHandler[InstanceBatch, ScoredBatch, LoadedSignature
 
   def get_metrics_namespace(self) -> str:
     return METRICS_NAMESPACE
+
+
+def _model_batch_metrics() -> tuple:
+  """(batch size, batch latency in microseconds): distributions of the
+  batches the model is called on (at most --max_batch_size instances, the
+  calls that isolate failing instances included)."""
+  return (Metrics.distribution(METRICS_NAMESPACE, 'model_batch_size'),
+          Metrics.distribution(METRICS_NAMESPACE, 'model_batch_latency_micro_secs'))
 
 
 def ScoreBatches(model: ModelRef, max_batch_size: int,
