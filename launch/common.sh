@@ -7,6 +7,12 @@
 # parameters pass through to the job unchanged, and replace a script default
 # of the same option (--worker_machine_type replaces the script's
 # --machine_type). --print_only prints the command instead of running it.
+#
+# A job submitted to a cluster (its --runner, the user's or the script's, is
+# not a local one: DataflowRunner, FlinkRunner, PortableRunner, ...) gets
+# --preflight: before anything is submitted, the job reads a sample of the
+# input, scores it here, prints what it found and stops if none of it can be
+# scored. --skip_preflight (or SKIP_PREFLIGHT=1) leaves it out.
 set -euo pipefail
 
 LAUNCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -15,12 +21,17 @@ if [ -z "${PYTHON:-}" ]; then
   if [ -x "$REPO_DIR/.venv/bin/python" ]; then PYTHON=$REPO_DIR/.venv/bin/python; else PYTHON=python3; fi
 fi
 PRINT_ONLY=${PRINT_ONLY:-0}
+SKIP_PREFLIGHT=${SKIP_PREFLIGHT:-0}
 EXTRA_ARGS=()
 
 flag_of() { echo "--$(echo "$1" | tr '[:upper:]' '[:lower:]')"; }
 
 usage() {
-  echo "usage: $SCRIPT [--print_only] [--param=value ...] [job or Beam options ...]"
+  echo "usage: $SCRIPT [--print_only] [--skip_preflight] [--param=value ...] [job or Beam options ...]"
+  echo "  --print_only       print the command instead of running it (PRINT_ONLY=1)"
+  echo "  --skip_preflight   submitting to a cluster, do not check a sample of the input"
+  echo "                     here first (SKIP_PREFLIGHT=1; the job's --preflight is added"
+  echo "                     for any runner that is not local)"
   echo "parameters (flag or environment variable, with defaults):"
   for var in "${PARAMS[@]}"; do
     printf '  %-28s %-22s %s\n' "$(flag_of "$var")" "$var" "${!var:-}"
@@ -42,6 +53,8 @@ parse_args() {
     shift
     case "$arg" in
       --print_only) PRINT_ONLY=1 ;;
+      --skip_preflight) SKIP_PREFLIGHT=1 ;;
+      --skip_preflight=*) SKIP_PREFLIGHT=${arg#*=} ;;
       -h|--help) usage; exit 0 ;;
       --*)
         name=${arg%%=*}
@@ -96,8 +109,36 @@ optional() {
   if [ -n "${!var:-}" ]; then into+=("$flag=${!var}"); fi
 }
 
+# Runners that run the job on this machine (Beam's names, lower case, without
+# "runner"): every other one submits it to a cluster.
+LOCAL_RUNNERS=" direct fnapi bundlebaseddirect switchingdirect testdirect interactive prism pythonrpcdirect "
+
+is_true() {
+  case "$(echo "${1:-}" | tr '[:upper:]' '[:lower:]')" in
+    1|true|yes|on) return 0 ;;
+    *) return 1 ;;
+  esac
+}
+
+# Whether the job's arguments name a runner that submits to a cluster (the
+# last --runner counts; none: the job's local default).
+submits_to_cluster() {
+  local runner="" arg previous=""
+  for arg in "$@"; do
+    case "$arg" in
+      --runner=*) runner=${arg#*=} ;;
+    esac
+    if [ "$previous" = --runner ]; then runner=$arg; fi
+    previous=$arg
+  done
+  runner=$(echo "$runner" | tr '[:upper:]' '[:lower:]')
+  runner=${runner%runner}
+  [ -n "$runner" ] && [[ "$LOCAL_RUNNERS" != *" $runner "* ]]
+}
+
 # Runs the job with the script's options, less those the user also gave
-# (the user's win), then the user's own options.
+# (the user's win), then the user's own options; with --preflight where it
+# is submitted to a cluster (unless --skip_preflight).
 run_job() {
   local given=" " arg kept=()
   for arg in "${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"}"; do
@@ -106,7 +147,12 @@ run_job() {
   for arg in "$@"; do
     if [[ "$given" != *" $(canonical_flag "$arg") "* ]]; then kept+=("$arg"); fi
   done
-  local cmd=("$PYTHON" -m pipeline "${kept[@]+"${kept[@]}"}" "${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"}")
+  local job=("${kept[@]+"${kept[@]}"}" "${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"}")
+  if ! is_true "$SKIP_PREFLIGHT" && [[ " $given " != *" --preflight "* ]] \
+      && submits_to_cluster "${job[@]+"${job[@]}"}"; then
+    job+=(--preflight)
+  fi
+  local cmd=("$PYTHON" -m pipeline "${job[@]+"${job[@]}"}")
   if [ "$PRINT_ONLY" = 1 ]; then
     printf '%q ' "${cmd[@]}"
     echo

@@ -1,11 +1,1021 @@
-"""batch-predict preflight: a run's sample, decoded and scored here (to be built)."""
+"""batch-predict preflight: a run's sample, decoded and scored here.
+
+  batch-predict preflight [the run's options; --output may be left out] [--json]
+  batch-predict --preflight ...   (the report first, then the run)
+
+Reads a sample of the instances (`--preflight_instances`, default 100),
+spread over up to SPREAD_FILES files evenly spaced over the sorted list of
+input files (the first file of every format among them), a roughly equal
+share from each, more files where those are short. Only the beginning of a
+file is read: at most `quota + 1` records and SAMPLE_BYTES_PER_FILE bytes
+(decompressed) of it; a JSON request file is read whole, as the job reads it,
+unless it is larger than JSON_SAMPLE_MAX_BYTES (then another file is sampled).
+
+The sample goes through the job's own code, called in this process (no Beam
+pipeline, which would cost seconds to start): the configuration
+(pipeline/config.py `resolve`), each format's reader and definition
+(transforms/input_*.py), the merging of small chunks
+(transforms/coalesce.py), the decoder (transforms/decode.py), the scoring
+handler with its failure isolation (transforms/score.py) and the error
+records (transforms/format.py `FormatRecords`). So an error in the report is
+the very error record the run writes for that record.
+
+The report (stdout; `--json`: one JSON object):
+- formats detected: files and bytes per format (gzip noted);
+- fields: which instance fields feed which inputs, which are ignored, which
+  inputs are missing, and whether --key_field and each --passthrough_fields
+  field is present; a key field missing from every sampled instance is
+  called out with the fields seen and a close match;
+- results: instances scored, and per error category (parse, schema, model,
+  file) the count and one example (its location and message);
+- speed: decode + score + format here, in instances/second (model load
+  timed apart);
+- an estimate of the total instances (bytes per sampled instance times the
+  input's bytes; exact for files read to their end and for Parquet, whose
+  row counts are in its metadata) and of the time to score them here.
+
+Exit status: 0 when at least one sampled instance scored; 3 (as a run that
+predicts nothing) when none did, with one `batch-predict: error:` line that
+says why (a key field missing from every sampled instance makes each of them
+a `schema` error, as in the run, so that fails preflight); 2 for a
+configuration mistake (one line, as a run). With --skip_model_check the model
+is not loaded: the sample is decoded only, and at least one instance must
+decode.
+"""
+import collections
+import dataclasses
+import difflib
+import json
+import logging
+import statistics
+import sys
+import time
+from typing import Optional
+
+from pipeline.cli import (EXIT_CONFIG_ERROR, EXIT_OK, EXIT_PIPELINE_FAILED,
+                          EXIT_TOO_MANY_ERRORS, _debug, _error, _last_line)
+from pipeline.options import ConfigError
+
+_LOG = logging.getLogger(__name__)
+
+# Files the sample is spread over at first (evenly spaced over the sorted
+# list); more are read only where those hold fewer instances than asked for.
+SPREAD_FILES = 10
+MAX_FILES_OPENED = 100
+# Decompressed bytes read from one file at most (a huge line or record is
+# cut there: the file is then taken as going on).
+SAMPLE_BYTES_PER_FILE = 16 << 20
+# A request file is parsed whole; larger ones are left out of the sample.
+JSON_SAMPLE_MAX_BYTES = 16 << 20
+# Parquet files whose row count is read from their metadata (the others:
+# estimated from bytes per row).
+PARQUET_METADATA_FILES = 100
+# gzip: compressed bytes read to measure a file's compression ratio, and how
+# many unsampled files are measured (the others take the mean).
+GZIP_RATIO_BYTES = 1 << 20
+GZIP_RATIO_FILES = 20
+MESSAGE_LIMIT = 300  # characters of an example message in the text report
+MESSAGES_LISTED = 10  # most common messages per error category (--json)
+
+
+# -- reading the beginning of a file ----------------------------------------------
+
+class _Budget:
+  """A file object giving at most `limit` bytes of `raw`; `hit` when more
+  was there, `last` the last byte given."""
+  def __init__(self, raw, limit: int):
+    self._raw = raw
+    self._limit = limit
+    self.position = 0
+    self.hit = False
+    self.eof = False
+    self.last = b''
+
+  def _take(self, reader, size):
+    left = self._limit - self.position
+    if left <= 0:
+      if not self.hit and not self.eof:
+        try:
+          self.hit = bool(self._raw.read(1))
+        except Exception:  # pylint: disable=broad-except  (beyond the sample)
+          self.hit = True
+        self.eof = not self.hit
+      return b''
+    if size is None or size < 0 or size > left:
+      size = left
+    data = reader(size)
+    if not data and size:
+      self.eof = True
+    self.position += len(data)
+    if data:
+      self.last = data[-1:]
+    return data
+
+  def read(self, size=-1):
+    return self._take(self._raw.read, size)
+
+  def read1(self, size=-1):
+    return self._take(getattr(self._raw, 'read1', self._raw.read), size)
+
+  def seek(self, offset, whence=0):
+    result = self._raw.seek(offset, whence)
+    self.position = self._raw.tell()
+    self.hit = self.eof = False
+    return result
+
+  def tell(self):
+    return self.position
+
+  def close(self):
+    self._raw.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+@dataclasses.dataclass
+class FileSample:
+  """What was read of one file."""
+  path: str
+  kind: str
+  size: int  # bytes on disk
+  chunks: list  # RawChunks: the sampled records, file errors
+  instances: int = 0  # sampled instances
+  count: Optional[int] = None  # the file's instances, where known exactly
+  # (instances, the decompressed byte offsets where the first starts and
+  # where what follows them starts), for bytes per instance; the end None:
+  # the whole file (request files); None where not measured.
+  span: Optional[tuple] = None
+  columns: tuple = ()  # Parquet: every column of the file
+
+
+def _drop_last(chunk) -> None:
+  row = len(chunk) - 1
+  chunk.records.pop()
+  chunk.positions.pop()
+  chunk.read_errors.pop(row, None)
+  chunk.unread_sizes.pop(row, None)
+
+
+def _gzip(path: str) -> bool:
+  return path.lower().endswith('.gz')
+
+
+def _line_source_class():
+  from transforms.lines import LineChunkSource, open_input
+
+  class BudgetedLineSource(LineChunkSource):
+    """The job's line reader, over at most SAMPLE_BYTES_PER_FILE bytes."""
+    reader = None
+
+    def open_file(self, file_name):
+      self.reader = _Budget(open_input(file_name), SAMPLE_BYTES_PER_FILE)
+      return self.reader
+  return BudgetedLineSource
+
+
+def _sample_lines(metadata, kind: str, quota: int, max_bytes: int) -> FileSample:
+  """JSON Lines or CSV: the job's LineChunkSource, one record more than the
+  quota (which tells that the file goes on, and where the next instance
+  starts)."""
+  from apache_beam.io.range_trackers import OffsetRangeTracker
+  from transforms.input_csv import read_header
+  from transforms.records import CSV
+  path = metadata.path
+  source = _line_source_class()(path, kind, quota + 1, 1 << 62, max_bytes,
+                                read_header if kind == CSV else None)
+  records = source.read_records(path, OffsetRangeTracker(0, OffsetRangeTracker.OFFSET_INFINITY))
+  try:
+    chunk = next(records, None)
+  finally:
+    records.close()
+  sample = FileSample(path, kind, metadata.size_in_bytes, [])
+  if chunk is None:  # no line at all
+    sample.count = 0
+    return sample
+  reader = source.reader
+  if len(chunk) > quota:  # the file goes on
+    sample.span = (quota, chunk.positions[0], chunk.positions[quota])
+    _drop_last(chunk)
+  elif chunk.file_errors or reader is None or not reader.hit:
+    sample.count = len(chunk)  # read to its end, or as far as the run reads it
+    if len(chunk) and reader is not None and not chunk.file_errors:
+      sample.span = (len(chunk), chunk.positions[0], reader.position)
+  else:  # cut by the byte budget
+    end = reader.position
+    if len(chunk) and reader.last != b'\n':  # the last line was cut
+      row = len(chunk) - 1
+      if row in chunk.unread_sizes:  # too large anyway: its error, with what is known
+        chunk.read_errors[row] = (
+            f'the instance is at least {chunk.unread_sizes[row]} bytes (preflight read no '
+            f'further), more than --max_instance_bytes ({max_bytes}); it was not read')
+      else:
+        end = chunk.positions[row]
+        _drop_last(chunk)
+    if len(chunk):
+      sample.span = (len(chunk), chunk.positions[0], end)
+  sample.instances = len(chunk)
+  sample.chunks = [chunk] if len(chunk) or chunk.file_errors or chunk.blank_lines else []
+  return sample
+
+
+def _sample_tfrecord(metadata, quota: int, max_bytes: int) -> FileSample:
+  """TFRecord: the job's record reader (transforms/input_tfrecord.py), as
+  its ReadTFRecords step uses it, stopping after `quota` records."""
+  from transforms.input_tfrecord import read_tfrecords
+  from transforms.lines import fault_reason, open_input
+  from transforms.records import RawChunk, TFRECORD
+  path = metadata.path
+  chunk = RawChunk([(path, 0)], [], [], kind=TFRECORD)
+  sample = FileSample(path, TFRECORD, metadata.size_in_bytes, [chunk])
+  index, spanned, goes_on, reader = 0, 0, False, None
+  try:
+    with open_input(path) as raw:
+      reader = _Budget(raw, SAMPLE_BYTES_PER_FILE)
+      for record, error in read_tfrecords(reader, max_bytes):
+        if record is None:
+          if reader.hit:  # cut by the byte budget, not broken
+            goes_on = True
+          else:
+            chunk.file_errors.append((path, f'reading failed after {index} records: {error}'))
+          break
+        if index == quota:
+          goes_on = True
+          break
+        size = len(record)
+        if isinstance(error, tuple):  # too large: (its size, the reason)
+          size, error = error
+          chunk.unread_sizes[len(chunk)] = size
+        if error:
+          chunk.read_errors[len(chunk)] = error
+        chunk.positions.append(index)
+        chunk.records.append(record)
+        index += 1
+        spanned += 16 + size
+      else:
+        goes_on = reader.hit
+  except Exception as e:  # pylint: disable=broad-except
+    chunk.file_errors.append((path, f'reading failed after {index} records: '
+                                    f'{fault_reason(e)}'))
+  sample.instances = len(chunk)
+  if not goes_on:
+    sample.count = len(chunk)
+  if not chunk.file_errors:
+    sample.span = (len(chunk), 0, spanned)
+  if not len(chunk) and not chunk.file_errors:
+    sample.chunks = []
+  return sample
+
+
+def _head(chunks: list, quota: int) -> list:
+  """The first `quota` records of a file's chunks (and its file errors)."""
+  kept, taken = [], 0
+  for chunk in chunks:
+    if taken >= quota:
+      if chunk.file_errors:
+        kept.append(dataclasses.replace(chunk, positions=[], records=chunk.records[:0],
+                                        read_errors={}, unread_sizes={}))
+      continue
+    if taken + len(chunk) > quota:
+      n = quota - taken
+      chunk = dataclasses.replace(
+          chunk, positions=chunk.positions[:n], records=chunk.records[:n],
+          read_errors={r: e for r, e in chunk.read_errors.items() if r < n},
+          unread_sizes={r: s for r, s in chunk.unread_sizes.items() if r < n})
+    taken += len(chunk)
+    kept.append(chunk)
+  return kept
+
+
+def _sample_json(metadata, quota: int, signature, max_instance_bytes: int) -> FileSample:
+  """A JSON request file: the job's ReadJsonRequests step (the file is
+  parsed whole, so its instance count is exact)."""
+  from transforms.input_json import REQUEST_FILE_INSTANCES, ReadJsonRequests
+  from transforms.records import JSON
+  reader = ReadJsonRequests(signature, REQUEST_FILE_INSTANCES * max_instance_bytes)
+  chunks = list(reader.process(metadata))
+  count = sum(len(c) for c in chunks)
+  sample = FileSample(metadata.path, JSON, metadata.size_in_bytes, _head(chunks, quota),
+                      count=count)
+  sample.instances = sum(len(c) for c in sample.chunks)
+  if not any(c.file_errors for c in chunks):
+    sample.span = (count, 0, None)  # bytes: the file's, decompressed (filled in later)
+  return sample
+
+
+def _sample_parquet(metadata, quota: int, columns) -> FileSample:
+  """Parquet: as the job's ReadParquetBatches step, the first `quota` rows
+  of the columns the job reads; the row count from the file's metadata."""
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  from apache_beam.io.filesystems import FileSystems
+  from transforms.lines import fault_reason
+  from transforms.records import PARQUET, RawChunk
+  path = metadata.path
+  sample = FileSample(path, PARQUET, metadata.size_in_bytes, [])
+  try:
+    with FileSystems.open(path) as f:
+      parquet = pq.ParquetFile(f)
+      sample.count = parquet.metadata.num_rows
+      sample.columns = tuple(parquet.schema_arrow.names)
+      present = set(sample.columns)
+      read = None if columns is None else [c for c in columns if c in present]
+      batch = next(parquet.iter_batches(batch_size=quota, columns=read), None)
+  except Exception as e:  # pylint: disable=broad-except
+    sample.count = 0
+    sample.chunks = [RawChunk([(path, 0)], [], pa.record_batch([]), kind=PARQUET, file_errors=[
+        (path, f'reading failed after 0 rows: {fault_reason(e)}')])]
+    return sample
+  sample.span = (sample.count, 0, sample.size)  # bytes per row, for files not counted
+  if batch is not None and batch.num_rows:
+    sample.chunks = [RawChunk([(path, 0)], list(range(batch.num_rows)), batch, kind=PARQUET)]
+    sample.instances = batch.num_rows
+  return sample
+
+
+def _sample_file(kind, metadata, quota, config) -> FileSample:
+  from transforms.inputs import input_formats
+  from transforms.records import CSV, JSON, JSONL, PARQUET
+  options = config.options
+  if kind in (JSONL, CSV):
+    return _sample_lines(metadata, kind, quota, options.max_instance_bytes)
+  if kind == JSON:
+    return _sample_json(metadata, quota, config.model.signature, options.max_instance_bytes)
+  if kind == PARQUET:
+    parquet = input_formats(config.model.signature, options.key_field,
+                            options.passthrough_fields, options.max_instance_bytes)[PARQUET]
+    return _sample_parquet(metadata, quota, parquet._columns)  # pylint: disable=protected-access
+  return _sample_tfrecord(metadata, quota, options.max_instance_bytes)
+
+
+def _radical_inverse(i: int) -> float:
+  result, f = 0.0, 0.5
+  while i:
+    result += f * (i & 1)
+    i >>= 1
+    f /= 2
+  return result
+
+
+def spread_order(files: list) -> tuple:
+  """(order of the indexes of `files` ((path, kind, metadata), sorted by
+  path) to sample, how many of them make the first, spread-out pass):
+  SPREAD_FILES evenly spaced ones, plus the first file of every format not
+  among them; then the others, spread over the list too."""
+  n = len(files)
+  k = min(SPREAD_FILES, n)
+  first = list(dict.fromkeys(round(i * (n - 1) / (k - 1)) if k > 1 else 0 for i in range(k)))
+  kinds = {files[i][1] for i in first}
+  for i, (_, kind, _) in enumerate(files):
+    if kind not in kinds:
+      kinds.add(kind)
+      first.append(i)
+  chosen = set(first)
+  rest = [i for i in range(n) if i not in chosen]
+  rest = [i for _, i in sorted((_radical_inverse(j), i) for j, i in enumerate(rest))]
+  return first + rest, len(first)
+
+
+@dataclasses.dataclass
+class Sample:
+  files: list  # (path, kind, metadata) of every input file, sorted by path
+  samples: list  # FileSample of each file read
+  skipped_json: list  # request files too large to sample
+
+
+def take_sample(config) -> Sample:
+  from transforms.records import JSON
+  from transforms.input_json import REQUEST_FILE_INSTANCES
+  wanted = config.options.preflight_instances
+  files = sorted(((m.path, kind, m) for kind, metadata_list in config.files_by_format.items()
+                  for m in metadata_list), key=lambda f: f[0])
+  order, spread = spread_order(files) if files else ([], 0)
+  samples, skipped, collected = [], [], 0
+  job_json_limit = REQUEST_FILE_INSTANCES * config.options.max_instance_bytes
+  for position in order:
+    if collected >= wanted or len(samples) >= MAX_FILES_OPENED:
+      break
+    path, kind, metadata = files[position]
+    if kind == JSON and JSON_SAMPLE_MAX_BYTES < metadata.size_in_bytes <= job_json_limit:
+      skipped.append(path)
+      continue
+    slots = max(1, spread - len(samples))
+    quota = -(-(wanted - collected) // slots)
+    sample = _sample_file(kind, metadata, quota, config)
+    samples.append(sample)
+    collected += sample.instances
+  return Sample(files, samples, skipped)
+
+
+# -- fields ---------------------------------------------------------------------
+
+def _field_counts(samples, formats) -> tuple:
+  """(objects, bare values, unreadable, Counter of fields present (not
+  null) per instance) over the sampled instances, by each format's own
+  definition of an instance."""
+  from transforms.records import PARQUET
+  objects, bare, unreadable, seen = 0, 0, 0, collections.Counter()
+  for sample in samples:
+    for chunk in sample.chunks:
+      fmt = formats[chunk.kind]
+      for row in range(len(chunk)):
+        if row in chunk.read_errors:
+          unreadable += 1
+          continue
+        try:
+          fields = fmt.instance(chunk, row).fields
+        except Exception:  # pylint: disable=broad-except  (its error says why)
+          unreadable += 1
+          continue
+        if fields is None:
+          bare += 1
+          continue
+        objects += 1
+        seen.update(name for name, value in fields.items() if value is not None)
+        if chunk.kind == PARQUET:  # columns the job does not read: present as columns
+          seen.update(name for name in sample.columns if name not in fields)
+  return objects, bare, unreadable, seen
+
+
+def _close(name: str, seen) -> Optional[str]:
+  lowered = {s.lower(): s for s in seen}
+  if name.lower() in lowered and lowered[name.lower()] != name:
+    return lowered[name.lower()]
+  matches = difflib.get_close_matches(name, list(seen), n=1, cutoff=0.75)
+  return matches[0] if matches else None
+
+
+def describe_fields(config, objects, bare, unreadable, seen) -> dict:
+  opts, signature = config.options, config.model.signature
+  inputs = []
+  if signature.takes_examples:
+    spec = signature.inputs[0]
+    inputs.append({'input': spec.name, 'type': _tensor_text(spec),
+                   'fed': 'a serialized tf.Example: a TFRecord record or a bare value as '
+                          f'it is, a field {spec.name!r} as it is, else built from the fields',
+                   'field': spec.name, 'present': seen.get(spec.name, 0)})
+    features = signature.example_features or {}
+    used = set(features) | {spec.name}
+    feature_rows = [{'feature': name, 'kind': feature.kind, 'required': feature.required,
+                     'present': seen.get(name, 0),
+                     'close_match': None if seen.get(name) else _close(name, seen)}
+                    for name, feature in sorted(features.items())]
+  else:
+    used = {s.name for s in signature.inputs}
+    feature_rows = []
+    for spec in signature.inputs:
+      inputs.append({'input': spec.name, 'type': _tensor_text(spec), 'field': spec.name,
+                     'present': seen.get(spec.name, 0),
+                     'close_match': None if seen.get(spec.name) else _close(spec.name, seen)})
+  carried = []
+  for role, name in ([('key', opts.key_field)] if opts.key_field else []) + [
+      ('passthrough', f) for f in opts.passthrough_fields]:
+    carried.append({'field': name, 'role': role, 'present': seen.get(name, 0),
+                    'close_match': None if seen.get(name) else _close(name, seen)})
+  used |= {c['field'] for c in carried}
+  missing_inputs = [i['input'] for i in inputs if objects and not i['present']
+                    and not signature.takes_examples]
+  return {
+      'instances_with_fields': objects, 'bare_values': bare, 'unreadable': unreadable,
+      'single_input': len(signature.inputs) == 1,
+      'seen': dict(sorted(seen.items())),
+      'inputs': inputs, 'features': feature_rows, 'carried': carried,
+      'ignored': {name: n for name, n in sorted(seen.items()) if name not in used},
+      'missing_inputs': missing_inputs,
+      'missing_required_features': [f['feature'] for f in feature_rows
+                                    if objects and f['required'] and not f['present']],
+      'key_missing_everywhere': bool(opts.key_field) and not seen.get(opts.key_field),
+  }
+
+
+def _tensor_text(spec) -> str:
+  if spec.shape is None:
+    return f'{spec.dtype}[batch,...]'
+  return f'{spec.dtype}[{",".join(["batch"] + ["?" if d is None else str(d) for d in spec.shape])}]'
+
+
+# -- decoding and scoring ------------------------------------------------------------
+
+def _load(config):
+  """(LoadedSignature, seconds) after one warm-up call on the model check's
+  sample batch; raises ConfigError where it cannot load."""
+  from transforms.score import LoadedSignature, one_line, sample_feeds
+  started = time.time()
+  try:
+    loaded = LoadedSignature(config.model)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f'--model: cannot load {config.model.path}: {one_line(e)}') from None
+  try:  # the first call's one-time costs are not the instances'
+    loaded.score(dict(zip((s.name for s in config.model.signature.inputs),
+                          sample_feeds(config.model.signature))))
+  except Exception:  # pylint: disable=broad-except  (the instances will say)
+    pass
+  return loaded, time.time() - started
+
+
+def _close_model(loaded) -> None:
+  fn = getattr(loaded, '_fn', None)
+  if hasattr(fn, 'close'):
+    fn.close()
+
+
+def process(config, sample: Sample, formats, loaded) -> dict:
+  """Runs the sampled chunks through the job's steps; returns counts,
+  error records and timings."""
+  from transforms.coalesce import CoalesceChunks
+  from transforms.decode import InstanceDecoder
+  from transforms.format import ERRORS_TAG, FormatRecords
+  from transforms.records import FILE, RawChunk, ScoredBatch
+  from transforms.score import SavedModelHandler
+  opts = config.options
+  chunks = [c for s in sample.samples for c in s.chunks]
+  chunks += [RawChunk([(path, 0)], [], [], kind=kind, file_errors=[(path, reason)])
+             for path, kind, reason in config.unreadable_files]
+  merge = CoalesceChunks(opts.min_batch_size)
+  merge.start_bundle()
+  merged = [c for chunk in chunks for c in merge.process(chunk)]
+  merged += [getattr(c, 'value', c) for c in merge.finish_bundle() or ()]
+  decoder = InstanceDecoder(config.model.signature, formats, opts.key_field,
+                            opts.passthrough_fields)
+  handler = SavedModelHandler(config.model, opts.max_batch_size)
+  writer = FormatRecords(config.layout, formats)
+  writer.setup()
+  timing = {'decode': 0.0, 'score': 0.0, 'format': 0.0}
+  instances, decoded, error_lines = 0, 0, []
+  for chunk in merged:
+    if not len(chunk) and not chunk.file_errors:
+      continue
+    instances += len(chunk)
+    started = time.perf_counter()
+    batch = decoder.decode(chunk)
+    timing['decode'] += time.perf_counter() - started
+    decoded += len(batch)
+    started = time.perf_counter()
+    if loaded is None:
+      scored = ScoredBatch(batch, [], list(batch.errors))
+    else:
+      scored = handler.run_inference(batch, loaded)[0]
+    timing['score'] += time.perf_counter() - started
+    started = time.perf_counter()
+    for output in writer.process(scored):
+      if getattr(output, 'tag', None) == ERRORS_TAG:
+        error_lines.extend(output.value.split(b'\n'))
+    timing['format'] += time.perf_counter() - started
+  # In file order (a failing batch's instances are found in any order).
+  errors = sorted((json.loads(line) for line in error_lines), key=lambda e: (
+      e.get('filename', ''), e.get('offset', e.get('index', -1))))
+  failed = sum(1 for e in errors if e['error']['category'] != FILE)
+  return {'instances': instances, 'decoded': decoded, 'errors': errors,
+          'scored': None if loaded is None else instances - failed,
+          'failed': failed, 'timing': timing}
+
+
+def error_categories(errors: list) -> dict:
+  from transforms.records import CATEGORIES
+  counts = collections.Counter(e['error']['category'] for e in errors)
+  result = {}
+  for category in CATEGORIES:
+    if not counts[category]:
+      continue
+    first = next(e for e in errors if e['error']['category'] == category)
+    example = {k: v for k, v in first.items() if k not in ('raw', 'raw_b64')}
+    for raw in ('raw', 'raw_b64'):
+      if raw in first:
+        example[raw] = first[raw][:200]
+    messages = collections.Counter(e['error']['message'] for e in errors
+                                   if e['error']['category'] == category)
+    result[category] = {'count': counts[category], 'example': example,
+                        'distinct_messages': len(messages),
+                        'messages': [{'message': m, 'count': n}
+                                     for m, n in messages.most_common(MESSAGES_LISTED)]}
+  return result
+
+
+# -- estimate -------------------------------------------------------------------------
+
+def gzip_ratio(path: str) -> Optional[float]:
+  """Decompressed bytes per compressed byte of a gzip file's first
+  GZIP_RATIO_BYTES, or None."""
+  import zlib
+  from apache_beam.io.filesystem import CompressionTypes
+  from apache_beam.io.filesystems import FileSystems
+  try:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+      data = f.read(GZIP_RATIO_BYTES)
+    inflater = zlib.decompressobj(wbits=31)
+    out = len(inflater.decompress(data, 256 << 20))
+    used = len(data) - len(inflater.unconsumed_tail) - len(inflater.unused_data)
+  except Exception:  # pylint: disable=broad-except
+    return None
+  return out / used if used and out else None
+
+
+def parquet_rows(path: str) -> Optional[int]:
+  import pyarrow.parquet as pq
+  from apache_beam.io.filesystems import FileSystems
+  try:
+    with FileSystems.open(path) as f:
+      return pq.ParquetFile(f).metadata.num_rows
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def estimate(sample: Sample) -> dict:
+  """Per format and in total: instances (exact where every file's count is
+  known), and how the rest was estimated."""
+  from transforms.records import JSON, PARQUET
+  sampled = {s.path: s for s in sample.samples}
+  ratios = {}
+  for s in sample.samples:
+    if _gzip(s.path) and (s.count is None or s.kind == JSON):
+      ratios[s.path] = gzip_ratio(s.path)
+  measured = [r for r in ratios.values() if r]
+  unsampled_gz = [p for p, _, _ in sample.files if _gzip(p) and p not in sampled]
+  if unsampled_gz and not measured:
+    for path in unsampled_gz[:GZIP_RATIO_FILES]:
+      ratios[path] = gzip_ratio(path)
+    measured = [r for r in ratios.values() if r]
+  mean_ratio = sum(measured) / len(measured) if measured else None
+
+  def decompressed(path, size):
+    if not _gzip(path):
+      return size
+    ratio = ratios.get(path) or mean_ratio
+    return None if ratio is None else size * ratio
+
+  densities = {}  # kind -> instances per decompressed byte, of each sampled file
+  for s in sample.samples:
+    if s.span is None:
+      continue
+    count, start, end = s.span
+    if end is None:
+      end = decompressed(s.path, s.size)
+      s.span = (count, start, end)
+    if count and end and end > start:
+      densities.setdefault(s.kind, []).append(count / (end - start))
+  parquet_read = 0
+  per_format = {}
+  for path, kind, metadata in sample.files:
+    entry = per_format.setdefault(kind, {'files': 0, 'bytes': 0, 'gzip_files': 0,
+                                         'sampled_files': 0, 'sampled_instances': 0,
+                                         'exact_instances': 0, 'estimated_instances': 0.0,
+                                         'files_estimated': 0, 'files_unknown': 0})
+    entry['files'] += 1
+    entry['bytes'] += metadata.size_in_bytes
+    entry['gzip_files'] += _gzip(path)
+    s = sampled.get(path)
+    if s is not None:
+      entry['sampled_files'] += 1
+      entry['sampled_instances'] += s.instances
+    count = s.count if s is not None else None
+    if count is None and kind == PARQUET and parquet_read < PARQUET_METADATA_FILES:
+      parquet_read += 1
+      count = parquet_rows(path)
+    if count is not None:
+      entry['exact_instances'] += count
+      continue
+    size = decompressed(path, metadata.size_in_bytes)
+    if s is not None and s.span is not None and s.span[0] and s.span[2] > s.span[1]:
+      done, start, end = s.span  # the file's own bytes per instance
+      entry['estimated_instances'] += done + max(0, (size or end) - end) * done / (end - start)
+    elif densities.get(kind) and size is not None:
+      entry['estimated_instances'] += size * statistics.median(densities[kind])
+    else:
+      entry['files_unknown'] += 1
+      continue
+    entry['files_estimated'] += 1
+  total, exact, unknown = 0, True, 0
+  for entry in per_format.values():
+    entry['instances'] = entry['exact_instances'] + round(entry.pop('estimated_instances'))
+    entry['exact'] = not entry['files_estimated'] and not entry['files_unknown']
+    total += entry['instances']
+    exact = exact and entry['exact']
+    unknown += entry['files_unknown']
+  gzip_estimated = any(_gzip(p) and (sampled.get(p) is None or sampled[p].count is None)
+                       and k != PARQUET for p, k, _ in sample.files)
+  return {'formats': dict(sorted(per_format.items())), 'instances': total, 'exact': exact,
+          'files_unknown': unknown, 'gzip_ratio_used': bool(gzip_estimated and mean_ratio)}
+
+
+# -- the report -----------------------------------------------------------------
+
+def build_report(config, loaded, load_seconds, read_seconds, sample, result) -> dict:
+  from transforms.inputs import input_formats
+  opts = config.options
+  formats = input_formats(config.model.signature, opts.key_field, opts.passthrough_fields,
+                          opts.max_instance_bytes)
+  fields = describe_fields(config, *_field_counts(sample.samples, formats))
+  counted = estimate(sample)
+  timing = result['timing']
+  busy = sum(timing.values())
+  # Instances that got through: a rate of failures says little of a run's.
+  measured = result['scored'] if loaded is not None else 0
+  rate = result['instances'] / busy if busy > 0 and result['instances'] else None
+  status, reason = _status(config, result, fields, loaded is not None)
+  return {
+      'model': {'path': config.model.path, 'signature': config.model.signature.name,
+                'loaded': loaded is not None,
+                'load_seconds': round(load_seconds, 3) if loaded is not None else None},
+      'files': {'total': len(sample.files), 'bytes': sum(m.size_in_bytes
+                                                         for _, _, m in sample.files),
+                'sampled': len(sample.samples),
+                'sampled_files': [{'path': s.path, 'format': s.kind, 'instances': s.instances,
+                                   'count': s.count} for s in sample.samples],
+                'not_regular': [p for p, _, _ in config.unreadable_files],
+                'not_sampled_large_request_files': sample.skipped_json},
+      'formats': counted['formats'],
+      'sample': {'asked': opts.preflight_instances, 'instances': result['instances'],
+                 'decoded': result['decoded'], 'scored': result['scored'],
+                 'failed': result['failed'], 'read_seconds': round(read_seconds, 3)},
+      'fields': fields,
+      'errors': error_categories(result['errors']),
+      'speed': {'instances_per_second': round(rate, 1) if rate else None,
+                'measured': 'decode + score + format' if loaded is not None
+                            else 'decode + format (model not loaded)',
+                'seconds': round(busy, 4), 'timing': {k: round(v, 4) for k, v in timing.items()},
+                'instances': result['instances']},
+      'estimate': {'instances': counted['instances'], 'exact': counted['exact'],
+                   'files_unknown': counted['files_unknown'],
+                   'gzip_ratio_used': counted['gzip_ratio_used'],
+                   'local_seconds': (round(counted['instances'] / rate, 1)
+                                     if rate and measured else None)},
+      'exit_status': status, 'exit_reason': reason,
+  }
+
+
+def _status(config, result, fields, scored: bool) -> tuple:
+  opts = config.options
+  usable = result['scored'] if scored else result['decoded']
+  if usable:
+    return EXIT_OK, (f'{usable} of {result["instances"]} sampled instances '
+                     f'{"scored" if scored else "decoded"}')
+  if not result['instances']:
+    files = sum(1 for e in result['errors'] if e['error']['category'] == 'file')
+    why = f'; {files} file(s) could not be read' if files else ''
+    return EXIT_TOO_MANY_ERRORS, f'preflight: the sampled files hold no instance{why}'
+  reason = (f'preflight: no sampled instance could be '
+            f'{"scored" if scored else "decoded"}: all {result["instances"]} failed')
+  counts = collections.Counter(e['error']['category'] for e in result['errors']
+                               if e['error']['category'] != 'file')
+  messages = collections.Counter(e['error']['message'] for e in result['errors']
+                                 if e['error']['category'] != 'file')
+  if counts:
+    reason += ' (' + ', '.join(f'{c} {n}' for c, n in counts.most_common()) + ')'
+  if opts.key_field and fields['key_missing_everywhere']:
+    reason += f'; --key_field {opts.key_field!r} is in none of them'
+    close = next(c['close_match'] for c in fields['carried'] if c['role'] == 'key')
+    if close:
+      reason += f' (did you mean {close!r}?)'
+  elif messages:
+    message, n = messages.most_common(1)[0]
+    reason += f'; most often: {message[:200]}'
+  return EXIT_TOO_MANY_ERRORS, reason
+
+
+def _size_text(n) -> str:
+  for unit in ('bytes', 'KiB', 'MiB', 'GiB', 'TiB'):
+    if n < 1024 or unit == 'TiB':
+      return f'{n} bytes' if unit == 'bytes' else f'{n:.1f} {unit}'
+    n /= 1024
+  return str(n)
+
+
+def _duration_text(seconds) -> str:
+  if seconds < 0.1:
+    return 'less than 0.1 s'
+  if seconds < 60:
+    return f'about {seconds:.1f} s'
+  if seconds < 3600:
+    return f'about {int(seconds // 60)} min {int(seconds % 60)} s'
+  return f'about {seconds / 3600:.1f} h'
+
+
+def _count(n, noun) -> str:
+  return f'{n} {noun}' if n == 1 else f'{n} {noun}s'
+
+
+def _of(n, total) -> str:
+  return f'{n} of {total}'
+
+
+def text(report) -> str:
+  lines = []
+  sample, files = report['sample'], report['files']
+  model = report['model']
+  lines.append(f'Preflight: {sample["instances"]} instances sampled from {files["sampled"]} '
+               f'of {files["total"]} files (asked for {sample["asked"]}), read in '
+               f'{report["sample"]["read_seconds"]:.2f} s')
+  if model['loaded']:
+    lines.append(f'Model: {model["path"]} (signature {model["signature"]}), loaded in '
+                 f'{model["load_seconds"]:.1f} s')
+  else:
+    lines.append(f'Model: {model["path"]} not loaded (--skip_model_check): the sample is '
+                 'decoded, not scored')
+  lines.append('')
+  lines.append(f'Formats ({_count(files["total"], "file")}, {_size_text(files["bytes"])}):')
+  for kind, entry in report['formats'].items():
+    gz = f', {entry["gzip_files"]} gzip' if entry['gzip_files'] else ''
+    lines.append(f'  {kind:<8} {_count(entry["files"], "file"):>11}  '
+                 f'{_size_text(entry["bytes"]):>10}{gz}; sampled '
+                 f'{_count(entry["sampled_instances"], "instance")} from '
+                 f'{_count(entry["sampled_files"], "file")}')
+  for path in files['not_regular']:
+    lines.append(f'  not a regular file (a file error): {path}')
+  if files['not_sampled_large_request_files']:
+    lines.append(f'  {len(files["not_sampled_large_request_files"])} request files larger than '
+                 f'{_size_text(JSON_SAMPLE_MAX_BYTES)} not sampled (the run reads each whole)')
+  lines.append('')
+  lines.extend(_fields_text(report['fields']))
+  lines.append('')
+  scored = sample['scored']
+  if scored is None:
+    lines.append(f'Results: {sample["decoded"]} of {sample["instances"]} decoded, '
+                 f'{sample["failed"]} failed (not scored: --skip_model_check)')
+  else:
+    lines.append(f'Results: {scored} of {sample["instances"]} scored, {sample["failed"]} failed')
+  for category, entry in report['errors'].items():
+    example = entry['example']
+    where = example.get('filename', '')
+    for position in ('offset', 'index'):
+      if position in example:
+        where += f' {position} {example[position]}'
+    message = example['error']['message']
+    if len(message) > MESSAGE_LIMIT:
+      message = message[:MESSAGE_LIMIT] + '...'
+    more = (f' ({entry["distinct_messages"]} different messages)'
+            if entry['distinct_messages'] > 1 else '')
+    lines.append(f'  {category:<7} {entry["count"]:>5}{more}  e.g. {where}: {message}')
+  lines.append('')
+  speed, guess = report['speed'], report['estimate']
+  if speed['instances_per_second']:
+    lines.append(f'Speed here: {speed["instances_per_second"]:,.0f} instances/s '
+                 f'({speed["measured"]}: {speed["instances"]} instances in '
+                 f'{speed["seconds"]:.3f} s; one process, model load excluded)')
+  approx = '' if guess['exact'] else 'about '
+  how = ('exact: every file counted' if guess['exact'] else
+         'from bytes per sampled instance; Parquet and files read to their end counted')
+  if guess['gzip_ratio_used']:
+    how += '; gzip sizes from the compression ratio of the files\' start'
+  unknown = (f'; {guess["files_unknown"]} files could not be estimated'
+             if guess['files_unknown'] else '')
+  lines.append(f'Estimate: {approx}{guess["instances"]:,} instances in total ({how}{unknown})')
+  if guess['local_seconds'] is not None:
+    lines.append(f'  {_duration_text(guess["local_seconds"])} to score them here at that '
+                 'rate (a cluster divides it among its workers)')
+  lines.append('')
+  lines.append(('OK: ' if report['exit_status'] == EXIT_OK else 'FAILED: ')
+               + report['exit_reason'])
+  return '\n'.join(lines)
+
+
+def _presence(n, total) -> str:
+  return f'in {_of(n, total)}' if n else 'MISSING'
+
+
+def _fields_text(fields) -> list:
+  total = fields['instances_with_fields']
+  lines = [f'Fields ({total} sampled instances with fields'
+           + (f', {fields["bare_values"]} bare values' if fields['bare_values'] else '')
+           + (f', {fields["unreadable"]} unreadable' if fields['unreadable'] else '') + '):']
+  if total:
+    seen = ', '.join(fields['seen']) or '(none)'
+    lines.append(f'  seen: {seen}')
+  for entry in fields['inputs']:
+    fed = entry.get('fed')
+    if fed:
+      lines.append(f'  input {entry["input"]} {entry["type"]}: {fed}')
+      continue
+    line = f'  input {entry["input"]:<16} {entry["type"]:<22} '
+    if total:
+      line += f'from field {entry["field"]!r} {_presence(entry["present"], total)}'
+    if fields['bare_values'] and fields['single_input']:
+      line += ('; ' if total else '') + f'from {fields["bare_values"]} bare values'
+    if entry.get('close_match') and total:
+      line += f' (a field {entry["close_match"]!r} is there)'
+    lines.append(line)
+  for feature in fields['features']:
+    required = 'required' if feature['required'] else 'optional'
+    presence = (_presence(feature['present'], total) if feature['present'] or feature['required']
+                else 'in no sampled instance (optional)')
+    line = f'  feature {feature["feature"]} ({feature["kind"]}, {required}): {presence}'
+    if feature['close_match'] and not feature['present']:
+      line += f' (a field {feature["close_match"]!r} is there)'
+    lines.append(line)
+  for entry in fields['carried']:
+    role = '--key_field' if entry['role'] == 'key' else 'passthrough'
+    if entry['present']:
+      lines.append(f'  {role} {entry["field"]!r}: in {_of(entry["present"], total)}')
+      continue
+    if entry['role'] == 'key':
+      line = (f'  --key_field {entry["field"]!r}: MISSING from every sampled instance: each '
+              'is a schema error in the run')
+    else:
+      line = (f'  passthrough {entry["field"]!r}: in no sampled instance (written as null)')
+    if entry['close_match']:
+      line += f'; did you mean {entry["close_match"]!r}?'
+    lines.append(line)
+  if fields['ignored']:
+    lines.append('  ignored: ' + ', '.join(f'{name} ({n})' for name, n in
+                                           fields['ignored'].items()))
+  for name in fields['missing_inputs']:
+    lines.append(f'  input {name!r} is in no sampled instance')
+  for name in fields['missing_required_features']:
+    lines.append(f'  required feature {name!r} is in no sampled instance')
+  return lines
+
+
+# -- the commands ---------------------------------------------------------------
+
+def check(config) -> dict:
+  """The report for a resolved configuration; raises ConfigError where the
+  model cannot be loaded."""
+  from transforms.inputs import input_formats
+  opts = config.options
+  loaded, load_seconds = (None, 0.0) if opts.skip_model_check else _load(config)
+  try:
+    started = time.time()
+    sample = take_sample(config)
+    read_seconds = time.time() - started
+    formats = input_formats(config.model.signature, opts.key_field, opts.passthrough_fields,
+                            opts.max_instance_bytes)
+    result = process(config, sample, formats, loaded)
+    return build_report(config, loaded, load_seconds, read_seconds, sample, result)
+  finally:
+    if loaded is not None:
+      _close_model(loaded)
+
+
+def _take_json(argv) -> tuple:
+  rest, as_json = [], False
+  arguments = iter(argv)
+  for argument in arguments:
+    if argument == '--':
+      rest.append(argument)
+      rest.extend(arguments)
+      break
+    if argument == '--json':
+      as_json = True
+    else:
+      rest.append(argument)
+  return as_json, rest
+
+
+def _print(report, as_json: bool) -> None:
+  print(json.dumps(report, indent=2, ensure_ascii=False) if as_json else text(report))
+  sys.stdout.flush()
+
+
+def _failed(e: Exception) -> int:
+  if _debug():
+    import traceback
+    traceback.print_exception(e)
+  _error(f'preflight failed: {_last_line(e)}')
+  return EXIT_PIPELINE_FAILED
 
 
 def main(argv: list) -> int:
-  """`batch-predict preflight [run options]`: the exit status."""
-  raise NotImplementedError
+  """`batch-predict preflight [run options] [--json]`: the exit status."""
+  as_json, argv = _take_json(argv)
+  if '-h' in argv or '--help' in argv:
+    from pipeline.options import _parser
+    print(__doc__.split('\n\n')[1].strip() + '\n')
+    _parser().print_help()
+    return EXIT_OK
+  from transforms import storage
+  storage.use_anonymous_credentials_for_emulator()
+  from pipeline import cli
+  from pipeline import config as job_config
+  from pipeline.options import parse_args
+  try:
+    options = parse_args(argv, require_output=False)
+    cli.check_runner(options.runner)
+    config = job_config.resolve(options)
+    report = check(config)
+  except (ConfigError, OSError) as e:
+    _error(e)
+    return EXIT_CONFIG_ERROR
+  except Exception as e:  # pylint: disable=broad-except
+    return _failed(e)
+  _print(report, as_json)
+  if report['exit_status'] != EXIT_OK:
+    _error(report['exit_reason'])
+  return report['exit_status']
 
 
 def before_run(config) -> int:
   """`--preflight` on a run: 0 to go on, else the exit status to stop with."""
-  raise NotImplementedError
+  try:
+    report = check(config)
+  except ConfigError as e:
+    _error(e)
+    return EXIT_CONFIG_ERROR
+  except Exception as e:  # pylint: disable=broad-except
+    return _failed(e)
+  _print(report, False)
+  print()
+  if report['exit_status'] != EXIT_OK:
+    _error(f'{report["exit_reason"]}; the run was not started (nothing was written)')
+  return report['exit_status']
