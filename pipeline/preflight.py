@@ -69,11 +69,11 @@ SAMPLE_BYTES_PER_FILE = 16 << 20
 JSON_SAMPLE_MAX_BYTES = 16 << 20
 # Parquet files whose row count is read from their metadata (the others:
 # estimated from bytes per row).
-PARQUET_METADATA_FILES = 100
+PARQUET_METADATA_FILES = 30
 # gzip: compressed bytes read to measure a file's compression ratio, and how
 # many unsampled files are measured (the others take the mean).
 GZIP_RATIO_BYTES = 1 << 20
-GZIP_RATIO_FILES = 20
+GZIP_RATIO_FILES = 5
 MESSAGE_LIMIT = 300  # characters of an example message in the text report
 MESSAGES_LISTED = 10  # most common messages per error category (--json)
 
@@ -407,6 +407,23 @@ def take_sample(config) -> Sample:
     sample = _sample_file(kind, metadata, quota, config)
     samples.append(sample)
     collected += sample.instances
+  # Every file visited, and the sample still short: the files that go on
+  # give more (read again from their start, with a larger share).
+  by_path = {path: (kind, metadata) for path, kind, metadata in files}
+  while collected < wanted:
+    going_on = [i for i, s in enumerate(samples) if s.count is None or s.count > s.instances]
+    grew = False
+    for n, i in enumerate(going_on):
+      if collected >= wanted:
+        break
+      before = samples[i]
+      share = -(-(wanted - collected) // (len(going_on) - n))
+      kind, metadata = by_path[before.path]
+      samples[i] = _sample_file(kind, metadata, before.instances + share, config)
+      collected += samples[i].instances - before.instances
+      grew = grew or samples[i].instances > before.instances
+    if not grew:
+      break
   return Sample(files, samples, skipped)
 
 
@@ -850,7 +867,9 @@ def text(report) -> str:
     lines.append(f'  {category:<7} {entry["count"]:>5}{more}  e.g. {where}: {message}')
   lines.append('')
   speed, guess = report['speed'], report['estimate']
-  if speed['instances_per_second']:
+  if not speed['instances_per_second'] or (scored is not None and not scored):
+    lines.append('Speed here: not measured (no sampled instance got through)')
+  else:
     lines.append(f'Speed here: {speed["instances_per_second"]:,.0f} instances/s '
                  f'({speed["measured"]}: {speed["instances"]} instances in '
                  f'{speed["seconds"]:.3f} s; one process, model load excluded)')

@@ -182,6 +182,40 @@ def test_a_sample_spread_over_files_of_mixed_formats(capsys, tmp_path, model_dir
       'OK: 100 of 100 sampled instances scored')
 
 
+def test_short_files_leave_their_share_to_the_others(capsys, tmp_path, model_dir):
+  sizes = {'a.jsonl': 3, 'b.jsonl': 20, 'c.jsonl': 500}
+  for name, size in sizes.items():
+    write_lines(str(tmp_path / 'in' / name), [keras_line(i) for i in range(size)])
+  rc, report, _ = run_preflight(capsys, f'--model={model_dir / "keras"}',
+                                f'--input={tmp_path / "in" / "*.jsonl"}')
+  assert rc == 0
+  assert [(os.path.basename(s['path']), s['instances'], s['count'])
+          for s in report['files']['sampled_files']] == [
+              ('a.jsonl', 3, 3), ('b.jsonl', 20, 20), ('c.jsonl', 100 - 3 - 20, None)]
+  assert report['estimate']['instances'] == sum(sizes.values())
+
+
+def test_inputs_on_cloud_storage(capsys, tmp_path, model_dir):
+  """gs:// inputs are read through Beam's file systems, as the job reads
+  them (a real storage emulator)."""
+  from tests import cloud
+  lines = [keras_line(i) for i in range(300)]
+  with cloud.emulated_bucket('preflight-inputs') as bucket:
+    bucket.blob('in/a.jsonl').upload_from_string(''.join(line + '\n' for line in lines))
+    bucket.blob('in/b.jsonl.gz').upload_from_string(
+        gzip.compress(''.join(line + '\n' for line in lines[:40]).encode()))
+    rc, report, err = run_preflight(capsys, f'--model={model_dir / "keras"}',
+                                    '--input=gs://preflight-inputs/in/*', '--key_field=id')
+  assert rc == 0, err
+  assert report['formats']['jsonl']['files'] == 2 and report['formats']['jsonl']['gzip_files'] == 1
+  assert report['sample'] == {**report['sample'], 'instances': 100, 'scored': 100}
+  # Equal shares first; the short file's rest goes to the other.
+  assert [(s['path'], s['instances'], s['count']) for s in report['files']['sampled_files']] == [
+      ('gs://preflight-inputs/in/a.jsonl', 100 - 40, None),
+      ('gs://preflight-inputs/in/b.jsonl.gz', 40, 40)]
+  assert report['estimate']['instances'] == len(lines) + 40
+
+
 # -- error categories: the run's own error records --------------------------------------
 
 HUGE_LINE = '[' + '1, ' * 1500 + '1]'
