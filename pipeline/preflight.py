@@ -76,6 +76,14 @@ GZIP_RATIO_BYTES = 1 << 20
 GZIP_RATIO_FILES = 5
 MESSAGE_LIMIT = 300  # characters of an example message in the text report
 MESSAGES_LISTED = 10  # most common messages per error category (--json)
+# The text report lists at most this many field names on a line, and
+# inputs one by one up to this many (--json: all).
+NAMES_LISTED = 30
+INPUTS_LISTED = 12
+# The speed is timed on the sample repeated up to this many instances (a
+# run's chunks hold up to 4,096) and about this many bytes.
+TIMED_INSTANCES = 4096
+TIMED_BYTES = 16 << 20
 
 
 # -- reading the beginning of a file ----------------------------------------------
@@ -462,7 +470,12 @@ def _close(name: str, seen) -> Optional[str]:
   if name.lower() in lowered and lowered[name.lower()] != name:
     return lowered[name.lower()]
   matches = difflib.get_close_matches(name, list(seen), n=1, cutoff=0.75)
-  return matches[0] if matches else None
+  if matches:
+    return matches[0]
+  # `id` for `customer_id`, `customer_id` for `id`.
+  within = sorted((s for s in seen if len(s) >= 2 and len(name) >= 2 and (
+      s.lower() in name.lower() or name.lower() in s.lower())), key=lambda s: -len(s))
+  return within[0] if within else None
 
 
 def describe_fields(config, objects, bare, unreadable, seen) -> dict:
@@ -544,8 +557,8 @@ def process(config, sample: Sample, formats, loaded) -> dict:
   error records and timings."""
   from transforms.coalesce import CoalesceChunks
   from transforms.decode import InstanceDecoder
-  from transforms.format import ERRORS_TAG, FormatRecords
-  from transforms.records import FILE, RawChunk, ScoredBatch
+  from transforms.format import FormatRecords
+  from transforms.records import FILE, RawChunk
   from transforms.score import SavedModelHandler
   opts = config.options
   chunks = [c for s in sample.samples for c in s.chunks]
@@ -560,34 +573,102 @@ def process(config, sample: Sample, formats, loaded) -> dict:
   handler = SavedModelHandler(config.model, opts.max_batch_size)
   writer = FormatRecords(config.layout, formats)
   writer.setup()
-  timing = {'decode': 0.0, 'score': 0.0, 'format': 0.0}
+  steps = _Steps(decoder, handler, writer, loaded)
   instances, decoded, error_lines = 0, 0, []
   for chunk in merged:
     if not len(chunk) and not chunk.file_errors:
       continue
     instances += len(chunk)
-    started = time.perf_counter()
-    batch = decoder.decode(chunk)
-    timing['decode'] += time.perf_counter() - started
+    batch, lines = steps.run(chunk)
     decoded += len(batch)
-    started = time.perf_counter()
-    if loaded is None:
-      scored = ScoredBatch(batch, [], list(batch.errors))
-    else:
-      scored = handler.run_inference(batch, loaded)[0]
-    timing['score'] += time.perf_counter() - started
-    started = time.perf_counter()
-    for output in writer.process(scored):
-      if getattr(output, 'tag', None) == ERRORS_TAG:
-        error_lines.extend(output.value.split(b'\n'))
-    timing['format'] += time.perf_counter() - started
+    error_lines.extend(lines)
   # In file order (a failing batch's instances are found in any order).
   errors = sorted((json.loads(line) for line in error_lines), key=lambda e: (
       e.get('filename', ''), e.get('offset', e.get('index', -1))))
   failed = sum(1 for e in errors if e['error']['category'] != FILE)
+  timed, timing, repeat = _timed(steps, merged, sample)
   return {'instances': instances, 'decoded': decoded, 'errors': errors,
           'scored': None if loaded is None else instances - failed,
-          'failed': failed, 'timing': timing}
+          'failed': failed, 'timing': timing, 'timed_instances': timed, 'repeat': repeat}
+
+
+class _Steps:
+  """The job's steps after reading, for one chunk: decode, score, format."""
+  def __init__(self, decoder, handler, writer, loaded):
+    self._decoder, self._handler, self._writer, self._loaded = decoder, handler, writer, loaded
+    self.timing = {'decode': 0.0, 'score': 0.0, 'format': 0.0}
+
+  def run(self, chunk) -> tuple:
+    """(InstanceBatch, error lines)."""
+    from transforms.format import ERRORS_TAG
+    from transforms.records import ScoredBatch
+    started = time.perf_counter()
+    batch = self._decoder.decode(chunk)
+    scoring = time.perf_counter()
+    if self._loaded is None:
+      scored = ScoredBatch(batch, [], list(batch.errors))
+    else:
+      scored = self._handler.run_inference(batch, self._loaded)[0]
+    formatting = time.perf_counter()
+    lines = []
+    for output in self._writer.process(scored):
+      if getattr(output, 'tag', None) == ERRORS_TAG:
+        lines.extend(output.value.split(b'\n'))
+    ended = time.perf_counter()
+    for step, seconds in (('decode', scoring - started), ('score', formatting - scoring),
+                          ('format', ended - formatting)):
+      self.timing[step] += seconds
+    return batch, lines
+
+
+def _repeated(chunk, times: int):
+  """The chunk's records `times` over (no file errors): a chunk of the size
+  the run's readers give, whose per-chunk costs are the run's share."""
+  import pyarrow as pa
+  from transforms.records import PARQUET
+  n = len(chunk)
+  if chunk.kind == PARQUET:
+    batches = pa.Table.from_batches([chunk.records] * times).combine_chunks().to_batches()
+    if len(batches) != 1:
+      return dataclasses.replace(chunk, file_errors=[])
+    records = batches[0]
+  else:
+    records = list(chunk.records) * times
+  return dataclasses.replace(
+      chunk, segments=[(path, first + i * n) for i in range(times)
+                       for path, first in chunk.segments],
+      positions=list(chunk.positions) * times, records=records, file_errors=[],
+      read_errors={r + i * n: e for i in range(times) for r, e in chunk.read_errors.items()},
+      unread_sizes={r + i * n: e for i in range(times) for r, e in chunk.unread_sizes.items()})
+
+
+def _sample_bytes(sample: Sample) -> float:
+  total = 0.0
+  for s in sample.samples:
+    count, start, end = s.span if s.span and s.span[0] else (0, 0, None)
+    per_instance = (end - start) / count if count and end is not None else 1024
+    total += s.instances * per_instance
+  return total
+
+
+def _timed(steps: _Steps, merged: list, sample: Sample) -> tuple:
+  """(instances, seconds per step, repeat): the speed of decode, score and
+  format, measured on the sample's chunks repeated up to TIMED_INSTANCES
+  (TIMED_BYTES) after one untimed pass: a run's chunks hold up to 4,096
+  instances, and the first calls of each step pay one-time costs."""
+  chunks = [c for c in merged if len(c)]
+  rows = sum(len(c) for c in chunks)
+  if not rows:
+    return 0, dict(steps.timing), 1
+  repeat = max(1, min(TIMED_INSTANCES // rows,
+                      int(TIMED_BYTES // max(1.0, _sample_bytes(sample)))))
+  chunks = [_repeated(c, repeat) if repeat > 1 else c for c in chunks]
+  for chunk in chunks:  # one-time costs
+    steps.run(chunk)
+  steps.timing = {step: 0.0 for step in steps.timing}
+  for chunk in chunks:
+    steps.run(chunk)
+  return sum(len(c) for c in chunks), dict(steps.timing), repeat
 
 
 def error_categories(errors: list) -> dict:
@@ -730,7 +811,7 @@ def build_report(config, loaded, load_seconds, read_seconds, sample, result) -> 
   busy = sum(timing.values())
   # Instances that got through: a rate of failures says little of a run's.
   measured = result['scored'] if loaded is not None else 0
-  rate = result['instances'] / busy if busy > 0 and result['instances'] else None
+  rate = result['timed_instances'] / busy if busy > 0 and result['timed_instances'] else None
   status, reason = _status(config, result, fields, loaded is not None)
   return {
       'model': {'path': config.model.path, 'signature': config.model.signature.name,
@@ -753,7 +834,7 @@ def build_report(config, loaded, load_seconds, read_seconds, sample, result) -> 
                 'measured': 'decode + score + format' if loaded is not None
                             else 'decode + format (model not loaded)',
                 'seconds': round(busy, 4), 'timing': {k: round(v, 4) for k, v in timing.items()},
-                'instances': result['instances']},
+                'instances': result['timed_instances'], 'sample_repeated': result['repeat']},
       'estimate': {'instances': counted['instances'], 'exact': counted['exact'],
                    'files_unknown': counted['files_unknown'],
                    'gzip_ratio_used': counted['gzip_ratio_used'],
@@ -870,9 +951,11 @@ def text(report) -> str:
   if not speed['instances_per_second'] or (scored is not None and not scored):
     lines.append('Speed here: not measured (no sampled instance got through)')
   else:
+    repeated = (f' (the sample {speed["sample_repeated"]} times over, as a run\'s chunks '
+                'are large)' if speed['sample_repeated'] > 1 else '')
     lines.append(f'Speed here: {speed["instances_per_second"]:,.0f} instances/s '
-                 f'({speed["measured"]}: {speed["instances"]} instances in '
-                 f'{speed["seconds"]:.3f} s; one process, model load excluded)')
+                 f'({speed["measured"]}, one process, model load excluded: '
+                 f'{speed["instances"]:,} instances{repeated} in {speed["seconds"]:.3f} s)')
   approx = '' if guess['exact'] else 'about '
   how = ('exact: every file counted' if guess['exact'] else
          'from bytes per sampled instance; Parquet and files read to their end counted')
@@ -890,6 +973,12 @@ def text(report) -> str:
   return '\n'.join(lines)
 
 
+def _names(names: list) -> str:
+  if len(names) > NAMES_LISTED:
+    return ', '.join(names[:NAMES_LISTED]) + f', ... ({len(names) - NAMES_LISTED} more)'
+  return ', '.join(names)
+
+
 def _presence(n, total) -> str:
   return f'in {_of(n, total)}' if n else 'MISSING'
 
@@ -900,9 +989,15 @@ def _fields_text(fields) -> list:
            + (f', {fields["bare_values"]} bare values' if fields['bare_values'] else '')
            + (f', {fields["unreadable"]} unreadable' if fields['unreadable'] else '') + '):']
   if total:
-    seen = ', '.join(fields['seen']) or '(none)'
-    lines.append(f'  seen: {seen}')
-  for entry in fields['inputs']:
+    lines.append(f'  seen: {_names(list(fields["seen"])) or "(none)"}')
+  inputs = fields['inputs']
+  if len(inputs) > INPUTS_LISTED:
+    everywhere = [i for i in inputs if total and i['present'] == total and not i.get('fed')]
+    inputs = [i for i in inputs if i not in everywhere]
+    if everywhere:
+      lines.append(f'  {len(everywhere)} inputs from the fields of their names, each in every '
+                   f'sampled instance: {_names([i["input"] for i in everywhere])}')
+  for entry in inputs:
     fed = entry.get('fed')
     if fed:
       lines.append(f'  input {entry["input"]} {entry["type"]}: {fed}')
@@ -937,8 +1032,8 @@ def _fields_text(fields) -> list:
       line += f'; did you mean {entry["close_match"]!r}?'
     lines.append(line)
   if fields['ignored']:
-    lines.append('  ignored: ' + ', '.join(f'{name} ({n})' for name, n in
-                                           fields['ignored'].items()))
+    lines.append('  ignored: ' + _names([f'{name} ({n})' for name, n in
+                                         fields['ignored'].items()]))
   for name in fields['missing_inputs']:
     lines.append(f'  input {name!r} is in no sampled instance')
   for name in fields['missing_required_features']:

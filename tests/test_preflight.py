@@ -155,7 +155,8 @@ def test_a_sample_spread_over_files_of_mixed_formats(capsys, tmp_path, model_dir
   assert abs(report['estimate']['instances'] - total) <= 12
   assert not report['estimate']['exact'] and report['estimate']['gzip_ratio_used']
   speed = report['speed']['instances_per_second']
-  assert speed > 0
+  assert speed > 0 and report['speed']['sample_repeated'] == 4096 // 100
+  assert report['speed']['instances'] == 100 * (4096 // 100)
   assert report['estimate']['local_seconds'] == pytest.approx(
       report['estimate']['instances'] / speed, rel=0.01, abs=0.1)
   assert report['model']['loaded'] and report['model']['load_seconds'] > 0
@@ -177,7 +178,8 @@ def test_a_sample_spread_over_files_of_mixed_formats(capsys, tmp_path, model_dir
                    r'[12] files?\n', text)
   assert re.search(r'\n  jsonl +5 files .*, 1 gzip; sampled ', text)
   assert 'Results: 100 of 100 scored, 0 failed' in text
-  assert 'instances/s (decode + score + format: 100 instances in' in text
+  assert ('instances/s (decode + score + format, one process, model load excluded: 4,000 '
+          'instances (the sample 40 times over, ') in text
   assert 'Estimate: about ' in text and text.rstrip().endswith(
       'OK: 100 of 100 sampled instances scored')
 
