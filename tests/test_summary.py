@@ -100,7 +100,7 @@ def test_summary_can_be_checked_against_the_run(model_dir, tmp_path, capsys):
   assert len(table) <= 24
   for category, message in summary['errors_first_example'].items():
     assert re.search(rf'^  e\.g\. {category} +{re.escape(message[:40])}', printed, re.M)
-  assert re.search(rf'^input +3 files, .* \(3 patterns\)$', printed, re.M)
+  assert re.search(r'^input +3 files, .* \(3 patterns\)$', printed, re.M)
   assert re.search(rf'^files incomplete +1 \({re.escape(str(b))}\)$', printed, re.M)
   assert re.search(rf'^model batches +{batches["count"]:,} of ', printed, re.M)
   assert re.search(rf'^started, ended +{summary["started_at"]}, {summary["ended_at"]}$',

@@ -1,0 +1,137 @@
+"""Watching a run (issue 9): progress lines while the pipeline runs (not a
+terminal: a log line every --progress_interval seconds; a terminal: one live
+line), in the launcher's own process and from local worker processes; the
+last line's counts are the summary's."""
+import io
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+
+from pipeline import cli, progress
+from tests.helpers import write_lines
+from tests.test_runs import ROOT, keras_args, keras_lines
+
+LINE = re.compile(r'(?P<final>pipeline ended: )?(?P<read>[\d,]+) instances read, '
+                  r'(?P<predicted>[\d,]+) predicted, (?P<errors>[\d,]+) errors'
+                  r'(, [\d,]+ instances/s)?, (?P<percent>\d+)% of [\d.]+ [KMG]?B input read, '
+                  r'\d+(s|m\d\ds|h\d\dm) elapsed(, ETA \S+|, starting)?')
+
+
+def _figures(lines) -> list:
+  figures = []
+  for line in lines:
+    match = LINE.fullmatch(line)
+    assert match, line
+    figures.append((bool(match['final']),
+                    tuple(int(match[k].replace(',', '')) for k in ('read', 'predicted',
+                                                                   'errors', 'percent'))))
+  return figures
+
+
+def _check_progress(lines, summary):
+  """Several lines, figures that never go back, instances seen part-way
+  through, and a last line that says what the summary says."""
+  figures = _figures(lines)
+  assert len(figures) >= 3, lines
+  assert [final for final, _ in figures] == [False] * (len(figures) - 1) + [True]
+  for (_, before), (_, after) in zip(figures, figures[1:]):
+    assert all(a <= b for a, b in zip(before, after)), (before, after)
+  total = summary['instances_read']
+  assert any(0 < read < total for _, (read, *_) in figures[:-1]), lines
+  assert figures[-1][1] == (total, summary['predictions'], summary['errors'], 100)
+
+
+def _input(tmp_path, files=4, lines=10_000):
+  for f in range(files):
+    write_lines(str(tmp_path / 'in' / f'{f}.jsonl'), keras_lines(f'f{f}-', lines, bad_every=50))
+  return tmp_path / 'in' / '*.jsonl'
+
+
+def test_progress_lines_of_an_in_process_run(model_dir, tmp_path, caplog):
+  """The local runner's default mode: the steps count in this process."""
+  pattern = _input(tmp_path)
+  out = tmp_path / 'out'
+  with caplog.at_level(logging.INFO, logger='pipeline'):
+    assert cli.main([*keras_args(model_dir, pattern), f'--output={out}', '--max_batch_size=64',
+                     '--progress_interval=0.2']) == 0
+  summary = json.loads((out / 'summary.json').read_text())
+  _check_progress([r.getMessage() for r in caplog.records if r.name == 'pipeline.progress'],
+                  summary)
+  assert progress.ENV not in os.environ  # the progress channel is gone with the run
+
+  # --progress_interval=0: no progress output.
+  caplog.clear()
+  write_lines(str(tmp_path / 'small.jsonl'), keras_lines('s', 50))
+  with caplog.at_level(logging.INFO, logger='pipeline'):
+    assert cli.main([*keras_args(model_dir, tmp_path / 'small.jsonl'),
+                     f'--output={tmp_path / "out0"}', '--progress_interval=0']) == 0
+  assert [r for r in caplog.records if r.name == 'pipeline.progress'] == []
+  assert any(r.name == 'pipeline.cli' for r in caplog.records)  # other lines still there
+
+
+def test_progress_lines_from_worker_processes(model_dir, tmp_path):
+  """multi_processing: the steps run in worker processes, which pass their
+  counts on through the progress folder. The real command, its stderr not a
+  terminal."""
+  pattern = _input(tmp_path)
+  out = tmp_path / 'out'
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  env.pop(progress.ENV, None)
+  done = subprocess.run(
+      [sys.executable, '-m', 'pipeline', *keras_args(model_dir, pattern), f'--output={out}',
+       '--max_batch_size=64', '--progress_interval=0.2',
+       '--direct_running_mode=multi_processing', '--direct_num_workers=2'],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+  assert done.returncode == 0, done.stderr
+  prefix = 'INFO pipeline.progress: '
+  lines = [line[len(prefix):] for line in done.stderr.splitlines() if line.startswith(prefix)]
+  _check_progress(lines, json.loads((out / 'summary.json').read_text()))
+
+
+class _Terminal(io.StringIO):
+  def isatty(self):
+    return True
+
+
+def test_terminal_gets_one_live_line_cleared_at_the_end(caplog):
+  stream = _Terminal()
+  with caplog.at_level(logging.INFO, logger='pipeline'):
+    with progress.Reporter(0.05, total_bytes=1000, stream=stream) as reporter:
+      assert reporter.terminal
+      for _ in range(5):
+        progress.add(progress.READ, 7)
+        progress.add(progress.PREDICTED, 6)
+        progress.add(progress.ERRORS, 1)
+        progress.add(progress.BYTES, 100)
+        time.sleep(0.06)
+      deadline = time.time() + 10
+      while '35 instances read' not in stream.getvalue() and time.time() < deadline:
+        time.sleep(0.02)
+  text = stream.getvalue()
+  assert '\n' not in text  # rewritten in place
+  assert text.endswith('\r\x1b[K')  # and cleared for what is printed next
+  drawn = [part[:-len('\x1b[K')] for part in text.split('\r') if part != '\x1b[K']
+  figures = [_figures([line])[0][1] for line in drawn if line]
+  assert len(figures) >= 2 and figures == sorted(figures)
+  assert figures[-1] == (35, 30, 5, 50)
+  assert [r for r in caplog.records if r.name == 'pipeline.progress'] == []  # no log lines
+  progress.add(progress.READ, 1)  # after the run: counted nowhere, no error
+  assert progress.ENV not in os.environ
+
+
+def test_rate_and_eta_are_based_on_input_bytes_read():
+  read, consumed, total, reading_s = 400, 250, 1000, 5.0
+  line = progress.describe([read, 390, 10, consumed], 12.0, total, reading_s)
+  eta_s = (total - consumed) / (consumed / reading_s)
+  assert f'{read / reading_s:,.0f} instances/s' in line
+  assert f'{consumed / total:.0%} of 1.0 KB input read' in line
+  assert line.endswith(f'12s elapsed, ETA {progress.duration(eta_s)}')
+  assert progress.duration(eta_s) == f'{int(eta_s)}s'
+  # No ETA from the first moments of reading, nor without a known input size.
+  assert 'ETA' not in progress.describe([1, 0, 0, 10], 3.0, total, progress.ETA_AFTER_S / 2)
+  assert 'ETA' not in progress.describe([read, 390, 10, consumed], 12.0, 0, reading_s)
+  assert progress.duration(3725) == '1h02m' and progress.duration(65) == '1m05s'
