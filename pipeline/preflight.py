@@ -102,12 +102,6 @@ class _Budget:
   def _take(self, reader, size):
     left = self._limit - self.position
     if left <= 0:
-      if not self.hit and not self.eof:
-        try:
-          self.hit = bool(self._raw.read(1))
-        except Exception:  # pylint: disable=broad-except  (beyond the sample)
-          self.hit = True
-        self.eof = not self.hit
       return b''
     if size is None or size < 0 or size > left:
       size = left
@@ -117,6 +111,12 @@ class _Budget:
     self.position += len(data)
     if data:
       self.last = data[-1:]
+    if self.position >= self._limit:  # the budget is spent: was there more?
+      try:
+        self.hit = bool(self._raw.read(1))
+      except Exception:  # pylint: disable=broad-except  (beyond the sample)
+        self.hit = True
+      self.eof = not self.hit
     return data
 
   def read(self, size=-1):
@@ -439,10 +439,11 @@ def take_sample(config) -> Sample:
 
 def _field_counts(samples, formats) -> tuple:
   """(objects, bare values, unreadable, Counter of fields present (not
-  null) per instance) over the sampled instances, by each format's own
-  definition of an instance."""
+  null), Counter of fields given as empty CSV cells) over the sampled
+  instances, by each format's own definition of an instance."""
   from transforms.records import PARQUET
   objects, bare, unreadable, seen = 0, 0, 0, collections.Counter()
+  empty = collections.Counter()
   for sample in samples:
     for chunk in sample.chunks:
       fmt = formats[chunk.kind]
@@ -451,18 +452,21 @@ def _field_counts(samples, formats) -> tuple:
           unreadable += 1
           continue
         try:
-          fields = fmt.instance(chunk, row).fields
+          instance = fmt.instance(chunk, row)
         except Exception:  # pylint: disable=broad-except  (its error says why)
           unreadable += 1
           continue
+        fields = instance.fields
         if fields is None:
           bare += 1
           continue
         objects += 1
         seen.update(name for name, value in fields.items() if value is not None)
+        if instance.text_cells:  # a CSV cell left empty is a missing input value
+          empty.update(name for name, value in fields.items() if value == '')
         if chunk.kind == PARQUET:  # columns the job does not read: present as columns
           seen.update(name for name in sample.columns if name not in fields)
-  return objects, bare, unreadable, seen
+  return objects, bare, unreadable, seen, empty
 
 
 def _close(name: str, seen) -> Optional[str]:
@@ -478,8 +482,11 @@ def _close(name: str, seen) -> Optional[str]:
   return within[0] if within else None
 
 
-def describe_fields(config, objects, bare, unreadable, seen) -> dict:
+def describe_fields(config, objects, bare, unreadable, seen, empty) -> dict:
+  """Carried fields count where present (an empty CSV cell is a value the
+  run carries); inputs and features where they hold a value."""
   opts, signature = config.options, config.model.signature
+  carried_seen, seen = seen, seen - empty
   inputs = []
   if signature.takes_examples:
     spec = signature.inputs[0]
@@ -503,21 +510,23 @@ def describe_fields(config, objects, bare, unreadable, seen) -> dict:
   carried = []
   for role, name in ([('key', opts.key_field)] if opts.key_field else []) + [
       ('passthrough', f) for f in opts.passthrough_fields]:
-    carried.append({'field': name, 'role': role, 'present': seen.get(name, 0),
-                    'close_match': None if seen.get(name) else _close(name, seen)})
+    carried.append({'field': name, 'role': role, 'present': carried_seen.get(name, 0),
+                    'close_match': (None if carried_seen.get(name)
+                                    else _close(name, carried_seen))})
   used |= {c['field'] for c in carried}
   missing_inputs = [i['input'] for i in inputs if objects and not i['present']
                     and not signature.takes_examples]
   return {
       'instances_with_fields': objects, 'bare_values': bare, 'unreadable': unreadable,
       'single_input': len(signature.inputs) == 1,
-      'seen': dict(sorted(seen.items())),
+      'seen': dict(sorted(carried_seen.items())),
       'inputs': inputs, 'features': feature_rows, 'carried': carried,
-      'ignored': {name: n for name, n in sorted(seen.items()) if name not in used},
+      'ignored': {name: n for name, n in sorted(carried_seen.items()) if name not in used},
       'missing_inputs': missing_inputs,
       'missing_required_features': [f['feature'] for f in feature_rows
                                     if objects and f['required'] and not f['present']],
-      'key_missing_everywhere': bool(opts.key_field) and not seen.get(opts.key_field),
+      'key_missing_everywhere': (bool(opts.key_field) and bool(objects or bare)
+                                 and not carried_seen.get(opts.key_field)),
   }
 
 
@@ -538,9 +547,9 @@ def _load(config):
     loaded = LoadedSignature(config.model)
   except Exception as e:  # pylint: disable=broad-except
     raise ConfigError(f'--model: cannot load {config.model.path}: {one_line(e)}') from None
-  try:  # the first call's one-time costs are not the instances'
-    loaded.score(dict(zip((s.name for s in config.model.signature.inputs),
-                          sample_feeds(config.model.signature))))
+  try:  # the first call's one-time costs are the load's, not the instances'
+    loaded.predict(dict(zip((s.name for s in config.model.signature.inputs),
+                            sample_feeds(config.model.signature))))
   except Exception:  # pylint: disable=broad-except  (the instances will say)
     pass
   return loaded, time.time() - started
@@ -988,6 +997,9 @@ def _fields_text(fields) -> list:
   lines = [f'Fields ({total} sampled instances with fields'
            + (f', {fields["bare_values"]} bare values' if fields['bare_values'] else '')
            + (f', {fields["unreadable"]} unreadable' if fields['unreadable'] else '') + '):']
+  if not total and not fields['bare_values']:
+    lines.append('  (no sampled instance could be read)')
+    return lines
   if total:
     lines.append(f'  seen: {_names(list(fields["seen"])) or "(none)"}')
   inputs = fields['inputs']

@@ -309,6 +309,15 @@ def test_a_line_cut_by_the_sample_budget(capsys, tmp_path, model_dir, monkeypatc
       f'the instance is at least {2048 - len(b"[1]") - 1} bytes (preflight read no further), '
       'more than --max_instance_bytes (1500); it was not read')
   assert not report['estimate']['exact']
+  # A TFRecord record cut by the budget is no broken framing.
+  import tensorflow as tf
+  with tf.io.TFRecordWriter(str(tmp_path / 'in' / 'c.tfrecord')) as writer:
+    for size in (2, 1000, 2):
+      writer.write(tf.train.Example(features=tf.train.Features(feature={'x': tf.train.Feature(
+          float_list=tf.train.FloatList(value=[1.0] * size))})).SerializeToString())
+  rc, report, _ = run_preflight(capsys, *args, f'--input={tmp_path / "in" / "c.tfrecord"}')
+  assert rc == 0 and report['sample'] == {**report['sample'], 'instances': 1, 'scored': 1}
+  assert report['errors'] == {} and not report['estimate']['exact']
   # A line within it, cut: not in the sample.
   monkeypatch.setattr(preflight, 'SAMPLE_BYTES_PER_FILE', 600)
   rc, report, _ = run_preflight(capsys, *args, f'--input={tmp_path / "in" / "a.jsonl"}')
