@@ -69,6 +69,23 @@ def test_a_mistyped_key_field_is_caught_before_the_run(capsys, tmp_path, model_d
       ('bucket', 100), ('features', 100)]
 
 
+def test_a_signature_of_tf_examples_shows_its_parsing_spec(capsys, tmp_path, model_dir):
+  data = write_lines(str(tmp_path / 'in.jsonl'),
+                     [json.dumps({'id': i, 'agee': 60, 'thal': 'fixed'}) for i in range(5)])
+  rc, report, err = run_preflight(capsys, f'--model={model_dir / "estimator"}',
+                                  f'--input={data}', '--key_field=id')
+  assert rc == 3
+  features = {f['feature']: f for f in report['fields']['features']}
+  assert features['age'] == {'feature': 'age', 'kind': 'float', 'required': True,
+                             'present': 0, 'close_match': 'agee'}
+  assert features['thal']['present'] == 5 and not features['count']['required']
+  assert report['fields']['missing_required_features'] == ['age']
+  assert report['fields']['ignored'] == {'agee': 5}
+  assert error_lines(err) == [
+      "batch-predict: error: preflight: no sampled instance could be scored: all 5 failed "
+      "(schema 5); most often: missing required feature 'age' (float, 1 value (shape [1]))"]
+
+
 # -- the sample: spread over files of mixed formats, counts and estimate --------------
 
 def write_mixed_inputs(directory):
