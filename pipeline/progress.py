@@ -143,16 +143,19 @@ def duration(seconds: float) -> str:
   return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
 
 
-def describe(tally: list, elapsed_s: float, total_bytes: int, reading_s=None) -> str:
+def describe(tally: list, elapsed_s: float, total_bytes: int, reading_s=None,
+             compact: bool = False) -> str:
   """One progress line. `reading_s`: seconds since the first bytes were
-  read (None: not yet), the base of the rate and the ETA."""
+  read (None: not yet), the base of the rate and the ETA. `compact`: the
+  terminal's shorter words."""
   read, predicted, errors, consumed = tally
-  parts = [f'{read:,} instances read, {predicted:,} predicted, {errors:,} errors']
+  noun = '' if compact else ' instances'
+  parts = [f'{read:,}{noun} read, {predicted:,} predicted, {errors:,} errors']
   if reading_s and reading_s > 0 and read:
-    parts.append(f'{read / reading_s:,.0f} instances/s')
+    parts.append(f'{read / reading_s:,.0f}{noun}/s')
   if total_bytes > 0:
     done = min(consumed, total_bytes) / total_bytes
-    parts.append(f'{done:.0%} of {_size(total_bytes)} input read')
+    parts.append(f'{done:.0%} of {_size(total_bytes)}{"" if compact else " input read"}')
   parts.append(f'{duration(elapsed_s)} elapsed')
   if total_bytes > 0 and (reading_s or 0) >= ETA_AFTER_S and 0 < consumed < total_bytes:
     rate = consumed / reading_s
@@ -304,7 +307,8 @@ class Reporter:
 
   def _line(self, final=False) -> str:
     reading = time.monotonic() - self._first_read if self._first_read is not None else None
-    line = describe(self._last, time.time() - self._started, self._total, reading)
+    line = describe(self._last, time.time() - self._started, self._total, reading,
+                    compact=self._terminal)
     return f'pipeline ended: {line}' if final else line
 
   def _loop(self):

@@ -1,6 +1,13 @@
 """The job's summary: counts from Beam metrics, written as summary.json and
 printed as a short table. summary.json is written last, when a run's outputs
-are in place (pipeline/outputs.py): it marks a complete result."""
+are in place (pipeline/outputs.py): it marks a complete result.
+
+Besides the counts, what an audit of the run needs: when it started and
+ended (UTC) and how long the whole command and the pipeline took; the input
+patterns with their files and bytes; the options that shaped the result;
+model load time, the model's batches (sizes, latencies) and RunInference's
+own figures; one example message per error category; the files that could
+not be read completely; the exit status and why."""
 import datetime
 import json
 import os

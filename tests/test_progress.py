@@ -19,12 +19,16 @@ LINE = re.compile(r'(?P<final>pipeline ended: )?(?P<read>[\d,]+) instances read,
                   r'(?P<predicted>[\d,]+) predicted, (?P<errors>[\d,]+) errors'
                   r'(, [\d,]+ instances/s)?, (?P<percent>\d+)% of [\d.]+ [KMG]?B input read, '
                   r'\d+(s|m\d\ds|h\d\dm) elapsed(, ETA \S+|, starting)?')
+# The terminal's line: the same, in fewer words.
+COMPACT = re.compile(r'(?P<final>)(?P<read>[\d,]+) read, (?P<predicted>[\d,]+) predicted, '
+                     r'(?P<errors>[\d,]+) errors(, [\d,]+/s)?, (?P<percent>\d+)% of '
+                     r'[\d.]+ [KMG]?B, \d+(s|m\d\ds|h\d\dm) elapsed(, ETA \S+|, starting)?')
 
 
-def _figures(lines) -> list:
+def _figures(lines, pattern=LINE) -> list:
   figures = []
   for line in lines:
-    match = LINE.fullmatch(line)
+    match = pattern.fullmatch(line)
     assert match, line
     figures.append((bool(match['final']),
                     tuple(int(match[k].replace(',', '')) for k in ('read', 'predicted',
@@ -109,13 +113,14 @@ def test_terminal_gets_one_live_line_cleared_at_the_end(caplog):
         progress.add(progress.BYTES, 100)
         time.sleep(0.06)
       deadline = time.time() + 10
-      while '35 instances read' not in stream.getvalue() and time.time() < deadline:
+      while '35 read, ' not in stream.getvalue() and time.time() < deadline:
         time.sleep(0.02)
   text = stream.getvalue()
   assert '\n' not in text  # rewritten in place
   assert text.endswith('\r\x1b[K')  # and cleared for what is printed next
   drawn = [part[:-len('\x1b[K')] for part in text.split('\r') if part != '\x1b[K']
-  figures = [_figures([line])[0][1] for line in drawn if line]
+  figures = [_figures([line], COMPACT)[0][1] for line in drawn if line]
+  assert all(len(line) < 100 for line in drawn)
   assert len(figures) >= 2 and figures == sorted(figures)
   assert figures[-1] == (35, 30, 5, 50)
   assert [r for r in caplog.records if r.name == 'pipeline.progress'] == []  # no log lines
