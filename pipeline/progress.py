@@ -17,7 +17,8 @@ figures a user watches travel on a channel of their own:
 - Launcher side (`Reporter`): a thread sums the tallies every second and
   shows them: on a terminal one line rewritten in place, cleared at the end;
   otherwise an INFO line of the `pipeline.progress` logger every
-  --progress_interval seconds, and one when the pipeline ends.
+  --progress_interval seconds, and after such lines one when the pipeline
+  ends (a run shorter than the interval prints none).
 
 The ETA is based on input bytes: the files' stored (compressed) sizes are
 known before the run, and the readers count how far into each file they
@@ -206,6 +207,7 @@ class Reporter:
     self._drawn = False
     self._write_lock = threading.Lock()
     self._log_filter = None
+    self._logged = 0  # progress lines logged (not a terminal)
 
   @property
   def terminal(self) -> bool:
@@ -230,7 +232,9 @@ class Reporter:
       self._sample()
       if self._terminal:
         self._clear()
-      elif kind is None:
+      elif kind is None and self._logged:
+        # The closing figures, in a log that has shown progress (a run
+        # shorter than the interval prints no progress line at all).
         _LOG.info('%s', self._line(final=True))
     except Exception:  # pylint: disable=broad-except
       _LOG.debug('Progress output failed at the end', exc_info=True)
@@ -323,6 +327,7 @@ class Reporter:
           next_log += self._interval * max(1, int((time.monotonic() - next_log)
                                                   // self._interval) + 1)
           _LOG.info('%s', self._line())
+          self._logged += 1
     except Exception:  # pylint: disable=broad-except
       _LOG.debug('Progress output stopped', exc_info=True)
 
