@@ -4,7 +4,7 @@ Beam's local runner (the FnApiRunner, in every running mode) blocks in
 `p.run()` and reports metrics only once the pipeline has ended, so the
 figures a user watches travel on a channel of their own:
 
-- Worker side (`add`, `flush`): the steps that count (the readers, Decode,
+- Worker side (transforms/progress.py `add`, `flush`): the steps that count (the readers, Decode,
   Format) add to a per-process tally: instances read, predictions, error
   records, input bytes consumed. In the launching process (modes
   `in_memory` and `multi_threading`, Beam's LOOPBACK workers) the tally is
@@ -37,91 +37,14 @@ import tempfile
 import threading
 import time
 
-ENV = 'BATCH_PREDICT_PROGRESS_DIR'
+from transforms.progress import (BYTES, ENV, ERRORS, FIELDS as _FIELDS, PREDICTED,  # noqa: F401
+                                 READ, add, begin_watching, end_watching, flush,
+                                 memory_tally)
 
-# What is counted (indexes into a tally).
-READ, PREDICTED, ERRORS, BYTES = range(4)
-_FIELDS = 4
-FLUSH_EVERY_S = 1.0  # most often a worker process writes its tally
 TICK_S = 1.0  # how often the launcher samples (and a terminal line is redrawn)
 ETA_AFTER_S = 2.0  # seconds of reading before an ETA is shown
 
 _LOG = logging.getLogger(__name__)
-
-# --- worker side -----------------------------------------------------------
-
-_OFF, _MEMORY, _FILE = 'off', 'memory', 'file'
-_lock = threading.Lock()
-_counts = [0] * _FIELDS
-_mode = None  # None: not decided yet in this process (see _decide)
-_path = None  # _FILE: where this process writes its tally
-_last_write = 0.0
-_reporting_here = False  # a Reporter of this process is watching (in memory)
-
-
-def _decide() -> str:
-  global _mode, _path
-  with _lock:
-    if _mode is None:
-      directory = os.environ.get(ENV)
-      if _reporting_here:
-        _mode = _MEMORY
-      elif directory and os.path.isdir(directory):
-        _mode, _path = _FILE, os.path.join(directory, f'{os.getpid()}.json')
-      else:
-        _mode = _OFF
-    return _mode
-
-
-def add(field: int, n: int) -> None:
-  """Adds n to one figure of this process's tally (no-op where nobody
-  watches)."""
-  mode = _mode or _decide()
-  if mode == _OFF or not n:
-    return
-  with _lock:
-    _counts[field] += n
-  if mode == _FILE and time.monotonic() - _last_write >= FLUSH_EVERY_S:
-    flush()
-
-
-def flush() -> None:
-  """Writes this process's tally where the launcher reads it (a worker
-  process; elsewhere nothing to do)."""
-  global _mode, _last_write
-  if _mode != _FILE:
-    return
-  try:
-    with _lock:
-      _last_write = time.monotonic()
-      text = json.dumps(_counts)
-      temporary = f'{_path}.{threading.get_ident()}.tmp'
-      with open(temporary, 'w') as f:
-        f.write(text)
-      os.replace(temporary, _path)  # a reader sees the old tally or the new one
-  except Exception:  # pylint: disable=broad-except
-    _mode = _OFF  # the folder is gone (the run ended): stop counting
-
-
-def _begin_watching() -> None:
-  """In the launching process: count in memory from now (a new run)."""
-  global _mode, _reporting_here
-  with _lock:
-    _counts[:] = [0] * _FIELDS
-    _reporting_here, _mode = True, _MEMORY
-
-
-def _end_watching() -> None:
-  global _mode, _reporting_here
-  with _lock:
-    _counts[:] = [0] * _FIELDS
-    _reporting_here, _mode = False, None
-
-
-def _memory_tally() -> list:
-  with _lock:
-    return list(_counts)
-
 
 # --- launcher side ---------------------------------------------------------
 
@@ -256,7 +179,7 @@ class Reporter:
     self._terminal = bool(getattr(self._stream, 'isatty', lambda: False)())
     self._folder = tempfile.mkdtemp(prefix='batch-predict-progress-')
     os.environ[ENV] = self._folder
-    _begin_watching()
+    begin_watching()
     if self._terminal:
       # A log line printed meanwhile starts on a clean line (in this process).
       self._log_filter = _ClearLine(self)
@@ -267,7 +190,7 @@ class Reporter:
     self._thread.start()
 
   def _cleanup(self):
-    _end_watching()
+    end_watching()
     if self._log_filter is not None:
       for handler in logging.getLogger().handlers:
         handler.removeFilter(self._log_filter)
@@ -287,7 +210,7 @@ class Reporter:
 
   def tally(self) -> list:
     """The figures so far: this process's, plus every worker process's."""
-    total = _memory_tally()
+    total = memory_tally()
     for path in glob.glob(os.path.join(self._folder or '', '*.json')):
       try:
         with open(path) as f:

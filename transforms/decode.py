@@ -23,7 +23,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from pipeline import progress
+from transforms import progress
 from transforms import convert
 from transforms.convert import carried_text, convert_value
 from transforms.records import (FeedGroup, InstanceBatch, InstanceError,

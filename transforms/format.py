@@ -14,7 +14,7 @@ import orjson
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from pipeline import progress
+from transforms import progress
 from transforms.convert import bytes_json, carried_as_text
 from transforms.records import CATEGORIES, FILE, MODEL, METRICS_NAMESPACE, ScoredBatch
 

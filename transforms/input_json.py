@@ -221,7 +221,7 @@ class ReadJsonRequests(beam.DoFn):
 
   def process(self, metadata):
     path = metadata.path
-    count_read(0, metadata.size_in_bytes)  # read whole (progress: pipeline/progress.py)
+    count_read(0, metadata.size_in_bytes)  # read whole (progress: transforms/progress.py)
     if metadata.size_in_bytes > self._max_bytes:
       yield RawChunk([(path, 0)], [None], [b''], kind=JSON, read_errors={0: (
           f'the request file is {metadata.size_in_bytes} bytes, more than '

@@ -119,7 +119,7 @@ class ReadParquetBatches(beam.DoFn):
 
   def process(self, metadata):
     path = metadata.path
-    row, counted = 0, 0  # stored bytes counted as read (pipeline/progress.py)
+    row, counted = 0, 0  # stored bytes counted as read (transforms/progress.py)
     try:
       with FileSystems.open(path) as f:
         parquet = pq.ParquetFile(f)

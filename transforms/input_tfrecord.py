@@ -95,7 +95,7 @@ class ReadTFRecords(beam.DoFn):
   def process(self, metadata):
     path = metadata.path
     chunk = RawChunk([(path, 0)], [], [], kind=TFRECORD)
-    index, counted = 0, 0  # stored bytes counted as read (pipeline/progress.py)
+    index, counted = 0, 0  # stored bytes counted as read (transforms/progress.py)
     try:
       with open_input(path) as f:
         for record, error in read_tfrecords(f, self._max_bytes):

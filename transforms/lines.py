@@ -33,7 +33,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.range_trackers import OffsetRangeTracker
 
-from pipeline import progress as tally
+from transforms import progress as tally
 from transforms.records import RawChunk
 
 BLOCK_SIZE = 1 << 20
@@ -123,7 +123,7 @@ class _Progress:
   chunk: RawChunk
   instances: int = 0  # lines read into chunks (not blank)
   position: int = 0
-  counted: int = 0  # stored bytes of the range counted as read (pipeline/progress.py)
+  counted: int = 0  # stored bytes of the range counted as read (transforms/progress.py)
 
 
 def stored_position(f, position=None):
@@ -141,7 +141,7 @@ def stored_position(f, position=None):
 
 def count_read(counted: int, position, stop=None) -> int:
   """Counts the stored bytes read from `counted` up to `position` (at most
-  `stop`) for the progress output (pipeline/progress.py); returns the new
+  `stop`) for the progress output (transforms/progress.py); returns the new
   count."""
   if position is None:
     return counted
