@@ -55,6 +55,7 @@ from typing import Optional
 from pipeline.cli import (EXIT_CONFIG_ERROR, EXIT_OK, EXIT_PIPELINE_FAILED,
                           EXIT_TOO_MANY_ERRORS, _debug, _error, _last_line)
 from pipeline.options import ConfigError
+from pipeline.progress import size_text
 
 _LOG = logging.getLogger(__name__)
 
@@ -882,14 +883,6 @@ def _status(config, result, fields, scored: bool) -> tuple:
   return EXIT_TOO_MANY_ERRORS, reason
 
 
-def _size_text(n) -> str:
-  for unit in ('bytes', 'KiB', 'MiB', 'GiB', 'TiB'):
-    if n < 1024 or unit == 'TiB':
-      return f'{n} bytes' if unit == 'bytes' else f'{n:.1f} {unit}'
-    n /= 1024
-  return str(n)
-
-
 def _duration_text(seconds) -> str:
   if seconds < 0.1:
     return 'less than 0.1 s'
@@ -922,18 +915,18 @@ def text(report) -> str:
     lines.append(f'Model: {model["path"]} not loaded (--skip_model_check): the sample is '
                  'decoded, not scored')
   lines.append('')
-  lines.append(f'Formats ({_count(files["total"], "file")}, {_size_text(files["bytes"])}):')
+  lines.append(f'Formats ({_count(files["total"], "file")}, {size_text(files["bytes"])}):')
   for kind, entry in report['formats'].items():
     gz = f', {entry["gzip_files"]} gzip' if entry['gzip_files'] else ''
     lines.append(f'  {kind:<8} {_count(entry["files"], "file"):>11}  '
-                 f'{_size_text(entry["bytes"]):>10}{gz}; sampled '
+                 f'{size_text(entry["bytes"]):>10}{gz}; sampled '
                  f'{_count(entry["sampled_instances"], "instance")} from '
                  f'{_count(entry["sampled_files"], "file")}')
   for path in files['not_regular']:
     lines.append(f'  not a regular file (a file error): {path}')
   if files['not_sampled_large_request_files']:
     lines.append(f'  {len(files["not_sampled_large_request_files"])} request files larger than '
-                 f'{_size_text(JSON_SAMPLE_MAX_BYTES)} not sampled (the run reads each whole)')
+                 f'{size_text(JSON_SAMPLE_MAX_BYTES)} not sampled (the run reads each whole)')
   lines.append('')
   lines.extend(_fields_text(report['fields']))
   lines.append('')

@@ -49,11 +49,13 @@ _LOG = logging.getLogger(__name__)
 # --- launcher side ---------------------------------------------------------
 
 
-def _size(n: float) -> str:
-  for unit in ('bytes', 'KB', 'MB', 'GB', 'TB'):
-    if n < 1000 or unit == 'TB':
+def size_text(n: float) -> str:
+  """Bytes as the job's outputs write sizes (progress, preflight, the
+  summary table): binary units."""
+  for unit in ('bytes', 'KiB', 'MiB', 'GiB', 'TiB'):
+    if n < 1024 or unit == 'TiB':
       return f'{n:.0f} {unit}' if unit == 'bytes' else f'{n:.1f} {unit}'
-    n /= 1000
+    n /= 1024
   return ''
 
 
@@ -79,7 +81,7 @@ def describe(tally: list, elapsed_s: float, total_bytes: int, reading_s=None,
     parts.append(f'{read / reading_s:,.0f}{noun}/s')
   if total_bytes > 0:
     done = min(consumed, total_bytes) / total_bytes
-    parts.append(f'{done:.0%} of {_size(total_bytes)}{"" if compact else " input read"}')
+    parts.append(f'{done:.0%} of {size_text(total_bytes)}{"" if compact else " input read"}')
   parts.append(f'{duration(elapsed_s)} elapsed')
   if total_bytes > 0 and (reading_s or 0) >= ETA_AFTER_S and 0 < consumed < total_bytes:
     rate = consumed / reading_s

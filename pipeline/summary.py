@@ -19,6 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipeline.progress import size_text
 from transforms.records import METRICS_NAMESPACE
 from transforms.storage import is_local
 
@@ -229,14 +230,6 @@ def write(summary: dict, output_dir: str) -> str:
   return path
 
 
-def _bytes(n) -> str:
-  for unit in ('bytes', 'KB', 'MB', 'GB'):
-    if n < 1000 or unit == 'GB':
-      return f'{n} {unit}' if unit == 'bytes' else f'{n:.1f} {unit}'
-    n /= 1000
-  return ''
-
-
 def _short(text: str, width: int = 100) -> str:
   text = ' '.join(str(text).split())
   return text if len(text) <= width else text[:width - 3] + '...'
@@ -265,7 +258,7 @@ def table(summary: dict) -> str:
     patterns = len(summary['inputs'])
     files = summary['input_files']
     rows.append(('input', f'{files} file{"s" if files != 1 else ""}, '
-                          f'{_bytes(summary["input_bytes"])} ({patterns} pattern'
+                          f'{size_text(summary["input_bytes"])} ({patterns} pattern'
                           f'{"s" if patterns != 1 else ""})'))
   rows.append(('model', f'{model["path"]}{version}, signature {model["signature"]}'))
   loads = summary['model_loads']

@@ -17,12 +17,12 @@ from tests.test_runs import ROOT, keras_args, keras_lines
 
 LINE = re.compile(r'(?P<final>pipeline ended: )?(?P<read>[\d,]+) instances read, '
                   r'(?P<predicted>[\d,]+) predicted, (?P<errors>[\d,]+) errors'
-                  r'(, [\d,]+ instances/s)?, (?P<percent>\d+)% of [\d.]+ [KMG]?B input read, '
+                  r'(, [\d,]+ instances/s)?, (?P<percent>\d+)% of [\d.]+ ([KMGT]iB|bytes) input read, '
                   r'\d+(s|m\d\ds|h\d\dm) elapsed(, ETA \S+|, starting)?')
 # The terminal's line: the same, in fewer words.
 COMPACT = re.compile(r'(?P<final>)(?P<read>[\d,]+) read, (?P<predicted>[\d,]+) predicted, '
                      r'(?P<errors>[\d,]+) errors(, [\d,]+/s)?, (?P<percent>\d+)% of '
-                     r'[\d.]+ [KMG]?B, \d+(s|m\d\ds|h\d\dm) elapsed(, ETA \S+|, starting)?')
+                     r'[\d.]+ ([KMGT]iB|bytes), \d+(s|m\d\ds|h\d\dm) elapsed(, ETA \S+|, starting)?')
 
 
 def _figures(lines, pattern=LINE) -> list:
@@ -133,7 +133,7 @@ def test_rate_and_eta_are_based_on_input_bytes_read():
   line = progress.describe([read, 390, 10, consumed], 12.0, total, reading_s)
   eta_s = (total - consumed) / (consumed / reading_s)
   assert f'{read / reading_s:,.0f} instances/s' in line
-  assert f'{consumed / total:.0%} of 1.0 KB input read' in line
+  assert f'{consumed / total:.0%} of {total} bytes input read' in line
   assert line.endswith(f'12s elapsed, ETA {progress.duration(eta_s)}')
   assert progress.duration(eta_s) == f'{int(eta_s)}s'
   # No ETA from the first moments of reading, nor without a known input size.
