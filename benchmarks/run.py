@@ -35,13 +35,38 @@ declare), scored one instance per call; for the tabular model (tiny: the
 per-call cost dominates) and the MLP (a model with some compute per
 instance).
 
-  --only mlp,tabular,failures,formats,fixed_batch   runs only those parts
-                    ('failures': the clean (d) tabular run and the two rows
-                    above)
+A fourth ('cores') asks how to use every core of one machine. Each
+configuration runs as a user runs it: the whole `python -m pipeline`
+command(s), interpreter start, imports, model check and exit included,
+timed from the start until every command has exited:
+  default           one command, Beam's in-process runner (one core for
+                    the pipeline's Python work)
+  multi_threading   --direct_running_mode=multi_threading
+                    --direct_num_workers=N
+  multi_processing  --direct_running_mode=multi_processing
+                    --direct_num_workers=N (N worker processes, each
+                    importing TensorFlow and loading the model)
+  N commands        N commands at once, each on 1/N of the input files,
+                    each with its own --output
+on the workload's data taken --copies times (one file of all the copies for
+the one-command configurations, the copies as separate files for the N
+commands; the same instances either way), and on 4,096 instances: the
+command's start-up and end, nearly all fixed cost. Steady state is what the
+difference between the two runs bought: (instances - tiny instances) /
+(seconds - tiny seconds). N is --workers (default: the machine's cores).
+Every configuration runs --rounds times, interleaved, and the fastest round
+counts: other processes on the machine only ever slow a run down, and the
+column "others' cores" says how much CPU they used during the round shown.
+
+  --only mlp,tabular,failures,formats,fixed_batch,cores   runs only those
+                    parts ('failures': the clean (d) tabular run and the
+                    two rows above)
 """
 import argparse
 import json
 import os
+import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -54,7 +79,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 BATCH = 256
 TABULAR_FEATURES = [f'f{i}' for i in range(13)]
 WORKLOADS = {'mlp': 100_000, 'tabular': 500_000}
-PARTS = ('mlp', 'tabular', 'failures', 'formats', 'fixed_batch')
+PARTS = ('mlp', 'tabular', 'failures', 'formats', 'fixed_batch', 'cores')
+CORES_TINY = 4096  # instances of the 'cores' part's start-up run
 BAD_EVERY = 1000  # one bad line in this many, in the "0.1% bad lines" row
 
 
@@ -183,10 +209,10 @@ def write_other_formats(jsonl_path, stem):
 def prepare(workdir, scale, parts):
   os.makedirs(workdir, exist_ok=True)
   for workload, count in WORKLOADS.items():
-    if workload == 'mlp' and not set(parts) & {'mlp', 'fixed_batch'}:
+    if workload == 'mlp' and not set(parts) & {'mlp', 'fixed_batch', 'cores'}:
       continue
     if workload == 'tabular' and not set(parts) & {'tabular', 'failures', 'formats',
-                                                   'fixed_batch'}:
+                                                   'fixed_batch', 'cores'}:
       continue
     count = int(count * scale)
     data = os.path.join(workdir, f'{workload}-{count}.jsonl')
@@ -373,6 +399,13 @@ def main():
   parser.add_argument('--workdir', default=os.path.join(ROOT, 'out', 'bench'))
   parser.add_argument('--only', default=','.join(PARTS),
                       help=f'comma-separated parts to run, of {",".join(PARTS)}')
+  parser.add_argument('--workers', type=int, default=os.cpu_count(),
+                      help="'cores': worker processes, threads or commands (default: "
+                           'the cores of this machine)')
+  parser.add_argument('--copies', type=int, default=4,
+                      help="'cores': the input is the workload's data this many times")
+  parser.add_argument('--rounds', type=int, default=3,
+                      help="'cores': runs of each configuration; the fastest counts")
   parser.add_argument('--child', nargs=5, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
@@ -424,6 +457,8 @@ def main():
 
   if 'fixed_batch' in parts:
     fixed_batch_table(args.workdir, args.scale)
+  if 'cores' in parts:
+    cores_table(args.workdir, args.scale, args.workers, args.copies, args.rounds)
   if 'formats' not in parts:
     return
   count = int(WORKLOADS['tabular'] * args.scale)
@@ -458,6 +493,145 @@ def fixed_batch_table(workdir, scale):
       r = results[batch]
       print(f'| {workload} {label} | {r["count"]:,} | {r["seconds"]:.1f} | {r["rate"]:,.0f} | '
             f'{r["peak_mb"]:,.0f} | {r["rate"] / results["dynamic"]["rate"]:.2f}x |')
+
+
+# -- cores: the whole command, one process or several -------------------------
+
+def cores_inputs(workdir, workload, count, copies):
+  """(one file holding `copies` copies of the workload's data, the copies
+  as separate files, a file of its first CORES_TINY instances)."""
+  data = os.path.join(workdir, f'{workload}-{count}.jsonl')
+  folder = os.path.join(workdir, 'cores')
+  os.makedirs(folder, exist_ok=True)
+  whole = os.path.join(folder, f'{workload}-{count}x{copies}.jsonl')
+  if not os.path.exists(whole):
+    with open(whole + '.tmp', 'wb') as out:
+      for _ in range(copies):
+        with open(data, 'rb') as f:
+          shutil.copyfileobj(f, out, 16 << 20)
+    os.rename(whole + '.tmp', whole)
+  parts = []
+  for i in range(copies):
+    part = os.path.join(folder, f'{workload}-{count}-copy{i}.jsonl')
+    if not os.path.lexists(part):
+      try:
+        os.symlink(os.path.abspath(data), part)
+      except OSError:
+        shutil.copyfile(data, part)
+    parts.append(part)
+  tiny_count = min(CORES_TINY, count)
+  tiny = os.path.join(folder, f'{workload}-{tiny_count}.jsonl')
+  if not os.path.exists(tiny):
+    with open(data, 'rb') as f, open(tiny + '.tmp', 'wb') as out:
+      out.writelines(line for _, line in zip(range(tiny_count), f))
+    os.rename(tiny + '.tmp', tiny)
+  return whole, parts, tiny
+
+
+def cores_configs(workers):
+  """(name, description, Beam options, several commands?)"""
+  return [
+      ('default', 'default: one command, in-process runner', [], False),
+      ('multi_threading', f'--direct_running_mode=multi_threading --direct_num_workers={workers}',
+       ['--direct_running_mode=multi_threading', f'--direct_num_workers={workers}'], False),
+      ('multi_processing', f'--direct_running_mode=multi_processing --direct_num_workers={workers}',
+       ['--direct_running_mode=multi_processing', f'--direct_num_workers={workers}'], False),
+      ('commands', f'{workers} commands at once, each on 1/{workers} of the files, '
+       'each its own --output', [], True),
+  ]
+
+
+def _busy_seconds():
+  """CPU seconds all processes of the machine have used (None where there
+  is no /proc/stat)."""
+  try:
+    with open('/proc/stat') as f:
+      ticks = [int(v) for v in f.readline().split()[1:9]]
+  except (OSError, ValueError):
+    return None
+  idle = ticks[3] + ticks[4]  # idle, iowait
+  return (sum(ticks) - idle) / os.sysconf('SC_CLK_TCK')
+
+
+def _children_seconds():
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return usage.ru_utime + usage.ru_stime
+
+
+def run_commands(model, inputs, out, beam_args) -> dict:
+  """Runs one command per entry of `inputs` (each a list of files), all at
+  once; returns seconds until the last exited, predictions, and the cores
+  other processes used meanwhile."""
+  busy, ours, started = _busy_seconds(), _children_seconds(), time.perf_counter()
+  procs = []
+  for i, files in enumerate(inputs):
+    output = f'{out}-{i}'
+    shutil.rmtree(output, ignore_errors=True)
+    procs.append((output, subprocess.Popen(
+        [sys.executable, '-m', 'pipeline', f'--model={model}', f'--input={",".join(files)}',
+         f'--output={output}', '--key_field=id', f'--max_batch_size={BATCH}',
+         '--log_level=warning', *beam_args],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+  predictions = 0
+  for output, proc in procs:
+    stdout, stderr = proc.communicate()
+    if proc.returncode:
+      sys.exit(f'cores: {" ".join(proc.args)} failed ({proc.returncode}):\n'
+               f'{(stdout + stderr)[-3000:]}')
+    with open(os.path.join(output, 'summary.json')) as f:
+      predictions += json.load(f)['predictions']
+  seconds = time.perf_counter() - started
+  others = None
+  if busy is not None:
+    others = max(0.0, (_busy_seconds() - busy) - (_children_seconds() - ours)) / seconds
+  return {'seconds': seconds, 'count': predictions, 'others': others}
+
+
+def cores_table(workdir, scale, workers, copies, rounds):
+  """Default vs every way of using `workers` cores, whole commands timed."""
+  configs = cores_configs(workers)
+  load_before = os.getloadavg()[0]
+  print()
+  print(f'Whole commands on {os.cpu_count()} cores, N = {workers}; best of {rounds} rounds. '
+        'Start-up: the same command on 4,096 instances.')
+  print()
+  header = ('workload', 'configuration', 'instances', 'seconds', 'inst/s', 'vs default',
+            'start-up s', 'steady inst/s', 'steady vs default', "others' cores")
+  print('| ' + ' | '.join(header) + ' |')
+  print('|' + '---|' * len(header))
+  for workload in ('tabular', 'mlp'):
+    count = int(WORKLOADS[workload] * scale)
+    whole, parts, tiny = cores_inputs(workdir, workload, count, copies)
+    model = os.path.join(workdir, f'{workload}-model')
+    best = {}
+    for _ in range(rounds):
+      for name, _, beam_args, several in configs:
+        # One list of files per command.
+        runs = ((('tiny', [[tiny]] * workers), ('full', [parts[i::workers] for i in range(workers)]))
+                if several else (('tiny', [[tiny]]), ('full', [[whole]])))
+        for size, inputs in runs:
+          r = run_commands(model, inputs, os.path.join(workdir, 'out', f'cores-{workload}-{name}'),
+                           beam_args)
+          key = (name, size)
+          if key not in best or r['seconds'] < best[key]['seconds']:
+            best[key] = r
+    reference = None
+    for name, description, _, _ in configs:
+      full, small = best[(name, 'full')], best[(name, 'tiny')]
+      rate = full['count'] / full['seconds']
+      steady = ((full['count'] - small['count']) / (full['seconds'] - small['seconds'])
+                if full['seconds'] > small['seconds'] else None)
+      if reference is None:
+        reference = rate, steady
+      steady_text = '- | -' if steady is None else (
+          f'{steady:,.0f} | ' + (f'{steady / reference[1]:.2f}x' if reference[1] else '-'))
+      others = '-' if full['others'] is None else f'{full["others"]:.2f}'
+      print(f'| {workload} | {description} | {full["count"]:,} | {full["seconds"]:.1f} | '
+            f'{rate:,.0f} | {rate / reference[0]:.2f}x | {small["seconds"]:.1f} | '
+            f'{steady_text} | {others} |')
+  print()
+  print(f'Load average (1 min) before this table: {load_before:.1f}, after: '
+        f'{os.getloadavg()[0]:.1f}.')
 
 
 if __name__ == '__main__':

@@ -1,20 +1,65 @@
 """The pipeline graph: named transforms, composed in one place."""
+import multiprocessing
+from typing import Optional
+
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
 
 from pipeline.config import JobConfig
+from pipeline.options import LOCAL_RUNNER
 from transforms.coalesce import CoalesceChunks
 from transforms.decode import DecodeInstances, InstanceDecoder
 from transforms.format import ERRORS_TAG, FormatRecords
-from transforms.inputs import ReadInstances, input_formats
+from transforms.inputs import SPLITTABLE_FORMATS, ReadInstances, input_formats
 from transforms.records import InstanceBatch, RawChunk, ScoredBatch
 from transforms.score import ScoreBatches
 from transforms.write import WriteJsonlShards, write_predictions
+
+# Beam's local runner with several workers (--direct_num_workers) deals the
+# byte ranges of the input files out to its workers once, round robin, before
+# any is read, and never moves work between them: a worker with a bigger
+# share finishes last while the others wait. Its ranges are therefore made
+# small enough for each worker to get at least this many (equal ranges; one
+# more or less than another worker is then at most a quarter of its work)...
+RANGES_PER_WORKER = 4
+# ...but not smaller than this (every range starts a new file read, and ends
+# with a partial chunk of lines), nor larger than the readers' default range.
+MIN_RANGE_BYTES = 4 << 20
+MAX_RANGE_BYTES = 64 << 20
+
+
+def local_workers(beam_args) -> int:
+  """How many workers Beam's local runner runs the job with (1 unless
+  --direct_num_workers says otherwise; 0 means one per core, as in Beam)."""
+  from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+  workers = PipelineOptions(list(beam_args)).view_as(DirectOptions).direct_num_workers
+  if workers == 0:
+    return multiprocessing.cpu_count()
+  return workers or 1
+
+
+def range_bytes(config: JobConfig) -> Optional[int]:
+  """Bytes per byte range of the text files (JSON Lines, CSV) for this job,
+  or None for the readers' default (every runner but the local one with
+  several workers: remote runners split ranges further while they run)."""
+  opts = config.options
+  if opts.runner != LOCAL_RUNNER:
+    return None
+  workers = local_workers(opts.beam_args)
+  if workers < 2:
+    return None
+  splittable = sum(
+      m.size_in_bytes or 0 for kind in SPLITTABLE_FORMATS
+      for m in config.files_by_format.get(kind, ())
+      if CompressionTypes.detect_compression_type(m.path) == CompressionTypes.UNCOMPRESSED)
+  share = splittable // (RANGES_PER_WORKER * workers)
+  return max(MIN_RANGE_BYTES, min(MAX_RANGE_BYTES, share))
 
 
 def build(p: beam.Pipeline, config: JobConfig) -> None:
   opts, signature = config.options, config.model.signature
   formats = input_formats(signature, opts.key_field, opts.passthrough_fields,
-                          opts.max_instance_bytes)
+                          opts.max_instance_bytes, range_size=range_bytes(config))
   decoder = InstanceDecoder(signature, formats, opts.key_field, opts.passthrough_fields)
   records = (
       p

@@ -14,6 +14,8 @@ from transforms.input_tfrecord import TFRecordFormat
 from transforms.records import CSV, JSON, JSONL, PARQUET, RawChunk, TFRECORD
 
 FORMATS = (JSONL, JSON, CSV, TFRECORD, PARQUET)
+# Formats whose files are split into byte ranges read in parallel.
+SPLITTABLE_FORMATS = (JSONL, CSV)
 _EXTENSIONS = {'.jsonl': JSONL, '.ndjson': JSONL, '.json': JSON, '.csv': CSV,
                '.tfrecord': TFRECORD, '.tfrecords': TFRECORD, '.parquet': PARQUET}
 _COMPRESSION_SUFFIXES = ('.gz',)
@@ -29,16 +31,27 @@ def detect_format(path: str):
   return _EXTENSIONS.get(name[dot:]) if dot >= 0 else None
 
 
-def input_formats(signature, key_field, passthrough_fields, max_instance_bytes) -> dict:
-  """Kind -> InputFormat, for a job's signature and options."""
+def input_formats(signature, key_field, passthrough_fields, max_instance_bytes,
+                  range_size=None) -> dict:
+  """Kind -> InputFormat, for a job's signature and options.
+
+  `range_size`: bytes per byte range that the text formats (JSON Lines, CSV)
+  split files into, which decides how evenly Beam's local runner shares them
+  among its workers (pipeline/graph.py); None: the readers' default. The
+  other formats read whole files.
+  """
   parquet_columns = None if signature.takes_examples else (
       [s.name for s in signature.inputs] + ([key_field] if key_field else [])
       + list(passthrough_fields))
-  return {JSONL: JsonLinesFormat(max_instance_bytes),
-          JSON: JsonRequestFormat(signature, max_instance_bytes),
-          CSV: CsvFormat(max_instance_bytes),
-          TFRECORD: TFRecordFormat(max_instance_bytes),
-          PARQUET: ParquetFormat(parquet_columns)}
+  formats = {JSONL: JsonLinesFormat(max_instance_bytes),
+             JSON: JsonRequestFormat(signature, max_instance_bytes),
+             CSV: CsvFormat(max_instance_bytes),
+             TFRECORD: TFRecordFormat(max_instance_bytes),
+             PARQUET: ParquetFormat(parquet_columns)}
+  if range_size:
+    for kind in SPLITTABLE_FORMATS:
+      formats[kind].range_size = range_size
+  return formats
 
 
 class ReadInstances(beam.PTransform):

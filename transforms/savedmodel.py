@@ -14,9 +14,11 @@ TensorFlow is imported inside functions only: importing it costs seconds.
 """
 import atexit
 import dataclasses
+import gc
 import logging
 import os
 import re
+import sys
 import weakref
 from typing import Optional
 
@@ -382,6 +384,16 @@ _open_sessions = weakref.WeakSet()
 def _close_sessions():
   for signature in list(_open_sessions):
     signature.close()
+  if 'tensorflow' in sys.modules:
+    # Interpreter shutdown then runs the cyclic garbage collector over
+    # TensorFlow's whole object graph, again as modules are torn down: about
+    # 1 s of a process's exit here, paid by the command after its summary
+    # and by each local worker process (multi_processing) in turn, as Beam
+    # stops its workers one after the other (0.2 s for two instead of 1.4 to
+    # 2.4). Frozen objects are never scanned again; what only that scan would
+    # free is released with the process (objects still referenced are freed
+    # as before; every output file is closed explicitly before exit).
+    gc.freeze()
 
 
 class EagerSignature:
