@@ -6,6 +6,7 @@ prints it without a stack trace.
 import argparse
 import contextlib
 import io
+import logging
 import dataclasses
 import re
 from typing import Optional
@@ -213,8 +214,12 @@ def _parser() -> argparse.ArgumentParser:
 @contextlib.contextmanager
 def _beam_parser_errors():
   """Beam's option parser prints its whole usage and exits on a bad value;
-  here that is one line (ConfigError)."""
+  here that is one line (ConfigError). Its warning about options it does not
+  know is held back too: parse_args names the first one, in one line."""
   captured = io.StringIO()
+  beam_logger = logging.getLogger('apache_beam.options.pipeline_options')
+  level = beam_logger.level
+  beam_logger.setLevel(logging.ERROR)
   try:
     with contextlib.redirect_stderr(captured):
       yield
@@ -222,6 +227,8 @@ def _beam_parser_errors():
     lines = [line for line in captured.getvalue().splitlines() if line.strip()]
     reason = lines[-1].split('error: ', 1)[-1] if lines else 'invalid Beam option'
     raise ConfigError(reason) from None
+  finally:
+    beam_logger.setLevel(level)
 
 
 def unknown_beam_args(args) -> list:

@@ -90,6 +90,19 @@ def test_console_script_reports_missing_option_in_one_line(tmp_path):
   assert proc.stdout.strip() == 'False'
 
 
+def test_a_mistyped_option_is_one_line_without_beams_warning(tmp_path, instances):
+  """Beam warns about options it cannot parse before the job names the
+  first one: the real command's stderr is the job's line only."""
+  for command in ([], ['preflight']):
+    proc = subprocess.run(
+        [sys.executable, '-m', 'pipeline', *command, '--model=m', f'--input={instances}',
+         f'--output={tmp_path / "out"}', '--key_fild=id'],
+        cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ('batch-predict: error: unknown option --key_fild=id '
+                                   '(see batch-predict --help)')
+
+
 def test_corrupt_saved_model_proto(capsys, tmp_path, instances):
   (tmp_path / 'bad').mkdir()
   (tmp_path / 'bad' / 'saved_model.pb').write_bytes(b'\xff\xff\xff not a proto')
