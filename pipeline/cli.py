@@ -6,6 +6,7 @@ Exit status (one line on stderr for every status but 0, never a traceback):
   2  a configuration mistake (or another run uses --output): nothing ran
   3  completed, but too many errors (or no instance at all); outputs written
   4  completed, but some input files could not be read to their end
+  130  interrupted (Ctrl-C): the previous result in --output is left as it was
 The pipeline writes into a staging folder of the output directory; the
 result replaces the previous one only once complete (pipeline/outputs.py).
 """
@@ -22,6 +23,7 @@ EXIT_PIPELINE_FAILED = 1
 EXIT_CONFIG_ERROR = 2
 EXIT_TOO_MANY_ERRORS = 3
 EXIT_INPUT_INCOMPLETE = 4
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), as shells report it
 
 _LOG = logging.getLogger(__name__)
 
@@ -299,13 +301,24 @@ def main(argv=None) -> int:
     _error(e)
     return EXIT_CONFIG_ERROR
   _configure_logging(level)
-  if argv[:1] == ['inspect']:  # batch-predict inspect --model=...: what a model offers
-    from pipeline import inspect
-    return inspect.main(argv[1:])
-  if argv[:1] == ['preflight']:  # batch-predict preflight ...: a run's sample, scored here
-    from pipeline import preflight
-    return preflight.main(argv[1:])
-  return _batch_predict(argv)
+  try:
+    if argv[:1] == ['inspect']:  # batch-predict inspect --model=...: what a model offers
+      from pipeline import inspect
+      return inspect.main(argv[1:])
+    if argv[:1] == ['preflight']:  # batch-predict preflight ...: a run's sample, scored here
+      from pipeline import preflight
+      return preflight.main(argv[1:])
+    return _batch_predict(argv)
+  except KeyboardInterrupt:
+    # Ctrl-C: the staging folder and the lock are gone by now (finally
+    # blocks); what the user wants to read is one line, not where it stopped.
+    if _debug():
+      traceback.print_exc()
+    else:
+      import threading
+      threading.excepthook = lambda _: None  # Beam's threads, stopped by the same Ctrl-C
+    _error('interrupted; a previous result in --output is left as it was')
+    return EXIT_INTERRUPTED
 
 
 def _batch_predict(argv: list) -> int:

@@ -250,8 +250,21 @@ def filter_stream(source: int, target: int, drop_tracebacks: bool = False) -> No
       continue
     if not data:
       break
-    _write_all(target, stream.feed(data))
-  _write_all(target, stream.end())
+    if not _interrupted:
+      _write_all(target, stream.feed(data))
+  if not _interrupted:
+    _write_all(target, stream.end())
+
+
+# Set in the filter process by Ctrl-C (SIGINT to the terminal's process
+# group): from then on the workers print only how each was interrupted, and
+# the launcher says it in one line on its own stderr.
+_interrupted = False
+
+
+def _on_interrupt(*_):
+  global _interrupted
+  _interrupted = True
 
 
 @contextlib.contextmanager
@@ -297,7 +310,7 @@ def stderr_filtered_by_process(drop_tracebacks: bool = False, seconds_to_drain: 
 
 if __name__ == '__main__':  # the filter process of `stderr_filtered_by_process`
   import signal
-  signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the launcher: pass on its last words
+  signal.signal(signal.SIGINT, _on_interrupt)  # the filter goes on to the end of the pipe
   filter_stream(0, 1, drop_tracebacks='--drop_tracebacks' in sys.argv[1:])
 elif os.environ.get(ENV) == '1':  # a process started by a run of the CLI
   install()

@@ -1,0 +1,48 @@
+"""Ctrl-C: the job stops with one line and exit status 130, in every local
+running mode, and the previous result stays as it was."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.helpers import write_lines
+from tests.test_runs import ROOT, keras_args, keras_lines, snapshot
+
+
+@pytest.fixture(scope='module')
+def big_input(tmp_path_factory):
+  """Several seconds of work in any mode."""
+  return write_lines(str(tmp_path_factory.mktemp('big') / 'b.jsonl'), keras_lines('b', 400_000))
+
+
+@pytest.mark.parametrize('mode', ['multi_processing', 'multi_threading'])
+def test_ctrl_c_is_one_line_and_keeps_the_previous_result(model_dir, tmp_path, big_input, mode):
+  pattern = write_lines(str(tmp_path / 'in' / 'a.jsonl'), keras_lines('a', 40))
+  out = tmp_path / 'out'
+  args = [sys.executable, '-m', 'pipeline', *keras_args(model_dir, pattern),
+          f'--output={out}', '--progress_interval=0.2', f'--direct_running_mode={mode}',
+          '--direct_num_workers=2']
+  assert subprocess.run(args, cwd=ROOT, capture_output=True).returncode == 0
+  previous = snapshot(out)
+  args[args.index(f'--input={pattern}')] = f'--input={big_input}'
+  # Its own process group, as a shell's job: Ctrl-C reaches every process.
+  with open(tmp_path / 'stderr', 'wb') as stderr:
+    job = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr,
+                           start_new_session=True)
+    deadline = time.time() + 120
+    while b'pipeline.progress' not in (tmp_path / 'stderr').read_bytes():
+      assert job.poll() is None and time.time() < deadline
+      time.sleep(0.1)
+    time.sleep(1.5)  # the worker processes (or threads) are at work by now
+    assert job.poll() is None
+    os.killpg(job.pid, signal.SIGINT)
+    assert job.wait(timeout=60) == 130
+  lines = [line for line in (tmp_path / 'stderr').read_text().splitlines()
+           if not line.startswith('INFO ')]
+  assert lines == ['batch-predict: error: interrupted; a previous result in --output is '
+                   'left as it was']
+  assert snapshot(out) == previous
+  assert sorted(os.listdir(out)) == sorted(previous)  # no staging folder, no lock left
