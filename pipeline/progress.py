@@ -4,9 +4,11 @@ Beam's local runner (the FnApiRunner, in every running mode) blocks in
 `p.run()` and reports metrics only once the pipeline has ended, so the
 figures a user watches travel on a channel of their own:
 
-- Worker side (transforms/progress.py `add`, `flush`): the steps that count (the readers, Decode,
-  Format) add to a per-process tally: instances read, predictions, error
-  records, input bytes consumed. In the launching process (modes
+- Worker side (transforms/progress.py `add`, `add_chunk`, `flush`): the
+  steps that count (Decode, Format) add to a per-process tally: instances
+  read, predictions, error records, stored input bytes read (recorded by
+  the readers on each chunk, counted when it is decoded), input bytes that
+  could not be read, file faults. In the launching process (modes
   `in_memory` and `multi_threading`, Beam's LOOPBACK workers) the tally is
   read in memory. A worker process (`multi_processing`) finds the progress
   folder in the environment it inherits (ENV) and writes its tally there,
@@ -20,26 +22,44 @@ figures a user watches travel on a channel of their own:
   --progress_interval seconds, and after such lines one when the pipeline
   ends (a run shorter than the interval prints none).
 
+The progress folder is `batch-predict-progress-PID-XXXXXXXX` in the
+temporary directory, with a marker (OWNER: the launcher's pid, host and
+process start time); workers write only into a folder that has it, and the
+launcher drops an inherited ENV, so a variable in the environment never
+sends a run's tallies elsewhere. The launcher removes its folder at the end
+of the run, also when it is interrupted (Ctrl-C) or sent SIGTERM; a folder
+left by a launcher that was killed (SIGKILL) is removed by the next
+Reporter that starts on the same host, once its owner is gone.
+
 The ETA is based on input bytes: the files' stored (compressed) sizes are
-known before the run, and the readers count how far into each file they
-are; the rate is the average since the first bytes were read. Counting
-costs a few dictionary operations per chunk of up to thousands of
-instances. Nothing here may fail or stall a run: every fault of the
-progress channel turns it off quietly.
+known before the run, and the readers record how far into each file the
+chunks they emit reach; the rate is the average since the first chunk was
+decoded. The percent is of the input bytes read; bytes that could not be
+read (the rest of a file after a fault) count towards the ETA, not the
+percent, and the line then says how many files could not be read
+completely. Counting costs a few dictionary operations per chunk of up to
+thousands of instances. Nothing here may fail or stall a run: every fault of
+the progress channel turns it off quietly.
 """
 import glob
 import json
 import logging
 import os
 import shutil
+import signal
+import socket
 import sys
 import tempfile
 import threading
 import time
 
-from transforms.progress import (BYTES, ENV, ERRORS, FIELDS as _FIELDS, PREDICTED,  # noqa: F401
-                                 READ, add, begin_watching, end_watching, flush,
-                                 memory_tally)
+from transforms.progress import (BYTES, ENV, ERRORS, FAULTS, FIELDS as _FIELDS,  # noqa: F401
+                                 OWNER, PREDICTED, READ, SKIPPED, add, add_chunk,
+                                 begin_watching, end_watching, flush, memory_tally)
+
+FOLDER_PREFIX = 'batch-predict-progress-'
+OWNERLESS_GRACE_S = 60.0  # a folder without its marker yet may be being made
+LEGACY_AGE_S = 600.0  # folders named without a pid (earlier versions)
 
 TICK_S = 1.0  # how often the launcher samples (and a terminal line is redrawn)
 ETA_AFTER_S = 2.0  # seconds of reading before an ETA is shown
@@ -70,23 +90,33 @@ def duration(seconds: float) -> str:
 
 
 def describe(tally: list, elapsed_s: float, total_bytes: int, reading_s=None,
-             compact: bool = False) -> str:
-  """One progress line. `reading_s`: seconds since the first bytes were
-  read (None: not yet), the base of the rate and the ETA. `compact`: the
-  terminal's shorter words."""
-  read, predicted, errors, consumed = tally
+             compact: bool = False, final: bool = False) -> str:
+  """One progress line. `reading_s`: seconds since the first chunk was
+  decoded (None: not yet), the base of the rate and the ETA. `compact`: the
+  terminal's shorter words. `final`: the line of an ended pipeline (no ETA).
+  The percent is of the input bytes read; the ETA also counts the bytes
+  that could not be read as done with."""
+  read, predicted, errors, consumed, skipped, faults = (list(tally) + [0] * _FIELDS)[:_FIELDS]
   noun = '' if compact else ' instances'
   parts = [f'{read:,}{noun} read, {predicted:,} predicted, {errors:,} errors']
   if reading_s and reading_s > 0 and read:
     parts.append(f'{read / reading_s:,.0f}{noun}/s')
   if total_bytes > 0:
     done = min(consumed, total_bytes) / total_bytes
-    parts.append(f'{done:.0%} of {size_text(total_bytes)}{"" if compact else " input read"}')
+    percent = '99%' if 0.995 <= done < 1 else f'{done:.0%}'  # never 100% while some is left
+    text = f'{percent} of {size_text(total_bytes)}{"" if compact else " input read"}'
+    if faults:
+      files = 'file' if faults == 1 else 'files'
+      text += (f' ({faults:,} {files} incomplete)' if compact else
+               f' ({faults:,} {files} could not be read completely)')
+    parts.append(text)
   parts.append(f'{duration(elapsed_s)} elapsed')
-  if total_bytes > 0 and (reading_s or 0) >= ETA_AFTER_S and 0 < consumed < total_bytes:
-    rate = consumed / reading_s
-    parts.append(f'ETA {duration((total_bytes - consumed) / rate)}')
-  elif not read and not consumed:
+  done_with = consumed + skipped
+  if (not final and total_bytes > 0 and (reading_s or 0) >= ETA_AFTER_S
+      and 0 < done_with < total_bytes):
+    rate = done_with / reading_s
+    parts.append(f'ETA {duration((total_bytes - done_with) / rate)}')
+  elif not final and not read and not done_with:
     parts.append('starting')
   return ', '.join(parts)
 
@@ -106,6 +136,74 @@ def watched_here(options) -> bool:
     return False
   return (options.runner == 'PortableRunner'
           and (environment.environment_type or '').upper() == 'LOOPBACK')
+
+
+def _process_state(pid: int):
+  """(state letter, start time in clock ticks since boot) of a process, from
+  /proc (Linux); None where it cannot be told."""
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      fields = f.read().rsplit(')', 1)[1].split()
+    return fields[0], fields[19]
+  except (OSError, IndexError):
+    return None
+
+
+def _alive(pid: int, start=None) -> bool:
+  """Whether the process `pid` (started at `start`, where known) still runs."""
+  if pid == os.getpid():
+    return True
+  if pid <= 0:
+    return False
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except OSError:  # another user's: it exists
+    return True
+  state = _process_state(pid)
+  if state is None:
+    return True
+  if state[0] in ('Z', 'X'):
+    return False  # killed, not yet reaped
+  return start is None or state[1] == start  # else the pid is another process's now
+
+
+def _stale(path: str, host: str) -> bool:
+  """Whether a progress folder's launcher is gone (see remove_stale_folders)."""
+  age = time.time() - os.stat(path).st_mtime
+  pid = os.path.basename(path)[len(FOLDER_PREFIX):].split('-')
+  if len(pid) != 2 or not pid[0].isdigit():
+    return age > LEGACY_AGE_S  # an earlier version's name: no owner to ask
+  try:
+    with open(os.path.join(path, OWNER)) as f:
+      owner = json.load(f)
+  except (OSError, ValueError):
+    owner = None
+  if owner is None:
+    # Being made (the marker comes right after the folder), or its launcher
+    # was killed in between.
+    return age > OWNERLESS_GRACE_S and not _alive(int(pid[0]))
+  if owner.get('host') != host:
+    return False  # a temporary directory shared with another machine: not ours to judge
+  return not _alive(int(owner.get('pid', pid[0])), owner.get('start'))
+
+
+def remove_stale_folders(directory: str = None) -> list:
+  """Removes the progress folders of launchers that are gone (killed with
+  SIGKILL, which leaves no chance to clean up) from the temporary directory;
+  returns their paths. A folder's owner is in its name and its marker."""
+  removed = []
+  host = socket.gethostname()
+  base = directory or tempfile.gettempdir()
+  for path in glob.glob(os.path.join(glob.escape(base), FOLDER_PREFIX + '*')):
+    try:
+      if os.path.isdir(path) and not os.path.islink(path) and _stale(path, host):
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    except Exception:  # pylint: disable=broad-except  (another's, or gone meanwhile)
+      continue
+  return removed
 
 
 class Reporter:
@@ -133,12 +231,16 @@ class Reporter:
     self._write_lock = threading.Lock()
     self._log_filter = None
     self._logged = 0  # progress lines logged (not a terminal)
+    self._previous_sigterm = None  # the SIGTERM handler before ours (installed: not None)
 
   @property
   def terminal(self) -> bool:
     return self._terminal
 
   def __enter__(self):
+    # A progress folder named in the environment this process inherited is
+    # not this run's: its workers must not write there.
+    os.environ.pop(ENV, None)
     if self._interval <= 0:
       return self
     try:
@@ -179,8 +281,14 @@ class Reporter:
         self._stream = os.fdopen(os.dup(sys.stderr.fileno()), 'w')
         self._own_stream = True
     self._terminal = bool(getattr(self._stream, 'isatty', lambda: False)())
-    self._folder = tempfile.mkdtemp(prefix='batch-predict-progress-')
+    remove_stale_folders()
+    self._folder = tempfile.mkdtemp(prefix=f'{FOLDER_PREFIX}{os.getpid()}-')
+    state = _process_state(os.getpid())
+    with open(os.path.join(self._folder, OWNER), 'w') as f:
+      json.dump({'pid': os.getpid(), 'host': socket.gethostname(),
+                 'start': state[1] if state else None}, f)
     os.environ[ENV] = self._folder
+    self._handle_sigterm()
     begin_watching()
     if self._terminal:
       # A log line printed meanwhile starts on a clean line (in this process).
@@ -193,15 +301,12 @@ class Reporter:
 
   def _cleanup(self):
     end_watching()
+    self._restore_sigterm()
     if self._log_filter is not None:
       for handler in logging.getLogger().handlers:
         handler.removeFilter(self._log_filter)
       self._log_filter = None
-    if self._folder is not None:
-      if os.environ.get(ENV) == self._folder:
-        del os.environ[ENV]
-      shutil.rmtree(self._folder, ignore_errors=True)
-      self._folder = None
+    self._remove_folder()
     if self._own_stream:
       try:
         self._stream.close()
@@ -210,10 +315,66 @@ class Reporter:
       self._own_stream = False
     self._thread = None
 
+  def _remove_folder(self):
+    folder, self._folder = self._folder, None
+    if folder is None:
+      return
+    if os.environ.get(ENV) == folder:
+      del os.environ[ENV]
+    for _ in range(3):  # a worker may be replacing its file meanwhile
+      shutil.rmtree(folder, ignore_errors=True)
+      if not os.path.exists(folder):
+        break
+      time.sleep(0.05)
+
+  def _handle_sigterm(self):
+    """SIGTERM (a supervisor, `timeout`, `kill`) ends the process without
+    running its cleanup: the folder is removed first, then the signal does
+    what it did before (by default: the process ends by it)."""
+    if threading.current_thread() is not threading.main_thread():
+      return  # only the main thread may set handlers
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous in (signal.SIG_IGN, None):
+      return  # ignored (or set outside Python): nothing ends the run
+    signal.signal(signal.SIGTERM, self._on_sigterm)
+    self._previous_sigterm = previous
+
+  def _restore_sigterm(self):
+    previous, self._previous_sigterm = self._previous_sigterm, None
+    if previous is None:
+      return
+    try:
+      if signal.getsignal(signal.SIGTERM) == self._on_sigterm:  # not replaced since
+        signal.signal(signal.SIGTERM, previous)
+    except (ValueError, OSError):
+      pass
+
+  def _on_sigterm(self, signum, frame):
+    previous = self._previous_sigterm
+    try:
+      self._stop.set()
+      if self._terminal and self._write_lock.acquire(timeout=0.5):
+        try:
+          if self._drawn:
+            self._stream.write('\r\x1b[K')
+            self._stream.flush()
+            self._drawn = False
+        finally:
+          self._write_lock.release()
+      self._remove_folder()
+    except Exception:  # pylint: disable=broad-except
+      pass
+    if callable(previous):
+      previous(signum, frame)
+      return
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
   def tally(self) -> list:
     """The figures so far: this process's, plus every worker process's."""
     total = memory_tally()
-    for path in glob.glob(os.path.join(self._folder or '', '*.json')):
+    folder = self._folder
+    for path in glob.glob(os.path.join(glob.escape(folder), '*.json')) if folder else ():
       try:
         with open(path) as f:
           counts = json.load(f)
@@ -237,7 +398,7 @@ class Reporter:
   def _line(self, final=False) -> str:
     reading = time.monotonic() - self._first_read if self._first_read is not None else None
     line = describe(self._last, time.time() - self._started, self._total, reading,
-                    compact=self._terminal)
+                    compact=self._terminal, final=final)
     return f'pipeline ended: {line}' if final else line
 
   def _loop(self):

@@ -1,12 +1,19 @@
 """Watching a run (issue 9): progress lines while the pipeline runs (not a
 terminal: a log line every --progress_interval seconds; a terminal: one live
 line), in the launcher's own process and from local worker processes; the
-last line's counts are the summary's."""
+last line's counts are the summary's. The percent follows the instances
+decoded, also when the runner reads ahead; the last line shows no ETA and
+says when input could not be read; the progress folder is this run's only,
+and is gone after the run, also after SIGTERM or a launcher killed before."""
+import glob
+import gzip
 import io
 import json
 import logging
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,8 +24,9 @@ from tests.test_runs import ROOT, keras_args, keras_lines
 
 LINE = re.compile(r'(?P<final>pipeline ended: )?(?P<read>[\d,]+) instances read, '
                   r'(?P<predicted>[\d,]+) predicted, (?P<errors>[\d,]+) errors'
-                  r'(, [\d,]+ instances/s)?, (?P<percent>\d+)% of [\d.]+ ([KMGT]iB|bytes) input read, '
-                  r'\d+(s|m\d\ds|h\d\dm) elapsed(, ETA \S+|, starting)?')
+                  r'(, [\d,]+ instances/s)?, (?P<percent>\d+)% of [\d.]+ ([KMGT]iB|bytes) input read'
+                  r'( \((?P<faults>[\d,]+) files? could not be read completely\))?, '
+                  r'\d+(s|m\d\ds|h\d\dm) elapsed(?P<eta>, ETA \S+|, starting)?')
 # The terminal's line: the same, in fewer words.
 COMPACT = re.compile(r'(?P<final>)(?P<read>[\d,]+) read, (?P<predicted>[\d,]+) predicted, '
                      r'(?P<errors>[\d,]+) errors(, [\d,]+/s)?, (?P<percent>\d+)% of '
@@ -140,3 +148,124 @@ def test_rate_and_eta_are_based_on_input_bytes_read():
   assert 'ETA' not in progress.describe([1, 0, 0, 10], 3.0, total, progress.ETA_AFTER_S / 2)
   assert 'ETA' not in progress.describe([read, 390, 10, consumed], 12.0, 0, reading_s)
   assert progress.duration(3725) == '1h02m' and progress.duration(65) == '1m05s'
+
+
+def _progress_lines(caplog) -> list:
+  return [r.getMessage() for r in caplog.records if r.name == 'pipeline.progress']
+
+
+def test_percent_follows_the_instances_decoded(model_dir, tmp_path, caplog):
+  """Input of two formats: the runner may read every file before it decodes
+  any (the reads' Flatten is not fused with Decode). The percent counts the
+  bytes of the instances decoded, not of those read ahead: it keeps pace
+  with the instances (these formats hold about as many bytes per instance)."""
+  pattern = _input(tmp_path, files=3)
+  request = tmp_path / 'in' / 'request.json'
+  request.write_text(json.dumps({'instances': [json.loads(line)
+                                               for line in keras_lines('r', 10_000)]}))
+  out = tmp_path / 'out'
+  with caplog.at_level(logging.INFO, logger='pipeline'):
+    assert cli.main([*keras_args(model_dir, f'{pattern},{request}'), f'--output={out}',
+                     '--max_batch_size=64', '--progress_interval=0.1']) == 0
+  summary = json.loads((out / 'summary.json').read_text())
+  lines = _progress_lines(caplog)
+  _check_progress(lines, summary)
+  for line in lines:
+    match = LINE.fullmatch(line)
+    instances = 100 * int(match['read'].replace(',', '')) / summary['instances_read']
+    assert abs(int(match['percent']) - instances) <= 10, line
+
+
+def test_last_line_of_input_that_could_not_be_read(model_dir, tmp_path, caplog):
+  """A .gz cut short and a TFRecord file broken from its start: the last
+  line shows no ETA, the percent of the bytes read (all of the .gz's, 12 of
+  the TFRecord file's: its first header) and how many files could not be
+  read completely."""
+  folder = tmp_path / 'in'
+  complete = write_lines(str(folder / 'complete.jsonl'), keras_lines('c', 20_000))
+  cut = gzip.compress(''.join(f'{line}\n' for line in keras_lines('g', 20_000)).encode())
+  (folder / 'cut.jsonl.gz').write_bytes(cut[:len(cut) * 2 // 3])
+  (folder / 'broken.tfrecord').write_bytes(os.urandom(1 << 20))
+  sizes = {path.name: path.stat().st_size for path in folder.iterdir()}
+  out = tmp_path / 'out'
+  with caplog.at_level(logging.INFO, logger='pipeline'):
+    assert cli.main([*keras_args(model_dir, folder / '*'), f'--output={out}',
+                     '--progress_interval=0.1']) == 4
+  summary = json.loads((out / 'summary.json').read_text())
+  assert summary['files_incomplete'] == 2 and os.path.exists(complete)
+  last = LINE.fullmatch(_progress_lines(caplog)[-1])
+  assert last['final'] and last['eta'] is None, last[0]
+  assert int(last['faults']) == 2
+  assert int(last['read'].replace(',', '')) == summary['instances_read'] > 20_000
+  read = sizes['complete.jsonl'] + sizes['cut.jsonl.gz'] + 12
+  assert abs(int(last['percent']) - 100 * read / sum(sizes.values())) <= 1, last[0]
+
+
+def test_an_inherited_progress_folder_is_not_written_to(model_dir, tmp_path, monkeypatch):
+  """BATCH_PREDICT_PROGRESS_DIR in the environment a command inherits names
+  no folder of its run: with progress off, nothing counts into it (nor do
+  worker processes, which inherit the launcher's environment)."""
+  inherited = tmp_path / 'inherited'
+  inherited.mkdir()
+  monkeypatch.setenv(progress.ENV, str(inherited))
+  progress.end_watching()  # this process decides afresh where it counts
+  write_lines(str(tmp_path / 'in.jsonl'), keras_lines('i', 500))
+  assert cli.main([*keras_args(model_dir, tmp_path / 'in.jsonl'), f'--output={tmp_path / "out"}',
+                   '--progress_interval=0']) == 0
+  assert os.listdir(inherited) == []
+  assert progress.ENV not in os.environ
+
+
+def _folder(temp, name, owner=None, age_s=0.0):
+  path = temp / f'{progress.FOLDER_PREFIX}{name}'
+  path.mkdir()
+  if owner is not None:
+    (path / progress.OWNER).write_text(json.dumps(owner))
+  (path / '1234.json').write_text('[1, 0, 0, 0, 0, 0]')
+  then = time.time() - age_s
+  os.utime(path, (then, then))
+  return path
+
+
+def test_progress_folders_are_removed_after_sigterm_and_after_sigkill(model_dir, tmp_path):
+  """The real command, worker processes writing their tallies: SIGTERM to
+  the launcher (as `timeout` or a supervisor sends it) removes its progress
+  folder; folders of launchers killed before (SIGKILL leaves them) are
+  removed when the next one starts, not those of a live launcher nor of
+  another host's."""
+  temp = tmp_path / 'tmp'
+  temp.mkdir()
+  gone = subprocess.Popen(['true'])
+  gone.wait()
+  host = socket.gethostname()
+  killed = _folder(temp, f'{gone.pid}-a1b2c3d4', {'pid': gone.pid, 'host': host})
+  being_made = _folder(temp, f'{gone.pid}-e5f6g7h8')  # no marker yet: left a while
+  killed_unmarked = _folder(temp, f'{gone.pid}-i9j0k1l2', age_s=600)
+  legacy = _folder(temp, 'm3n4o5p6', age_s=3600)  # an earlier version's name
+  live = _folder(temp, f'{os.getpid()}-q7r8s9t0', {'pid': os.getpid(), 'host': host})
+  elsewhere = _folder(temp, f'{gone.pid}-u1v2w3x4', {'pid': gone.pid, 'host': f'not-{host}'})
+  pattern = _input(tmp_path, files=4, lines=20_000)
+  env = dict(os.environ, PYTHONPATH=ROOT, TMPDIR=str(temp))
+  env.pop(progress.ENV, None)
+  with open(tmp_path / 'stderr', 'w') as stderr:
+    run = subprocess.Popen(
+        [sys.executable, '-m', 'pipeline', *keras_args(model_dir, pattern),
+         f'--output={tmp_path / "out"}', '--progress_interval=0.2',
+         '--direct_running_mode=multi_processing', '--direct_num_workers=1'],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+  try:
+    tallies = str(temp / f'{progress.FOLDER_PREFIX}{run.pid}-*' / '[0-9]*.json')
+    deadline = time.time() + 120
+    while not glob.glob(tallies) and run.poll() is None and time.time() < deadline:
+      time.sleep(0.01)
+    assert glob.glob(tallies), (tmp_path / 'stderr').read_text()[-3000:]
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(60) == -signal.SIGTERM
+  finally:
+    if run.poll() is None:
+      run.kill()
+      run.wait()
+  assert not glob.glob(str(temp / f'{progress.FOLDER_PREFIX}{run.pid}-*'))
+  remaining = set(glob.glob(str(temp / f'{progress.FOLDER_PREFIX}*')))
+  assert remaining == {str(being_made), str(live), str(elsewhere)}
+  assert not {str(killed), str(killed_unmarked), str(legacy)} & remaining

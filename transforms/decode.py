@@ -262,7 +262,10 @@ class DecodeInstances(beam.DoFn):
   def process(self, chunk: RawChunk):
     self._read.inc(len(chunk))
     self._blank.inc(chunk.blank_lines)
-    progress.add(progress.READ, len(chunk))
+    # The input bytes are counted here with the instances, not where they
+    # are read: the runner may read far ahead of decoding.
+    progress.add_chunk(len(chunk), chunk.stored_bytes, chunk.skipped_bytes,
+                       len(chunk.file_errors))
     if len(chunk) or chunk.file_errors:
       yield self._decoder.decode(chunk)
 

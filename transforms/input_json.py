@@ -49,7 +49,7 @@ from transforms.convert import JsonObject, SchemaError, carried_text, short
 from transforms.decode import InputFormat
 from transforms.input_jsonl import json_instance
 from transforms.json_values import parse_json
-from transforms.lines import count_read, fault_reason, open_input
+from transforms.lines import fault_reason, open_input
 from transforms.records import JSON, RawChunk
 from transforms.savedmodel import SignatureSpec
 
@@ -220,39 +220,48 @@ class ReadJsonRequests(beam.DoFn):
     self._max_bytes = max_bytes
 
   def process(self, metadata):
-    path = metadata.path
-    count_read(0, metadata.size_in_bytes)  # read whole (progress: transforms/progress.py)
-    if metadata.size_in_bytes > self._max_bytes:
+    # The file is read whole: its chunks carry its stored size (for the
+    # progress output, transforms/progress.py), in proportion to their
+    # instances; a file that cannot be read, as bytes that could not be.
+    path, size = metadata.path, metadata.size_in_bytes or 0
+    if size > self._max_bytes:
       yield RawChunk([(path, 0)], [None], [b''], kind=JSON, read_errors={0: (
           f'the request file is {metadata.size_in_bytes} bytes, more than '
           f'{REQUEST_FILE_INSTANCES} x --max_instance_bytes ({self._max_bytes}); '
-          'it was not read')})
+          'it was not read')}, stored_bytes=size)
       return
     try:
       with open_input(path) as f:
         content = f.read(self._max_bytes + 1)
     except Exception as e:  # pylint: disable=broad-except
       yield RawChunk([(path, 0)], [], [], kind=JSON, file_errors=[
-          (path, f'reading failed: {fault_reason(e)}')])
+          (path, f'reading failed: {fault_reason(e)}')], skipped_bytes=size)
       return
     if len(content) > self._max_bytes:  # larger once decompressed
       yield RawChunk([(path, 0)], [None], [content[:8192]], kind=JSON, read_errors={0: (
           f'the request file holds more than {self._max_bytes} bytes (64 x '
-          '--max_instance_bytes); it was not read')}, unread_sizes={0: len(content)})
+          '--max_instance_bytes); it was not read')}, unread_sizes={0: len(content)},
+                     stored_bytes=size)
       return
     if content.startswith(b'\xef\xbb\xbf'):  # a byte order mark, as in every file
       content = content[3:]
     try:
       instances = split_request(parse_json(content), self._signature)
     except (ValueError, RecursionError) as e:  # invalid JSON or RequestError
-      yield RawChunk([(path, 0)], [None], [content], kind=JSON, read_errors={0: str(e)})
+      yield RawChunk([(path, 0)], [None], [content], kind=JSON, read_errors={0: str(e)},
+                     stored_bytes=size)
       return
     if len(instances) == 1:
-      yield RawChunk([(path, 0)], [None], instances, kind=JSON)
+      yield RawChunk([(path, 0)], [None], instances, kind=JSON, stored_bytes=size)
       return
-    for start in range(0, len(instances), MAX_INSTANCES_PER_CHUNK):
+    count = len(instances)
+    for start in range(0, count, MAX_INSTANCES_PER_CHUNK):
       part = instances[start:start + MAX_INSTANCES_PER_CHUNK]
-      yield RawChunk([(path, 0)], list(range(start, start + len(part))), part, kind=JSON)
+      end = start + len(part)
+      yield RawChunk([(path, 0)], list(range(start, end)), part, kind=JSON,
+                     stored_bytes=size * end // count - size * start // count)
+    if not count:
+      yield RawChunk([(path, 0)], [], [], kind=JSON, stored_bytes=size)
 
 
 class JsonRequestFormat(InputFormat):

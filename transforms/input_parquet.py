@@ -27,7 +27,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms import convert
 from transforms.decode import FastRows, Instance, InputFormat
-from transforms.lines import count_read, fault_reason
+from transforms.lines import count_read, count_skipped, fault_reason
 from transforms.records import PARQUET, RawChunk
 
 ROWS_PER_CHUNK = 4096
@@ -119,7 +119,8 @@ class ReadParquetBatches(beam.DoFn):
 
   def process(self, metadata):
     path = metadata.path
-    row, counted = 0, 0  # stored bytes counted as read (transforms/progress.py)
+    size = metadata.size_in_bytes or 0
+    row, counted = 0, 0  # stored bytes recorded on chunks (RawChunk.stored_bytes)
     try:
       with FileSystems.open(path) as f:
         parquet = pq.ParquetFile(f)
@@ -128,16 +129,22 @@ class ReadParquetBatches(beam.DoFn):
             c for c in self._columns if c in names]
         rows = parquet.metadata.num_rows or 1
         for batch in parquet.iter_batches(batch_size=ROWS_PER_CHUNK, columns=columns):
+          chunk = RawChunk([(path, 0)], list(range(row, row + batch.num_rows)), batch,
+                           kind=PARQUET)
           # Bytes in proportion to the rows read: enough for an ETA.
-          counted = count_read(counted, metadata.size_in_bytes * (row + batch.num_rows)
-                               // rows)
-          yield RawChunk([(path, 0)], list(range(row, row + batch.num_rows)), batch,
-                         kind=PARQUET)
+          counted = count_read(chunk, counted, size * (row + batch.num_rows) // rows, size)
+          yield chunk
           row += batch.num_rows
     except Exception as e:  # pylint: disable=broad-except
-      yield RawChunk([(path, 0)], [], pa.record_batch([]), kind=PARQUET, file_errors=[
+      chunk = RawChunk([(path, 0)], [], pa.record_batch([]), kind=PARQUET, file_errors=[
           (path, f'reading failed after {row} rows: {fault_reason(e)}')])
-    count_read(counted, metadata.size_in_bytes)  # the file is done with
+      count_skipped(chunk, counted, size)  # the rest of the file could not be read
+      yield chunk
+      return
+    if counted < size:  # a file of no rows: done with
+      chunk = RawChunk([(path, 0)], [], pa.record_batch([]), kind=PARQUET)
+      count_read(chunk, counted, size)
+      yield chunk
 
 
 class ParquetFormat(InputFormat):

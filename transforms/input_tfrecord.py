@@ -33,8 +33,8 @@ import numpy as np
 
 from transforms import convert
 from transforms.decode import FastRows, Instance, InputFormat
-from transforms.lines import (KEPT_PREFIX_BYTES, count_read, fault_reason, open_input,
-                              stored_position)
+from transforms.lines import (KEPT_PREFIX_BYTES, count_read, count_skipped, fault_reason,
+                              open_input, stored_position)
 from transforms.records import RawChunk, TFRECORD
 
 MAX_RECORDS_PER_CHUNK = 4096
@@ -93,9 +93,9 @@ class ReadTFRecords(beam.DoFn):
     self._max_bytes = max_bytes
 
   def process(self, metadata):
-    path = metadata.path
+    path, size = metadata.path, metadata.size_in_bytes or 0
     chunk = RawChunk([(path, 0)], [], [], kind=TFRECORD)
-    index, counted = 0, 0  # stored bytes counted as read (transforms/progress.py)
+    index, counted = 0, 0  # stored bytes recorded on chunks (RawChunk.stored_bytes)
     try:
       with open_input(path) as f:
         for record, error in read_tfrecords(f, self._max_bytes):
@@ -110,14 +110,18 @@ class ReadTFRecords(beam.DoFn):
           chunk.records.append(record)
           index += 1
           if len(chunk) >= MAX_RECORDS_PER_CHUNK:
-            counted = count_read(counted, stored_position(f))
+            counted = count_read(chunk, counted, stored_position(f), size)
             yield chunk
             chunk = RawChunk([(path, 0)], [], [], kind=TFRECORD)
+        counted = count_read(chunk, counted, stored_position(f), size)
     except Exception as e:  # pylint: disable=broad-except
       chunk.file_errors.append((path, f'reading failed after {index} records: '
                                       f'{fault_reason(e)}'))
-    count_read(counted, metadata.size_in_bytes)  # the file is done with
-    if len(chunk) or chunk.file_errors:
+    if chunk.file_errors:  # the rest of the file could not be read
+      count_skipped(chunk, counted, size)
+    else:
+      count_read(chunk, counted, size)
+    if len(chunk) or chunk.file_errors or chunk.stored_bytes:
       yield chunk
 
 

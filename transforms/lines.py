@@ -33,7 +33,6 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.range_trackers import OffsetRangeTracker
 
-from transforms import progress as tally
 from transforms.records import RawChunk
 
 BLOCK_SIZE = 1 << 20
@@ -123,7 +122,8 @@ class _Progress:
   chunk: RawChunk
   instances: int = 0  # lines read into chunks (not blank)
   position: int = 0
-  counted: int = 0  # stored bytes of the range counted as read (transforms/progress.py)
+  counted: int = 0  # stored bytes of the range recorded on chunks (RawChunk.stored_bytes)
+  file: object = None  # the stored file (gzip: the compressed one), once open
 
 
 def stored_position(f, position=None):
@@ -139,18 +139,33 @@ def stored_position(f, position=None):
     return None
 
 
-def count_read(counted: int, position, stop=None) -> int:
-  """Counts the stored bytes read from `counted` up to `position` (at most
-  `stop`) for the progress output (transforms/progress.py); returns the new
-  count."""
+def count_read(chunk: RawChunk, counted: int, position, stop=None) -> int:
+  """Records on `chunk` the stored bytes read from `counted` up to
+  `position` (at most `stop`), which Decode counts for the progress output
+  (transforms/progress.py); returns the new count."""
   if position is None:
     return counted
   if stop is not None:
     position = min(position, stop)
   if position > counted:
-    tally.add(tally.BYTES, position - counted)
+    chunk.stored_bytes += position - counted
     return position
   return counted
+
+
+def count_skipped(chunk: RawChunk, counted: int, end) -> None:
+  """Records on `chunk` (the one with the file fault) the stored bytes from
+  `counted` to `end` as bytes that could not be read."""
+  if end is not None and end > counted:
+    chunk.skipped_bytes += end - counted
+
+
+def file_size(path: str):
+  """The stored size of a file; None where it cannot be told."""
+  try:
+    return FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+  except Exception:  # pylint: disable=broad-except  (progress never fails a read)
+    return None
 
 
 class LineChunkSource(filebasedsource.FileBasedSource):
@@ -175,13 +190,17 @@ class LineChunkSource(filebasedsource.FileBasedSource):
     try:
       yield from self._read(file_name, range_tracker, progress)
     except Exception as e:  # pylint: disable=broad-except
-      stop = range_tracker.stop_position()
-      if stop < OffsetRangeTracker.OFFSET_INFINITY:  # what could not be read is done with too
-        progress.counted = count_read(progress.counted, stop)
       # Anything the file system or decompressor raises ends this range; what
       # was read stays, and one error record accounts for the rest.
-      content = 'uncompressed content' if self._compressed(file_name) else 'file'
+      compressed = self._compressed(file_name)
       chunk = progress.chunk
+      stop = range_tracker.stop_position()
+      bounded = stop < OffsetRangeTracker.OFFSET_INFINITY
+      if progress.file is not None:  # how far reading got; the rest could not be read
+        progress.counted = count_read(chunk, progress.counted, stored_position(
+            progress.file, None if compressed else progress.position), stop if bounded else None)
+      count_skipped(chunk, progress.counted, stop if bounded else file_size(file_name))
+      content = 'uncompressed content' if compressed else 'file'
       chunk.file_errors.append((file_name, (
           f'reading failed after {progress.instances} instances (from byte '
           f'{range_tracker.start_position()} of the {content}, the last one at byte '
@@ -198,6 +217,7 @@ class LineChunkSource(filebasedsource.FileBasedSource):
     start = range_tracker.start_position()
     stop = range_tracker.stop_position()
     with self.open_file(file_name) as f:
+      progress.file = getattr(f, 'fileobj', None) or f  # gzip: the compressed file
       header = None
       if self._header_reader is not None:
         first = next(split_lines(f, 0, self._max_bytes), None)
@@ -224,14 +244,14 @@ class LineChunkSource(filebasedsource.FileBasedSource):
         progress.instances += 1
         chunk_bytes += len(line)
         if len(chunk) >= self._chunk_lines or chunk_bytes >= self._chunk_bytes:
-          progress.counted = count_read(progress.counted, stored_position(f, offset + size),
-                                        stop)
+          progress.counted = count_read(chunk, progress.counted,
+                                        stored_position(f, offset + size), stop)
           yield chunk
           chunk = progress.chunk = self._new_chunk(file_name, header)
           chunk_bytes = 0
-      progress.counted = count_read(progress.counted, stop if stop < (
+      progress.counted = count_read(chunk, progress.counted, stop if stop < (
           OffsetRangeTracker.OFFSET_INFINITY) else stored_position(f))
-    if len(chunk) or chunk.blank_lines:
+    if len(chunk) or chunk.blank_lines or chunk.stored_bytes:
       yield chunk
 
 

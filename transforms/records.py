@@ -51,6 +51,13 @@ class RawChunk:
   file_errors: list = dataclasses.field(default_factory=list)
   # Records too large to read: row -> real size (the record is its start).
   unread_sizes: dict = dataclasses.field(default_factory=dict)
+  # The stored (compressed) input bytes these records account for: read,
+  # and, after a file fault, the rest of the file or range that could not
+  # be read. Decode counts them for the progress output (transforms/
+  # progress.py), so that its percent follows the work done. A chunk may
+  # carry bytes only (the end of a range after its last full chunk).
+  stored_bytes: int = 0
+  skipped_bytes: int = 0
 
   def __len__(self):
     return len(self.positions)
@@ -79,7 +86,8 @@ class RawChunk:
         self.blank_lines + other.blank_lines, self.kind, self.header,
         {**self.read_errors, **{base + r: e for r, e in other.read_errors.items()}},
         self.file_errors + other.file_errors,
-        {**self.unread_sizes, **{base + r: n for r, n in other.unread_sizes.items()}})
+        {**self.unread_sizes, **{base + r: n for r, n in other.unread_sizes.items()}},
+        self.stored_bytes + other.stored_bytes, self.skipped_bytes + other.skipped_bytes)
 
 
 @dataclasses.dataclass
