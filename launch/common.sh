@@ -7,6 +7,11 @@
 # parameters pass through to the job unchanged, and replace a script default
 # of the same option (--worker_machine_type replaces the script's
 # --machine_type). --print_only prints the command instead of running it.
+# The yes/no parameters (--print_only, --skip_preflight) are given as --flag,
+# --flag=VALUE or VAR=VALUE, VALUE one of true/1/yes/on or false/0/no/off/''
+# (any case); anything else is one line and exit 2. Such a flag never takes
+# the next word as its value, and a word that is no option's value is one
+# line and exit 2 (the job takes none).
 #
 # A job submitted to a cluster (its --runner, the user's or the script's, is
 # not a local one: DataflowRunner, FlinkRunner, PortableRunner, ...) gets
@@ -20,8 +25,8 @@ REPO_DIR=$(dirname "$LAUNCH_DIR")
 if [ -z "${PYTHON:-}" ]; then
   if [ -x "$REPO_DIR/.venv/bin/python" ]; then PYTHON=$REPO_DIR/.venv/bin/python; else PYTHON=python3; fi
 fi
-PRINT_ONLY=${PRINT_ONLY:-0}
-SKIP_PREFLIGHT=${SKIP_PREFLIGHT:-0}
+PRINT_ONLY=${PRINT_ONLY:-}
+SKIP_PREFLIGHT=${SKIP_PREFLIGHT:-}
 EXTRA_ARGS=()
 
 flag_of() { echo "--$(echo "$1" | tr '[:upper:]' '[:lower:]')"; }
@@ -32,6 +37,7 @@ usage() {
   echo "  --skip_preflight   submitting to a cluster, do not check a sample of the input"
   echo "                     here first (SKIP_PREFLIGHT=1; the job's --preflight is added"
   echo "                     for any runner that is not local)"
+  echo "  (either: --flag, --flag=VALUE or VAR=VALUE; VALUE true/1/yes/on or false/0/no/off)"
   echo "parameters (flag or environment variable, with defaults):"
   for var in "${PARAMS[@]}"; do
     printf '  %-28s %-22s %s\n' "$(flag_of "$var")" "$var" "${!var:-}"
@@ -44,17 +50,33 @@ ALIASES=(--worker_machine_type=--machine_type --num_workers_max=--max_num_worker
          --worker_harness_container_image=--sdk_container_image
          --service_account=--service_account_email)
 
+# Sets the yes/no parameter VAR to 1 or 0 from VALUE (true/1/yes/on,
+# false/0/no/off or empty, any case); anything else: one line naming WHERE
+# it came from, exit 2.
+set_bool() {
+  local var=$1 value=$2 where=$3
+  case "$(echo "$value" | tr '[:upper:]' '[:lower:]')" in
+    1|true|yes|on) printf -v "$var" 1 ;;
+    0|false|no|off|'') printf -v "$var" 0 ;;
+    *) echo "$SCRIPT: $where: '$value' is neither true/1/yes/on nor false/0/no/off" >&2
+       exit 2 ;;
+  esac
+}
+
 # Accepts --name=value and --name value alike, for parameters and for the
-# options passed through.
+# options passed through; yes/no parameters as --flag or --flag=VALUE.
 parse_args() {
-  local arg name var
+  local arg name var previous=""
+  set_bool PRINT_ONLY "$PRINT_ONLY" "environment variable PRINT_ONLY"
+  set_bool SKIP_PREFLIGHT "$SKIP_PREFLIGHT" "environment variable SKIP_PREFLIGHT"
   while [ $# -gt 0 ]; do
     arg=$1
     shift
     case "$arg" in
       --print_only) PRINT_ONLY=1 ;;
+      --print_only=*) set_bool PRINT_ONLY "${arg#*=}" --print_only ;;
       --skip_preflight) SKIP_PREFLIGHT=1 ;;
-      --skip_preflight=*) SKIP_PREFLIGHT=${arg#*=} ;;
+      --skip_preflight=*) set_bool SKIP_PREFLIGHT "${arg#*=}" --skip_preflight ;;
       -h|--help) usage; exit 0 ;;
       --*)
         name=${arg%%=*}
@@ -77,8 +99,19 @@ parse_args() {
             shift
           fi
         fi ;;
-      *) EXTRA_ARGS+=("$arg") ;;
+      *)
+        # No option's value (the job takes no other argument): say so here
+        # rather than pass it on.
+        case "$previous" in
+          --print_only|--skip_preflight)
+            echo "$SCRIPT: unexpected argument '$arg': $previous takes no separate value" \
+                 "(give $previous=$arg)" >&2 ;;
+          *) echo "$SCRIPT: unexpected argument '$arg' (options are --name=VALUE or" \
+                  "--name VALUE)" >&2 ;;
+        esac
+        exit 2 ;;
     esac
+    previous=$arg
   done
 }
 
@@ -153,7 +186,7 @@ run_job() {
     job+=(--preflight)
   fi
   local cmd=("$PYTHON" -m pipeline "${job[@]+"${job[@]}"}")
-  if [ "$PRINT_ONLY" = 1 ]; then
+  if is_true "$PRINT_ONLY"; then
     printf '%q ' "${cmd[@]}"
     echo
   else

@@ -47,6 +47,8 @@ import dataclasses
 import difflib
 import json
 import logging
+import math
+import re
 import statistics
 import sys
 import time
@@ -66,14 +68,28 @@ MAX_FILES_OPENED = 100
 # Decompressed bytes read from one file at most (a huge line or record is
 # cut there: the file is then taken as going on).
 SAMPLE_BYTES_PER_FILE = 16 << 20
-# A request file is parsed whole; larger ones are left out of the sample.
+# A request file is parsed whole up to this many bytes (decompressed); a
+# larger one is sampled from its start (a body of "instances": the elements
+# within its first JSON_SAMPLE_MAX_BYTES), and a gzip one is decompressed on
+# (not kept) to learn its size, for JSON_SCAN_SECONDS at most.
 JSON_SAMPLE_MAX_BYTES = 16 << 20
+JSON_SCAN_SECONDS = 5.0
+# A line longer than --max_instance_bytes that the sample's byte budget cuts:
+# its end is looked for (not kept), as the run measures it, this far at most.
+LINE_SCAN_BYTES = 4 << 30
+LINE_SCAN_SECONDS = 5.0
+# When the files of the sample hold no instance and others were not read,
+# more are read, largest first, within these bounds.
+SEARCH_FILES = 200
+SEARCH_SECONDS = 10.0
+SEARCH_BYTES = 256 << 20
 # Parquet files whose row count is read from their metadata (the others:
 # estimated from bytes per row).
 PARQUET_METADATA_FILES = 30
 # gzip: compressed bytes read to measure a file's compression ratio, and how
 # many unsampled files are measured (the others take the mean).
 GZIP_RATIO_BYTES = 1 << 20
+GZIP_RATIO_MAX_OUT = 256 << 20  # decompressed bytes of them, counted a MiB at a time
 GZIP_RATIO_FILES = 5
 MESSAGE_LIMIT = 300  # characters of an example message in the text report
 MESSAGES_LISTED = 10  # most common messages per error category (--json)
@@ -159,6 +175,10 @@ class FileSample:
   # the whole file (request files); None where not measured.
   span: Optional[tuple] = None
   columns: tuple = ()  # Parquet: every column of the file
+  decompressed: Optional[int] = None  # gzip: its decompressed size, where read
+  # A request file larger than JSON_SAMPLE_MAX_BYTES: 'start' (sampled from
+  # its start), 'not sampled' (a body whose instances its start cannot tell).
+  partial: Optional[str] = None
 
 
 def _drop_last(chunk) -> None:
@@ -202,10 +222,10 @@ def _sample_lines(metadata, kind: str, quota: int, max_bytes: int) -> FileSample
   finally:
     records.close()
   sample = FileSample(path, kind, metadata.size_in_bytes, [])
-  if chunk is None:  # no line at all
-    sample.count = 0
-    return sample
   reader = source.reader
+  if chunk is None:  # no line at all, or none within the budget (a huge CSV header)
+    sample.count = 0 if reader is None or not reader.hit else None
+    return sample
   if len(chunk) > quota:  # the file goes on
     sample.span = (quota, chunk.positions[0], chunk.positions[quota])
     _drop_last(chunk)
@@ -217,10 +237,17 @@ def _sample_lines(metadata, kind: str, quota: int, max_bytes: int) -> FileSample
     end = reader.position
     if len(chunk) and reader.last != b'\n':  # the last line was cut
       row = len(chunk) - 1
-      if row in chunk.unread_sizes:  # too large anyway: its error, with what is known
-        chunk.read_errors[row] = (
-            f'the instance is at least {chunk.unread_sizes[row]} bytes (preflight read no '
-            f'further), more than --max_instance_bytes ({max_bytes}); it was not read')
+      if row in chunk.unread_sizes:  # too large anyway: its size as the run measures it
+        size = _line_size(path, reader, chunk.unread_sizes[row])
+        if size is None:  # beyond the scan's bounds: what is known, said to be preflight's
+          chunk.read_errors[row] = (
+              f'the instance is at least {chunk.unread_sizes[row]} bytes (preflight read no '
+              f'further), more than --max_instance_bytes ({max_bytes}); it was not read')
+        else:
+          chunk.unread_sizes[row] = size
+          chunk.read_errors[row] = (
+              f'the instance is {size} bytes, more than --max_instance_bytes '
+              f'({max_bytes}); it was not read')
       else:
         end = chunk.positions[row]
         _drop_last(chunk)
@@ -229,6 +256,39 @@ def _sample_lines(metadata, kind: str, quota: int, max_bytes: int) -> FileSample
   sample.instances = len(chunk)
   sample.chunks = [chunk] if len(chunk) or chunk.file_errors or chunk.blank_lines else []
   return sample
+
+
+def _line_size(path: str, reader, known: int) -> Optional[int]:
+  """The size of a line the byte budget cut (`known` bytes of it read, up
+  to `reader.position`), counted as the run's reader counts it
+  (transforms/lines.py: without its line feed and one carriage return
+  before it): its end looked for without keeping its bytes. None beyond
+  LINE_SCAN_BYTES or LINE_SCAN_SECONDS, or where the file cannot be read on."""
+  from transforms.lines import BLOCK_SIZE, open_input
+  deadline = time.monotonic() + LINE_SCAN_SECONDS
+  size = known + (reader.last == b'\r')  # the carriage return it left out, if last
+  last = reader.last
+  try:
+    with open_input(path) as f:
+      f.seek(reader.position)
+      scanned = 0
+      while True:
+        if scanned >= LINE_SCAN_BYTES or time.monotonic() > deadline:
+          return None
+        block = f.read(min(BLOCK_SIZE, LINE_SCAN_BYTES - scanned))
+        if not block:  # the last line, without a line feed
+          break
+        end = block.find(b'\n')
+        if end >= 0:
+          size += end
+          last = block[end - 1:end] if end else last
+          break
+        size += len(block)
+        scanned += len(block)
+        last = block[-1:]
+  except Exception:  # pylint: disable=broad-except  (the run says what it finds)
+    return None
+  return size - (last == b'\r')
 
 
 def _sample_tfrecord(metadata, quota: int, max_bytes: int) -> FileSample:
@@ -300,18 +360,289 @@ def _head(chunks: list, quota: int) -> list:
 
 
 def _sample_json(metadata, quota: int, signature, max_instance_bytes: int) -> FileSample:
-  """A JSON request file: the job's ReadJsonRequests step (the file is
-  parsed whole, so its instance count is exact)."""
-  from transforms.input_json import REQUEST_FILE_INSTANCES, ReadJsonRequests
+  """A JSON request file: the job's ReadJsonRequests step where the run
+  parses it whole and it holds at most JSON_SAMPLE_MAX_BYTES (decompressed;
+  its instance count is then exact); a larger one is sampled from its start
+  (`_sample_request_start`). A gzip file is read through a bounded
+  decompressing reader, never whole past the cap."""
+  from transforms.input_json import REQUEST_FILE_INSTANCES
+  from transforms.lines import fault_reason, open_input
+  from transforms.records import JSON, RawChunk
+  path, size = metadata.path, metadata.size_in_bytes
+  job_limit = REQUEST_FILE_INSTANCES * max_instance_bytes
+  if size > job_limit or (not _gzip(path) and size <= JSON_SAMPLE_MAX_BYTES):
+    return _sample_json_whole(metadata, quota, signature, job_limit, None)
+  # Larger than the cap as stored, or gzip: the first bytes decompressed.
+  read_limit = min(JSON_SAMPLE_MAX_BYTES, job_limit)
+  content = b''
+  try:
+    with open_input(path) as f:
+      content = f.read(read_limit + 1)
+      if len(content) <= read_limit:
+        decompressed = len(content)
+      elif not _gzip(path):
+        decompressed = size
+      else:  # how much there is, without keeping it (the run reads up to its limit)
+        decompressed = _read_on(f, len(content), job_limit)
+  except Exception as e:  # pylint: disable=broad-except
+    if len(content) <= read_limit:  # the run's read fails as early: its own record
+      return _sample_json_whole(metadata, quota, signature, job_limit, None)
+    return FileSample(path, JSON, size, [RawChunk([(path, 0)], [], [], kind=JSON, file_errors=[
+        (path, f'reading failed: {fault_reason(e)}')])], count=0)
+  if len(content) <= read_limit or (decompressed is not None and decompressed > job_limit):
+    # Whole within the cap, or larger than the run reads (its error record,
+    # read no further than its limit, here at most the cap).
+    if decompressed is not None and decompressed > job_limit > read_limit:
+      return _too_large_request(metadata, content, job_limit)
+    return _sample_json_whole(metadata, quota, signature, job_limit, decompressed)
+  sample = _sample_request_start(metadata, content[:read_limit], quota, signature)
+  sample.decompressed = decompressed
+  return sample
+
+
+def _read_on(f, done: int, limit: int) -> Optional[int]:
+  """Reads on (not keeping it) to tell the decompressed size of a file, up
+  to `limit` + 1 bytes: the size, or None after JSON_SCAN_SECONDS."""
+  from transforms.lines import BLOCK_SIZE
+  deadline = time.monotonic() + JSON_SCAN_SECONDS
+  while done <= limit:
+    if time.monotonic() > deadline:
+      return None
+    block = f.read(min(BLOCK_SIZE, limit + 1 - done))
+    if not block:
+      break
+    done += len(block)
+  return done
+
+
+def _sample_json_whole(metadata, quota, signature, job_limit, decompressed) -> FileSample:
+  from transforms.input_json import ReadJsonRequests
   from transforms.records import JSON
-  reader = ReadJsonRequests(signature, REQUEST_FILE_INSTANCES * max_instance_bytes)
-  chunks = list(reader.process(metadata))
+  chunks = list(ReadJsonRequests(signature, job_limit).process(metadata))
   count = sum(len(c) for c in chunks)
   sample = FileSample(metadata.path, JSON, metadata.size_in_bytes, _head(chunks, quota),
-                      count=count)
+                      count=count, decompressed=decompressed)
   sample.instances = sum(len(c) for c in sample.chunks)
   if not any(c.file_errors for c in chunks):
     sample.span = (count, 0, None)  # bytes: the file's, decompressed (filled in later)
+  return sample
+
+
+def _too_large_request(metadata, content: bytes, job_limit: int) -> FileSample:
+  """The run's record for a request file larger once decompressed than it
+  reads (transforms/input_json.py), without reading as far."""
+  from transforms.input_json import REQUEST_FILE_INSTANCES
+  from transforms.records import JSON, RawChunk
+  path = metadata.path
+  chunk = RawChunk([(path, 0)], [None], [content[:8192]], kind=JSON, read_errors={0: (
+      f'the request file holds more than {job_limit} bytes ({REQUEST_FILE_INSTANCES} x '
+      '--max_instance_bytes); it was not read')}, unread_sizes={0: job_limit + 1})
+  return FileSample(path, JSON, metadata.size_in_bytes, [chunk], instances=1, count=1)
+
+
+_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|"|[\[\]{}]')
+_JSON_SCALAR_END = re.compile(r'[,\]}\s]')
+_JSON_SPACE = re.compile(r'[ \t\n\r]*')
+
+
+def _value_end(text: str, start: int) -> Optional[int]:
+  """Where the JSON value starting at `start` ends, by its brackets and
+  strings alone (after its last character); None where `text` ends first."""
+  first = text[start:start + 1]
+  if first in ('[', '{', '"'):
+    depth = 0
+    for token in _JSON_TOKEN.finditer(text, start):
+      mark = token.group()
+      if mark == '"':  # a string that does not end
+        return None
+      if mark in '[{':
+        depth += 1
+      elif mark in ']}':
+        depth -= 1
+      if depth <= 0:
+        return token.end()
+    return None
+  end = _JSON_SCALAR_END.search(text, start)
+  return end.start() if end else None
+
+
+def _first_error(data: bytes) -> Optional[str]:
+  """The message the job's JSON definition gives for `data`, or None."""
+  from transforms.json_values import parse_json
+  try:
+    parse_json(data)
+  except ValueError as e:
+    return str(e)
+  return None
+
+
+class _Cut(Exception):
+  """The text ends within what is being parsed."""
+
+
+class _Invalid(Exception):
+  """What is there up to `position` is not valid JSON (whatever follows)."""
+  def __init__(self, position):
+    super().__init__(position)
+    self.position = position
+
+
+def _json_value(text: str, at: int) -> tuple:
+  """(value, the end) of the JSON value at `at` (by the job's definition);
+  _Cut where the text ends first, _Invalid where it cannot be parsed."""
+  from transforms.json_values import _DECODER
+  end = _value_end(text, at)
+  if end is None:
+    raise _Cut()
+  try:
+    return _DECODER.raw_decode(text, at)
+  except (ValueError, RecursionError):
+    raise _Invalid(end + 1) from None
+
+
+def _json_fields(text: str, at: int, pairs: list, stop_at_instances: bool,
+                 first: bool = True) -> int:
+  """Parses the fields of an object from `at` into `pairs` ((name, value)):
+  up to a field "instances" whose value is a list (returns where its first
+  element starts) where `stop_at_instances`, else to the object's end or
+  the text's (returns -1). _Cut where a field before "instances" cannot be
+  told whole, _Invalid where it is not valid; a field after it that the
+  text cuts is there with the value None. `first`: no field before `at`."""
+  while True:
+    at = _JSON_SPACE.match(text, at).end()
+    if at >= len(text):
+      if stop_at_instances:
+        raise _Cut()
+      return -1
+    if text[at] == '}':
+      if stop_at_instances:
+        raise _Cut()  # no "instances": one instance, larger than the sample reads
+      return -1
+    if not first:
+      if text[at] != ',':
+        raise _Invalid(at + 1)
+      at = _JSON_SPACE.match(text, at + 1).end()
+    first, name = False, None
+    try:
+      name, at = _json_value(text, at)
+      at = _JSON_SPACE.match(text, at).end()
+      if at >= len(text):
+        raise _Cut()
+      if text[at] != ':' or not isinstance(name, str):
+        raise _Invalid(at + 1)
+      at = _JSON_SPACE.match(text, at + 1).end()
+      if stop_at_instances:
+        if name == 'instances' and text[at:at + 1] == '[':
+          return at + 1
+        if name in ('inputs', 'examples', 'context'):
+          raise _Cut()  # a body of another form: its instances are told from the whole
+      value, at = _json_value(text, at)
+    except _Cut:
+      if stop_at_instances:
+        raise
+      if isinstance(name, str):  # its value cut: there, of a value not known
+        pairs.append((name, None))
+      return -1
+    pairs.append((name, value))
+
+
+def _request_start(data: bytes, quota: int):
+  """The start of a request body cut at len(data) (a byte order mark
+  removed): (its fields, with up to `quota` elements of "instances" as
+  that field's value, the byte offsets where the first element starts and
+  the last ends) where the body is an object whose "instances" list starts
+  within `data`; (None, the run's message for the whole file) where what
+  is there is already not valid; None where the body is of another form
+  (its instances cannot be told from its start)."""
+  try:
+    text = data.decode('utf-8')
+  except UnicodeDecodeError as e:
+    if e.reason != 'unexpected end of data':
+      return None, _first_error(data)
+    data = data[:e.start]  # a character cut at the end
+    text = data.decode('utf-8')
+  ascii_only = text.isascii()
+
+  def byte_at(position):
+    return position if ascii_only else len(text[:position].encode('utf-8'))
+
+  at = _JSON_SPACE.match(text).end()
+  if text[at:at + 1] != '{':
+    return None  # one instance (a value or a list), larger than the sample reads
+  before, instances, after, first, last = [], [], [], None, None
+  try:
+    at = last = _json_fields(text, at + 1, before, stop_at_instances=True)
+    closed = False
+    while len(instances) < quota:
+      at = _JSON_SPACE.match(text, at).end()
+      if at >= len(text):
+        break
+      if not instances and text[at] == ']':
+        closed, last = True, at + 1
+        break
+      try:
+        value, end = _json_value(text, at)
+      except _Cut:  # not an instance of the sample
+        break
+      gap = _JSON_SPACE.match(text, end).end()
+      if gap >= len(text) and text[at] not in '[{"':
+        break  # a number or literal at the cut: it may go on
+      instances.append(value)
+      first, last = (at if first is None else first), end
+      if gap < len(text) and text[gap] == ']':
+        closed, last = True, gap + 1
+        break
+      if gap < len(text) and text[gap] != ',':
+        raise _Invalid(gap + 1)
+      at = gap + 1
+    if closed:  # the fields after "instances" (one given twice, say)
+      _json_fields(text, last, after, stop_at_instances=False, first=False)
+  except _Cut:
+    return None
+  except _Invalid as e:  # the job's parser stops there, on the whole file as here
+    return None, _first_error(data[:byte_at(min(e.position, len(text)))]) or 'invalid JSON'
+  # The job's definition on what was parsed, closed (nesting too deep, a
+  # string with an unpaired surrogate): the run's message for the file.
+  message = _first_error(data[:byte_at(last)] + (b'}' if closed else b']}'))
+  if message is not None:
+    return None, message
+  pairs = before + [('instances', instances)] + after
+  return pairs, (byte_at(first), byte_at(last)) if instances else None
+
+
+def _sample_request_start(metadata, data: bytes, quota: int, signature) -> FileSample:
+  """A request file larger than JSON_SAMPLE_MAX_BYTES (decompressed): the
+  elements of its "instances" within its first JSON_SAMPLE_MAX_BYTES, each
+  parsed by the job's JSON definition, the body's fields before them
+  checked by the job's rules (transforms/input_json.py `split_request`).
+  The run parses the file whole, so what follows is not checked here."""
+  from transforms.input_json import split_request
+  from transforms.json_values import _object
+  from transforms.records import JSON, RawChunk
+  path = metadata.path
+  sample = FileSample(path, JSON, metadata.size_in_bytes, [], partial='start')
+  bom = 3 if data.startswith(b'\xef\xbb\xbf') else 0
+  start = _request_start(data[bom:], quota)
+  if start is None:
+    sample.partial = 'not sampled'
+    return sample
+  if start[0] is None:  # not valid by then: the run's record for the file
+    sample.chunks = [RawChunk([(path, 0)], [None], [data[bom:]], kind=JSON,
+                              read_errors={0: start[1]})]
+    sample.instances, sample.count = 1, 1
+    return sample
+  pairs, span = start
+  try:
+    instances = split_request(_object(pairs), signature)
+  except ValueError as e:  # the fields before "instances" (signature_name, ...)
+    sample.chunks = [RawChunk([(path, 0)], [None], [data[bom:]], kind=JSON,
+                              read_errors={0: str(e)})]
+    sample.instances, sample.count = 1, 1
+    return sample
+  if instances:
+    sample.chunks = [RawChunk([(path, 0)], list(range(len(instances))), instances, kind=JSON)]
+    sample.instances = len(instances)
+    sample.span = (len(instances), bom + span[0], bom + span[1])
   return sample
 
 
@@ -392,30 +723,45 @@ def spread_order(files: list) -> tuple:
 class Sample:
   files: list  # (path, kind, metadata) of every input file, sorted by path
   samples: list  # FileSample of each file read
-  skipped_json: list  # request files too large to sample
+  searched: int = 0  # files read beyond the spread-out sample, looking for an instance
+
+  @property
+  def skipped_json(self) -> list:
+    """Request files too large to sample, whose body's start tells no instance."""
+    return [s.path for s in self.samples if s.partial == 'not sampled']
+
+  @property
+  def request_starts(self) -> list:
+    """Request files too large to read whole here, sampled from their start."""
+    return [s.path for s in self.samples if s.partial == 'start']
+
+  @property
+  def complete(self) -> bool:
+    """Whether every input file was read to its end (or as far as the run
+    reads it): then the sample holds every instance of the input."""
+    counted = {s.path for s in self.samples if s.count is not None}
+    return all(path in counted for path, _, _ in self.files)
 
 
 def take_sample(config) -> Sample:
-  from transforms.records import JSON
-  from transforms.input_json import REQUEST_FILE_INSTANCES
   wanted = config.options.preflight_instances
   files = sorted(((m.path, kind, m) for kind, metadata_list in config.files_by_format.items()
                   for m in metadata_list), key=lambda f: f[0])
   order, spread = spread_order(files) if files else ([], 0)
-  samples, skipped, collected = [], [], 0
-  job_json_limit = REQUEST_FILE_INSTANCES * config.options.max_instance_bytes
+  samples, collected = [], 0
   for position in order:
     if collected >= wanted or len(samples) >= MAX_FILES_OPENED:
       break
     path, kind, metadata = files[position]
-    if kind == JSON and JSON_SAMPLE_MAX_BYTES < metadata.size_in_bytes <= job_json_limit:
-      skipped.append(path)
-      continue
     slots = max(1, spread - len(samples))
     quota = -(-(wanted - collected) // slots)
     sample = _sample_file(kind, metadata, quota, config)
     samples.append(sample)
     collected += sample.instances
+  searched = 0
+  if not collected:  # nothing to check yet: look on, largest files first
+    searched = _search(config, files, samples, wanted)
+    collected = sum(s.instances for s in samples)
   # Every file visited, and the sample still short: the files that go on
   # give more (read again from their start, with a larger share).
   by_path = {path: (kind, metadata) for path, kind, metadata in files}
@@ -433,7 +779,28 @@ def take_sample(config) -> Sample:
       grew = grew or samples[i].instances > before.instances
     if not grew:
       break
-  return Sample(files, samples, skipped)
+  return Sample(files, samples, searched)
+
+
+def _search(config, files: list, samples: list, wanted: int) -> int:
+  """The files sampled so far hold no instance (blank or empty files, say
+  the many empty parts a Spark job writes): reads the files not read yet,
+  largest first, until the sample is full, within SEARCH_FILES,
+  SEARCH_SECONDS and SEARCH_BYTES. Returns how many were read."""
+  read = {s.path for s in samples}
+  rest = sorted((f for f in files if f[0] not in read), key=lambda f: (-f[2].size_in_bytes, f[0]))
+  deadline = time.monotonic() + SEARCH_SECONDS
+  spent, searched, collected = 0, 0, 0
+  for path, kind, metadata in rest:
+    if (collected >= wanted or searched >= SEARCH_FILES or spent >= SEARCH_BYTES
+        or time.monotonic() > deadline):
+      break
+    sample = _sample_file(kind, metadata, wanted - collected, config)
+    samples.append(sample)
+    searched += 1
+    spent += min(metadata.size_in_bytes, SAMPLE_BYTES_PER_FILE)
+    collected += sample.instances
+  return searched
 
 
 # -- fields ---------------------------------------------------------------------
@@ -470,17 +837,40 @@ def _field_counts(samples, formats) -> tuple:
   return objects, bare, unreadable, seen, empty
 
 
+def _folded(name: str) -> str:
+  """A field name compared without case, `_` and `-` (`CustomerID`,
+  `customer_id` and `customer-id` are one)."""
+  return name.lower().replace('_', '').replace('-', '')
+
+
+# difflib's ratio over folded names at least this (`lable`/`label`: 0.8,
+# `idd`/`id`: 0.8, `ts`/`id`: 0); one name within the other, folded, only
+# where it makes at least this much of the longer (`income`/`income_usd`,
+# not `id`/`customer_id` nor `ts`/`visits_per_week`).
+CLOSE_RATIO = 0.75
+CLOSE_CONTAINED = 0.6
+
+
 def _close(name: str, seen) -> Optional[str]:
-  lowered = {s.lower(): s for s in seen}
-  if name.lower() in lowered and lowered[name.lower()] != name:
-    return lowered[name.lower()]
-  matches = difflib.get_close_matches(name, list(seen), n=1, cutoff=0.75)
-  if matches:
-    return matches[0]
-  # `id` for `customer_id`, `customer_id` for `id`.
-  within = sorted((s for s in seen if len(s) >= 2 and len(name) >= 2 and (
-      s.lower() in name.lower() or name.lower() in s.lower())), key=lambda s: -len(s))
-  return within[0] if within else None
+  """The field among `seen` that `name` most likely means, or None."""
+  seen = sorted(seen)
+  folded = _folded(name)
+  same = [s for s in seen if s != name and _folded(s) == folded]
+  if same:  # one that differs only by case, `_` or `-`; the same case first
+    return min(same, key=lambda s: (s.lower() != name.lower(), s))
+  if not folded:
+    return None
+  scored = []
+  for candidate in seen:
+    other = _folded(candidate)
+    if not other or candidate == name:
+      continue
+    ratio = difflib.SequenceMatcher(None, folded, other).ratio()
+    short, long_ = sorted((folded, other), key=len)
+    if ratio >= CLOSE_RATIO or (len(short) >= 3 and short in long_
+                                and len(short) >= CLOSE_CONTAINED * len(long_)):
+      scored.append((-ratio, candidate))
+  return min(scored)[1] if scored else None
 
 
 def describe_fields(config, objects, bare, unreadable, seen, empty) -> dict:
@@ -714,7 +1104,13 @@ def gzip_ratio(path: str) -> Optional[float]:
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
       data = f.read(GZIP_RATIO_BYTES)
     inflater = zlib.decompressobj(wbits=31)
-    out = len(inflater.decompress(data, 256 << 20))
+    out, tail = 0, data
+    while out < GZIP_RATIO_MAX_OUT:  # a MiB at a time: never all of it held
+      piece = inflater.decompress(tail, 1 << 20)
+      out += len(piece)
+      tail = inflater.unconsumed_tail
+      if inflater.eof or (not tail and len(piece) < 1 << 20):
+        break
     used = len(data) - len(inflater.unconsumed_tail) - len(inflater.unused_data)
   except Exception:  # pylint: disable=broad-except
     return None
@@ -738,7 +1134,7 @@ def estimate(sample: Sample) -> dict:
   sampled = {s.path: s for s in sample.samples}
   ratios = {}
   for s in sample.samples:
-    if _gzip(s.path) and (s.count is None or s.kind == JSON):
+    if _gzip(s.path) and (s.count is None or s.kind == JSON) and s.decompressed is None:
       ratios[s.path] = gzip_ratio(s.path)
   measured = [r for r in ratios.values() if r]
   unsampled_gz = [p for p, _, _ in sample.files if _gzip(p) and p not in sampled]
@@ -751,6 +1147,8 @@ def estimate(sample: Sample) -> dict:
   def decompressed(path, size):
     if not _gzip(path):
       return size
+    if path in sampled and sampled[path].decompressed is not None:
+      return sampled[path].decompressed
     ratio = ratios.get(path) or mean_ratio
     return None if ratio is None else size * ratio
 
@@ -822,7 +1220,7 @@ def build_report(config, loaded, load_seconds, read_seconds, sample, result) -> 
   # Instances that got through: a rate of failures says little of a run's.
   measured = result['scored'] if loaded is not None else 0
   rate = result['timed_instances'] / busy if busy > 0 and result['timed_instances'] else None
-  status, reason = _status(config, result, fields, loaded is not None)
+  status, reason, verdict = _status(config, sample, result, fields, loaded is not None)
   return {
       'model': {'path': config.model.path, 'signature': config.model.signature.name,
                 'loaded': loaded is not None,
@@ -833,7 +1231,9 @@ def build_report(config, loaded, load_seconds, read_seconds, sample, result) -> 
                 'sampled_files': [{'path': s.path, 'format': s.kind, 'instances': s.instances,
                                    'count': s.count} for s in sample.samples],
                 'not_regular': [p for p, _, _ in config.unreadable_files],
-                'not_sampled_large_request_files': sample.skipped_json},
+                'searched': sample.searched,
+                'not_sampled_large_request_files': sample.skipped_json,
+                'request_files_sampled_from_their_start': sample.request_starts},
       'formats': counted['formats'],
       'sample': {'asked': opts.preflight_instances, 'instances': result['instances'],
                  'decoded': result['decoded'], 'scored': result['scored'],
@@ -850,20 +1250,33 @@ def build_report(config, loaded, load_seconds, read_seconds, sample, result) -> 
                    'gzip_ratio_used': counted['gzip_ratio_used'],
                    'local_seconds': (round(counted['instances'] / rate, 1)
                                      if rate and measured else None)},
-      'exit_status': status, 'exit_reason': reason,
+      'verdict': verdict, 'exit_status': status, 'exit_reason': reason,
   }
 
 
-def _status(config, result, fields, scored: bool) -> tuple:
+def _status(config, sample: Sample, result, fields, scored: bool) -> tuple:
+  """(exit status, reason, verdict: 'ok', 'failed' or 'unchecked' (nothing
+  to check: no instance in what was read, the rest not read; exit 0, as the
+  run may well find instances there))."""
   opts = config.options
   usable = result['scored'] if scored else result['decoded']
   if usable:
     return EXIT_OK, (f'{usable} of {result["instances"]} sampled instances '
-                     f'{"scored" if scored else "decoded"}')
+                     f'{"scored" if scored else "decoded"}'), 'ok'
   if not result['instances']:
     files = sum(1 for e in result['errors'] if e['error']['category'] == 'file')
     why = f'; {files} file(s) could not be read' if files else ''
-    return EXIT_TOO_MANY_ERRORS, f'preflight: the sampled files hold no instance{why}'
+    total = len(sample.files)
+    if sample.complete:
+      every = 'the input file' if total == 1 else f'all {total} input files'
+      return (EXIT_TOO_MANY_ERRORS, f'preflight: the input holds no instance ({every} read to '
+              f'the end){why}', 'failed')
+    read = len(sample.samples)
+    ends = sum(1 for s in sample.samples if s.count is not None)
+    part = f', {read - ends} of them only in part' if read > ends else ''
+    return EXIT_OK, (f'preflight: nothing to check: no instance in what was read ({read} of '
+                     f'{_count(total, "file")}{part}){why}; the run reads every file whole and '
+                     'may find instances in what was not read'), 'unchecked'
   reason = (f'preflight: no sampled instance could be '
             f'{"scored" if scored else "decoded"}: all {result["instances"]} failed')
   counts = collections.Counter(e['error']['category'] for e in result['errors']
@@ -880,7 +1293,7 @@ def _status(config, result, fields, scored: bool) -> tuple:
   elif messages:
     message, n = messages.most_common(1)[0]
     reason += f'; most often: {message[:200]}'
-  return EXIT_TOO_MANY_ERRORS, reason
+  return EXIT_TOO_MANY_ERRORS, reason, 'failed'
 
 
 def _duration_text(seconds) -> str:
@@ -924,9 +1337,17 @@ def text(report) -> str:
                  f'{_count(entry["sampled_files"], "file")}')
   for path in files['not_regular']:
     lines.append(f'  not a regular file (a file error): {path}')
+  if files['searched']:
+    lines.append(f'  {_count(files["searched"], "more file")} read, largest first, as the '
+                 'files of the spread-out sample held no instance')
+  if files['request_files_sampled_from_their_start']:
+    lines.append(f'  {_count(len(files["request_files_sampled_from_their_start"]), "request file")}'
+                 f' larger than {size_text(JSON_SAMPLE_MAX_BYTES)} sampled from '
+                 f'the start of "instances" (the run parses each whole)')
   if files['not_sampled_large_request_files']:
     lines.append(f'  {len(files["not_sampled_large_request_files"])} request files larger than '
-                 f'{size_text(JSON_SAMPLE_MAX_BYTES)} not sampled (the run reads each whole)')
+                 f'{size_text(JSON_SAMPLE_MAX_BYTES)} not sampled: their body is not a list of '
+                 '"instances" to read from its start (the run parses each whole)')
   lines.append('')
   lines.extend(_fields_text(report['fields']))
   lines.append('')
@@ -970,7 +1391,7 @@ def text(report) -> str:
     lines.append(f'  {_duration_text(guess["local_seconds"])} to score them here at that '
                  'rate (a cluster divides it among its workers)')
   lines.append('')
-  lines.append(('OK: ' if report['exit_status'] == EXIT_OK else 'FAILED: ')
+  lines.append({'ok': 'OK: ', 'unchecked': 'WARNING: '}.get(report['verdict'], 'FAILED: ')
                + report['exit_reason'])
   return '\n'.join(lines)
 
@@ -1082,9 +1503,30 @@ def _take_json(argv) -> tuple:
   return as_json, rest
 
 
+def _json_safe(value):
+  """`value` with every float that is not finite (an error record's raw
+  value, NaN) as its JSON Lines text ('NaN', 'Infinity', '-Infinity'): the
+  report is strict JSON."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return 'NaN' if math.isnan(value) else ('Infinity' if value > 0 else '-Infinity')
+  if isinstance(value, dict):
+    return {k: _json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_json_safe(v) for v in value]
+  return value
+
+
+def json_text(report) -> str:
+  return json.dumps(_json_safe(report), indent=2, ensure_ascii=False, allow_nan=False)
+
+
 def _print(report, as_json: bool) -> None:
-  print(json.dumps(report, indent=2, ensure_ascii=False) if as_json else text(report))
+  print(json_text(report) if as_json else text(report))
   sys.stdout.flush()
+
+
+def _warning(message) -> None:
+  print(f'batch-predict: warning: {message}', file=sys.stderr)
 
 
 def _failed(e: Exception) -> int:
@@ -1121,6 +1563,8 @@ def main(argv: list) -> int:
   _print(report, as_json)
   if report['exit_status'] != EXIT_OK:
     _error(report['exit_reason'])
+  elif report['verdict'] == 'unchecked':
+    _warning(report['exit_reason'])
   return report['exit_status']
 
 
@@ -1137,4 +1581,6 @@ def before_run(config) -> int:
   print()
   if report['exit_status'] != EXIT_OK:
     _error(f'{report["exit_reason"]}; the run was not started (nothing was written)')
+  elif report['verdict'] == 'unchecked':
+    _warning(f'{report["exit_reason"]}; the run goes on')
   return report['exit_status']

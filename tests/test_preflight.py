@@ -319,13 +319,22 @@ def test_a_line_cut_by_the_sample_budget(capsys, tmp_path, model_dir, monkeypatc
   args = [f'--model={model_dir / "ragged"}', '--max_instance_bytes=1500']
   rc, report, _ = run_preflight(capsys, *args, f'--input={tmp_path / "in" / "a.jsonl"}')
   assert rc == 0 and report['sample']['scored'] == 3 and report['estimate']['exact']
-  # A line beyond --max_instance_bytes cut by the budget: its error says so.
+  # A line beyond --max_instance_bytes cut by the budget: its error is the
+  # run's, its size found by reading on to its end (not keeping it).
   rc, report, _ = run_preflight(capsys, *args, f'--input={tmp_path / "in" / "b.jsonl"}')
   assert rc == 0 and report['sample'] == {**report['sample'], 'instances': 2, 'failed': 1}
   assert report['errors']['parse']['example']['error']['message'] == (
+      f'the instance is {len("[" + "2, " * 3000 + "2]")} bytes, more than '
+      '--max_instance_bytes (1500); it was not read')
+  assert not report['estimate']['exact']
+  # Beyond the bounds of that reading on: what is known, said to be preflight's.
+  monkeypatch.setattr(preflight, 'LINE_SCAN_BYTES', 1000)
+  rc, report, _ = run_preflight(capsys, *args, f'--input={tmp_path / "in" / "b.jsonl"}')
+  assert rc == 0 and report['errors']['parse']['example']['error']['message'] == (
       f'the instance is at least {2048 - len(b"[1]") - 1} bytes (preflight read no further), '
       'more than --max_instance_bytes (1500); it was not read')
-  assert not report['estimate']['exact']
+  monkeypatch.undo()
+  monkeypatch.setattr(preflight, 'SAMPLE_BYTES_PER_FILE', 2048)
   # A TFRecord record cut by the budget is no broken framing.
   import tensorflow as tf
   with tf.io.TFRecordWriter(str(tmp_path / 'in' / 'c.tfrecord')) as writer:
@@ -340,6 +349,43 @@ def test_a_line_cut_by_the_sample_budget(capsys, tmp_path, model_dir, monkeypatc
   rc, report, _ = run_preflight(capsys, *args, f'--input={tmp_path / "in" / "a.jsonl"}')
   assert rc == 0 and report['sample'] == {**report['sample'], 'instances': 1, 'scored': 1}
   assert not report['estimate']['exact'] and report['errors'] == {}
+
+
+def test_a_line_larger_than_the_sample_reads_has_the_runs_error(capsys, tmp_path, model_dir,
+                                                                monkeypatch):
+  """Lines larger than what preflight reads of a file (its byte budget made
+  small here): the error of each is the run's, size and all: line feed,
+  carriage return before it (also one at the budget's very end), a byte
+  order mark, a last line without a line feed, a gzip file."""
+  monkeypatch.setattr(preflight, 'SAMPLE_BYTES_PER_FILE', 2048)
+  huge = ('[' + '2, ' * 1000 + '2]').encode()
+  files = {
+      'a-lf.jsonl': b'[1]\n' + huge + b'\n[3]\n',
+      'b-crlf.jsonl': b'[1]\r\n' + huge + b'\r\n[3]\r\n',
+      # The carriage return is the last byte the budget reads, its line feed the next.
+      'c-cr-at-cut.jsonl': b'[1]\r\n' + huge[:2047 - 5 - 1] + b']\r\n[3]\r\n',
+      'd-bom.jsonl': b'\xef\xbb\xbf' + huge + b'\n[3]\n',
+      'e-no-lf.jsonl': b'[1]\n' + huge,
+      'f-gzip.jsonl.gz': gzip.compress(b'[1]\n' + huge + b' ' * 5000 + b'\n[3]\n'),
+  }
+  assert files['c-cr-at-cut.jsonl'][2047:2049] == b'\r\n'
+  os.makedirs(tmp_path / 'in')
+  for name, data in files.items():
+    (tmp_path / 'in' / name).write_bytes(data)
+  args = [f'--model={model_dir / "ragged"}', f'--input={tmp_path / "in" / "*"}',
+          '--max_instance_bytes=1500']
+  rc, report, _ = run_preflight(capsys, *args)
+  assert rc == 0
+  messages = {m['message'] for m in report['errors']['parse']['messages']}
+  assert report['errors']['parse']['count'] == len(files)
+  assert not any('at least' in m for m in messages)
+
+  run = tmp_path / 'out'
+  assert cli.main([*args, f'--output={run}', '--max_error_fraction=1']) == 0
+  capsys.readouterr()
+  run_messages = {e['error']['message'] for e in read_jsonl(str(run / 'errors-*'))}
+  assert messages == run_messages
+  assert len(run_messages) == 3  # 3003 bytes (four files), 2042, 8003
 
 
 # -- exit status -------------------------------------------------------------------------
@@ -364,9 +410,235 @@ def test_exit_non_zero_when_no_sampled_instance_can_be_scored(capsys, tmp_path, 
   empty = tmp_path / 'empty.jsonl'
   empty.write_text('\n  \n')
   rc, report, err = run_preflight(capsys, model, f'--input={empty}')
-  assert rc == 3 and report['sample']['instances'] == 0
+  assert rc == 3 and report['sample']['instances'] == 0 and report['verdict'] == 'failed'
   assert error_lines(err) == [
-      'batch-predict: error: preflight: the sampled files hold no instance']
+      'batch-predict: error: preflight: the input holds no instance (the input file read to '
+      'the end)']
+
+
+# -- a sample with nothing to check ------------------------------------------------------
+
+def write_sparse_parts(directory, n=150, full=3, lines=40):
+  """Spark-like output: n part files, each a line feed, but `full` of them
+  with `lines` instances, among the files the spread-out sample reads last
+  (beyond the first MAX_FILES_OPENED)."""
+  order, _ = preflight.spread_order([(f'{i:03d}', 'jsonl', None) for i in range(n)])
+  chosen = order[-full:]
+  assert not set(chosen) & set(order[:preflight.MAX_FILES_OPENED])
+  for i in range(n):
+    write_lines(os.path.join(directory, f'part-{i:03d}.jsonl'),
+                [keras_line(i * 1000 + j) for j in range(lines)] if i in chosen else [''])
+  return full * lines
+
+
+def test_files_without_instances_do_not_hide_those_with_some(capsys, tmp_path, model_dir):
+  """The files of the spread-out sample hold no instance (only a line feed
+  each), others do: preflight reads on, largest files first, and checks
+  them, instead of failing a run that would succeed."""
+  total = write_sparse_parts(str(tmp_path / 'in'))
+  args = [f'--model={model_dir / "keras"}', f'--input={tmp_path / "in" / "*.jsonl"}',
+          '--key_field=id']
+  rc, report, err = run_preflight(capsys, *args)
+  assert rc == 0 and err == ''
+  assert report['verdict'] == 'ok' and report['files']['searched'] == 3  # 40, 40, then 20
+  assert report['sample'] == {**report['sample'], 'instances': 100, 'scored': 100}
+  assert report['files']['sampled'] == preflight.MAX_FILES_OPENED + 3
+  assert report['estimate']['instances'] == pytest.approx(total, abs=2)
+  rc, out, _ = run_preflight(capsys, *args, json_report=False)
+  assert '  3 more files read, largest first, as the files of the spread-out sample held no ' \
+         'instance' in out
+
+
+def test_nothing_to_check_is_a_warning_not_a_failure(capsys, tmp_path, model_dir, monkeypatch):
+  """When nothing could be sampled but files were not read (or read only in
+  part), preflight says so and exits 0: the run may well find instances
+  there. --preflight on a run lets it go on."""
+  monkeypatch.setattr(preflight, 'SEARCH_FILES', 0)  # no reading on
+  total = write_sparse_parts(str(tmp_path / 'in'))
+  args = [f'--model={model_dir / "keras"}', f'--input={tmp_path / "in" / "*.jsonl"}',
+          '--key_field=id']
+  rc, out, err = run_preflight(capsys, *args, json_report=False)
+  reason = ('preflight: nothing to check: no instance in what was read (100 of 150 files); the '
+            'run reads every file whole and may find instances in what was not read')
+  assert rc == 0 and out.rstrip().endswith('WARNING: ' + reason)
+  assert err.splitlines() == ['batch-predict: warning: ' + reason]
+  assert 'hold no instance' not in out + err
+  rc, report, _ = run_preflight(capsys, *args)
+  assert rc == 0 and report['verdict'] == 'unchecked' and report['exit_status'] == 0
+
+  rc = cli.main([*args, f'--output={tmp_path / "out"}', '--preflight'])
+  out, err = capsys.readouterr()
+  assert rc == 0, err
+  assert err.splitlines()[0] == f'batch-predict: warning: {reason}; the run goes on'
+  with open(tmp_path / 'out' / 'summary.json') as f:
+    assert json.load(f)['predictions'] == total
+
+
+def test_a_csv_header_larger_than_the_sample_reads(capsys, tmp_path, model_dir, monkeypatch):
+  """A file read only in part is not counted exactly, nor said to hold no
+  instance."""
+  monkeypatch.setattr(preflight, 'SAMPLE_BYTES_PER_FILE', 2048)
+  extra = [f'extra_{i:04d}' for i in range(300)]
+  data = write_lines(str(tmp_path / 'wide.csv'), [','.join(['id', 'features', 'bucket'] + extra)]
+                     + [f'a-{i},"[0.5, 1.5, 2.5]",{i % 10},' + ','.join('0' * len(extra))
+                        for i in range(20)])
+  rc, report, err = run_preflight(capsys, f'--model={model_dir / "keras"}', f'--input={data}')
+  assert rc == 0 and report['verdict'] == 'unchecked'
+  assert report['files']['sampled_files'] == [
+      {'path': data, 'format': 'csv', 'instances': 0, 'count': None}]
+  assert not report['estimate']['exact'] and report['estimate']['files_unknown'] == 1
+  assert error_lines(err) == [] and 'only in part' in err
+
+
+# -- request files larger than the sample reads ---------------------------------------------
+
+def request_body(ids, **fields):
+  return json.dumps({**fields, 'instances': [json.loads(keras_line(i)) for i in ids]})
+
+
+def test_a_large_request_file_is_sampled_from_its_start(capsys, tmp_path, model_dir,
+                                                        monkeypatch):
+  """A request file larger than JSON_SAMPLE_MAX_BYTES (made small here),
+  stored or once decompressed, is sampled from the start of its
+  "instances", never read whole: its gzip form through a bounded
+  decompressing reader."""
+  monkeypatch.setattr(preflight, 'JSON_SAMPLE_MAX_BYTES', 64 << 10)
+  body = request_body(range(4000)).encode()
+  assert len(body) > 64 * 4096  # the run's limit with --max_instance_bytes=4096 (below)
+  os.makedirs(tmp_path / 'in')
+  (tmp_path / 'in' / 'big.json').write_bytes(body)
+  (tmp_path / 'in' / 'small-gzip.json.gz').write_bytes(gzip.compress(body))
+  assert os.path.getsize(tmp_path / 'in' / 'small-gzip.json.gz') < 64 << 10
+  model = f'--model={model_dir / "keras"}'
+  for name in ('big.json', 'small-gzip.json.gz'):
+    path = str(tmp_path / 'in' / name)
+    rc, report, err = run_preflight(capsys, model, f'--input={path}', '--key_field=id')
+    assert rc == 0, err
+    assert report['sample'] == {**report['sample'], 'instances': 100, 'scored': 100}
+    assert report['files']['request_files_sampled_from_their_start'] == [path]
+    assert report['files']['sampled_files'] == [
+        {'path': path, 'format': 'json', 'instances': 100, 'count': None}]
+    assert not report['estimate']['exact']
+    assert report['estimate']['instances'] == pytest.approx(4000, rel=0.02)
+  rc, out, _ = run_preflight(capsys, model, f'--input={tmp_path / "in" / "*"}', json_report=False)
+  assert rc == 0
+  assert ('  2 request files larger than 64.0 KiB sampled from the start of "instances" (the '
+          'run parses each whole)') in out
+
+  # Larger once decompressed than the run reads (64 x --max_instance_bytes):
+  # the run's record, read no further than the run reads.
+  gz = str(tmp_path / 'in' / 'small-gzip.json.gz')
+  args = [model, f'--input={gz}', '--max_instance_bytes=4096']
+  rc, report, _ = run_preflight(capsys, *args)
+  assert rc == 3 and report['sample']['instances'] == 1
+  message = report['errors']['parse']['example']['error']['message']
+  assert message == ('the request file holds more than 262144 bytes (64 x --max_instance_bytes); '
+                     'it was not read')
+  assert cli.main([*args, f'--output={tmp_path / "out"}']) == cli.EXIT_TOO_MANY_ERRORS
+  capsys.readouterr()
+  assert [e['error']['message'] for e in read_jsonl(str(tmp_path / 'out' / 'errors-*'))] == [
+      message]
+
+
+def test_the_start_of_a_large_request_file_has_the_runs_errors(capsys, tmp_path, model_dir,
+                                                              monkeypatch):
+  """Where the start of a large request file is already not valid, the
+  sample holds the run's record for the file, message and all; a body
+  whose instances its start cannot tell (columnar "inputs") is listed as
+  not sampled."""
+  monkeypatch.setattr(preflight, 'JSON_SAMPLE_MAX_BYTES', 16 << 10)
+  good = [keras_line(i) for i in range(600)]
+  bodies = {
+      'a-syntax.json': '{"instances": [' + ', '.join(good[:5]) + ', {"id": 1,, "x": 2}, '
+                       + ', '.join(good) + ']}',
+      'b-delimiter.json': '{"instances": [' + ', '.join(good[:5]) + '; ' + ', '.join(good)
+                          + ']}',
+      'c-signature.json': request_body(range(600), signature_name='nope'),
+      'd-deep.json': '{"instances": [' + '[' * 1100 + ']' * 1100 + ', ' + ', '.join(good)
+                     + ']}',
+      'e-surrogate.json': '{"instances": [{"id": "\\ud800"}, ' + ', '.join(good) + ']}',
+      'f-number.json': '{"instances": [' + ', '.join(good[:3]) + ', {"id": 1e400}, '
+                       + ', '.join(good) + ']}',
+      'g-twice.json': '{"instances": [], "x": 1, ' + request_body(range(600))[1:],
+      'h-columnar.json': json.dumps({'inputs': {'features': [[0.5, 1.5, 2.5]] * 1500,
+                                                'bucket': [1] * 1500}}),
+  }
+  os.makedirs(tmp_path / 'in')
+  for name, body in bodies.items():
+    assert len(body) > 16 << 10
+    (tmp_path / 'in' / name).write_text(body)
+  args = [f'--model={model_dir / "keras"}', f'--input={tmp_path / "in" / "*"}',
+          '--preflight_instances=200']
+  rc, report, _ = run_preflight(capsys, *args)
+  assert rc == 3  # no sampled instance (each file one error) could be scored
+  assert report['files']['not_sampled_large_request_files'] == [
+      str(tmp_path / 'in' / 'h-columnar.json')]
+  assert report['errors']['parse']['count'] == 7 and set(report['errors']) == {'parse'}
+  messages = {m['message'] for m in report['errors']['parse']['messages']}
+
+  assert cli.main([*args, f'--output={tmp_path / "out"}', '--max_error_fraction=1']) == 0
+  capsys.readouterr()
+  run = {os.path.basename(e['filename']): e['error']['message']
+         for e in read_jsonl(str(tmp_path / 'out' / 'errors-*'))}
+  assert sorted(run) == sorted(bodies)[:-1]
+  assert messages == set(run.values())
+  assert run['d-deep.json'] == 'invalid JSON: nested deeper than 1024 levels'
+
+
+# -- field names -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize('name, seen, expected', [
+    ('CustomerID', ['customer_id', 'ID', 'age'], 'customer_id'),  # case, `_`
+    ('customer-id', ['CustomerId', 'age'], 'CustomerId'),
+    ('Labl', ['label', 'age'], 'label'),
+    ('lable', ['label', 'labels'], 'label'),
+    ('idd', ['id', 'bucket'], 'id'),
+    ('not', ['note', 'id'], 'note'),
+    ('income', ['income_usd', 'id'], 'income_usd'),
+    ('ts', ['age', 'id', 'income', 'label', 'tenure_months', 'visits_per_week'], None),
+    ('CustomerID', ['ID', 'age'], None),  # a small part of the name
+    ('customer_id', ['id', 'age', 'income'], None),
+    ('x', ['y', 'xy'], None),
+    ('score', [], None),
+])
+def test_a_close_match_among_the_fields(name, seen, expected):
+  assert preflight._close(name, seen) == expected
+
+
+def test_a_key_field_in_another_case_is_suggested(capsys, tmp_path, model_dir):
+  data = write_lines(str(tmp_path / 'in.jsonl'), [keras_line(i, key='customer_id')
+                                                  for i in range(20)])
+  rc, out, err = run_preflight(capsys, f'--model={model_dir / "keras"}', f'--input={data}',
+                               '--key_field=CustomerID', '--passthrough_fields=Bucket,ts',
+                               json_report=False)
+  assert rc == 3
+  assert ("--key_field 'CustomerID': MISSING from every sampled instance: each is a schema error "
+          "in the run; did you mean 'customer_id'?") in out
+  assert "passthrough 'Bucket': in no sampled instance (written as null); did you mean " \
+         "'bucket'?" in out
+  assert "passthrough 'ts': in no sampled instance (written as null)\n" in out
+
+
+# -- --json: strict JSON -----------------------------------------------------------------------
+
+def test_the_json_report_is_strict_json(capsys, tmp_path, model_dir):
+  """Raw values that are not finite numbers (NaN, Infinity: TF Serving
+  accepts them) in an error record's key are strings in the report."""
+  data = write_lines(str(tmp_path / 'in.jsonl'), [
+      '{"id": NaN, "features": "x", "bucket": 1}',
+      '{"id": -Infinity, "features": [1, 2, 3], "bucket": 1.5}',
+      keras_line(1)])
+  rc = cli.main(['preflight', f'--model={model_dir / "keras"}', f'--input={data}',
+                 '--key_field=id', '--json'])
+  out, _ = capsys.readouterr()
+  assert rc == 0
+
+  def refuse(constant):
+    raise ValueError(f'not JSON: {constant}')
+  report = json.loads(out, parse_constant=refuse)
+  assert report['errors']['schema']['example']['id'] == 'NaN'
+  assert report['errors']['schema']['count'] == 2
+  json.dumps(report, allow_nan=False)
 
 
 @pytest.mark.parametrize('args, expected', [
