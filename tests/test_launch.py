@@ -182,3 +182,96 @@ def test_options_as_separate_words_and_user_options_replace_script_defaults():
   assert proc.returncode == 2
   assert proc.stderr.strip() == ('launch/dataflow.sh: --project needs a value '
                                  '(--project=VALUE or --project VALUE)')
+
+
+def run_script(script, *args, **env):
+  """The script as a user runs it: no --print_only added."""
+  return subprocess.run(['bash', os.path.join(ROOT, 'launch', script), *args],
+                        env={**{k: v for k, v in CLEAN_ENV.items()
+                                if k not in ('PRINT_ONLY', 'SKIP_PREFLIGHT')},
+                             'PYTHON': sys.executable, **env},
+                        capture_output=True, text=True)
+
+
+def printed(proc):
+  """The job arguments of a command printed, not run."""
+  assert proc.returncode == 0, proc.stderr
+  words = shlex.split(proc.stdout)
+  assert words[:3] == [sys.executable, '-m', 'pipeline'], proc.stdout
+  return words[3:]
+
+
+LOCAL = ['--model=/nonexistent', '--input=in/*', '--output=/tmp/x']
+DATAFLOW = ['--model=gs://b/m', '--input=gs://b/i/*', '--output=gs://b/o', '--project=p',
+            '--temp_location=gs://b/t']
+
+
+@pytest.mark.parametrize('given, env', [
+    (['--print_only'], {}),
+    (['--print_only=1'], {}),
+    (['--print_only=true'], {}),
+    (['--print_only=YES'], {}),
+    (['--print_only=On'], {}),
+    ([], {'PRINT_ONLY': 'true'}),
+    ([], {'PRINT_ONLY': '1'}),
+    ([], {'PRINT_ONLY': 'Yes'}),
+    (['--print_only'], {'PRINT_ONLY': 'false'}),  # the flag wins
+])
+def test_print_only_in_every_spelling_prints_and_runs_nothing(given, env):
+  args = printed(run_script('local.sh', *LOCAL, *given, **env))
+  assert args[:3] == LOCAL and not any('print_only' in a for a in args)
+
+
+@pytest.mark.parametrize('given, env', [
+    (['--print_only=0'], {}),
+    (['--print_only=no'], {'PRINT_ONLY': '1'}),  # the flag wins
+    (['--print_only=OFF'], {}),
+    ([], {'PRINT_ONLY': 'False'}),
+])
+def test_print_only_off_runs_the_job(given, env, tmp_path):
+  proc = run_script('local.sh', '--model=/nonexistent', f'--input={tmp_path}/none/*',
+                    f'--output={tmp_path}/out', *given, **env)
+  # The job itself ran, and stopped at the missing input (one line, exit 2).
+  assert proc.returncode == 2 and proc.stdout == ''
+  assert proc.stderr.splitlines() == [
+      f'batch-predict: error: --input: {tmp_path}/none/* matches no file']
+
+
+@pytest.mark.parametrize('script, given, env, expected', [
+    ('local.sh', ['--print_only=maybe'], {}, "launch/local.sh: --print_only: 'maybe' is "
+     'neither true/1/yes/on nor false/0/no/off'),
+    ('local.sh', [], {'PRINT_ONLY': 'sure'}, "launch/local.sh: environment variable PRINT_ONLY: "
+     "'sure' is neither true/1/yes/on nor false/0/no/off"),
+    ('dataflow.sh', ['--print_only', '--skip_preflight=2'], {}, "launch/dataflow.sh: "
+     "--skip_preflight: '2' is neither true/1/yes/on nor false/0/no/off"),
+    ('dataflow.sh', ['--print_only'], {'SKIP_PREFLIGHT': 'y'}, "launch/dataflow.sh: environment "
+     "variable SKIP_PREFLIGHT: 'y' is neither true/1/yes/on nor false/0/no/off"),
+    # A yes/no flag takes no next word as its value; the word is no option's.
+    ('dataflow.sh', ['--print_only', '--skip_preflight', '1'], {}, "launch/dataflow.sh: "
+     "unexpected argument '1': --skip_preflight takes no separate value (give "
+     "--skip_preflight=1)"),
+    ('local.sh', ['--print_only', 'true'], {}, "launch/local.sh: unexpected argument 'true': "
+     '--print_only takes no separate value (give --print_only=true)'),
+    ('local.sh', ['--print_only', '--key_field=id', 'extra'], {}, "launch/local.sh: unexpected "
+     "argument 'extra' (options are --name=VALUE or --name VALUE)"),
+])
+def test_a_yes_no_value_that_is_neither_is_one_line(script, given, env, expected):
+  proc = run_script(script, *(LOCAL if script == 'local.sh' else DATAFLOW), *given, **env)
+  assert proc.returncode == 2 and proc.stdout == ''
+  assert proc.stderr.splitlines() == [expected]
+
+
+@pytest.mark.parametrize('given, env, preflight', [
+    (['--skip_preflight'], {}, False),
+    (['--skip_preflight=TRUE'], {}, False),
+    (['--skip_preflight=on'], {}, False),
+    (['--skip_preflight=no'], {'SKIP_PREFLIGHT': 'yes'}, True),
+    ([], {'SKIP_PREFLIGHT': 'true'}, False),
+    ([], {'SKIP_PREFLIGHT': 'Off'}, True),
+    ([], {}, True),
+])
+def test_skip_preflight_in_every_spelling(given, env, preflight):
+  args = printed(run_script('dataflow.sh', '--print_only', *DATAFLOW, *given, **env))
+  assert ('--preflight' in args) == preflight
+  assert not any('skip_preflight' in a for a in args)
+  assert parse_args(args).preflight == preflight
