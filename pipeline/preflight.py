@@ -9,7 +9,12 @@ input files (the first file of every format among them), a roughly equal
 share from each, more files where those are short. Only the beginning of a
 file is read: at most `quota + 1` records and SAMPLE_BYTES_PER_FILE bytes
 (decompressed) of it; a JSON request file is read whole, as the job reads it,
-unless it is larger than JSON_SAMPLE_MAX_BYTES (then another file is sampled).
+where it holds at most JSON_SAMPLE_MAX_BYTES decompressed (a bounded
+decompressing reader tells), else the elements of its "instances" within
+its first JSON_SAMPLE_MAX_BYTES are sampled. Where the files read hold no
+instance and others were not read, more are read, largest first (SEARCH_*
+bounds). A line longer than --max_instance_bytes that the byte budget cuts
+is measured to its end (not kept), so its error is the run's.
 
 The sample goes through the job's own code, called in this process (no Beam
 pipeline, which would cost seconds to start): the configuration
@@ -37,10 +42,14 @@ The report (stdout; `--json`: one JSON object):
 Exit status: 0 when at least one sampled instance scored; 3 (as a run that
 predicts nothing) when none did, with one `batch-predict: error:` line that
 says why (a key field missing from every sampled instance makes each of them
-a `schema` error, as in the run, so that fails preflight); 2 for a
-configuration mistake (one line, as a run). With --skip_model_check the model
-is not loaded: the sample is decoded only, and at least one instance must
-decode.
+a `schema` error, as in the run, so that fails preflight), or when every
+input file was read to its end and holds no instance; 0 with one
+`batch-predict: warning:` line when the sample found nothing to check but
+files were not read (or read only in part): the run may well find instances
+there; 2 for a configuration mistake (one line, as a run). With
+--skip_model_check the model is not loaded: the sample is decoded only, and
+at least one instance must decode. `--json` is strict JSON (a float that is
+not finite, in an error record's raw value, is its text: "NaN").
 """
 import collections
 import dataclasses
