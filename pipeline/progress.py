@@ -389,7 +389,8 @@ class Reporter:
     now = time.monotonic()
     # A figure never goes back (a worker's file is read between replacements).
     self._last = [max(a, b) for a, b in zip(self._last, counts)]
-    if self._first_read is None and (self._last[READ] or self._last[BYTES]):
+    if self._first_read is None and (self._last[READ] or self._last[BYTES]
+                                     or self._last[SKIPPED]):
       # Reading began after the previous sample, which saw nothing yet.
       self._first_read = self._previous_sample
     self._previous_sample = now
