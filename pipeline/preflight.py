@@ -747,9 +747,12 @@ class Sample:
   @property
   def complete(self) -> bool:
     """Whether every input file was read to its end (or as far as the run
-    reads it): then the sample holds every instance of the input."""
+    reads it), or is an empty file of lines or records: then the sample
+    holds every instance of the input."""
+    from transforms.records import CSV, JSONL, TFRECORD
     counted = {s.path for s in self.samples if s.count is not None}
-    return all(path in counted for path, _, _ in self.files)
+    return all(path in counted or (not metadata.size_in_bytes and kind in (JSONL, CSV, TFRECORD))
+               for path, kind, metadata in self.files)
 
 
 def take_sample(config) -> Sample:
@@ -796,8 +799,11 @@ def _search(config, files: list, samples: list, wanted: int) -> int:
   the many empty parts a Spark job writes): reads the files not read yet,
   largest first, until the sample is full, within SEARCH_FILES,
   SEARCH_SECONDS and SEARCH_BYTES. Returns how many were read."""
+  from transforms.records import CSV, JSONL, TFRECORD
   read = {s.path for s in samples}
-  rest = sorted((f for f in files if f[0] not in read), key=lambda f: (-f[2].size_in_bytes, f[0]))
+  rest = sorted((f for f in files if f[0] not in read
+                 and (f[2].size_in_bytes or f[1] not in (JSONL, CSV, TFRECORD))),
+                key=lambda f: (-f[2].size_in_bytes, f[0]))  # not the empty ones
   deadline = time.monotonic() + SEARCH_SECONDS
   spent, searched, collected = 0, 0, 0
   for path, kind, metadata in rest:

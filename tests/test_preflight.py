@@ -473,6 +473,15 @@ def test_nothing_to_check_is_a_warning_not_a_failure(capsys, tmp_path, model_dir
   with open(tmp_path / 'out' / 'summary.json') as f:
     assert json.load(f)['predictions'] == total
 
+  # The files not read are empty (0 bytes): the input holds no instance.
+  order, _ = preflight.spread_order([(f'{i:03d}', 'jsonl', None) for i in range(150)])
+  for i in order[preflight.MAX_FILES_OPENED:]:
+    open(tmp_path / 'in' / f'part-{i:03d}.jsonl', 'w').close()
+  rc, report, err = run_preflight(capsys, *args)
+  assert rc == 3 and report['verdict'] == 'failed'
+  assert error_lines(err) == ['batch-predict: error: preflight: the input holds no instance '
+                              '(all 150 input files read to the end)']
+
 
 def test_a_csv_header_larger_than_the_sample_reads(capsys, tmp_path, model_dir, monkeypatch):
   """A file read only in part is not counted exactly, nor said to hold no
