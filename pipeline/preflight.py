@@ -1288,7 +1288,8 @@ def _status(config, sample: Sample, result, fields, scored: bool) -> tuple:
               f'the end){why}', 'failed')
     read = len(sample.samples)
     ends = sum(1 for s in sample.samples if s.count is not None)
-    part = f', {read - ends} of them only in part' if read > ends else ''
+    part = ('' if read == ends else ', only in part' if read == 1
+            else f', {read - ends} of them only in part')
     return EXIT_OK, (f'preflight: nothing to check: no instance in what was read ({read} of '
                      f'{_count(total, "file")}{part}){why}; the run reads every file whole and '
                      'may find instances in what was not read'), 'unchecked'
