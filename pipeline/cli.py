@@ -6,7 +6,8 @@ Exit status (one line on stderr for every status but 0, never a traceback):
   2  a configuration mistake (or another run uses --output): nothing ran
   3  completed, but too many errors (or no instance at all); outputs written
   4  completed, but some input files could not be read to their end
-  130  interrupted (Ctrl-C): the previous result in --output is left as it was
+  130  interrupted (Ctrl-C), 143 terminated (SIGTERM): the previous result in
+       --output is left as it was
 The pipeline writes into a staging folder of the output directory; the
 result replaces the previous one only once complete (pipeline/outputs.py).
 """
@@ -14,6 +15,7 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import sys
 import time
 import traceback
@@ -24,6 +26,7 @@ EXIT_CONFIG_ERROR = 2
 EXIT_TOO_MANY_ERRORS = 3
 EXIT_INPUT_INCOMPLETE = 4
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), as shells report it
+EXIT_TERMINATED = 143  # SIGTERM, as shells report it
 
 _LOG = logging.getLogger(__name__)
 
@@ -301,6 +304,7 @@ def main(argv=None) -> int:
     _error(e)
     return EXIT_CONFIG_ERROR
   _configure_logging(level)
+  previous_sigterm = _sigterm_raises()
   try:
     if argv[:1] == ['inspect']:  # batch-predict inspect --model=...: what a model offers
       from pipeline import inspect
@@ -309,16 +313,77 @@ def main(argv=None) -> int:
       from pipeline import preflight
       return preflight.main(argv[1:])
     return _batch_predict(argv)
-  except KeyboardInterrupt:
-    # Ctrl-C: the staging folder and the lock are gone by now (finally
-    # blocks); what the user wants to read is one line, not where it stopped.
+  except KeyboardInterrupt as e:
+    # Ctrl-C or SIGTERM: the staging folder and the lock are gone by now
+    # (finally blocks); what the user wants to read is one line, not where
+    # it stopped.
     if _debug():
       traceback.print_exc()
     else:
       import threading
-      threading.excepthook = lambda _: None  # Beam's threads, stopped by the same Ctrl-C
+      threading.excepthook = lambda _: None  # Beam's threads, stopped by the same signal
+    if isinstance(e, _Terminated):
+      _error('terminated (SIGTERM); a previous result in --output is left as it was')
+      return EXIT_TERMINATED
     _error('interrupted; a previous result in --output is left as it was')
     return EXIT_INTERRUPTED
+  finally:
+    if previous_sigterm is not None:
+      signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+class _Terminated(KeyboardInterrupt):
+  """SIGTERM (a scheduler stopping the job, `timeout`, `kill`), raised in the
+  main thread as Ctrl-C is, so the run cleans up after itself the same way."""
+
+
+def _raise_terminated(signum, frame):
+  # Unlike Ctrl-C, SIGTERM reaches this process only: its local worker
+  # processes (multi_processing, started through a shell) and their stderr
+  # filter get Ctrl-C's signal, so that everything stops as it does then
+  # (else Beam would wait for the workers forever).
+  for pid in _descendants():
+    try:
+      os.kill(pid, signal.SIGINT)
+    except OSError:
+      pass
+  raise _Terminated()
+
+
+def _descendants() -> list:
+  """This process's descendants, from /proc (Linux); elsewhere none are
+  known."""
+  parents = {}
+  try:
+    entries = os.listdir('/proc')
+  except OSError:
+    return []
+  for entry in entries:
+    if not entry.isdigit():
+      continue
+    try:
+      with open(f'/proc/{entry}/stat', 'rb') as f:
+        parents[int(entry)] = int(f.read().rsplit(b')', 1)[1].split()[1])  # state, then ppid
+    except (OSError, IndexError, ValueError):
+      continue
+  found, frontier = [], [os.getpid()]
+  while frontier:
+    children = [pid for pid, parent in parents.items() if parent in frontier]
+    found += children
+    frontier = children
+  return found
+
+
+def _sigterm_raises():
+  """SIGTERM raises _Terminated while the command runs, where it would
+  otherwise end the process without cleaning up (the default handler);
+  returns the handler to restore, or None."""
+  import threading
+  if threading.current_thread() is not threading.main_thread():
+    return None
+  if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+    return None  # someone else's (a test runner, an embedding program)
+  return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def _batch_predict(argv: list) -> int:

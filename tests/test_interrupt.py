@@ -1,5 +1,6 @@
-"""Ctrl-C: the job stops with one line and exit status 130, in every local
-running mode, and the previous result stays as it was."""
+"""Ctrl-C and SIGTERM: the job stops with one line and exit status 130 or
+143, in every local running mode, cleans up after itself, and the previous
+result stays as it was."""
 import os
 import signal
 import subprocess
@@ -18,8 +19,13 @@ def big_input(tmp_path_factory):
   return write_lines(str(tmp_path_factory.mktemp('big') / 'b.jsonl'), keras_lines('b', 400_000))
 
 
-@pytest.mark.parametrize('mode', ['multi_processing', 'multi_threading'])
-def test_ctrl_c_is_one_line_and_keeps_the_previous_result(model_dir, tmp_path, big_input, mode):
+@pytest.mark.parametrize('mode, how', [
+    ('multi_processing', 'ctrl-c'), ('multi_threading', 'ctrl-c'),
+    ('multi_processing', 'sigterm')])
+def test_ctrl_c_and_sigterm_are_one_line_and_keep_the_previous_result(
+    model_dir, tmp_path, big_input, mode, how):
+  """Ctrl-C reaches every process of the job (a terminal's process group);
+  SIGTERM (a scheduler, `timeout`) only the command's."""
   pattern = write_lines(str(tmp_path / 'in' / 'a.jsonl'), keras_lines('a', 40))
   out = tmp_path / 'out'
   args = [sys.executable, '-m', 'pipeline', *keras_args(model_dir, pattern),
@@ -38,11 +44,15 @@ def test_ctrl_c_is_one_line_and_keeps_the_previous_result(model_dir, tmp_path, b
       time.sleep(0.1)
     time.sleep(1.5)  # the worker processes (or threads) are at work by now
     assert job.poll() is None
-    os.killpg(job.pid, signal.SIGINT)
-    assert job.wait(timeout=60) == 130
+    if how == 'ctrl-c':
+      os.killpg(job.pid, signal.SIGINT)
+    else:
+      os.kill(job.pid, signal.SIGTERM)
+    assert job.wait(timeout=60) == (130 if how == 'ctrl-c' else 143)
   lines = [line for line in (tmp_path / 'stderr').read_text().splitlines()
            if not line.startswith('INFO ')]
-  assert lines == ['batch-predict: error: interrupted; a previous result in --output is '
+  what = 'interrupted' if how == 'ctrl-c' else 'terminated (SIGTERM)'
+  assert lines == [f'batch-predict: error: {what}; a previous result in --output is '
                    'left as it was']
   assert snapshot(out) == previous
   assert sorted(os.listdir(out)) == sorted(previous)  # no staging folder, no lock left
