@@ -18,9 +18,12 @@ from transforms.write import WriteJsonlShards, write_predictions
 # Beam's local runner with several workers (--direct_num_workers) deals the
 # byte ranges of the input files out to its workers once, round robin, before
 # any is read, and never moves work between them: a worker with a bigger
-# share finishes last while the others wait. Its ranges are therefore made
-# small enough for each worker to get at least this many (equal ranges; one
-# more or less than another worker is then at most a quarter of its work)...
+# share finishes last while the others wait. With the readers' default of
+# 64 MiB ranges, a file of 80.6 MiB is a range of 64 MiB and one of 16.6 MiB:
+# one of two workers read 79% of it. Ranges are therefore made small enough for
+# each worker to get at least this many (ranges of one size but each file's
+# last; one range more than another worker is then at most a quarter of a
+# worker's work)...
 RANGES_PER_WORKER = 4
 # ...but not smaller than this (every range starts a new file read, and ends
 # with a partial chunk of lines), nor larger than the readers' default range.
@@ -52,6 +55,8 @@ def range_bytes(config: JobConfig) -> Optional[int]:
       m.size_in_bytes or 0 for kind in SPLITTABLE_FORMATS
       for m in config.files_by_format.get(kind, ())
       if CompressionTypes.detect_compression_type(m.path) == CompressionTypes.UNCOMPRESSED)
+  if not splittable:
+    return None
   share = splittable // (RANGES_PER_WORKER * workers)
   return max(MIN_RANGE_BYTES, min(MAX_RANGE_BYTES, share))
 
