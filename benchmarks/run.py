@@ -51,10 +51,11 @@ timed from the start until every command has exited:
 on the workload's data taken --copies times (one file of all the copies for
 the one-command configurations, the copies as separate files for the N
 commands; the same instances either way), and on 4,096 instances: the
-command's start-up and end, nearly all fixed cost. Steady state is what the
-difference between the two runs bought: (instances - tiny instances) /
-(seconds - tiny seconds); "faster from" is the job size from which a
-configuration beats the default, by those two figures. N is --workers
+command's start-up and end, nearly all fixed cost. Steady state is the rate
+at which the predictions the commands report (their own progress lines,
+every second) grow from 10% to 90% of the total, a least-squares slope;
+"faster from" is the job size from which a configuration beats the
+default, by start-up and steady rate. N is --workers
 (default: the machine's cores). Every run is repeated --rounds times,
 interleaved, and then (up to --max_rounds) until it has had a quiet run: one
 during which the machine's other processes used fewer than --quiet cores
@@ -69,10 +70,12 @@ fastest quiet run counts ("others' cores" shows what the others used; a
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -424,6 +427,9 @@ def main():
   if unknown:
     parser.error(f'--only: unknown part(s) {", ".join(sorted(unknown))}; '
                  f'choose from {", ".join(PARTS)}')
+  if 'cores' in parts and args.copies < args.workers:
+    parser.error(f'--copies must be at least --workers ({args.workers}): the N commands '
+                 'need a file each')
   prepare(args.workdir, args.scale, parts)
   rows = []
   clean_d = {}
@@ -568,33 +574,70 @@ def _children_seconds():
   return usage.ru_utime + usage.ru_stime
 
 
+_PREDICTED = re.compile(r'([0-9][0-9,]*) predicted')
+
+
+def _watch(stream, lines, samples):
+  """Keeps a command's stderr, and (time, predictions) from its progress lines."""
+  for line in stream:
+    lines.append(line)
+    found = _PREDICTED.search(line)
+    if found:
+      samples.append((time.perf_counter(), int(found.group(1).replace(',', ''))))
+
+
+def steady_rate(samples, low=0.1, high=0.9):
+  """Instances/s in steady state: the least-squares slope of the predictions
+  all commands have made together against time, from `low` to `high` of the
+  final count. The counts are the job's own progress figures (every second,
+  --progress_interval=1), so start-up and end are left out by construction."""
+  latest, points = [0] * len(samples), []
+  for t, i, n in sorted((t, i, n) for i, own in enumerate(samples) for t, n in own):
+    latest[i] = n
+    points.append((t, sum(latest)))
+  final = points[-1][1] if points else 0
+  window = [(t, n) for t, n in points if low * final <= n <= high * final]
+  if len(window) < 3 or window[-1][0] - window[0][0] < 1:
+    return None
+  mean_t = sum(t for t, _ in window) / len(window)
+  mean_n = sum(n for _, n in window) / len(window)
+  return (sum((t - mean_t) * (n - mean_n) for t, n in window)
+          / sum((t - mean_t) ** 2 for t, _ in window))
+
+
 def run_commands(model, inputs, out, beam_args) -> dict:
   """Runs one command per entry of `inputs` (each a list of files), all at
-  once; returns seconds until the last exited, predictions, and the cores
-  other processes used meanwhile."""
+  once; returns seconds until the last exited, predictions, the steady rate
+  (`steady_rate`) and the cores other processes used meanwhile."""
   busy, ours, started = _busy_seconds(), _children_seconds(), time.perf_counter()
   procs = []
   for i, files in enumerate(inputs):
     output = f'{out}-{i}'
     shutil.rmtree(output, ignore_errors=True)
-    procs.append((output, subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, '-m', 'pipeline', f'--model={model}', f'--input={",".join(files)}',
          f'--output={output}', '--key_field=id', f'--max_batch_size={BATCH}',
-         '--log_level=warning', *beam_args],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+         '--log_level=info', '--progress_interval=1', *beam_args],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines, samples = [], []
+    watcher = threading.Thread(target=_watch, args=(proc.stderr, lines, samples), daemon=True)
+    watcher.start()
+    procs.append((output, proc, watcher, lines, samples))
   predictions = 0
-  for output, proc in procs:
-    stdout, stderr = proc.communicate()
+  for output, proc, watcher, lines, _ in procs:
+    proc.wait()
+    watcher.join()
     if proc.returncode:
       sys.exit(f'cores: {" ".join(proc.args)} failed ({proc.returncode}):\n'
-               f'{(stdout + stderr)[-3000:]}')
+               f'{"".join(lines)[-3000:]}')
     with open(os.path.join(output, 'summary.json')) as f:
       predictions += json.load(f)['predictions']
   seconds = time.perf_counter() - started
   others = None
   if busy is not None:
     others = max(0.0, (_busy_seconds() - busy) - (_children_seconds() - ours)) / seconds
-  return {'seconds': seconds, 'count': predictions, 'others': others}
+  return {'seconds': seconds, 'count': predictions, 'others': others,
+          'steady': steady_rate([samples for *_, samples in procs])}
 
 
 def pays_off(start, rate, other_start, other_rate) -> str:
@@ -657,8 +700,7 @@ def cores_table(workdir, scale, workers, copies, rounds, max_rounds, quiet):
     for name, description, _, _ in configs:
       full, small = best[(name, 'full')], best[(name, 'tiny')]
       rate = full['count'] / full['seconds']
-      steady = ((full['count'] - small['count']) / (full['seconds'] - small['seconds'])
-                if full['seconds'] > small['seconds'] else None)
+      steady = full['steady']
       if reference is None:
         reference = small['seconds'], rate, steady
         faster = '-'
