@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from transforms import convert
 from transforms.decode import FastRows, Instance, InputFormat
-from transforms.lines import ReadLineChunks
+from transforms.lines import DESIRED_RANGE_SIZE, ReadLineChunks
 from transforms.records import CSV
 
 _SPECIAL_FLOAT_TEXTS = pa.array(sorted(convert.SPECIAL_FLOATS))
@@ -54,12 +54,16 @@ def split_row(line: bytes, header: tuple) -> list:
 
 class CsvFormat(InputFormat):
   kind = CSV
+  # Bytes per byte range a file is split into, where transforms/inputs.py
+  # sets it for a job; None: the reader's default.
+  range_size = None
 
   def __init__(self, max_instance_bytes: int):
     self._max_instance_bytes = max_instance_bytes
 
   def read(self, files):
-    return files | ReadLineChunks(CSV, self._max_instance_bytes, header_reader=read_header)
+    return files | ReadLineChunks(CSV, self._max_instance_bytes, header_reader=read_header,
+                                  desired_range_size=self.range_size or DESIRED_RANGE_SIZE)
 
   def instance(self, chunk, row) -> Instance:
     header = chunk.header

@@ -24,7 +24,7 @@ import simdjson
 
 from transforms.decode import FastRows, Instance, InputFormat
 from transforms.json_values import parse_json
-from transforms.lines import ReadLineChunks
+from transforms.lines import DESIRED_RANGE_SIZE, ReadLineChunks
 from transforms.records import JSONL
 
 
@@ -47,6 +47,9 @@ def json_instance(value) -> Instance:
 
 class JsonLinesFormat(InputFormat):
   kind = JSONL
+  # Bytes per byte range a file is split into, where transforms/inputs.py
+  # sets it for a job; None: the reader's default.
+  range_size = None
 
   def __init__(self, max_instance_bytes: int):
     self._max_instance_bytes = max_instance_bytes
@@ -60,7 +63,8 @@ class JsonLinesFormat(InputFormat):
     self.__init__(state['_max_instance_bytes'])
 
   def read(self, files):
-    return files | ReadLineChunks(JSONL, self._max_instance_bytes)
+    return files | ReadLineChunks(JSONL, self._max_instance_bytes,
+                                  desired_range_size=self.range_size or DESIRED_RANGE_SIZE)
 
   def instance(self, chunk, row) -> Instance:
     return json_instance(parse_json(chunk.records[row]))

@@ -1,0 +1,35 @@
+"""All cores of one machine: with several local workers, each text file is
+cut into byte ranges small enough that every worker gets a share (Beam deals
+ranges out once, round robin); any other run keeps the readers' default."""
+from pipeline import graph
+from pipeline.config import resolve
+from pipeline.options import parse_args
+from transforms.lines import DESIRED_RANGE_SIZE
+
+
+def _config(model_dir, pattern, *beam_args):
+  return resolve(parse_args([f'--model={model_dir / "ragged"}', f'--input={pattern}',
+                             '--output=/tmp/unused', *beam_args]))
+
+
+def test_ranges_per_worker(model_dir, tmp_path):
+  size = 40 << 20
+  with open(tmp_path / 'big.jsonl', 'wb') as f:
+    f.truncate(size)  # only its size matters here
+  pattern = str(tmp_path / 'big.jsonl')
+  assert graph.range_bytes(_config(model_dir, pattern)) is None
+  two = _config(model_dir, pattern, '--direct_running_mode=multi_processing',
+                '--direct_num_workers=2')
+  expected = size // (graph.RANGES_PER_WORKER * 2)
+  assert graph.range_bytes(two) == expected < DESIRED_RANGE_SIZE
+  formats = graph.input_formats(two.model.signature, None, (), 1 << 20,
+                                range_size=graph.range_bytes(two))
+  assert formats['jsonl'].range_size == formats['csv'].range_size == expected
+  # Not smaller than MIN_RANGE_BYTES, however many workers.
+  many = _config(model_dir, pattern, '--direct_num_workers=64')
+  assert graph.range_bytes(many) == graph.MIN_RANGE_BYTES
+  # gzip files are read whole: nothing to split.
+  with open(tmp_path / 'small.jsonl.gz', 'wb') as f:
+    f.truncate(size)
+  assert graph.range_bytes(_config(model_dir, str(tmp_path / 'small.jsonl.gz'),
+                                   '--direct_num_workers=2')) is None
