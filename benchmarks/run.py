@@ -87,6 +87,9 @@ BATCH = 256
 TABULAR_FEATURES = [f'f{i}' for i in range(13)]
 WORKLOADS = {'mlp': 100_000, 'tabular': 500_000}
 PARTS = ('mlp', 'tabular', 'failures', 'formats', 'fixed_batch', 'cores')
+# 'cores' takes 15-25 minutes (whole commands, repeated until quiet): run it
+# by name (--only cores).
+DEFAULT_PARTS = ('mlp', 'tabular', 'failures', 'formats', 'fixed_batch')
 CORES_TINY = 4096  # instances of the 'cores' part's start-up run
 BAD_EVERY = 1000  # one bad line in this many, in the "0.1% bad lines" row
 
@@ -404,8 +407,9 @@ def main():
   parser.add_argument('--scale', type=float, default=1.0,
                       help='fraction of the instance counts (for a quick look)')
   parser.add_argument('--workdir', default=os.path.join(ROOT, 'out', 'bench'))
-  parser.add_argument('--only', default=','.join(PARTS),
-                      help=f'comma-separated parts to run, of {",".join(PARTS)}')
+  parser.add_argument('--only', default=','.join(DEFAULT_PARTS),
+                      help=f'comma-separated parts to run, of {",".join(PARTS)} '
+                           f'(default: {",".join(DEFAULT_PARTS)})')
   parser.add_argument('--workers', type=int, default=os.cpu_count(),
                       help="'cores': worker processes, threads or commands (default: "
                            'the cores of this machine)')
