@@ -91,23 +91,30 @@ def _quiet_beam_tracebacks(record) -> bool:
   return True
 
 
-def take_log_level(argv: list) -> tuple:
-  """(level, argv without --log_level): `--log_level=L` or `--log_level L`
-  anywhere, the last one counting. Raises ConfigError."""
-  from pipeline.options import ConfigError
-  rest, name = [], None
+def take_option(argv: list, flag: str, takes_value: bool = True) -> tuple:
+  """(value, argv without the option): `FLAG=V` or `FLAG V` anywhere before
+  `--`, the last one counting; None where it is not given. A flag without a
+  value (`takes_value=False`) gives True."""
+  rest, value = [], None
   arguments = iter(argv)
   for argument in arguments:
     if argument == '--':
       rest.append(argument)
       rest.extend(arguments)
       break
-    if argument == '--log_level':
-      name = next(arguments, '')
-    elif argument.startswith('--log_level='):
-      name = argument.split('=', 1)[1]
+    if argument == flag:
+      value = next(arguments, '') if takes_value else True
+    elif takes_value and argument.startswith(flag + '='):
+      value = argument.split('=', 1)[1]
     else:
       rest.append(argument)
+  return value, rest
+
+
+def take_log_level(argv: list) -> tuple:
+  """(level, argv without --log_level). Raises ConfigError."""
+  from pipeline.options import ConfigError
+  name, rest = take_option(argv, '--log_level')
   if name is None:
     return logging.INFO, rest
   if name.lower() not in LOG_LEVELS:

@@ -64,7 +64,8 @@ import time
 from typing import Optional
 
 from pipeline.cli import (EXIT_CONFIG_ERROR, EXIT_OK, EXIT_PIPELINE_FAILED,
-                          EXIT_TOO_MANY_ERRORS, _debug, _error, _last_line)
+                          EXIT_TOO_MANY_ERRORS, _debug, _error, _last_line,
+                          take_option)
 from pipeline.options import ConfigError
 from pipeline.progress import size_text
 
@@ -1504,21 +1505,6 @@ def check(config) -> dict:
       _close_model(loaded)
 
 
-def _take_json(argv) -> tuple:
-  rest, as_json = [], False
-  arguments = iter(argv)
-  for argument in arguments:
-    if argument == '--':
-      rest.append(argument)
-      rest.extend(arguments)
-      break
-    if argument == '--json':
-      as_json = True
-    else:
-      rest.append(argument)
-  return as_json, rest
-
-
 def _json_safe(value):
   """`value` with every float that is not finite (an error record's raw
   value, NaN) as its JSON Lines text ('NaN', 'Infinity', '-Infinity'): the
@@ -1555,7 +1541,8 @@ def _failed(e: Exception) -> int:
 
 def main(argv: list) -> int:
   """`batch-predict preflight [run options] [--json]`: the exit status."""
-  as_json, argv = _take_json(argv)
+  as_json, argv = take_option(argv, '--json', takes_value=False)
+  as_json = bool(as_json)
   if '-h' in argv or '--help' in argv:
     from pipeline.options import _parser
     print(__doc__.split('\n\n')[1].strip() + '\n')
