@@ -66,12 +66,12 @@ class JsonObject(dict):
   dict holds the last value of each)."""
   __slots__ = ('duplicates',)
 
-  def __reduce__(self):
-    return (_json_object, (list(self.items()), self.duplicates))
+  def __reduce__(self):  # subclasses too (input_json.ExampleFeatures)
+    return (_json_object, (type(self), list(self.items()), self.duplicates))
 
 
-def _json_object(items, duplicates):
-  obj = JsonObject(items)
+def _json_object(cls, items, duplicates):
+  obj = cls(items)
   obj.duplicates = duplicates
   return obj
 

@@ -123,15 +123,6 @@ class ExampleFeatures(JsonObject):
   the input's name)."""
   __slots__ = ()
 
-  def __reduce__(self):
-    return (_example_features, (list(self.items()), self.duplicates))
-
-
-def _example_features(items, duplicates):
-  features = ExampleFeatures(items)
-  features.duplicates = duplicates
-  return features
-
 
 def _merged(context, example):
   """Context then example, the example's value winning; a field repeated
