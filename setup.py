@@ -16,6 +16,9 @@ setuptools.setup(
         'numpy>=2.0,<3',
         'orjson>=3.10,<4',
         'pysimdjson>=7.0.2,<8',
+        # evaluate: metrics and the report's plots
+        'scikit-learn>=1.9.1,<1.10',
+        'matplotlib>=3.11.2,<3.12',
     ],
     extras_require={
         'test': ['pytest>=9,<10', 'gcp-storage-emulator>=2026.7.19', 'hypothesis>=6.170,<7'],
