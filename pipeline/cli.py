@@ -239,14 +239,18 @@ def run(config, staging) -> dict:
   from pipeline import graph, progress, summary
   staged = dataclasses.replace(
       config, options=dataclasses.replace(config.options, output=staging.path))
-  interval = config.options.progress_interval if progress.watched_here(config.options) else 0
+  watched = progress.watched_here(config.options)
+  interval = config.options.progress_interval if watched else 0
   total_bytes = sum(m.size_in_bytes or 0 for files in config.files_by_format.values()
                     for m in files)
   started = time.time()
   try:
     # The reporter first: on a terminal it writes to stderr as it is before
     # the workers' filter.
-    with progress.Reporter(interval, total_bytes, started=_STARTED):
+    # Also with the progress output off, it keeps the throughput series of
+    # a local run for report.html.
+    with progress.Reporter(interval, total_bytes, started=_STARTED,
+                           series=watched) as reporter:
       with _workers_stderr_filtered(config.options.beam_args):
         p = beam.Pipeline(options=_pipeline_options(config))
         graph.build(p, staged)
@@ -258,7 +262,8 @@ def run(config, staging) -> dict:
   if state not in (None, PipelineState.DONE):
     raise PipelineFailed(f'it ended in state {state}')
   return summary.build(config, summary.counters(result), config.options.runner,
-                       ended - started, started=min(_STARTED, started), ended=ended)
+                       ended - started, started=min(_STARTED, started), ended=ended,
+                       series=reporter.series())
 
 
 @contextlib.contextmanager
@@ -273,7 +278,7 @@ def _fails_as(what: str, hint: str = ''):
 def run_and_promote(config, run_id: str) -> tuple:
   """(exit status, summary): the pipeline's result replaces the previous
   one in the output directory only once complete."""
-  from pipeline import outputs, summary
+  from pipeline import outputs, report, summary
   staging = outputs.Staging(config.output, run_id)
   try:
     with _fails_as(f'removing what killed runs left in {config.output} failed'):
@@ -285,6 +290,7 @@ def run_and_promote(config, run_id: str) -> tuple:
                    f'; without {config.output}/summary.json the directory holds no '
                    'complete result: run again'):
       summary.write(job_summary, staging.path)
+      report.write_quietly(job_summary, staging.path)  # never fails the run
       staging.promote()
   finally:
     staging.discard()
@@ -316,6 +322,9 @@ def main(argv=None) -> int:
     if argv[:1] == ['inspect']:  # batch-predict inspect --model=...: what a model offers
       from pipeline import inspect
       return inspect.main(argv[1:])
+    if argv[:1] == ['join']:  # batch-predict join ...: predictions back next to instances
+      from pipeline import join
+      return join.main(argv[1:])
     if argv[:1] == ['preflight']:  # batch-predict preflight ...: a run's sample, scored here
       from pipeline import preflight
       return preflight.main(argv[1:])

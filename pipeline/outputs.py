@@ -44,7 +44,8 @@ SUMMARY_NAME = 'summary.json'
 # The shards of a result; every format, so that a run replaces whatever the
 # previous one wrote.
 SHARD_PATTERNS = ('predictions-*-of-*.jsonl', 'predictions-*-of-*.parquet',
-                  'predictions-*-of-*.tfrecord', 'errors-*-of-*.jsonl')
+                  'predictions-*-of-*.tfrecord', 'errors-*-of-*.jsonl',
+                  'report.html')  # pipeline/report.py: promoted with the shards
 HEARTBEAT_S = 30.0  # the running job rewrites its lock this often
 STALE_AFTER_S = 600.0  # a lock without a heartbeat for this long is a killed run's
 
@@ -440,9 +441,10 @@ def _remove_folder(path: str) -> None:
 
 class Staging:
   """`OUTPUT/.staging-RUN_ID`: where a run's pipeline writes."""
-  def __init__(self, output: str, run_id: str):
+  def __init__(self, output: str, run_id: str, shard_patterns=SHARD_PATTERNS):
     self.output = output
     self.path = f'{output}/{STAGING_PREFIX}{run_id}'
+    self.shard_patterns = tuple(shard_patterns)  # what a result is made of, besides its summary
 
   def clear_leftovers(self) -> list:
     """Removes the staging and beam-temp-* folders of earlier, killed runs
@@ -467,13 +469,13 @@ class Staging:
     staged_summary = f'{self.path}/{SUMMARY_NAME}'
     if not FileSystems.exists(staged_summary):
       raise FileNotFoundError(f'{staged_summary} was not written')
-    shards = _match(f'{self.path}/{p}' for p in SHARD_PATTERNS)
+    shards = _match(f'{self.path}/{p}' for p in self.shard_patterns)
     summary = f'{self.output}/{SUMMARY_NAME}'
     # From here until the last rename the directory holds no summary.json:
     # a reader sees that no complete result is there.
     if FileSystems.exists(summary):
       FileSystems.delete([summary])
-    old = _match(f'{self.output}/{p}' for p in SHARD_PATTERNS)
+    old = _match(f'{self.output}/{p}' for p in self.shard_patterns)
     if old:
       FileSystems.delete(old)
     promoted = [f'{self.output}/{s.rsplit("/", 1)[-1]}' for s in shards]
