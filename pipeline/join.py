@@ -133,6 +133,14 @@ def resolve(argv) -> JoinPlan:
   files_by_format = {kind: group for kind, group in files_by_format.items() if group}
   formats = _formats(files_by_format, known.model, summary, max_bytes)
 
+  if not key_field and found['predictions']:
+    try:
+      first = next(read_outputs.iter_records(found['predictions'][0], limit=1), None)
+    except (read_outputs.OutputReadError, OSError):
+      first = None  # the pipeline reports the file as unreadable
+    if first is not None and 'filename' not in first:
+      raise ConfigError(f'--key_field: the predictions in {predictions} carry no file name '
+                        "and position to join by; give the run's --key_field")
   carried = [key_field] if key_field else ['filename', 'offset', 'index']
   carried += list(passthrough)
   renamed = ()
@@ -185,7 +193,6 @@ def _formats(files_by_format: dict, model: Optional[str], summary: Optional[dict
 def build(p, plan: JoinPlan, output_dir: str) -> None:
   """The join's graph (the module's docstring says what it writes)."""
   import apache_beam as beam
-  import orjson
 
   from transforms import rejoin
   from transforms.inputs import ReadInstances
@@ -244,14 +251,8 @@ def build(p, plan: JoinPlan, output_dir: str) -> None:
          | 'WriteJoined' >> WriteJsonlShards(f'{output_dir}/joined'))
   _ = (tuple(unmatched)
        | 'Unmatched' >> beam.Flatten()
-       | 'FormatUnmatched' >> beam.Map(lambda e: orjson.dumps(e, default=_json_default))
+       | 'FormatUnmatched' >> beam.Map(rejoin.unmatched_line)
        | 'WriteUnmatched' >> WriteJsonlShards(f'{output_dir}/unmatched'))
-
-
-def _json_default(value):
-  if isinstance(value, bytes):
-    return value.decode('utf-8', 'replace')
-  return str(value)
 
 
 def _read_outputs(p, name: str, paths):

@@ -332,6 +332,17 @@ def row_texts(joined: JoinedRecord, layout: JoinLayout) -> dict:
   return row
 
 
+def unmatched_line(entry: dict) -> bytes:
+  """An unmatched entry as a JSON line; an output record in it as read back."""
+  entry = dict(entry)
+  record = entry.get('record')
+  if isinstance(record, dict):
+    entry['record'] = orjson.Fragment(orjson.dumps(
+        {k: orjson.Fragment(_value_text(v)) for k, v in record.items()}))
+  return orjson.dumps(entry, default=lambda v: v.decode('utf-8', 'replace')
+                      if isinstance(v, bytes) else str(v))
+
+
 class FormatJoinedJsonl(beam.DoFn):
   """JoinedRecords -> JSON lines (one element per bundle's worth of 1,000
   rows, so that the writer pays Beam's per-element cost once per block)."""
