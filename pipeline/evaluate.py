@@ -1,0 +1,1241 @@
+"""batch-predict evaluate: how good predictions are against labels, as
+metrics.json and a self-contained report.html.
+
+  batch-predict evaluate --joined=PATTERN[,PATTERN...] --label_field=NAME
+                         --prediction_field=NAME --output=DIR
+                         [--task=auto|classification|regression]
+                         [--threshold=0.5] [--class_names=A,B,C]
+                         [--format=auto|jsonl|parquet]
+
+`--joined`: rows that hold both the label and the prediction (JSON Lines,
+also gzipped, or Parquet), e.g. the output of `batch-predict join`, or the
+job's own predictions when the label was a `--passthrough_fields` field.
+Rows with a non-null `error` field are instances that failed to predict:
+they are counted (by category), not evaluated.
+
+API (the Beam path, pipeline/join.py, calls the same functions):
+
+  compute(labels, predictions, task='auto', threshold=0.5, class_names=None,
+          failed=0) -> dict
+      The metrics (the content of metrics.json) of two equally long
+      sequences: one label and one prediction per instance, as they come out
+      of JSON (numbers, strings, booleans, lists of scores, one-element
+      lists such as a Keras sigmoid's `[0.57]`, None) or numpy arrays
+      (1-D labels; 1-D or 2-D predictions). `labels` may instead be a
+      `Pairs` (then `predictions` is None). `failed`: the number of
+      instances that failed to predict, or a {category: count} dict; only
+      reported. Raises EvaluateError for a mistake in the settings or one
+      that the data shows (e.g. class-name labels against score vectors
+      without `class_names`).
+  write_outputs(metrics, labels, predictions, output_dir) -> None
+      Writes metrics.json and report.html (plots of the same pairs) into
+      output_dir (local, or any Beam file system such as gs://), each into
+      a temporary name first and then renamed over the previous file.
+  evaluate(labels, predictions, output_dir, task=..., threshold=...,
+           class_names=..., failed=..., inputs=None) -> dict
+      Both, preparing the pairs once.
+  Pairs()
+      A compact accumulator of (label, prediction) pairs: `add(label,
+      prediction)`, `add_row(row, label_field, prediction_field)` (a joined
+      row: counts failed rows and missing fields), `extend(labels,
+      predictions)`, `merge(other)`; picklable and mergeable, so it can be
+      the accumulator of a Beam CombineFn.
+  main(argv) -> int
+      The subcommand (argv without the word `evaluate`).
+
+Scale: the pairs are gathered into ONE process, because scikit-learn's
+metrics (exact ROC AUC, quantiles) need them all at once. `Pairs` keeps
+them as numpy arrays: about 20 bytes per pair plus 8 bytes per score of a
+score vector (2 GB for 100 million binary pairs). About 100 million pairs is
+the documented limit; evaluate a sample beyond that.
+
+Exit status of main: 0 written; 2 a configuration mistake (no file matches,
+a field missing from every row, an unknown task, a bad threshold, class
+names needed): one line on stderr, nothing written; 3 no pair could be
+evaluated (metrics.json and report.html are still written, saying why).
+"""
+import base64
+import collections
+import datetime
+import html
+import io
+import json
+import math
+import os
+import sys
+import traceback
+import warnings
+
+import numpy as np
+
+EXIT_OK = 0
+EXIT_CONFIG_ERROR = 2
+EXIT_NOTHING_EVALUATED = 3
+
+TASKS = ('auto', 'classification', 'regression')
+QUANTILES = (0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0)
+# Whole-number labels with whole-number predictions are class ids, unless
+# there are more distinct labels than this (then: counts, a regression).
+MAX_AUTO_CLASSES = 50
+# Score vectors are probabilities when every value is in [0, 1] and every
+# row sums to 1 within this (float32 softmax outputs written as JSON).
+PROBABILITY_TOLERANCE = 1e-3
+# Plots: drawn for at most this many classes; scatter plots of a sample.
+MAX_PLOT_CLASSES = 30
+MAX_CURVE_CLASSES = 12
+MAX_SCATTER_POINTS = 5000
+FIGSIZE = (5.0, 3.5)
+DPI = 80
+
+
+class EvaluateError(ValueError):
+  """A mistake in the settings, or one that the data shows."""
+
+
+MISSING = object()  # the field is not in the row (unlike a null value)
+
+# Label kinds (Pairs' int8 codes).
+L_MISSING, L_NULL, L_NONFINITE, L_UNUSABLE, L_BOOL, L_INT, L_INTEGRAL, L_FLOAT, L_STR = range(9)
+# Prediction kinds.
+P_MISSING, P_NULL, P_NONFINITE, P_UNUSABLE, P_BOOL, P_INT, P_FLOAT, P_STR, P_VECTOR = range(9)
+
+_LABEL_REASONS = {
+    L_MISSING: 'label field missing from the row',
+    L_NULL: 'label is null',
+    L_NONFINITE: 'label is not a finite number',
+    L_UNUSABLE: 'label is not a scalar (an object or a list of several values)',
+}
+_PREDICTION_REASONS = {
+    P_MISSING: 'prediction field missing from the row',
+    P_NULL: 'prediction is null',
+    P_NONFINITE: 'prediction holds a value that is not a finite number',
+    P_UNUSABLE: 'prediction is neither a number, a string nor a vector of numbers',
+}
+
+
+# -- gathering pairs ------------------------------------------------------------
+
+def _unwrap(value):
+  """A one-element list (tf.Example features, Keras [n, 1] outputs) is its element."""
+  while isinstance(value, (list, tuple)) and len(value) == 1:
+    value = value[0]
+  if isinstance(value, np.ndarray) and value.size == 1:
+    value = value.reshape(()).item()
+  if isinstance(value, np.generic):
+    value = value.item()
+  if isinstance(value, bytes):
+    value = value.decode('utf-8', 'replace')
+  return value
+
+
+class Pairs:
+  """(label, prediction) pairs, kept as numpy arrays (see the module's
+  docstring for the memory it takes). Strings (class names) are codes into
+  `vocabulary`."""
+  CHUNK = 65536
+
+  def __init__(self):
+    self.vocabulary = []  # code -> string
+    self._codes = {}
+    self._chunks = []  # (label kind, label value, prediction kind, value, vector length, flat vectors)
+    self._reset_pending()
+    self.rows = 0  # add_row: rows seen
+    self.failed = collections.Counter()  # add_row: failed instances by error category
+    self.unreadable = collections.Counter()  # rows that are not objects / not JSON, by reason
+    self.label_present = 0  # rows (not failed) holding the label field
+    self.prediction_present = 0
+    self.fields_seen = set()  # some field names, for error messages
+
+  def _reset_pending(self):
+    self._lk, self._lv, self._pk, self._pv, self._plen, self._flat = [], [], [], [], [], []
+
+  def __len__(self):
+    return sum(len(c[0]) for c in self._chunks) + len(self._lk)
+
+  def _code(self, text):
+    code = self._codes.get(text)
+    if code is None:
+      code = self._codes[text] = len(self.vocabulary)
+      self.vocabulary.append(text)
+    return code
+
+  def _label(self, value):
+    if value is MISSING:
+      return L_MISSING, 0.0
+    value = _unwrap(value)
+    if value is None:
+      return L_NULL, 0.0
+    if isinstance(value, bool):
+      return L_BOOL, float(value)
+    if isinstance(value, int):
+      return L_INT, float(value)
+    if isinstance(value, float):
+      if not math.isfinite(value):
+        return L_NONFINITE, 0.0
+      return (L_INTEGRAL if value.is_integer() else L_FLOAT), value
+    if isinstance(value, str):
+      return L_STR, float(self._code(value))
+    return L_UNUSABLE, 0.0
+
+  def _prediction(self, value):
+    """(kind, scalar, vector or None)."""
+    if value is MISSING:
+      return P_MISSING, 0.0, None
+    value = _unwrap(value)
+    if value is None:
+      return P_NULL, 0.0, None
+    if isinstance(value, bool):
+      return P_BOOL, float(value), None
+    if isinstance(value, int):
+      return P_INT, float(value), None
+    if isinstance(value, float):
+      return (P_FLOAT, value, None) if math.isfinite(value) else (P_NONFINITE, 0.0, None)
+    if isinstance(value, str):
+      return P_STR, float(self._code(value)), None
+    if isinstance(value, (list, tuple, np.ndarray)) and len(value):
+      if any(isinstance(x, (str, bytes, dict, bool)) for x in value):
+        return P_UNUSABLE, 0.0, None
+      try:
+        vector = np.asarray(value, dtype=np.float64)
+      except (ValueError, TypeError):
+        return P_UNUSABLE, 0.0, None
+      if vector.ndim != 1:
+        return P_UNUSABLE, 0.0, None
+      if not np.isfinite(vector).all():
+        return P_NONFINITE, 0.0, None
+      return P_VECTOR, 0.0, vector
+    return P_UNUSABLE, 0.0, None
+
+  def add(self, label, prediction):
+    lk, lv = self._label(label)
+    pk, pv, vector = self._prediction(prediction)
+    self._lk.append(lk)
+    self._lv.append(lv)
+    self._pk.append(pk)
+    self._pv.append(pv)
+    if vector is None:
+      self._plen.append(0)
+    else:
+      self._plen.append(len(vector))
+      self._flat.append(vector)
+    if len(self._lk) >= self.CHUNK:
+      self._flush()
+    return self
+
+  def add_row(self, row, label_field, prediction_field):
+    """One joined row: a failed instance (a non-null `error`) is counted,
+    anything else is a pair (missing fields are counted as such)."""
+    self.rows += 1
+    if not isinstance(row, dict):
+      self.unreadable['row is not a JSON object'] += 1
+      return self
+    if len(self.fields_seen) < 100:
+      self.fields_seen.update(list(row)[:100])
+    error = row.get('error')
+    if error is not None:
+      category = error.get('category') if isinstance(error, dict) else None
+      self.failed[str(category or 'unknown')] += 1
+      return self
+    label = row.get(label_field, MISSING)
+    prediction = row.get(prediction_field, MISSING)
+    self.label_present += label is not MISSING
+    self.prediction_present += prediction is not MISSING
+    return self.add(label, prediction)
+
+  def extend(self, labels, predictions):
+    """Many pairs; numeric numpy arrays take a vectorized path."""
+    if (isinstance(labels, np.ndarray) and isinstance(predictions, np.ndarray)
+        and labels.ndim == 1 and labels.dtype.kind in 'biuf'
+        and predictions.dtype.kind in 'biuf' and predictions.ndim in (1, 2)
+        and len(labels) == len(predictions)):
+      self._extend_arrays(labels, predictions)
+      return self
+    labels, predictions = list(labels), list(predictions)
+    if len(labels) != len(predictions):
+      raise EvaluateError(f'{len(labels)} labels but {len(predictions)} predictions')
+    for label, prediction in zip(labels, predictions):
+      self.add(label, prediction)
+    return self
+
+  def _extend_arrays(self, labels, predictions):
+    self._flush()
+    n = len(labels)
+    if labels.dtype.kind == 'b':
+      lk = np.full(n, L_BOOL, np.int8)
+    elif labels.dtype.kind in 'iu':
+      lk = np.full(n, L_INT, np.int8)
+    else:
+      finite = np.isfinite(labels)
+      lk = np.where(~finite, L_NONFINITE,
+                    np.where(np.mod(np.where(finite, labels, 0), 1) == 0, L_INTEGRAL, L_FLOAT))
+      lk = lk.astype(np.int8)
+    lv = np.where(lk == L_NONFINITE, 0, labels).astype(np.float64)
+    if predictions.ndim == 2 and predictions.shape[1] == 1:
+      predictions = predictions[:, 0]
+    plen = np.zeros(n, np.int32)
+    flat = np.zeros(0)
+    if predictions.ndim == 1:
+      kind = {'b': P_BOOL, 'i': P_INT, 'u': P_INT, 'f': P_FLOAT}[predictions.dtype.kind]
+      pk = np.full(n, kind, np.int8)
+      pv = predictions.astype(np.float64)
+      bad = ~np.isfinite(pv)
+      pk[bad] = P_NONFINITE
+      pv[bad] = 0
+    else:
+      vectors = predictions.astype(np.float64)
+      good = np.isfinite(vectors).all(axis=1)
+      pk = np.where(good, P_VECTOR, P_NONFINITE).astype(np.int8)
+      pv = np.zeros(n)
+      plen[good] = vectors.shape[1]
+      flat = vectors[good].ravel()
+    self._chunks.append((lk, lv, pk, pv, plen, flat))
+
+  def _flush(self):
+    if self._lk:
+      flat = np.concatenate(self._flat) if self._flat else np.zeros(0)
+      self._chunks.append((np.array(self._lk, np.int8), np.array(self._lv, np.float64),
+                           np.array(self._pk, np.int8), np.array(self._pv, np.float64),
+                           np.array(self._plen, np.int32), flat))
+      self._reset_pending()
+
+  def merge(self, other: 'Pairs') -> 'Pairs':
+    """Adds `other`'s pairs and counts (its string codes mapped onto ours)."""
+    self._flush()
+    other._flush()
+    remap = np.array([self._code(text) for text in other.vocabulary] or [0], np.float64)
+    for lk, lv, pk, pv, plen, flat in other._chunks:
+      lv = np.where(lk == L_STR, remap[np.where(lk == L_STR, lv, 0).astype(np.int64)], lv)
+      pv = np.where(pk == P_STR, remap[np.where(pk == P_STR, pv, 0).astype(np.int64)], pv)
+      self._chunks.append((lk, lv, pk, pv, plen, flat))
+    self.rows += other.rows
+    self.failed.update(other.failed)
+    self.unreadable.update(other.unreadable)
+    self.label_present += other.label_present
+    self.prediction_present += other.prediction_present
+    self.fields_seen.update(list(other.fields_seen)[:100])
+    return self
+
+  def arrays(self):
+    """(label kinds, label values, prediction kinds, values, vector lengths,
+    vector offsets, flat vector values), all pairs."""
+    self._flush()
+    if len(self._chunks) > 1:
+      self._chunks = [tuple(np.concatenate(parts) for parts in zip(*self._chunks))]
+    if not self._chunks:
+      empty = np.zeros(0)
+      return (np.zeros(0, np.int8), empty, np.zeros(0, np.int8), empty,
+              np.zeros(0, np.int32), np.zeros(0, np.int64), empty)
+    lk, lv, pk, pv, plen, flat = self._chunks[0]
+    offsets = np.cumsum(plen, dtype=np.int64) - plen
+    return lk, lv, pk, pv, plen, offsets, flat
+
+
+def _as_pairs(labels, predictions) -> Pairs:
+  if isinstance(labels, Pairs):
+    if predictions is not None:
+      raise TypeError('with a Pairs, give predictions=None')
+    return labels
+  return Pairs().extend(labels, predictions)
+
+
+# -- preparing: exclusions, the task, classes ----------------------------------
+
+class _Prepared:
+  """What the metrics and the plots are computed from."""
+  task = None
+  task_reason = ''
+  n = 0
+  # classification
+  classes = None  # list of JSON values, in confusion-matrix order
+  y_true = y_pred = None  # int class indices
+  scores = None  # None, 1-D positive-class scores, or 2-D score vectors
+  prediction_kind = None
+  # regression
+  y = y_hat = None
+
+
+def _plural(count, word):
+  return f'{count} {word}' + ('' if count == 1 else 's')
+
+
+def _prepare(pairs: Pairs, task='auto', threshold=0.5, class_names=None) -> tuple:
+  """(prepared, excluded {reason: count})."""
+  if task not in TASKS:
+    raise EvaluateError(f'--task: {task!r} is not one of {", ".join(TASKS)}')
+  threshold = _check_threshold(threshold)
+  if class_names is not None:
+    class_names = [str(c) for c in class_names]
+    if len(set(class_names)) != len(class_names) or not class_names:
+      raise EvaluateError('--class_names: give distinct names, in class-id order')
+  lk, lv, pk, pv, plen, offsets, flat = pairs.arrays()
+  vocabulary = pairs.vocabulary
+  excluded = collections.Counter()
+  ok = np.ones(len(lk), bool)
+
+  def exclude(mask, reason):
+    mask = mask & ok
+    count = int(mask.sum())
+    if count:
+      excluded[reason] += count
+      ok[mask] = False
+
+  for code, reason in _LABEL_REASONS.items():
+    exclude(lk == code, reason)
+  for code, reason in _PREDICTION_REASONS.items():
+    exclude(pk == code, reason)
+
+  # The form of the predictions: numbers, class names, or score vectors of
+  # one length. Most of the usable ones decide; the others are excluded.
+  forms = collections.Counter()
+  number = np.isin(pk, (P_BOOL, P_INT, P_FLOAT))
+  forms['number'] = int((number & ok).sum())
+  forms['class name'] = int(((pk == P_STR) & ok).sum())
+  lengths, counts = np.unique(plen[(pk == P_VECTOR) & ok], return_counts=True)
+  for length, count in zip(lengths, counts):
+    forms[int(length)] = int(count)
+  forms = {form: count for form, count in forms.items() if count}
+
+  def describe(form):
+    return f'a vector of {form} scores' if isinstance(form, int) else f'a {form}'
+
+  form = None
+  if forms:
+    form = max(forms, key=lambda f: (forms[f], str(f)))
+    for other in forms:
+      if other != form:
+        mask = (pk == P_VECTOR) & (plen == other) if isinstance(other, int) else (
+            number if other == 'number' else pk == P_STR)
+        exclude(mask, f'prediction is {describe(other)}, most are {describe(form)}')
+
+  prepared = _Prepared()
+  if not ok.any():
+    prepared.task = None if task == 'auto' else task
+    prepared.task_reason = 'no pair to evaluate'
+    return prepared, excluded
+  if task == 'auto':
+    task, prepared.task_reason = _decide(form, lk[ok], lv[ok], pk[ok], pv[ok])
+  else:
+    prepared.task_reason = 'given by --task'
+  prepared.task = task
+
+  if task == 'regression':
+    if form != 'number':
+      raise EvaluateError(f'--task=regression: the predictions are {describe(form)}s, '
+                          'not numbers')
+    exclude(lk == L_STR, 'label is not a number (a string)')
+    prepared.y = lv[ok]
+    prepared.y_hat = pv[ok]
+    prepared.n = int(ok.sum())
+    return prepared, excluded
+
+  y_true = np.full(len(lk), -1, np.int64)  # class index per pair; -1: not a class
+  y_pred = np.full(len(lk), -1, np.int64)
+  label_str = lk == L_STR
+  label_id = np.isin(lk, (L_BOOL, L_INT, L_INTEGRAL))
+  exclude(lk == L_FLOAT, 'label is a fractional number, not a class')
+
+  def labels_by_name(names):
+    index = {name: i for i, name in enumerate(names)}
+    lookup = np.array([index.get(text, -1) for text in vocabulary] or [-1], np.int64)
+    where = label_str & ok
+    y_true[where] = lookup[lv[where].astype(np.int64)]
+
+  def labels_by_id(count, reason):
+    where = label_id & ok
+    ids = lv[where].astype(np.int64)
+    y_true[where] = np.where((ids >= 0) & (ids < count), ids, -1)
+    exclude(label_id & (y_true < 0), reason)
+
+  def need_names(what):
+    if (label_str & ok).any():
+      raise EvaluateError(f'the labels are class names and the predictions are {what}: '
+                          'give --class_names (in class-id order) to map them')
+
+  all_bool = bool((lk[ok] == L_BOOL).all())
+  scores = None
+  if isinstance(form, int):  # score vectors: argmax
+    k = form
+    if class_names is not None and len(class_names) != k:
+      raise EvaluateError(f'--class_names names {len(class_names)} classes but the '
+                          f'score vectors have {k} values')
+    vectors = np.zeros((len(lk), k))
+    where = ok & (pk == P_VECTOR)
+    vectors[where] = flat[offsets[where][:, None] + np.arange(k)]
+    y_pred[where] = np.argmax(vectors[where], axis=1)
+    classes = class_names or ([False, True] if all_bool and k == 2 else list(range(k)))
+    prepared.prediction_kind = f'score vector ({k} classes, argmax)'
+    if class_names is None:
+      need_names('score vectors')
+    else:
+      labels_by_name(class_names)
+      exclude(label_str & (y_true < 0), 'label is not one of --class_names')
+    labels_by_id(k, f'label is not a class id of the score vectors (0 to {k - 1})')
+    scores = vectors
+  elif form == 'number':
+    values = pv[ok]
+    whole = bool((np.mod(values, 1) == 0).all())
+    typed_ints = bool(np.isin(pk[ok], (P_INT, P_BOOL)).all())
+    in_unit = bool(((values >= 0) & (values <= 1)).all())
+    if typed_ints or (whole and not in_unit):  # class ids
+      ids = pv.astype(np.int64)
+      if class_names is not None:
+        classes = class_names
+        y_pred[ok] = np.where((ids[ok] >= 0) & (ids[ok] < len(classes)), ids[ok], -1)
+        exclude(y_pred < 0, 'predicted class id is not one of --class_names')
+        labels_by_name(class_names)
+        exclude(label_str & (y_true < 0), 'label is not one of --class_names')
+        labels_by_id(len(classes), 'label is not a class id of --class_names')
+      else:
+        need_names('class ids')
+        present = np.unique(np.concatenate([ids[ok], lv[ok & label_id].astype(np.int64)]))
+        classes = [int(c) for c in present]
+        if all_bool and set(classes) <= {0, 1}:
+          classes = [False, True]
+          present = np.array([0, 1])
+        y_pred[ok] = np.searchsorted(present, ids[ok])
+        where = ok & label_id
+        y_true[where] = np.searchsorted(present, lv[where].astype(np.int64))
+      prepared.prediction_kind = 'class id'
+    elif in_unit:  # one score: the positive class's
+      if class_names is not None and len(class_names) != 2:
+        raise EvaluateError(f'--class_names names {len(class_names)} classes but the '
+                            'predictions are binary scores: give NEGATIVE,POSITIVE')
+      classes = class_names or ([False, True] if all_bool else [0, 1])
+      if class_names is None and (label_str & ok).any():
+        raise EvaluateError('the labels are class names and the predictions are binary '
+                            'scores: give --class_names=NEGATIVE,POSITIVE')
+      if class_names is not None:
+        labels_by_name(class_names)
+        exclude(label_str & (y_true < 0), 'label is not one of --class_names')
+      labels_by_id(2, 'label is not a binary class (0, 1, false or true)')
+      y_pred[ok] = (pv[ok] >= threshold).astype(np.int64)
+      scores = pv
+      prepared.prediction_kind = f'binary score (positive at >= {threshold:g})'
+    else:
+      raise EvaluateError('the predictions are numbers, neither scores in [0, 1] nor whole '
+                          'class ids: for a regressor use --task=regression')
+  else:  # class names
+    if class_names is not None:
+      classes = class_names
+      labels_by_name(class_names)
+      exclude(label_str & (y_true < 0), 'label is not one of --class_names')
+      labels_by_id(len(classes), 'label is not a class id of --class_names')
+    else:
+      if (label_id & ok).any():
+        raise EvaluateError('the labels are class ids or booleans and the predictions are '
+                            'class names: give --class_names (in class-id order) to map them')
+      used = np.unique(np.concatenate([lv[ok & label_str], pv[ok]]).astype(np.int64))
+      classes = sorted(vocabulary[i] for i in used)
+      labels_by_name(classes)
+    index = {name: i for i, name in enumerate(classes)}
+    lookup = np.array([index.get(text, -1) for text in vocabulary] or [-1], np.int64)
+    y_pred[ok] = lookup[pv[ok].astype(np.int64)]
+    exclude(y_pred < 0, 'predicted class is not one of --class_names')
+    prepared.prediction_kind = 'class name'
+  exclude(y_true < 0, 'label is not a class')  # (a safety net: every case above says why)
+  prepared.classes = list(classes)
+  prepared.y_true = y_true[ok]
+  prepared.y_pred = y_pred[ok]
+  prepared.scores = None if scores is None else scores[ok]
+  prepared.n = int(ok.sum())
+  prepared.threshold = threshold
+  return prepared, excluded
+
+
+def _decide(form, lk, lv, pk, pv) -> tuple:
+  """(task, why) from the usable pairs."""
+  if isinstance(form, int):
+    return 'classification', f'the predictions are vectors of {form} scores'
+  if form == 'class name':
+    return 'classification', 'the predictions are class names (strings)'
+  if (lk == L_STR).any():
+    return 'classification', 'the labels are class names (strings)'
+  if (lk == L_BOOL).all():
+    return 'classification', 'the labels are booleans'
+  distinct = len(np.unique(lv))
+  if (lk == L_FLOAT).any():
+    return 'regression', (f'the labels include fractional numbers ({distinct} distinct '
+                          'values)')
+  if np.isin(pk, (P_INT, P_BOOL)).all() and distinct <= MAX_AUTO_CLASSES:
+    return 'classification', ('the labels and the predictions are whole numbers: class ids '
+                              f'({distinct} distinct labels)')
+  if np.isin(lv, (0, 1)).all() and ((pv >= 0) & (pv <= 1)).all():
+    return 'classification', ('the labels are 0 or 1 and the predictions are scores in '
+                              '[0, 1]: a binary classifier')
+  return 'regression', (f'the labels are numbers ({distinct} distinct values) and the '
+                        'predictions are numbers that are neither binary scores nor few '
+                        'class ids')
+
+
+def _check_threshold(threshold) -> float:
+  try:
+    value = float(threshold)
+  except (TypeError, ValueError):
+    raise EvaluateError(f'--threshold: {threshold!r} is not a number') from None
+  if not 0 <= value <= 1:
+    raise EvaluateError(f'--threshold: {threshold!r} is not in [0, 1]')
+  return value
+
+
+# -- metrics ----------------------------------------------------------------------
+
+def _number(value):
+  """A JSON number, or None for NaN/inf."""
+  if value is None:
+    return None
+  value = float(value)
+  return value if math.isfinite(value) else None
+
+
+def _classification_metrics(p: _Prepared, notes: dict) -> dict:
+  from sklearn import metrics as skm
+  k = len(p.classes)
+  indices = np.arange(k)
+  yt, yp = p.y_true, p.y_pred
+  out = {'classes': p.classes, 'prediction_kind': p.prediction_kind}
+  if p.scores is not None and p.scores.ndim == 1:
+    out['threshold'] = p.threshold
+    out['positive_class'] = p.classes[1]
+  out['accuracy'] = _number(skm.accuracy_score(yt, yp))
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        yt, yp, labels=indices, zero_division=np.nan)
+    averages = {}
+    for average in ('macro', 'weighted'):
+      ap, ar, af, _ = skm.precision_recall_fscore_support(
+          yt, yp, labels=indices, average=average, zero_division=np.nan)
+      averages[average] = {'precision': _number(ap), 'recall': _number(ar),
+                           'f1': _number(af)}
+  matrix = skm.confusion_matrix(yt, yp, labels=indices)
+  predicted = matrix.sum(axis=0)
+
+  # ROC AUC: binary from the positive score; otherwise one-vs-rest per class.
+  auc = [None] * k
+  auc_reason = [None] * k
+  roc_auc = None
+  if p.scores is None:
+    notes['roc_auc'] = notes['log_loss'] = (
+        f'the predictions are {p.prediction_kind}s, not scores')
+  else:
+    binary = p.scores.ndim == 1 or k == 2
+    for c in ([1] if binary else range(k)):
+      positive = yt == c
+      score = p.scores if p.scores.ndim == 1 else p.scores[:, c]
+      if positive.all() or not positive.any():
+        auc_reason[c] = (f'every label is class {_label(p.classes[c])}' if positive.all()
+                         else f'no label of class {_label(p.classes[c])}')
+      else:
+        auc[c] = _number(skm.roc_auc_score(positive, score))
+    if binary:
+      roc_auc = auc[1]
+      if roc_auc is None:
+        notes['roc_auc'] = f'only one class in the labels ({auc_reason[1]})'
+      out['roc_auc_method'] = f'binary: the score of class {_label(p.classes[1])}'
+      auc = [None] * k
+      auc_reason = [None] * k
+    else:
+      defined = [a for a in auc if a is not None]
+      roc_auc = _number(np.mean(defined)) if defined else None
+      out['roc_auc_method'] = (f'one-vs-rest, macro average over the {len(defined)} of {k} '
+                               'classes present in the labels (but not alone)')
+      if roc_auc is None:
+        notes['roc_auc'] = 'fewer than two classes in the labels'
+    # log loss: scores that are probabilities
+    if p.scores.ndim == 1:
+      out['log_loss'] = _number(skm.log_loss(yt, p.scores, labels=[0, 1]))
+    else:
+      rows = p.scores.sum(axis=1)
+      if ((p.scores >= 0) & (p.scores <= 1)).all() and (
+          np.abs(rows - 1) <= PROBABILITY_TOLERANCE).all():
+        with warnings.catch_warnings():
+          warnings.simplefilter('ignore')  # float32 sums are 1 within 1e-7, not 1e-8
+          out['log_loss'] = _number(skm.log_loss(yt, p.scores, labels=indices))
+      else:
+        notes['log_loss'] = ('the score vectors are not probabilities (a value outside '
+                             f'[0, 1], or a row not summing to 1 within '
+                             f'{PROBABILITY_TOLERANCE:g}): logits?')
+  out.setdefault('log_loss', None)
+  out['roc_auc'] = roc_auc
+
+  per_class = []
+  for c in range(k):
+    row = {'class': p.classes[c], 'precision': _number(precision[c]),
+           'recall': _number(recall[c]), 'f1': _number(f1[c]), 'support': int(support[c]),
+           'predicted': int(predicted[c])}
+    if p.scores is not None and p.scores.ndim == 2 and k > 2:
+      row['roc_auc'] = auc[c]
+      if auc[c] is None:
+        notes[f'per_class[{c}].roc_auc'] = auc_reason[c]
+    if row['precision'] is None:
+      notes[f'per_class[{c}].precision'] = f'class {_label(p.classes[c])} is never predicted'
+    if row['recall'] is None:
+      notes[f'per_class[{c}].recall'] = f'no label of class {_label(p.classes[c])}'
+    if row['f1'] is None:
+      notes[f'per_class[{c}].f1'] = 'precision and recall are both undefined or 0'
+    per_class.append(row)
+  out['per_class'] = per_class
+  out['macro_avg'] = averages['macro']
+  out['weighted_avg'] = averages['weighted']
+  out['averages_note'] = ('macro: unweighted mean over classes, weighted: by support; '
+                          'undefined per-class values are left out of the means')
+  out['confusion_matrix'] = {'classes': p.classes, 'rows': 'label (true class)',
+                             'columns': 'predicted class', 'counts': matrix.tolist()}
+  return out
+
+
+def _regression_metrics(p: _Prepared, notes: dict) -> dict:
+  from sklearn import metrics as skm
+  y, y_hat = p.y, p.y_hat
+  residuals = y_hat - y
+  out = {
+      'mae': _number(skm.mean_absolute_error(y, y_hat)),
+      'rmse': _number(skm.root_mean_squared_error(y, y_hat)),
+      'r2': None,
+      'mean_residual': _number(residuals.mean()),
+      'residual': 'prediction - label',
+      'residual_quantiles': {f'{q:g}': _number(v) for q, v in
+                             zip(QUANTILES, np.quantile(residuals, QUANTILES))},
+      'label_mean': _number(y.mean()), 'label_std': _number(y.std()),
+      'prediction_mean': _number(y_hat.mean()), 'prediction_std': _number(y_hat.std()),
+  }
+  if len(y) < 2:
+    notes['r2'] = 'fewer than two pairs'
+  else:
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore')
+      out['r2'] = _number(skm.r2_score(y, y_hat, force_finite=False))
+    if out['r2'] is None:
+      notes['r2'] = 'the labels are all equal (no variance to explain)'
+  return out
+
+
+def _metrics(p: _Prepared, pairs: Pairs, excluded, settings, failed) -> dict:
+  if isinstance(failed, dict):
+    failed_by = {str(k): int(v) for k, v in failed.items() if v}
+  else:
+    failed_by = {'unknown': int(failed)} if failed else {}
+  for category, count in pairs.failed.items():
+    failed_by[category] = failed_by.get(category, 0) + count
+  excluded = dict(excluded)
+  excluded.update(pairs.unreadable)
+  notes = {}
+  metrics = {
+      'task': p.task,
+      'task_reason': p.task_reason,
+      'settings': settings,
+      'counts': {
+          'pairs': len(pairs),
+          'evaluated': p.n,
+          'excluded': sum(excluded.values()),
+          'excluded_by_reason': dict(sorted(excluded.items(), key=lambda kv: -kv[1])),
+          'failed_predictions': sum(failed_by.values()),
+          'failed_predictions_by_category': failed_by,
+      },
+  }
+  if pairs.rows:
+    metrics['counts']['rows'] = pairs.rows
+  if not p.n:
+    notes['metrics'] = 'no pair could be evaluated' + (
+        f' ({", ".join(f"{r}: {c}" for r, c in excluded.items())})' if excluded else '')
+  elif p.task == 'classification':
+    metrics['classification'] = _classification_metrics(p, notes)
+  else:
+    metrics['regression'] = _regression_metrics(p, notes)
+  metrics['null_reasons'] = notes
+  return metrics
+
+
+def _evaluation(labels, predictions, task, threshold, class_names, failed):
+  pairs = _as_pairs(labels, predictions)
+  prepared, excluded = _prepare(pairs, task, threshold, class_names)
+  settings = {'task': task, 'threshold': _check_threshold(threshold),
+              'class_names': None if class_names is None else [str(c) for c in class_names]}
+  return prepared, _metrics(prepared, pairs, excluded, settings, failed)
+
+
+def compute(labels, predictions, task='auto', threshold=0.5, class_names=None,
+            failed=0) -> dict:
+  """The metrics of the pairs: see the module's docstring."""
+  return _evaluation(labels, predictions, task, threshold, class_names, failed)[1]
+
+
+def write_outputs(metrics: dict, labels, predictions, output_dir: str) -> None:
+  """metrics.json and report.html of `metrics` (from `compute` on the same
+  pairs, which are prepared again here for the plots)."""
+  settings = metrics.get('settings') or {}
+  prepared, _ = _prepare(_as_pairs(labels, predictions), metrics.get('task') or
+                         settings.get('task', 'auto'), settings.get('threshold', 0.5),
+                         settings.get('class_names'))
+  _write(metrics, prepared, output_dir)
+
+
+def evaluate(labels, predictions, output_dir: str, task='auto', threshold=0.5,
+             class_names=None, failed=0, inputs=None) -> dict:
+  """compute + write_outputs, the pairs prepared once; returns the metrics.
+  `inputs`: what was read (a dict), recorded in metrics.json."""
+  prepared, metrics = _evaluation(labels, predictions, task, threshold, class_names, failed)
+  if inputs:
+    metrics = {'inputs': inputs, **metrics}
+  _write(metrics, prepared, output_dir)
+  return metrics
+
+
+def _write(metrics, prepared, output_dir):
+  """Renders both files in memory, then replaces each through a temporary name."""
+  text = json.dumps(metrics, indent=2, allow_nan=False, ensure_ascii=False) + '\n'
+  page = render_html(metrics, prepared)
+  if '://' in output_dir:
+    from apache_beam.io.filesystems import FileSystems
+    if not FileSystems.exists(output_dir):
+      FileSystems.mkdirs(output_dir)
+    for name, content in (('metrics.json', text), ('report.html', page)):
+      path = FileSystems.join(output_dir, name)
+      temporary = path + f'.tmp-{os.getpid()}'
+      with FileSystems.create(temporary) as f:
+        f.write(content.encode('utf-8'))
+      if FileSystems.exists(path):
+        FileSystems.delete([path])
+      FileSystems.rename([temporary], [path])
+    return
+  os.makedirs(output_dir, exist_ok=True)
+  for name, content in (('metrics.json', text), ('report.html', page)):
+    path = os.path.join(output_dir, name)
+    temporary = f'{path}.tmp-{os.getpid()}'
+    try:
+      with open(temporary, 'w', encoding='utf-8') as f:
+        f.write(content)
+      os.replace(temporary, path)
+    finally:
+      if os.path.exists(temporary):
+        os.remove(temporary)
+
+
+# -- the report -----------------------------------------------------------------
+
+def _figure():
+  from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+  return Figure(figsize=FIGSIZE, dpi=DPI, layout='constrained')
+
+
+def _png(figure) -> str:
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format='png', dpi=DPI)
+  return base64.b64encode(buffer.getvalue()).decode('ascii')
+
+
+def _label(value) -> str:
+  return json.dumps(value) if isinstance(value, bool) else str(value)
+
+
+def _plots(p: _Prepared) -> list:
+  """[(title, base64 PNG or None, caption)]."""
+  import matplotlib
+  with matplotlib.rc_context({'font.size': 8}):
+    return _draw(p) if p.n else []
+
+
+def _draw(p: _Prepared) -> list:
+  plots = []
+  if p.task == 'classification':
+    from sklearn.metrics import confusion_matrix, roc_curve
+    k = len(p.classes)
+    names = [_label(c) for c in p.classes]
+    if k <= MAX_PLOT_CLASSES:
+      matrix = confusion_matrix(p.y_true, p.y_pred, labels=np.arange(k))
+      figure = _figure()
+      ax = figure.add_subplot()
+      image = ax.imshow(matrix, cmap='Blues')
+      figure.colorbar(image, ax=ax)
+      ax.set_xticks(range(k), names, rotation=45 if k > 4 else 0, ha='right' if k > 4 else 'center')
+      ax.set_yticks(range(k), names)
+      ax.set_xlabel('predicted class')
+      ax.set_ylabel('label')
+      if k <= 10:
+        for i in range(k):
+          for j in range(k):
+            ax.text(j, i, str(matrix[i, j]), ha='center', va='center',
+                    color='white' if matrix[i, j] > matrix.max() / 2 else 'black')
+      plots.append(('Confusion matrix', _png(figure), 'rows: label, columns: predicted'))
+    else:
+      plots.append(('Confusion matrix', None, f'{k} classes: too many to draw; see the table'))
+    if p.scores is not None:
+      bins = np.linspace(0, 1, 41) if ((p.scores >= 0) & (p.scores <= 1)).all() else 40
+      figure = _figure()
+      if p.scores.ndim == 1 or k == 2:
+        score = p.scores if p.scores.ndim == 1 else p.scores[:, 1]
+        ax = figure.add_subplot()
+        for c in range(k):
+          if (p.y_true == c).any():
+            ax.hist(score[p.y_true == c], bins=bins, alpha=0.55, label=f'label {names[c]}')
+        if p.scores.ndim == 1:
+          ax.axvline(p.threshold, color='black', linestyle='--', linewidth=1,
+                     label=f'threshold {p.threshold:g}')
+        ax.set_xlabel(f'score of class {names[1]}')
+        ax.set_ylabel('instances')
+        ax.legend()
+        caption = 'the positive class\'s score, one histogram per label'
+      else:
+        shown = min(k, MAX_CURVE_CLASSES)
+        columns = 3
+        rows = -(-shown // columns)
+        figure.set_size_inches(FIGSIZE[0] * 1.4, 1.6 * rows + 0.4)
+        for c in range(shown):
+          ax = figure.add_subplot(rows, columns, c + 1)
+          positive = p.y_true == c
+          ax.hist(p.scores[~positive, c], bins=bins, alpha=0.55, label='other labels')
+          ax.hist(p.scores[positive, c], bins=bins, alpha=0.55, label=f'label {names[c]}')
+          ax.set_title(f'score of class {names[c]}', fontsize=8)
+          ax.tick_params(labelsize=6)
+          if c == 0:
+            ax.legend(fontsize=6)
+        caption = ('for each class: its score on instances of that label and on the others'
+                   + (f'; the first {shown} of {k} classes' if shown < k else ''))
+      plots.append(('Score histograms per class', _png(figure), caption))
+      figure = _figure()
+      ax = figure.add_subplot()
+      ax.plot([0, 1], [0, 1], color='grey', linestyle=':', linewidth=1)
+      curves = 0
+      if p.scores.ndim == 1 or k == 2:
+        score = p.scores if p.scores.ndim == 1 else p.scores[:, 1]
+        if 0 < (p.y_true == 1).sum() < p.n:
+          fpr, tpr, _ = roc_curve(p.y_true == 1, score)
+          ax.plot(fpr, tpr, label=f'class {names[1]}')
+          curves = 1
+      else:
+        for c in range(min(k, MAX_CURVE_CLASSES)):
+          if 0 < (p.y_true == c).sum() < p.n:
+            fpr, tpr, _ = roc_curve(p.y_true == c, p.scores[:, c])
+            ax.plot(fpr, tpr, linewidth=1, label=f'{names[c]} vs rest')
+            curves += 1
+      ax.set_xlabel('false positive rate')
+      ax.set_ylabel('true positive rate')
+      if curves:
+        ax.legend(fontsize=6 if curves > 4 else 8)
+        plots.append(('ROC curve', _png(figure), 'one-vs-rest per class' if curves > 1 else ''))
+      else:
+        plots.append(('ROC curve', None, 'only one class in the labels: no curve'))
+  else:
+    residuals = p.y_hat - p.y
+    sample = np.arange(p.n)
+    if p.n > MAX_SCATTER_POINTS:
+      sample = np.random.default_rng(0).choice(p.n, MAX_SCATTER_POINTS, replace=False)
+    note = (f'a random sample of {MAX_SCATTER_POINTS} of {p.n} pairs'
+            if p.n > MAX_SCATTER_POINTS else '')
+    figure = _figure()
+    ax = figure.add_subplot()
+    ax.scatter(p.y_hat[sample], residuals[sample], s=4, alpha=0.5)
+    ax.axhline(0, color='black', linewidth=1)
+    ax.set_xlabel('prediction')
+    ax.set_ylabel('residual (prediction - label)')
+    plots.append(('Residuals against predictions', _png(figure), note))
+    figure = _figure()
+    ax = figure.add_subplot()
+    ax.hist(residuals, bins=50)
+    ax.set_xlabel('residual (prediction - label)')
+    ax.set_ylabel('pairs')
+    plots.append(('Residual histogram', _png(figure), ''))
+    figure = _figure()
+    ax = figure.add_subplot()
+    ax.scatter(p.y[sample], p.y_hat[sample], s=4, alpha=0.5)
+    low, high = float(min(p.y.min(), p.y_hat.min())), float(max(p.y.max(), p.y_hat.max()))
+    ax.plot([low, high], [low, high], color='grey', linestyle=':', linewidth=1)
+    ax.set_xlabel('label')
+    ax.set_ylabel('prediction')
+    plots.append(('Predictions against labels', _png(figure), note))
+  return plots
+
+
+_CSS = """
+body { font-family: sans-serif; margin: 1.5em; color: #222; max-width: 70em; }
+h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.5em; }
+table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: right; }
+th { background: #f3f3f3; } td.text, th.text { text-align: left; }
+.null { color: #999; } figure { display: inline-block; margin: 0.5em 1em 0.5em 0; }
+figcaption { font-size: 0.8em; color: #555; max-width: 32em; } .note { color: #555; }
+"""
+
+
+def _cell(value, reason=None) -> str:
+  if value is None:
+    title = f' title="{html.escape(reason)}"' if reason else ''
+    return f'<td class="null"{title}>n/a</td>'
+  if isinstance(value, float):
+    return f'<td>{value:.6g}</td>'
+  if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+    return f'<td>{value:,}</td>'
+  return f'<td class="text">{html.escape(_label(value))}</td>'
+
+
+def _table(rows, header=None) -> str:
+  parts = ['<table>']
+  if header:
+    parts.append('<tr>' + ''.join(f'<th class="text">{html.escape(h)}</th>' for h in header)
+                 + '</tr>')
+  for name, *cells in rows:
+    parts.append(f'<tr><th class="text">{html.escape(str(name))}</th>' + ''.join(cells)
+                 + '</tr>')
+  parts.append('</table>')
+  return ''.join(parts)
+
+
+def render_html(metrics: dict, prepared: _Prepared) -> str:
+  """The self-contained report: inline CSS, plots as inline PNG, no script."""
+  notes = metrics.get('null_reasons', {})
+  counts = metrics['counts']
+  e = html.escape
+  body = ['<h1>Evaluation</h1>']
+  inputs = metrics.get('inputs') or {}
+  facts = [(k, _cell(v if not isinstance(v, (list, dict)) else json.dumps(v)))
+           for k, v in inputs.items()]
+  facts += [('task', _cell(metrics['task'])), ('why', _cell(metrics['task_reason']))]
+  facts += [('requested task', _cell(metrics['settings']['task'])),
+            ('threshold', _cell(metrics['settings']['threshold']))]
+  if metrics['settings'].get('class_names'):
+    facts.append(('class_names', _cell(', '.join(metrics['settings']['class_names']))))
+  body.append(_table(facts))
+  body.append('<h2>Pairs</h2>')
+  rows = [(k, _cell(counts[k])) for k in ('rows', 'pairs', 'evaluated', 'excluded',
+                                          'failed_predictions') if k in counts]
+  body.append(_table(rows))
+  for title, key in (('Excluded, by reason', 'excluded_by_reason'),
+                     ('Failed predictions, by error category',
+                      'failed_predictions_by_category')):
+    if counts[key]:
+      body.append(f'<p class="note">{e(title)}:</p>')
+      body.append(_table([(k, _cell(v)) for k, v in counts[key].items()]))
+  if 'metrics' in notes:
+    body.append(f'<p class="note">{e(notes["metrics"])}</p>')
+  c = metrics.get('classification')
+  if c:
+    body.append('<h2>Classification</h2>')
+    rows = [('prediction kind', _cell(c['prediction_kind']))]
+    if 'threshold' in c:
+      rows += [('positive class', _cell(c['positive_class'])),
+               ('threshold', _cell(c['threshold']))]
+    rows += [('accuracy', _cell(c['accuracy'])),
+             ('log loss', _cell(c['log_loss'], notes.get('log_loss'))),
+             ('ROC AUC', _cell(c['roc_auc'], notes.get('roc_auc')))]
+    if 'roc_auc_method' in c:
+      rows.append(('ROC AUC method', _cell(c['roc_auc_method'])))
+    for average in ('macro_avg', 'weighted_avg'):
+      for name, value in c[average].items():
+        rows.append((f'{name} ({average.replace("_avg", "")} average)', _cell(value)))
+    body.append(_table(rows))
+    for key in ('log_loss', 'roc_auc'):
+      if key in notes:
+        body.append(f'<p class="note">{e(key)} n/a: {e(notes[key])}</p>')
+    has_auc = any('roc_auc' in row for row in c['per_class'])
+    header = ['class', 'precision', 'recall', 'F1', 'support', 'predicted'] + (
+        ['ROC AUC (vs rest)'] if has_auc else [])
+    rows = []
+    for i, row in enumerate(c['per_class']):
+      cells = [_cell(row[k], notes.get(f'per_class[{i}].{k}')) for k in
+               ('precision', 'recall', 'f1', 'support', 'predicted')]
+      if has_auc:
+        cells.append(_cell(row.get('roc_auc'), notes.get(f'per_class[{i}].roc_auc')))
+      rows.append((_label(row['class']), *cells))
+    body.append('<h3>Per class</h3>' + _table(rows, header))
+    classes = c['confusion_matrix']['classes']
+    if len(classes) <= 100:
+      header = ['label \\ predicted'] + [_label(x) for x in classes]
+      rows = [(_label(classes[i]), *(_cell(v) for v in counts_row))
+              for i, counts_row in enumerate(c['confusion_matrix']['counts'])]
+      body.append('<h3>Confusion matrix</h3>' + _table(rows, header))
+  r = metrics.get('regression')
+  if r:
+    body.append('<h2>Regression</h2>')
+    rows = [('MAE', _cell(r['mae'])), ('RMSE', _cell(r['rmse'])),
+            ('R²', _cell(r['r2'], notes.get('r2'))),
+            ('mean residual (prediction - label)', _cell(r['mean_residual'])),
+            ('label mean', _cell(r['label_mean'])), ('label std', _cell(r['label_std'])),
+            ('prediction mean', _cell(r['prediction_mean'])),
+            ('prediction std', _cell(r['prediction_std']))]
+    body.append(_table(rows))
+    body.append('<h3>Residual quantiles</h3>')
+    body.append(_table([(q, _cell(v)) for q, v in r['residual_quantiles'].items()],
+                       ['quantile', 'residual']))
+  plots = _plots(prepared)
+  if plots:
+    body.append('<h2>Plots</h2>')
+  for title, png, caption in plots:
+    if png is None:
+      body.append(f'<p class="note">{e(title)}: {e(caption)}</p>')
+      continue
+    body.append(f'<figure><img alt="{e(title)}" src="data:image/png;base64,{png}">'
+                f'<figcaption><b>{e(title)}</b>{": " + e(caption) if caption else ""}'
+                '</figcaption></figure>')
+  created = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')
+  body.append(f'<p class="note">Written by batch-predict evaluate, {e(created)}.</p>')
+  return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+          '<title>batch-predict evaluate</title>'
+          f'<style>{_CSS}</style></head><body>\n' + '\n'.join(body) + '\n</body></html>\n')
+
+
+# -- reading joined rows ------------------------------------------------------------
+
+def _format_of(path: str, fmt: str) -> str:
+  if fmt != 'auto':
+    return fmt
+  name = path.lower()
+  if name.endswith('.gz'):
+    name = name[:-3]
+  if name.endswith('.parquet'):
+    return 'parquet'
+  if name.endswith(('.jsonl', '.ndjson', '.json')):
+    return 'jsonl'
+  raise EvaluateError(f'--joined: {path}: cannot tell the format from the extension; '
+                      'give --format=jsonl or --format=parquet')
+
+
+def _files(patterns) -> list:
+  from apache_beam.io.filesystems import FileSystems
+  paths = []
+  for pattern in patterns:
+    try:
+      matched = FileSystems.match([pattern])[0].metadata_list
+    except Exception as error:  # pylint: disable=broad-except  (a file system's own error)
+      raise EvaluateError(f'--joined: cannot list {pattern}: {error}') from None
+    files = sorted(m.path for m in matched if not m.path.endswith('/'))
+    if not files:
+      raise EvaluateError(f'--joined: no file matches {pattern}')
+    paths.extend(files)
+  return paths
+
+
+def read_joined(patterns, label_field, prediction_field, fmt='auto') -> tuple:
+  """(Pairs, files): the pairs of every row of the files the patterns match."""
+  from apache_beam.io.filesystems import CompressionTypes, FileSystems
+  paths = _files(patterns)
+  formats = {path: _format_of(path, fmt) for path in paths}
+  pairs = Pairs()
+  for path in paths:
+    if formats[path] == 'parquet':
+      import pyarrow.parquet as pq
+      with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        parquet = pq.ParquetFile(f)
+        names = parquet.schema_arrow.names
+        columns = [c for c in dict.fromkeys((label_field, prediction_field, 'error'))
+                   if c in names]
+        pairs.fields_seen.update(names[:100])
+        for batch in parquet.iter_batches(columns=columns or None, batch_size=65536):
+          values = batch.to_pydict() if columns else {}
+          for i in range(batch.num_rows):
+            pairs.add_row({c: values[c][i] for c in columns}, label_field, prediction_field)
+      continue
+    with FileSystems.open(path) as f:  # (.gz too: compression by extension)
+      for line in iter(f.readline, b''):
+        if not line.strip():
+          continue
+        try:
+          row = json.loads(line)
+        except ValueError:
+          pairs.rows += 1
+          pairs.unreadable['row is not valid JSON'] += 1
+          continue
+        pairs.add_row(row, label_field, prediction_field)
+  return pairs, paths
+
+
+# -- the command -------------------------------------------------------------------
+
+def _parser():
+  from pipeline.options import _csv, _Parser
+  parser = _Parser(
+      prog='batch-predict evaluate', allow_abbrev=False,
+      description='Metrics of predictions against labels (classification: accuracy, '
+                  'per-class precision/recall/F1, confusion matrix, log loss, ROC AUC; '
+                  'regression: MAE, RMSE, R², residual quantiles), written as metrics.json '
+                  'and a self-contained report.html.')
+  parser.add_argument('--joined', required=True, type=_csv,
+                      help='JSONL (also .gz) or Parquet files of rows holding both the label '
+                           'and the prediction, comma-separated patterns')
+  parser.add_argument('--label_field', required=True, help='the field holding the label')
+  parser.add_argument('--prediction_field', required=True,
+                      help='the field holding the prediction (a number, a class name, '
+                           'or a vector of scores)')
+  parser.add_argument('--output', required=True,
+                      help='directory for metrics.json and report.html')
+  parser.add_argument('--task', default='auto',
+                      help='auto (default: decided from the data, the reason recorded), '
+                           'classification or regression')
+  parser.add_argument('--threshold', default='0.5',
+                      help='binary scores: the positive class from this score on (default 0.5)')
+  parser.add_argument('--class_names', default=None, type=_csv,
+                      help='class names in class-id (score vector) order, comma-separated')
+  parser.add_argument('--format', default='auto',
+                      help='auto (by extension), jsonl or parquet')
+  return parser
+
+
+def _error(message) -> None:
+  print(f'batch-predict evaluate: error: {message}', file=sys.stderr)
+
+
+def main(argv=None) -> int:
+  from pipeline.options import ConfigError
+  argv = sys.argv[1:] if argv is None else list(argv)
+  try:
+    args = _parser().parse_args(argv)
+  except ConfigError as e:
+    _error(e)
+    return EXIT_CONFIG_ERROR
+  except SystemExit as e:  # --help
+    return e.code if isinstance(e.code, int) else EXIT_OK
+  try:
+    if args.task not in TASKS:
+      raise EvaluateError(f'--task: {args.task!r} is not one of {", ".join(TASKS)}')
+    threshold = _check_threshold(args.threshold)
+    if args.format not in ('auto', 'jsonl', 'parquet'):
+      raise EvaluateError(f'--format: {args.format!r} is not one of auto, jsonl, parquet')
+    if not args.joined:
+      raise EvaluateError('--joined: give at least one file pattern')
+    if args.class_names is not None and not args.class_names:
+      raise EvaluateError('--class_names: give at least one name')
+    pairs, paths = read_joined(args.joined, args.label_field, args.prediction_field,
+                               args.format)
+    if not pairs.rows:
+      raise EvaluateError(f'--joined: no rows in the {_plural(len(paths), "file")} matched')
+    evaluated_rows = pairs.rows - sum(pairs.failed.values()) - sum(pairs.unreadable.values())
+    seen = ', '.join(sorted(pairs.fields_seen)[:20])
+    for flag, field, present in (('--label_field', args.label_field, pairs.label_present),
+                                 ('--prediction_field', args.prediction_field,
+                                  pairs.prediction_present)):
+      if evaluated_rows and not present:
+        raise EvaluateError(f'{flag}: no row has a field {field!r} (fields seen: {seen})')
+    inputs = {'joined': list(args.joined), 'files': len(paths),
+              'label_field': args.label_field, 'prediction_field': args.prediction_field}
+    metrics = evaluate(pairs, None, args.output, task=args.task, threshold=threshold,
+                       class_names=args.class_names, inputs=inputs)
+  except (EvaluateError, ConfigError) as e:
+    _error(e)
+    return EXIT_CONFIG_ERROR
+  except OSError as e:
+    if os.environ.get('BATCH_PREDICT_DEBUG', '') not in ('', '0'):
+      traceback.print_exc()
+    _error(f'{e}')
+    return EXIT_CONFIG_ERROR
+  counts = metrics['counts']
+  headline = _headline(metrics)
+  print(f'Evaluated {counts["evaluated"]:,} of {counts["pairs"]:,} pairs '
+        f'({metrics["task"] or "no task"}; {metrics["task_reason"]}); excluded '
+        f'{counts["excluded"]:,}, failed predictions {counts["failed_predictions"]:,}.'
+        + (f' {headline}.' if headline else ''))
+  print(f'Wrote {os.path.join(args.output, "metrics.json")} and '
+        f'{os.path.join(args.output, "report.html")}')
+  if not counts['evaluated']:
+    _error(metrics['null_reasons'].get('metrics', 'no pair could be evaluated'))
+    return EXIT_NOTHING_EVALUATED
+  return EXIT_OK
+
+
+def _headline(metrics) -> str:
+  parts = []
+  for section, keys in (('classification', ('accuracy', 'log_loss', 'roc_auc')),
+                        ('regression', ('mae', 'rmse', 'r2'))):
+    for key in keys:
+      value = (metrics.get(section) or {}).get(key)
+      if value is not None:
+        parts.append(f'{key} {value:.4g}')
+  return ', '.join(parts)
