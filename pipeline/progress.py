@@ -20,7 +20,11 @@ figures a user watches travel on a channel of their own:
   shows them: on a terminal one line rewritten in place, cleared at the end;
   otherwise an INFO line of the `pipeline.progress` logger every
   --progress_interval seconds, and after such lines one when the pipeline
-  ends (a run shorter than the interval prints none).
+  ends (a run shorter than the interval prints none). It also keeps a
+  compact time series of the figures (about one sample a second, at most
+  SERIES_MAX samples: a long run's is thinned to every 2nd, 4th... second),
+  also with the progress output off, for the run's report.html
+  (pipeline/report.py); remote runners have none.
 
 The progress folder is `batch-predict-progress-PID-XXXXXXXX` in the
 temporary directory, with a marker (OWNER: the launcher's pid, host and
@@ -63,6 +67,11 @@ LEGACY_AGE_S = 600.0  # folders named without a pid (earlier versions)
 
 TICK_S = 1.0  # how often the launcher samples (and a terminal line is redrawn)
 ETA_AFTER_S = 2.0  # seconds of reading before an ETA is shown
+SERIES_MAX = 240  # most samples kept of the throughput series (Reporter.series)
+# A short run's series would hold only a point or two: its first seconds are
+# sampled more often.
+SERIES_EARLY_S, SERIES_EARLY_TICK_S = 5.0, 0.2
+SERIES_COLUMNS = ('elapsed_s', 'instances_read', 'predictions', 'errors')
 
 _LOG = logging.getLogger(__name__)
 
@@ -208,14 +217,22 @@ def remove_stale_folders(directory: str = None) -> list:
 
 class Reporter:
   """Watches the run of a local runner while the block runs (see the
-  module's docstring). `interval_s` 0: nothing. `started`: time.time() the
-  elapsed time counts from. `stream`: a terminal gets the live line
-  (default: a copy of stderr as it is now, so that a filter put on fd 2
-  later does not hold back a line without its end)."""
+  module's docstring). `interval_s` 0: no progress output. `series`: keep
+  the throughput series (`series()`), also when there is no output; with
+  neither, nothing is watched. `started`: time.time() the elapsed time of the
+  lines counts from. `stream`: a terminal gets the live line (default: a copy
+  of stderr as it is now, so that a filter put on fd 2 later does not hold
+  back a line without its end)."""
 
   def __init__(self, interval_s: float, total_bytes: int, started: float = None,
-               stream=None):
+               stream=None, series: bool = False):
     self._interval = interval_s
+    self._keep_series = series
+    self._printing = False  # progress output (interval and log level allow it)
+    self._series = None  # [[elapsed_s, read, predicted, errors], ...] once watching
+    self._series_stride = 1  # samples taken per sample kept (doubles when thinned)
+    self._samples_taken = 0
+    self._entered = time.monotonic()
     self._total = total_bytes
     self._started = time.time() if started is None else started
     self._stream = stream
@@ -241,12 +258,14 @@ class Reporter:
     # A progress folder named in the environment this process inherited is
     # not this run's: its workers must not write there.
     os.environ.pop(ENV, None)
-    if self._interval <= 0:
+    self._entered = time.monotonic()
+    if self._interval <= 0 and not self._keep_series:
       return self
     try:
       self._start()
     except Exception:  # pylint: disable=broad-except
       _LOG.debug('Progress output is off: it could not be set up', exc_info=True)
+      self._series = None
       self._cleanup()
     return self
 
@@ -256,7 +275,7 @@ class Reporter:
     try:
       self._stop.set()
       self._thread.join(timeout=5)
-      self._sample()
+      self._sample(final=True)
       if self._terminal:
         self._clear()
       elif kind is None and self._logged:
@@ -271,16 +290,18 @@ class Reporter:
 
   def _start(self):
     # --log_level=warning or error: no progress lines either.
-    if not _LOG.isEnabledFor(logging.INFO):
+    self._printing = self._interval > 0 and _LOG.isEnabledFor(logging.INFO)
+    if not self._printing and not self._keep_series:
       return
-    if self._stream is None:
+    if self._printing and self._stream is None:
       if not sys.stderr.isatty():
         self._stream = sys.stderr
       else:
         sys.stderr.flush()
         self._stream = os.fdopen(os.dup(sys.stderr.fileno()), 'w')
         self._own_stream = True
-    self._terminal = bool(getattr(self._stream, 'isatty', lambda: False)())
+    self._terminal = self._printing and bool(getattr(self._stream, 'isatty',
+                                                     lambda: False)())
     remove_stale_folders()
     self._folder = tempfile.mkdtemp(prefix=f'{FOLDER_PREFIX}{os.getpid()}-')
     state = _process_state(os.getpid())
@@ -290,6 +311,8 @@ class Reporter:
     os.environ[ENV] = self._folder
     self._handle_sigterm()
     begin_watching()
+    if self._keep_series:
+      self._series = [[0.0, 0, 0, 0]]
     if self._terminal:
       # A log line printed meanwhile starts on a clean line (in this process).
       self._log_filter = _ClearLine(self)
@@ -384,7 +407,28 @@ class Reporter:
         total[i] += counts[i]
     return total
 
-  def _sample(self):
+  def series(self):
+    """The throughput series, samples of SERIES_COLUMNS (seconds since the
+    block was entered, instances read, predictions, error records) about
+    once a second (five a second in the first SERIES_EARLY_S seconds), the
+    last at the end; at most SERIES_MAX + 1 samples.
+    None where nothing was watched (series off, or it could not be set up)."""
+    return None if self._series is None else [list(s) for s in self._series]
+
+  def _record(self, now: float, final: bool):
+    series = self._series
+    if series is None:
+      return
+    self._samples_taken += 1
+    if not final and self._samples_taken % self._series_stride:
+      return
+    if len(series) >= SERIES_MAX:  # a long run: keep every other sample from now on
+      del series[1::2]
+      self._series_stride *= 2
+    series.append([round(now - self._entered, 2), self._last[READ], self._last[PREDICTED],
+                   self._last[ERRORS]])
+
+  def _sample(self, final: bool = False):
     counts = self.tally()
     now = time.monotonic()
     # A figure never goes back (a worker's file is read between replacements).
@@ -394,6 +438,7 @@ class Reporter:
       # Reading began after the previous sample, which saw nothing yet.
       self._first_read = self._previous_sample
     self._previous_sample = now
+    self._record(now, final)
     return self._last
 
   def _line(self, final=False) -> str:
@@ -403,11 +448,15 @@ class Reporter:
     return f'pipeline ended: {line}' if final else line
 
   def _loop(self):
-    tick = min(TICK_S, self._interval)
+    tick = min(TICK_S, self._interval) if self._printing else TICK_S
     next_log = time.monotonic() + self._interval
     try:
-      while not self._stop.wait(tick):
+      while not self._stop.wait(
+          min(tick, SERIES_EARLY_TICK_S) if self._series is not None
+          and time.monotonic() - self._entered < SERIES_EARLY_S else tick):
         self._sample()
+        if not self._printing:
+          continue
         if self._terminal:
           self._draw(self._line())
         elif time.monotonic() >= next_log:

@@ -67,14 +67,41 @@ def _stats(distribution, scale: float = 1.0, digits: int = 1):
           'max': round(distribution['max'] * scale, digits)}
 
 
+def histogram(counts: dict, prefix: str, suffix: str = '', scale: float = 1.0) -> list:
+  """[{le, count}, ...]: the bucket counters `PREFIX<N>SUFFIX`
+  (transforms/score.py) as a histogram, every bucket from the smallest to
+  the largest one counted (0 where none), `le` the bucket's upper bound
+  times `scale`."""
+  from transforms.score import bucket
+  found = {}
+  for name, value in counts.items():
+    if name.startswith(prefix) and name.endswith(suffix) and isinstance(value, int):
+      bound = name[len(prefix):len(name) - len(suffix)]
+      if bound.isdigit() and value:
+        found[int(bound)] = found.get(int(bound), 0) + value
+  if not found:
+    return []
+  bounds, bound = set(found), min(found)
+  while bound < max(found) and len(bounds) < 1000:
+    bound = bucket(bound + 1)
+    bounds.add(bound)
+  return [{'le': b if scale == 1 else round(b * scale, 3), 'count': found.get(b, 0)}
+          for b in sorted(bounds) if b <= max(found)]
+
+
 def batches(counts: dict):
   """The model's batches: how many, their sizes (at most --max_batch_size)
-  and latencies; from the job's `model_batch_*` distributions."""
+  and latencies; from the job's `model_batch_*` distributions, and their
+  histograms (power-of-two buckets: `le` the upper bound, instances or ms)
+  from its bucket counters."""
+  from transforms.score import BATCH_LATENCY_BUCKET, BATCH_SIZE_BUCKET
   size = counts.get('model_batch_size')
   if not isinstance(size, dict):
     return None
   return {'count': size['count'], 'instances': size['sum'], 'size': _stats(size),
-          'latency_ms': _stats(counts.get('model_batch_latency_micro_secs'), 1e-3, 3)}
+          'latency_ms': _stats(counts.get('model_batch_latency_micro_secs'), 1e-3, 3),
+          'size_histogram': histogram(counts, BATCH_SIZE_BUCKET),
+          'latency_ms_histogram': histogram(counts, BATCH_LATENCY_BUCKET, 'us', 1e-3)}
 
 
 def run_inference(counts: dict):
@@ -169,10 +196,21 @@ def first_examples(counts: dict) -> dict:
   return examples
 
 
+def throughput(series) -> dict:
+  """The local runner's throughput series (pipeline/progress.py
+  Reporter.series) as the summary keeps it; None where there is none (a
+  remote runner)."""
+  from pipeline.progress import SERIES_COLUMNS
+  if not series:
+    return None
+  return {'columns': list(SERIES_COLUMNS), 'samples': series}
+
+
 def build(config, counts: dict, runner: str, wall_time_s: float,
-          started: float = None, ended: float = None) -> dict:
+          started: float = None, ended: float = None, series=None) -> dict:
   """`wall_time_s`: the pipeline's own time; `started`: when the command
-  started, `ended`: when the pipeline ended (time.time())."""
+  started, `ended`: when the pipeline ended (time.time()); `series`: the
+  throughput series of a local run (pipeline/progress.py)."""
   errors = {c: counts.get(f'errors_{c}', 0) for c in ERROR_CATEGORIES}
   read = counts.get('instances_read', 0)
   ended = time.time() if ended is None else ended
@@ -218,6 +256,9 @@ def build(config, counts: dict, runner: str, wall_time_s: float,
       'pipeline_wall_time_s': round(wall_time_s, 3),
       'wall_time_s': round(wall_time_s, 3),
       'instances_per_s': round(read / wall_time_s, 1) if wall_time_s > 0 else None,
+      # Seconds since the pipeline started, instances read, predictions,
+      # errors: about once a second (local runners only; else None).
+      'throughput': throughput(series),
       'exit_status': None,  # set by the command: pipeline/cli.py
       'exit_reason': None,
   }

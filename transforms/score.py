@@ -386,6 +386,7 @@ class SavedModelHandler(ModelHandler[InstanceBatch, ScoredBatch, LoadedSignature
     results, errors = [], list(batch.errors)
     size = self._max_batch_size
     batch_size, latency = _model_batch_metrics()
+    buckets = _BatchBuckets()
     for group in batch.groups:
       for start in range(0, len(group.rows), size):
         rows = group.rows[start:start + size]
@@ -394,8 +395,10 @@ class SavedModelHandler(ModelHandler[InstanceBatch, ScoredBatch, LoadedSignature
                                        for k, v in group.feeds.items()})
         # Per model batch (RunInference's own metrics are per element: a
         # chunk of up to thousands of instances, scored in such batches).
-        latency.update(int((time.perf_counter() - called) * 1e6))
+        micros = int((time.perf_counter() - called) * 1e6)
+        latency.update(micros)
         batch_size.update(len(rows))
+        buckets.count(len(rows), micros)
         for positions, outputs in parts:
           results.append((rows if positions is None else [rows[i] for i in positions],
                           outputs))
@@ -416,6 +419,46 @@ def _model_batch_metrics() -> tuple:
   calls that isolate failing instances included)."""
   return (Metrics.distribution(METRICS_NAMESPACE, 'model_batch_size'),
           Metrics.distribution(METRICS_NAMESPACE, 'model_batch_latency_micro_secs'))
+
+
+# Histograms of the model batches, as Beam counters (Beam's distributions
+# keep only count, sum, min and max, and counters work on every runner):
+# `model_batch_size_le_N` counts the batches of at most N instances (and
+# more than the bound below N), `model_batch_latency_le_Nus` those of at most
+# N microseconds (latencies of LATENCY_FLOOR_US or less in the first bucket).
+# The bounds: 1, 2, 3, 4, then four per doubling (5, 6, 7, 8, 10, 12, 14,
+# 16, 20, ...): a batch of 200 instances is one of 193-224 (`bucket`).
+# pipeline/summary.py turns them into the summary's histograms.
+BATCH_SIZE_BUCKET = 'model_batch_size_le_'
+BATCH_LATENCY_BUCKET = 'model_batch_latency_le_'
+LATENCY_FLOOR_US = 64
+
+
+def bucket(value: int, floor: int = 1) -> int:
+  """The upper bound of the value's bucket (at least `floor`); the bound
+  after bound b is bucket(b + 1)."""
+  value = max(int(value), floor, 1)
+  if value <= 4:
+    return value
+  low = 1 << (value - 1).bit_length() - 1  # low < value <= 2 * low
+  step = low // 4
+  return low + -(-(value - low) // step) * step
+
+
+class _BatchBuckets:
+  """The bucket counters of one bundle's batches (looked up once each)."""
+  def __init__(self):
+    self._counters = {}
+
+  def _inc(self, name: str):
+    counter = self._counters.get(name)
+    if counter is None:
+      counter = self._counters[name] = Metrics.counter(METRICS_NAMESPACE, name)
+    counter.inc()
+
+  def count(self, size: int, micros: int):
+    self._inc(f'{BATCH_SIZE_BUCKET}{bucket(size)}')
+    self._inc(f'{BATCH_LATENCY_BUCKET}{bucket(micros, LATENCY_FLOOR_US)}us')
 
 
 def ScoreBatches(model: ModelRef, max_batch_size: int,
