@@ -299,3 +299,38 @@ def test_configuration_mistakes_are_one_line(tmp_path, model_dir, capsys):
     assert cli.main(['join', *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0], err
+
+
+def test_tfrecord_and_request_file_inputs_rejoin_by_index(tmp_path, model_dir):
+  from tests.test_formats import example_bytes, write_tfrecords
+  records = [example_bytes({'features': [i / 10, 1.0, -0.5], 'bucket': i % 5,
+                            'tag': f't{i}'}) for i in range(30)]
+  records.insert(4, b'\x01\x02 not an example')
+  data = tmp_path / 'data'
+  data.mkdir()
+  write_tfrecords(str(data / 'a.tfrecord'), records)
+  (data / 'rows.json').write_text(json.dumps({'instances': [
+      {'features': [i / 10, 1.0, -0.5], 'bucket': i % 5, 'tag': f'r{i}'} for i in range(12)]}))
+  (data / 'columns.json').write_text(json.dumps({'inputs': {
+      'features': [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]], 'bucket': [1, 2]}}))
+  run_out, out = tmp_path / 'run', tmp_path / 'joined'
+  predictions, errors, _ = run_job(run_out, f'--model={model_dir / "keras"}',
+                                   '--signature=serve', f'--input={data}/*')
+  shuffle_outputs(run_out, seed=3)
+
+  join(f'--input={data}/*', f'--predictions={run_out}', f'--output={out}')
+
+  rows = joined_rows(out)
+  assert len(rows) == 31 + 12 + 2
+  assert [r['error']['category'] for r in rows if 'error' in r] == ['parse']
+  tags = sorted(r['tag'] for r in rows if 'tag' in r)
+  assert tags == sorted([f't{i}' for i in range(30)] + [f'r{i}' for i in range(12)])
+  by_location = {(p['filename'], p['index']): p for p in predictions}
+  # TFRecord features are lists; a one-value feature is written as its value.
+  for row in rows:
+    if row.get('tag', '').startswith('t'):
+      i = int(row['tag'][1:])
+      assert row['score'] == by_location[('a.tfrecord', i + (i >= 4))]['score']
+      assert row['bucket'] == i % 5
+  summary = join_summary(out)
+  assert summary['joined'] == len(predictions) and summary['failed'] == len(errors) == 1
