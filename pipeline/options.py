@@ -82,7 +82,13 @@ Other commands:
   batch-predict inspect --model=PATH     a model's signatures, inputs, outputs
                                          and an example instance line
   batch-predict preflight [run options]  score a sample of the input here and
-                                         report what the run would do"""
+                                         report what the run would do
+  batch-predict join --input=PATTERN --predictions=DIR --output=DIR2
+                                         each instance next to its prediction
+                                         or error
+  batch-predict evaluate --predictions=DIR --labels=PATTERN --label_field=NAME
+      --prediction_field=NAME --output=DIR2
+                                         metrics against labels, and a report"""
 
 _EPILOG = """\
 examples:

@@ -20,7 +20,8 @@ def test_help_describes_every_format_groups_options_and_shows_defaults():
   assert 'JSON-lines' not in text
   for fmt in ('JSON Lines', 'TF Serving request files', 'CSV', 'TFRecord', 'Parquet'):
     assert fmt in text
-  for command in ('batch-predict inspect', 'batch-predict preflight'):
+  for command in ('batch-predict inspect', 'batch-predict preflight', 'batch-predict join',
+                  'batch-predict evaluate'):
     assert command in text
   sections = re.findall(r'^(\w[\w ,]*):$', text, re.M)
   assert sections[:8] == ['Other commands', 'options', 'model', 'input', 'output', 'batching',
