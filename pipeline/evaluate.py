@@ -420,7 +420,7 @@ def _prepare(pairs: Pairs, task='auto', threshold=0.5, class_names=None) -> tupl
 
   if task == 'regression':
     if form != 'number':
-      raise EvaluateError(f'--task=regression: the predictions are {describe(form)}s, '
+      raise EvaluateError(f'--task=regression: the predictions are {describe(form)}, '
                           'not numbers')
     exclude(lk == L_STR, 'label is not a number (a string)')
     prepared.y = lv[ok]
@@ -855,7 +855,8 @@ def _draw(p: _Prepared) -> list:
         for i in range(k):
           for j in range(k):
             ax.text(j, i, str(matrix[i, j]), ha='center', va='center',
-                    color='white' if matrix[i, j] > matrix.max() / 2 else 'black')
+                    color='white' if matrix[i, j] > (matrix.max() + matrix.min()) / 2
+                    else 'black')
       plots.append(('Confusion matrix', _png(figure), 'rows: label, columns: predicted'))
     else:
       plots.append(('Confusion matrix', None, f'{k} classes: too many to draw; see the table'))
@@ -883,13 +884,15 @@ def _draw(p: _Prepared) -> list:
         for c in range(shown):
           ax = figure.add_subplot(rows, columns, c + 1)
           positive = p.y_true == c
-          ax.hist(p.scores[~positive, c], bins=bins, alpha=0.55, label='other labels')
-          ax.hist(p.scores[positive, c], bins=bins, alpha=0.55, label=f'label {names[c]}')
+          for mask, name in ((~positive, 'other labels'), (positive, f'label {names[c]}')):
+            if mask.any():
+              ax.hist(p.scores[mask, c], bins=bins, alpha=0.55, density=True, label=name)
           ax.set_title(f'score of class {names[c]}', fontsize=8)
           ax.tick_params(labelsize=6)
           if c == 0:
             ax.legend(fontsize=6)
-        caption = ('for each class: its score on instances of that label and on the others'
+        caption = ('for each class: its score on instances of that label and on the others '
+                   '(densities)'
                    + (f'; the first {shown} of {k} classes' if shown < k else ''))
       plots.append(('Score histograms per class', _png(figure), caption))
       figure = _figure()

@@ -1,0 +1,489 @@
+"""batch-predict evaluate (pipeline/evaluate.py): metrics checked against a
+direct computation written here with numpy (confusion matrix by counting,
+log loss and R² by their formulas, ROC AUC by the Mann-Whitney pair count),
+on a real job's predictions and on synthetic data; the command's errors;
+the report rendered in headless Chromium."""
+import base64
+import glob
+import importlib.util
+import json
+import math
+import os
+import random
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from pipeline import evaluate
+from tests.helpers import read_jsonl, run_job
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EPS = np.finfo(np.float64).eps
+
+
+# -- the direct computation -------------------------------------------------------
+
+def direct_auc(positive, score):
+  """P(score of a positive > score of a negative), ties counting one half."""
+  positive = np.asarray(positive, bool)
+  pos, neg = score[positive], score[~positive]
+  greater = (pos[:, None] > neg[None, :]).sum()
+  ties = (pos[:, None] == neg[None, :]).sum()
+  return (greater + 0.5 * ties) / (len(pos) * len(neg))
+
+
+def direct_quantile(values, q):
+  """Linear interpolation between order statistics."""
+  s = np.sort(values)
+  h = (len(s) - 1) * q
+  low = int(math.floor(h))
+  high = min(low + 1, len(s) - 1)
+  return s[low] + (h - low) * (s[high] - s[low])
+
+
+def check_classification(metrics, y_true, y_pred, k, scores=None):
+  """metrics['classification'] against counts and formulas. y_true, y_pred:
+  class indices; scores: None, the positive class's probability (1-D), or
+  probability vectors (2-D)."""
+  c = metrics['classification']
+  y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+  n = len(y_true)
+  assert metrics['counts']['evaluated'] == n
+  matrix = np.zeros((k, k), int)
+  for t, p in zip(y_true, y_pred):
+    matrix[t, p] += 1
+  assert c['confusion_matrix']['counts'] == matrix.tolist()
+  assert c['accuracy'] == pytest.approx(np.trace(matrix) / n, rel=1e-12)
+  precisions, recalls = [], []
+  for i, row in enumerate(c['per_class']):
+    tp, predicted, support = matrix[i, i], matrix[:, i].sum(), matrix[i, :].sum()
+    assert row['support'] == support and row['predicted'] == predicted
+    precision = tp / predicted if predicted else None
+    recall = tp / support if support else None
+    denominator = 2 * tp + (predicted - tp) + (support - tp)
+    f1 = 2 * tp / denominator if denominator else None
+    for name, value in (('precision', precision), ('recall', recall), ('f1', f1)):
+      if value is None:
+        assert row[name] is None
+        assert f'per_class[{i}].{name}' in metrics['null_reasons']
+      else:
+        assert row[name] == pytest.approx(value, rel=1e-12)
+    if precision is not None:
+      precisions.append(precision)
+    if recall is not None:
+      recalls.append(recall)
+  assert c['macro_avg']['precision'] == pytest.approx(np.mean(precisions), rel=1e-12)
+  assert c['macro_avg']['recall'] == pytest.approx(np.mean(recalls), rel=1e-12)
+  if scores is None:
+    assert c['log_loss'] is None and c['roc_auc'] is None
+    assert 'log_loss' in metrics['null_reasons'] and 'roc_auc' in metrics['null_reasons']
+    return
+  scores = np.asarray(scores, np.float64)
+  p = np.clip(scores, EPS, 1 - EPS)
+  if scores.ndim == 1:
+    log_loss = -np.mean(np.where(y_true == 1, np.log(p), np.log(1 - p)))
+  else:
+    log_loss = -np.mean(np.log(p[np.arange(n), y_true]))
+  if scores.ndim == 1 or k == 2:
+    positive = scores if scores.ndim == 1 else scores[:, 1]
+    both = 0 < (y_true == 1).sum() < n
+    auc = direct_auc(y_true == 1, positive) if both else None
+  else:
+    per_class = [direct_auc(y_true == i, scores[:, i]) for i in range(k)
+                 if 0 < (y_true == i).sum() < n]
+    auc = np.mean(per_class) if per_class else None
+  assert c['log_loss'] == pytest.approx(log_loss, rel=1e-9)
+  if auc is None:  # one class in the labels
+    assert c['roc_auc'] is None and metrics['null_reasons']['roc_auc']
+  else:
+    assert c['roc_auc'] == pytest.approx(auc, rel=1e-9)
+
+
+def check_regression(metrics, y, y_hat):
+  r = metrics['regression']
+  y, y_hat = np.asarray(y, np.float64), np.asarray(y_hat, np.float64)
+  residual = y_hat - y
+  assert metrics['counts']['evaluated'] == len(y)
+  assert r['mae'] == pytest.approx(np.abs(residual).sum() / len(y), rel=1e-9, abs=1e-12)
+  assert r['rmse'] == pytest.approx(math.sqrt((residual ** 2).sum() / len(y)), rel=1e-9,
+                                    abs=1e-12)
+  total = ((y - y.mean()) ** 2).sum()
+  if total > 0:
+    assert r['r2'] == pytest.approx(1 - (residual ** 2).sum() / total, rel=1e-9, abs=1e-9)
+  else:
+    assert r['r2'] is None and metrics['null_reasons']['r2']
+  for q in evaluate.QUANTILES:
+    assert r['residual_quantiles'][f'{q:g}'] == pytest.approx(
+        direct_quantile(residual, q), rel=1e-9, abs=1e-12)
+  assert r['mean_residual'] == pytest.approx(residual.mean(), rel=1e-9, abs=1e-12)
+
+
+def strict_json(path):
+  def refuse(constant):
+    raise AssertionError(f'{path}: {constant} is not JSON')
+  with open(path) as f:
+    return json.loads(f.read(), parse_constant=refuse)
+
+
+def png_size(data: bytes):
+  assert data[:8] == b'\x89PNG\r\n\x1a\n'
+  return struct.unpack('>II', data[16:24])
+
+
+def check_report(path, images):
+  """Self-contained: no script, nothing fetched, `images` small inline PNGs."""
+  with open(path) as f:
+    page = f.read()
+  assert '<script' not in page and 'http://' not in page and 'https://' not in page
+  pngs = [base64.b64decode(part.split('"', 1)[0])
+          for part in page.split('src="data:image/png;base64,')[1:]]
+  assert len(pngs) == images
+  for png in pngs:
+    width, height = png_size(png)
+    assert width <= 600 and height <= 800
+    assert len(png) < 150_000
+  return page
+
+
+# -- a real job: the demo's model (a Keras sigmoid, predictions like [0.57]) ----------
+
+@pytest.fixture(scope='module')
+def demo_job(tmp_path_factory):
+  """A run of the demo's model over 300 instances with a boolean `label`
+  and a numeric `target` passed through, and two bad lines."""
+  root = tmp_path_factory.mktemp('evaluate_job')
+  spec = importlib.util.spec_from_file_location(
+      'make_demo', os.path.join(ROOT, 'launch', 'make_demo.py'))
+  make_demo = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(make_demo)
+  make_demo.build_model(str(root / 'model' / '1'))
+  rng = random.Random(7)
+  lines = []
+  for i in range(300):
+    instance = {'id': f'c-{i}', 'label': rng.random() < 0.3, 'target': rng.uniform(0, 1),
+                'age': rng.randint(18, 90), 'income': round(rng.gauss(50000, 20000), 2),
+                'tenure_months': rng.randint(0, 120),
+                'visits_per_week': round(rng.uniform(0, 10), 1)}
+    lines.append(json.dumps(instance))
+  lines.append('{"id": "bad-json", ')
+  lines.append('{"id": "missing-input", "label": true, "age": 3}')
+  os.makedirs(root / 'instances')
+  with open(root / 'instances' / 'part-0.jsonl', 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  output = str(root / 'output')
+  predictions, errors, summary = run_job(
+      output, f'--model={root / "model"}', f'--input={root / "instances" / "*.jsonl"}',
+      '--key_field=id', '--passthrough_fields=label,target')
+  assert len(predictions) == 300 and len(errors) == 2
+  return output, predictions, errors
+
+
+def test_binary_classifier_of_a_real_job(demo_job, tmp_path):
+  output, predictions, errors = demo_job
+  assert all(isinstance(p['churn_probability'], list) and len(p['churn_probability']) == 1
+             for p in predictions)
+  rc = evaluate.main([f'--joined={output}/predictions-*.jsonl,{output}/errors-*.jsonl',
+                      '--label_field=label', '--prediction_field=churn_probability',
+                      f'--output={tmp_path}'])
+  assert rc == 0
+  metrics = strict_json(tmp_path / 'metrics.json')
+  assert metrics['task'] == 'classification'
+  assert 'booleans' in metrics['task_reason']
+  assert metrics['counts']['failed_predictions'] == len(errors) == 2
+  assert sum(metrics['counts']['failed_predictions_by_category'].values()) == 2
+  assert metrics['counts']['excluded'] == 0
+  c = metrics['classification']
+  assert c['classes'] == [False, True] and c['positive_class'] is True
+  y = np.array([p['label'] for p in predictions], int)
+  score = np.array([p['churn_probability'][0] for p in predictions])
+  check_classification(metrics, y, (score >= 0.5).astype(int), 2, score)
+  # Another threshold moves the confusion matrix, not the scores' metrics.
+  rc = evaluate.main([f'--joined={output}/predictions-*.jsonl', '--label_field=label',
+                      '--prediction_field=churn_probability', '--threshold=0.55',
+                      f'--output={tmp_path / "t"}'])
+  assert rc == 0
+  check_classification(strict_json(tmp_path / 't' / 'metrics.json'), y,
+                       (score >= 0.55).astype(int), 2, score)
+  check_report(tmp_path / 'report.html', images=3)
+
+
+def test_regressor_of_a_real_job(demo_job, tmp_path):
+  output, predictions, _ = demo_job
+  rc = evaluate.main([f'--joined={output}/predictions-*.jsonl', '--label_field=target',
+                      '--prediction_field=churn_probability', f'--output={tmp_path}'])
+  assert rc == 0
+  metrics = strict_json(tmp_path / 'metrics.json')
+  assert metrics['task'] == 'regression' and 'fractional' in metrics['task_reason']
+  check_regression(metrics, [p['target'] for p in predictions],
+                   [p['churn_probability'][0] for p in predictions])
+  check_report(tmp_path / 'report.html', images=3)
+
+
+def test_report_renders_in_a_browser(demo_job, tmp_path):
+  from tests import browser
+  output, _, _ = demo_job
+  assert evaluate.main([f'--joined={output}/predictions-*.jsonl', '--label_field=label',
+                        '--prediction_field=churn_probability',
+                        f'--output={tmp_path}']) == 0
+  page = browser.render(tmp_path / 'report.html', evaluate=[
+      '[...document.images].map(i => [i.complete, i.naturalWidth, i.naturalHeight])',
+      'document.querySelectorAll("table").length'])
+  assert page.errors == [] and page.requests == []
+  images, tables = page.values
+  assert len(images) == 3 and tables >= 4
+  assert all(complete and 0 < width <= 600 and 0 < height <= 800
+             for complete, width, height in images)
+
+
+# -- synthetic data ---------------------------------------------------------------
+
+def softmax(logits):
+  e = np.exp(logits - logits.max(axis=1, keepdims=True))
+  return e / e.sum(axis=1, keepdims=True)
+
+
+def test_multiclass_score_vectors(tmp_path):
+  rng = np.random.default_rng(3)
+  n, k = 400, 4
+  y = rng.integers(0, k, n)
+  logits = rng.normal(size=(n, k))
+  logits[np.arange(n), y] += 1.0  # better than chance
+  probs = softmax(logits).astype(np.float32).astype(np.float64)  # as a float32 output
+  metrics = evaluate.evaluate(y.tolist(), probs.tolist(), str(tmp_path))
+  assert metrics['task'] == 'classification' and 'vectors of 4 scores' in metrics['task_reason']
+  assert metrics['classification']['classes'] == [0, 1, 2, 3]
+  check_classification(metrics, y, probs.argmax(axis=1), k, probs)
+  for i, row in enumerate(metrics['classification']['per_class']):
+    assert row['roc_auc'] == pytest.approx(direct_auc(y == i, probs[:, i]), rel=1e-9)
+  assert strict_json(tmp_path / 'metrics.json') == json.loads(json.dumps(metrics))
+  check_report(tmp_path / 'report.html', images=3)
+  # Logits are scores but not probabilities: AUC yes, log loss null with a reason.
+  metrics = evaluate.compute(y.tolist(), logits.tolist())
+  assert metrics['classification']['log_loss'] is None
+  assert 'not probabilities' in metrics['null_reasons']['log_loss']
+  per_class = [direct_auc(y == i, logits[:, i]) for i in range(k)]
+  assert metrics['classification']['roc_auc'] == pytest.approx(np.mean(per_class), rel=1e-9)
+
+
+def test_class_name_labels(tmp_path):
+  rng = np.random.default_rng(5)
+  names = ['cat', 'dog', 'emu']
+  n = 300
+  y = rng.integers(0, 3, n)
+  probs = softmax(rng.normal(size=(n, 3)) + np.eye(3)[y])
+  labels = [names[i] for i in y]
+  # Score vectors: the names map the vector positions.
+  metrics = evaluate.compute(labels, probs.tolist(), class_names=names)
+  assert metrics['classification']['classes'] == names
+  check_classification(metrics, y, probs.argmax(axis=1), 3, probs)
+  with pytest.raises(evaluate.EvaluateError, match='--class_names'):
+    evaluate.compute(labels, probs.tolist())
+  # Class-name predictions: sorted names, no scores (and the reason why not).
+  predicted = [names[i] for i in probs.argmax(axis=1)]
+  metrics = evaluate.evaluate(labels, predicted, str(tmp_path))
+  assert metrics['classification']['classes'] == names
+  check_classification(metrics, y, probs.argmax(axis=1), 3)
+  check_report(tmp_path / 'report.html', images=1)  # the confusion matrix only
+  # Binary scores with two class names: the second one is the positive class.
+  binary = rng.random(n) < 0.4
+  score = np.clip(binary * 0.3 + rng.random(n) * 0.7, 0, 1)
+  metrics = evaluate.compute(['yes' if b else 'no' for b in binary], score.tolist(),
+                             class_names=['no', 'yes'], threshold=0.6)
+  assert metrics['classification']['positive_class'] == 'yes'
+  check_classification(metrics, binary.astype(int), (score >= 0.6).astype(int), 2, score)
+
+
+def test_regressor_synthetic(tmp_path):
+  rng = np.random.default_rng(11)
+  y = rng.normal(10, 3, 500)
+  y_hat = y + rng.normal(0.5, 1, 500)
+  metrics = evaluate.evaluate(y.tolist(), [[v] for v in y_hat.tolist()], str(tmp_path))
+  assert metrics['task'] == 'regression'
+  check_regression(metrics, y, y_hat)
+  check_report(tmp_path / 'report.html', images=3)
+  # numpy arrays take the vectorized path, with the same result
+  assert evaluate.compute(y, y_hat[:, None]) == metrics
+
+
+finite = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(finite, finite), min_size=1, max_size=60))
+def test_regression_property(pairs):
+  y, y_hat = (np.array(v) for v in zip(*pairs))
+  metrics = evaluate.compute(y.tolist(), y_hat.tolist(), task='regression')
+  if len(y) < 2:
+    assert metrics['regression']['r2'] is None
+    return
+  check_regression(metrics, y, y_hat)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(2, 5), st.integers(1, 80), st.integers(0, 2 ** 32 - 1))
+def test_classification_property(k, n, seed):
+  rng = np.random.default_rng(seed)
+  y = rng.integers(0, k, n)
+  probs = rng.dirichlet(np.ones(k), n)
+  metrics = evaluate.compute(y.tolist(), probs.tolist(), task='classification')
+  check_classification(metrics, y, probs.argmax(axis=1), k, probs)
+
+
+# -- decisions, exclusions, nulls --------------------------------------------------
+
+@pytest.mark.parametrize('labels, predictions, task, why', [
+    ([0.5, 1.25, 2.0], [0.4, 1.0, 2.5], 'regression', 'fractional'),
+    ([True, False, True], [[0.9], [0.2], [0.4]], 'classification', 'booleans'),
+    ([1, 0, 1], [0.9, 0.2, 0.4], 'classification', 'binary classifier'),
+    ([1.0, 0.0, 1.0], [[0.9], [0.2], [0.4]], 'classification', 'binary classifier'),
+    ([2, 0, 1], [2, 1, 1], 'classification', 'class ids'),
+    ([3, 7, 12], [3.5, 6.0, 11.2], 'regression', 'neither binary scores'),
+    (['a', 'b', 'a'], ['a', 'a', 'b'], 'classification', 'class names'),
+    ([0, 1, 2], [[0.1, 0.9, 0], [1, 0, 0], [0, 0, 1]], 'classification', 'vectors of 3'),
+])
+def test_auto_task_says_why(labels, predictions, task, why):
+  metrics = evaluate.compute(labels, predictions)
+  assert metrics['task'] == task and why in metrics['task_reason']
+  assert metrics['settings']['task'] == 'auto'
+
+
+def test_unusable_pairs_are_counted_by_reason():
+  pairs = evaluate.Pairs()
+  rows = [{'y': 1, 'p': 0.8}, {'y': 0, 'p': [0.3]}, {'y': None, 'p': 0.2}, {'p': 0.1},
+          {'y': 1}, {'y': 1, 'p': None}, {'y': 1, 'p': float('nan')}, {'y': 1, 'p': {'a': 1}},
+          {'y': 0, 'p': [0.1, 0.9]}, {'y': 5, 'p': 0.7}, {'y': 1, 'p': 0.9},
+          {'y': 0, 'error': {'category': 'schema', 'message': 'x'}}, [1, 2]]
+  for row in rows:
+    pairs.add_row(row, 'y', 'p')
+  metrics = evaluate.compute(pairs, None, task='classification')
+  counts = metrics['counts']
+  assert counts['rows'] == len(rows)
+  assert counts['evaluated'] == 3
+  assert counts['failed_predictions_by_category'] == {'schema': 1}
+  assert counts['excluded_by_reason'] == {
+      'label is null': 1, 'label field missing from the row': 1,
+      'prediction field missing from the row': 1, 'prediction is null': 1,
+      'prediction holds a value that is not a finite number': 1,
+      'prediction is neither a number, a string nor a vector of numbers': 1,
+      'prediction is a vector of 2 scores, most are a number': 1,
+      'label is not a binary class (0, 1, false or true)': 1,
+      'row is not a JSON object': 1}
+  assert counts['excluded'] == sum(counts['excluded_by_reason'].values())
+  check_classification(metrics, [1, 0, 1], [1, 0, 1], 2, np.array([0.8, 0.3, 0.9]))
+
+
+def test_nulls_have_reasons(tmp_path):
+  metrics = evaluate.evaluate([1, 1, 1], [0.9, 0.4, 0.7], str(tmp_path), task='classification')
+  assert metrics['classification']['roc_auc'] is None
+  assert 'one class' in metrics['null_reasons']['roc_auc']
+  assert metrics['classification']['per_class'][0]['recall'] is None
+  metrics = evaluate.compute([2.5, 2.5, 2.5], [2.0, 2.5, 3.0])
+  assert metrics['regression']['r2'] is None and 'equal' in metrics['null_reasons']['r2']
+  metrics = evaluate.evaluate([None, None], [0.1, 0.2], str(tmp_path / 'empty'))
+  assert metrics['counts']['evaluated'] == 0 and metrics['task'] is None
+  assert 'label is null: 2' in metrics['null_reasons']['metrics']
+  strict_json(tmp_path / 'empty' / 'metrics.json')
+  check_report(tmp_path / 'empty' / 'report.html', images=0)
+
+
+def test_pairs_merge_like_one_accumulator():
+  rng = np.random.default_rng(2)
+  names = ['x', 'y', 'z']
+  labels = [names[i] for i in rng.integers(0, 3, 200)]
+  predicted = [names[i] for i in rng.integers(0, 3, 200)]
+  whole = evaluate.compute(labels, predicted)
+  first = evaluate.Pairs().extend(labels[:100][::-1], predicted[:100][::-1])
+  second = evaluate.Pairs().extend(labels[100:], predicted[100:])  # its own string codes
+  import pickle
+  merged = pickle.loads(pickle.dumps(second)).merge(first)
+  assert evaluate.compute(merged, None) == whole
+
+
+def test_write_outputs_replaces_the_previous_result(tmp_path):
+  metrics = evaluate.compute([0, 1, 1, 0], [0.2, 0.8, 0.4, 0.1])
+  evaluate.write_outputs(metrics, [0, 1, 1, 0], [0.2, 0.8, 0.4, 0.1], str(tmp_path))
+  assert strict_json(tmp_path / 'metrics.json') == json.loads(json.dumps(metrics))
+  check_report(tmp_path / 'report.html', images=3)
+  assert sorted(os.listdir(tmp_path)) == ['metrics.json', 'report.html']
+
+
+# -- the command -------------------------------------------------------------------
+
+def test_parquet_rows(tmp_path):
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  rng = np.random.default_rng(9)
+  y = rng.integers(0, 2, 50)
+  probs = softmax(rng.normal(size=(50, 2)))
+  pq.write_table(pa.table({'id': list(range(50)), 'truth': y.tolist(),
+                           'probs': probs.tolist()}), str(tmp_path / 'joined.parquet'))
+  assert evaluate.main([f'--joined={tmp_path}/*.parquet', '--label_field=truth',
+                        '--prediction_field=probs', f'--output={tmp_path / "out"}']) == 0
+  check_classification(strict_json(tmp_path / 'out' / 'metrics.json'), y,
+                       probs.argmax(axis=1), 2, probs)
+
+
+def _joined(tmp_path, rows, name='rows.jsonl'):
+  path = tmp_path / name
+  with open(path, 'w') as f:
+    f.write(''.join(json.dumps(row) + '\n' for row in rows))
+  return str(path)
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--joined={d}/nothing-*.jsonl'], 'no file matches'),
+    (['--label_field=nope'], "--label_field: no row has a field 'nope'"),
+    (['--prediction_field=nope'], "--prediction_field: no row has a field 'nope'"),
+    (['--task=clustering'], '--task'),
+    (['--threshold=abc'], '--threshold'),
+    (['--threshold=1.5'], '--threshold'),
+    (['--label_field=name'], '--class_names'),
+    (['--task=regression', '--label_field=name'], 'not numbers'),
+    (['--class_names=a,b,c', '--label_field=name'], '--class_names names 3 classes'),
+    (['--format=csv'], '--format'),
+    (['--bogus=1'], 'unrecognized arguments'),
+])
+def test_configuration_mistakes_exit_2(tmp_path, capsys, args, message):
+  joined = _joined(tmp_path, [{'y': i % 2, 'name': 'ab'[i % 2], 'p': [0.3, 0.7][::(-1) ** i]}
+                              for i in range(6)])
+  output = tmp_path / 'out'
+  evaluate.main([f'--joined={joined}', '--label_field=y', '--prediction_field=p',
+                 f'--output={output}'])
+  before = (output / 'metrics.json').read_text()
+  capsys.readouterr()
+  argv = [f'--joined={joined}', '--label_field=y', '--prediction_field=p',
+          f'--output={output}']
+  for arg in args:
+    argv = [a for a in argv if a.split('=')[0] != arg.split('=')[0]] + [
+        arg.format(d=tmp_path)]
+  assert evaluate.main(argv) == 2
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and err.startswith('batch-predict evaluate: error: ')
+  assert message in err and 'Traceback' not in err
+  assert (output / 'metrics.json').read_text() == before  # the previous result is kept
+  assert sorted(os.listdir(output)) == ['metrics.json', 'report.html']
+
+
+def test_nothing_to_evaluate_exits_3(tmp_path, capsys):
+  joined = _joined(tmp_path, [{'y': 1, 'error': {'category': 'schema'}},
+                              {'y': None, 'p': 0.5}])
+  assert evaluate.main([f'--joined={joined}', '--label_field=y', '--prediction_field=p',
+                        f'--output={tmp_path / "out"}']) == 3
+  assert 'batch-predict evaluate: error: no pair' in capsys.readouterr().err
+  metrics = strict_json(tmp_path / 'out' / 'metrics.json')
+  assert metrics['counts']['failed_predictions'] == 1
+  assert metrics['counts']['excluded_by_reason'] == {'label is null': 1}
+
+
+def test_gzip_rows_and_unreadable_lines(tmp_path):
+  import gzip
+  with gzip.open(tmp_path / 'rows.jsonl.gz', 'wt') as f:
+    f.write('{"y": 1.5, "p": 1.0}\n{"y": 2.5, "p": [2.0]}\nnot json\n\n{"y": 3.25, "p": 3.5}\n')
+  assert evaluate.main([f'--joined={tmp_path}/rows.jsonl.gz', '--label_field=y',
+                        '--prediction_field=p', f'--output={tmp_path / "out"}']) == 0
+  metrics = strict_json(tmp_path / 'out' / 'metrics.json')
+  assert metrics['counts']['excluded_by_reason'] == {'row is not valid JSON': 1}
+  check_regression(metrics, [1.5, 2.5, 3.25], [1.0, 2.0, 3.5])
+  assert glob.glob(str(tmp_path / 'out' / '*.tmp-*')) == []
