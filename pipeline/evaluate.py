@@ -408,6 +408,19 @@ def _prepare(pairs: Pairs, task='auto', threshold=0.5, class_names=None) -> tupl
         exclude(mask, f'prediction is {describe(other)}, most are {describe(form)}')
 
   prepared = _Prepared()
+  prepared.labels_from_text = 0
+  if form != 'class name' and (lk[ok] == L_STR).any():
+    # CSV cells are carried as their text: labels that are all numbers or
+    # booleans written as text are read as such (class names stay names).
+    read = [_text_value(text) for text in vocabulary]
+    codes = lv[ok & (lk == L_STR)].astype(np.int64)
+    if all(read[code] is not None for code in np.unique(codes)):
+      lk, lv = lk.copy(), lv.copy()  # (the Pairs stay as they are)
+      where = ok & (lk == L_STR)
+      kinds = np.array([r[0] if r else L_STR for r in read], np.int8)
+      values = np.array([r[1] if r else 0.0 for r in read], np.float64)
+      lk[where], lv[where] = kinds[codes], values[codes]
+      prepared.labels_from_text = int(where.sum())
   if not ok.any():
     prepared.task = None if task == 'auto' else task
     prepared.task_reason = 'no pair to evaluate'
@@ -540,6 +553,27 @@ def _prepare(pairs: Pairs, task='auto', threshold=0.5, class_names=None) -> tupl
   prepared.n = int(ok.sum())
   prepared.threshold = threshold
   return prepared, excluded
+
+
+_TEXT_BOOLS = {'true': True, 'false': False, 'True': True, 'False': False}
+
+
+def _text_value(text: str):
+  """(label kind, value) of a number or boolean written as text, or None."""
+  if text in _TEXT_BOOLS:
+    return L_BOOL, float(_TEXT_BOOLS[text])
+  stripped = text.strip()
+  if not stripped or not (stripped[0].isdigit() or stripped[0] in '+-.'):
+    return None  # (not 'nan', 'inf', 'infinity': names)
+  try:
+    value = float(stripped)
+  except ValueError:
+    return None
+  if not math.isfinite(value):
+    return None
+  if stripped.lstrip('+-').isdigit():
+    return L_INT, value
+  return (L_INTEGRAL if value.is_integer() else L_FLOAT), value
 
 
 def _decide(form, lk, lv, pk, pv) -> tuple:
@@ -735,6 +769,8 @@ def _metrics(p: _Prepared, pairs: Pairs, excluded, settings, failed) -> dict:
   }
   if pairs.rows:
     metrics['counts']['rows'] = pairs.rows
+  if getattr(p, 'labels_from_text', 0):
+    metrics['counts']['labels_read_from_text'] = p.labels_from_text
   if not p.n:
     notes['metrics'] = 'no pair could be evaluated' + (
         f' ({", ".join(f"{r}: {c}" for r, c in excluded.items())})' if excluded else '')

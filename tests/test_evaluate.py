@@ -487,3 +487,17 @@ def test_gzip_rows_and_unreadable_lines(tmp_path):
   assert metrics['counts']['excluded_by_reason'] == {'row is not valid JSON': 1}
   check_regression(metrics, [1.5, 2.5, 3.25], [1.0, 2.0, 3.5])
   assert glob.glob(str(tmp_path / 'out' / '*.tmp-*')) == []
+
+
+def test_labels_written_as_text():
+  """CSV cells are carried as their text: numbers and booleans in text are
+  read as such, unless the predictions are class names."""
+  metrics = evaluate.compute(['0.5', '1.25', '2', '3.75'], [0.4, 1.0, 2.5, 3.0])
+  assert metrics['task'] == 'regression' and metrics['counts']['labels_read_from_text'] == 4
+  check_regression(metrics, [0.5, 1.25, 2, 3.75], [0.4, 1.0, 2.5, 3.0])
+  metrics = evaluate.compute(['1', '0', '1', 'true'], [[0.9], [0.2], [0.4], [0.7]])
+  assert metrics['task'] == 'classification'
+  check_classification(metrics, [1, 0, 1, 1], [1, 0, 0, 1], 2, np.array([0.9, 0.2, 0.4, 0.7]))
+  metrics = evaluate.compute(['1', '2', '1'], ['1', '1', '2'])  # names stay names
+  assert metrics['classification']['classes'] == ['1', '2']
+  assert 'labels_read_from_text' not in metrics['counts']
