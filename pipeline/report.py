@@ -83,40 +83,24 @@ def _matching(directory: str, patterns) -> list:
   return sorted(paths)
 
 
-def _records(path: str):
-  """Each record of a predictions or errors file, as a dict."""
-  try:
-    from transforms.read_outputs import iter_records
-  except ImportError:  # (not there yet: JSON Lines only, the others are left out)
-    iter_records = None
-  if iter_records is not None:
-    yield from iter_records(path)
-    return
-  if not path.endswith('.jsonl'):
-    return
-  with FileSystems.open(path, compression_type='uncompressed') as f:
-    for line in f:
-      if line.strip():
-        yield json.loads(line)
-
-
 def _first_records(paths, limit: int):
-  """Up to `limit` records from the files in order, reading no further."""
+  """Up to `limit` records from the files in order (transforms/read_outputs.py
+  reads JSON Lines, Parquet and TFRecord), reading no further. A file that
+  cannot be read ends its part of the sample: the page shows what was read."""
+  from transforms.read_outputs import iter_records
   taken = 0
   for path in paths:
     if taken >= limit:
       return
-    records = _records(path)
+    records = iter_records(path, limit - taken)
     try:
       for record in records:
         yield record
         taken += 1
-        if taken >= limit:
-          return
+    except Exception:  # pylint: disable=broad-except
+      _LOG.debug('report.html: reading %s stopped', path, exc_info=True)
     finally:
-      close = getattr(records, 'close', None)
-      if close is not None:
-        close()
+      records.close()
 
 
 def error_examples(paths) -> dict:
@@ -201,7 +185,7 @@ svg{background:#fff}svg text{font:11px system-ui,sans-serif;fill:#444}
 """
 
 _W, _H = 460, 190  # chart size (px)
-_LEFT, _RIGHT, _TOP, _BOTTOM = 56, 12, 12, 34
+_LEFT, _RIGHT, _TOP, _BOTTOM = 56, 12, 24, 34
 
 
 def _e(value) -> str:
@@ -263,6 +247,11 @@ def _svg(parts: list, label: str) -> str:
           + ''.join(parts) + '</svg>')
 
 
+# Each chart's figure says what it is (data-chart, and data-field for an
+# output) and each bar its value (data-count): tests/test_report.py checks
+# the figures against the summary through them.
+
+
 def bar_chart(bars: list, x_label: str, y_label: str, label: str,
               edges: tuple = None) -> str:
   """Bars of (label under the bar or '', value, tooltip). `edges`: (left,
@@ -273,7 +262,7 @@ def bar_chart(bars: list, x_label: str, y_label: str, label: str,
   for i, (text, value, tip) in enumerate(bars):
     x = _LEFT + i * width
     top = y(value)
-    parts.append(f'<rect class="bar" x="{x + 1:.1f}" y="{top:.1f}" '
+    parts.append(f'<rect class="bar" data-count="{value}" x="{x + 1:.1f}" y="{top:.1f}" '
                  f'width="{max(1.0, width - 2):.1f}" height="{_H - _BOTTOM - top:.1f}">'
                  f'<title>{_e(tip)}</title></rect>')
     if text and i % every == 0:
@@ -304,14 +293,16 @@ def line_chart(lines: list, x_label: str, y_label: str, label: str) -> str:
       path = ' '.join(f'{x(a):.1f},{y(b):.1f}' for a, b in points)
       parts.append(f'<polyline class="line l{i % 3}" points="{path}"><title>{_e(name)}'
                    '</title></polyline>')
-    parts.append(f'<rect class="key{i % 3}" x="{_LEFT + 8 + 130 * i}" y="{_TOP + 2}" '
-                 f'width="10" height="10"/><text x="{_LEFT + 22 + 130 * i}" '
-                 f'y="{_TOP + 11}">{_e(name)}</text>')
+    parts.append(f'<rect class="key{i % 3}" x="{_LEFT + 130 * i}" y="5" '
+                 f'width="10" height="10"/><text x="{_LEFT + 14 + 130 * i}" '
+                 f'y="14">{_e(name)}</text>')
   return _svg(parts, label)
 
 
-def _figure(chart: str, caption: str) -> str:
-  return f'<figure>{chart}<figcaption>{caption}</figcaption></figure>'
+def _figure(chart: str, caption: str, kind: str, field: str = None) -> str:
+  field = '' if field is None else f' data-field="{_e(field)}"'
+  return (f'<figure data-chart="{kind}"{field}>{chart}<figcaption>{caption}</figcaption>'
+          '</figure>')
 
 
 def _table(rows, header=None, numeric=()) -> str:
@@ -360,10 +351,11 @@ def _throughput(summary: dict) -> str:
        for i, name in ((1, 'read'), (2, 'predicted'), (3, 'errors'))],
       'seconds since the pipeline started', 'instances', 'instances so far')
   return (f'<p>{_e(totals)}</p><div class="charts">'
-          + _figure(rate, 'Instances read per second')
-          + _figure(cumulative, 'Instances read, predicted and failed so far')
-          + f'</div><p class="note">{len(samples)} samples, about one a second (a long '
-            'run\'s are thinned), as the local runner\'s progress counts them.</p>')
+          + _figure(rate, 'Instances read per second', 'rate')
+          + _figure(cumulative, 'Instances read, predicted and failed so far', 'cumulative')
+          + f'</div><p class="note">{len(samples)} samples of the local runner\'s progress '
+            'counts, about one a second (five a second in the first seconds; a long run\'s '
+            'are thinned).</p>')
 
 
 def _batches(summary: dict) -> str:
@@ -381,13 +373,14 @@ def _batches(summary: dict) -> str:
     bars = [(f'≤{_n(b["le"])}', b['count'],
              f'{_n(b["count"])} batches of at most {_n(b["le"])} instances') for b in sizes]
     charts.append(_figure(bar_chart(bars, 'instances per batch (buckets: 4 per doubling)',
-                                    'batches', 'batch sizes'), 'Batch sizes'))
+                                    'batches', 'batch sizes'), 'Batch sizes', 'batch-sizes'))
   latencies = batches.get('latency_ms_histogram') or []
   if latencies:
     bars = [(f'≤{_n(b["le"])}', b['count'], f'{_n(b["count"])} batches of at most '
              f'{_n(b["le"])} ms') for b in latencies]
     charts.append(_figure(bar_chart(bars, 'milliseconds per batch (buckets: 4 per doubling)',
-                                    'batches', 'batch latencies'), 'Batch latencies'))
+                                    'batches', 'batch latencies'), 'Batch latencies',
+                          'batch-latencies'))
   if not charts:
     return text + '<p class="note">No batch histograms were reported.</p>'
   return text + '<div class="charts">' + ''.join(charts) + '</div>'
@@ -413,15 +406,18 @@ def _errors(summary: dict, examples: dict) -> str:
     if not count:
       continue
     records = examples.get(category)
-    out.append(f'<h3>{_e(category)}: {_n(count)}</h3>')
+    out.append(f'<section data-category="{_e(category)}"><h3>{_e(category)}: {_n(count)}'
+               '</h3>')
     if records:
       out.append(f'<p class="note">The first {len(records)} of this category in the error '
                  'files:</p>')
-      out += [f'<pre>{_e(json.dumps(_cut(r), ensure_ascii=False, default=str))}</pre>'
+      out += [f'<pre class="example">'
+              f'{_e(json.dumps(_cut(r), ensure_ascii=False, default=str))}</pre>'
               for r in records]
     elif category in first:
       out.append('<p class="note">None in the first records of the error files; one '
                  f'message of the run:</p><pre>{_e(first[category])}</pre>')
+    out.append('</section>')
   if summary.get('incomplete_files'):
     out.append('<h3>Input files that could not be read completely</h3><ul>'
                + ''.join(f'<li>{_e(p)}</li>' for p in summary['incomplete_files']) + '</ul>')
@@ -469,7 +465,7 @@ def _outputs(fields: dict, sampled: int) -> str:
     caption = (f'<b>{_e(field)}</b>: {_n(h["n"])} values, mean {_n(h["mean"])}, min '
                f'{_n(h["min"])}, max {_n(h["max"])}'
                + (f', {_n(h["non_finite"])} not finite' if h['non_finite'] else ''))
-    out.append(_figure(chart, caption))
+    out.append(_figure(chart, caption, 'output', field))
   out.append('</div>')
   return ''.join(out)
 
