@@ -70,6 +70,17 @@ def test_model_inputs_and_outputs_in_a_bucket(bucket, model_dir, tmp_path, signa
   assert summary['model']['path'] == f'gs://{BUCKET}/models/keras/3'
   staged = os.listdir(tmp_path / 'staged')
   assert len(staged) == 1 and os.path.exists(tmp_path / 'staged' / staged[0] / 'saved_model.pb')
+  # The join reads the instances, the outputs and summary.json from the bucket
+  # and writes its result there, promoted as a run's.
+  assert cli.main(['join', f'--input=gs://{BUCKET}/in/*.jsonl',
+                   f'--predictions=gs://{BUCKET}/out', f'--output=gs://{BUCKET}/joined']) == 0
+  joined = blob_jsonl(bucket, 'joined/joined-')
+  assert len(joined) == 41
+  scores = {p['id']: p['score'] for p in predictions}
+  assert {r['id']: r['score'] for r in joined if 'id' in r} == scores
+  assert [r['error']['category'] for r in joined if 'error' in r] == ['parse']
+  join_summary = json.loads(bucket.blob('joined/summary.json').download_as_text())
+  assert join_summary['joined'] == 40 and join_summary['failed'] == 1
 
 
 def test_model_staging_is_atomic_and_reused(bucket, model_dir, tmp_path, monkeypatch):
