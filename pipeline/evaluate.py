@@ -904,14 +904,15 @@ def _draw(p: _Prepared) -> list:
         ax = figure.add_subplot()
         for c in range(k):
           if (p.y_true == c).any():
-            ax.hist(score[p.y_true == c], bins=bins, alpha=0.55, label=f'label {names[c]}')
+            ax.hist(score[p.y_true == c], bins=bins, alpha=0.55, density=True,
+                    label=f'label {names[c]}')
         if p.scores.ndim == 1:
           ax.axvline(p.threshold, color='black', linestyle='--', linewidth=1,
                      label=f'threshold {p.threshold:g}')
         ax.set_xlabel(f'score of class {names[1]}')
-        ax.set_ylabel('instances')
+        ax.set_ylabel('density')
         ax.legend()
-        caption = 'the positive class\'s score, one histogram per label'
+        caption = 'the positive class\'s score, one histogram (density) per label'
       else:
         shown = min(k, MAX_CURVE_CLASSES)
         columns = 3
@@ -1029,8 +1030,7 @@ def render_html(metrics: dict, prepared: _Prepared) -> str:
   facts = [(k, _cell(v if not isinstance(v, (list, dict)) else json.dumps(v)))
            for k, v in inputs.items()]
   facts += [('task', _cell(metrics['task'])), ('why', _cell(metrics['task_reason']))]
-  facts += [('requested task', _cell(metrics['settings']['task'])),
-            ('threshold', _cell(metrics['settings']['threshold']))]
+  facts.append(('requested task', _cell(metrics['settings']['task'])))
   if metrics['settings'].get('class_names'):
     facts.append(('class_names', _cell(', '.join(metrics['settings']['class_names']))))
   body.append(_table(facts))
