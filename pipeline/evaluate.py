@@ -45,9 +45,11 @@ API (the Beam path, pipeline/join.py, calls the same functions):
 
 Scale: the pairs are gathered into ONE process, because scikit-learn's
 metrics (exact ROC AUC, quantiles) need them all at once. `Pairs` keeps
-them as numpy arrays: about 20 bytes per pair plus 8 bytes per score of a
-score vector (2 GB for 100 million binary pairs). About 100 million pairs is
-the documented limit; evaluate a sample beyond that.
+them as numpy arrays: about 30 bytes per pair plus 8 bytes per score of a
+score vector (3 GB for 100 million binary pairs; up to twice that while its
+chunks are joined). About 100 million pairs is the documented limit;
+evaluate a sample beyond that. Time: about 6 s per million pairs read from
+Python values (1.5 s gathering, 4.5 s metrics and plots) on one core.
 
 Exit status of main: 0 written; 2 a configuration mistake (no file matches,
 a field missing from every row, an unknown task, a bad threshold, class
