@@ -19,7 +19,8 @@ from tests import cloud
 from tests.helpers import assert_conserved, read_jsonl, write_lines
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULT_NAME = re.compile(r'((predictions|errors)-(\d{5})-of-(\d{5})\.jsonl|summary\.json)')
+RESULT_NAME = re.compile(r'((predictions|errors)-(\d{5})-of-(\d{5})\.jsonl|summary\.json'
+                         r'|report\.html)')  # report.html: pipeline/report.py
 # TensorFlow's C++ start-up lines, written to stderr before any of ours.
 TF_CHATTER = re.compile(r'^(WARNING: All log messages before absl|[IWEF]\d{4} )')
 
@@ -183,7 +184,8 @@ def lock_holder(out) -> dict:
 
 
 def keys_of(files: dict) -> set:
-  return {json.loads(line)['id'] for name, content in files.items() if name != 'summary.json'
+  return {json.loads(line)['id'] for name, content in files.items()
+          if name not in ('summary.json', 'report.html')
           for line in content.decode().splitlines() if line.strip()}
 
 
@@ -501,7 +503,7 @@ def test_bucket_output_is_staged_promoted_and_locked(bucket, model_dir, tmp_path
   assert cli.main(args) == 0
   names = sorted(b.name for b in bucket.client.list_blobs(bucket, prefix='out/'))
   assert names == ['out/errors-00000-of-00001.jsonl', 'out/predictions-00000-of-00001.jsonl',
-                   'out/summary.json']
+                   'out/report.html', 'out/summary.json']
   summary = json.loads(bucket.blob('out/summary.json').download_as_text())
   assert summary['predictions'] == 30 and summary['output'] == f'gs://{BUCKET}/out'
   capsys.readouterr()
