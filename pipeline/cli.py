@@ -325,6 +325,9 @@ def main(argv=None) -> int:
     if argv[:1] == ['join']:  # batch-predict join ...: predictions back next to instances
       from pipeline import join
       return join.main(argv[1:])
+    if argv[:1] == ['evaluate']:  # batch-predict evaluate ...: metrics against labels
+      from pipeline import evaluate
+      return evaluate.main(argv[1:])
     if argv[:1] == ['preflight']:  # batch-predict preflight ...: a run's sample, scored here
       from pipeline import preflight
       return preflight.main(argv[1:])

@@ -1189,9 +1189,20 @@ def _parser():
                   'per-class precision/recall/F1, confusion matrix, log loss, ROC AUC; '
                   'regression: MAE, RMSE, R², residual quantiles), written as metrics.json '
                   'and a self-contained report.html.')
-  parser.add_argument('--joined', required=True, type=_csv,
-                      help='JSONL (also .gz) or Parquet files of rows holding both the label '
-                           'and the prediction, comma-separated patterns')
+  parser.add_argument('--predictions', default=None, metavar='DIR',
+                      help="a run's --output directory: its predictions are joined to "
+                           '--labels first (batch-predict join), by key or by file and '
+                           'position')
+  parser.add_argument('--labels', default=None, type=_csv, metavar='PATTERN',
+                      help='files holding the labels (any input format): the run\'s '
+                           'instances, or files of key and label')
+  parser.add_argument('--key_field', default=None,
+                      help="with --predictions: the run's --key_field (default: from its "
+                           'summary.json)')
+  parser.add_argument('--joined', default=None, type=_csv,
+                      help='instead of --predictions/--labels: JSONL (also .gz) or Parquet '
+                           'files of rows holding both the label and the prediction, '
+                           'comma-separated patterns')
   parser.add_argument('--label_field', required=True, help='the field holding the label')
   parser.add_argument('--prediction_field', required=True,
                       help='the field holding the prediction (a number, a class name, '
@@ -1218,12 +1229,81 @@ def main(argv=None) -> int:
   from pipeline.options import ConfigError
   argv = sys.argv[1:] if argv is None else list(argv)
   try:
-    args = _parser().parse_args(argv)
+    args, beam_args = _parser().parse_known_args(argv)
+    if beam_args and not args.predictions:
+      raise ConfigError(f'unknown option {beam_args[0]}')
   except ConfigError as e:
     _error(e)
     return EXIT_CONFIG_ERROR
   except SystemExit as e:  # --help
     return e.code if isinstance(e.code, int) else EXIT_OK
+  join_dir, join_summary = None, None
+  try:
+    if args.predictions:
+      if args.joined:
+        raise EvaluateError('give either --joined or --predictions with --labels, not both')
+      if not args.labels:
+        raise EvaluateError('--labels: give the files holding the labels (the run\'s '
+                            'instances, or files of key and label)')
+      args.joined, join_dir, join_summary = _join(args, beam_args)
+    elif not args.joined:
+      raise EvaluateError('give --predictions=DIR with --labels=PATTERN, or --joined=PATTERN')
+    return _evaluate(args, join_summary)
+  except (EvaluateError, ConfigError) as e:
+    _error(e)
+    return EXIT_CONFIG_ERROR
+  except _JoinFailed as e:
+    return e.status
+  finally:
+    if join_dir:
+      _remove(join_dir)
+
+
+def _join(args, beam_args) -> tuple:
+  """Joins the predictions to the labels (batch-predict join, the same
+  Beam pipeline) into a hidden folder of --output; returns (the joined
+  files' pattern, the folder, the join's summary). Raises EvaluateError."""
+  import contextlib
+  import uuid
+
+  from pipeline import join, outputs
+  from pipeline.options import ConfigError
+  try:
+    output = outputs.prepare(args.output.rstrip('/'))
+  except ConfigError as e:
+    raise EvaluateError(str(e)) from None
+  folder = f'{output}/.join-{uuid.uuid4().hex[:12]}'
+  argv = [f'--input={",".join(args.labels)}', f'--predictions={args.predictions}',
+          f'--output={folder}', '--format=auto', *beam_args]
+  if args.key_field is not None:
+    argv.append(f'--key_field={args.key_field}')
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):  # the join's table: its counts go in metrics.json
+    status = join.main(argv)
+  if status not in (join.EXIT_OK, join.EXIT_UNMATCHED):
+    _remove(folder)
+    raise _JoinFailed(status)  # the join said why, in one line
+  from transforms.read_outputs import read_summary
+  return [f'{folder}/joined-*-of-*.jsonl'], folder, read_summary(folder)
+
+
+class _JoinFailed(Exception):
+  def __init__(self, status: int):
+    super().__init__(status)
+    self.status = status
+
+
+def _remove(folder: str) -> None:
+  from apache_beam.io.filesystems import FileSystems
+  try:
+    if FileSystems.exists(folder):
+      FileSystems.delete([folder])
+  except Exception:  # pylint: disable=broad-except  (a temporary folder: best effort)
+    pass
+
+
+def _evaluate(args, join_summary) -> int:
+  from pipeline.options import ConfigError
   try:
     if args.task not in TASKS:
       raise EvaluateError(f'--task: {args.task!r} is not one of {", ".join(TASKS)}')
@@ -1247,6 +1327,12 @@ def main(argv=None) -> int:
         raise EvaluateError(f'{flag}: no row has a field {field!r} (fields seen: {seen})')
     inputs = {'joined': list(args.joined), 'files': len(paths),
               'label_field': args.label_field, 'prediction_field': args.prediction_field}
+    if join_summary is not None:
+      keep = ('instances', 'joined', 'failed', 'instances_without_output',
+              'outputs_without_instance', 'ambiguous', 'joined_by')
+      inputs = {'predictions': args.predictions, 'labels': list(args.labels),
+                'label_field': args.label_field, 'prediction_field': args.prediction_field,
+                'join': {k: join_summary.get(k) for k in keep}}
     metrics = evaluate(pairs, None, args.output, task=args.task, threshold=threshold,
                        class_names=args.class_names, inputs=inputs)
   except (EvaluateError, ConfigError) as e:

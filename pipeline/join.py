@@ -24,6 +24,7 @@ import time
 from typing import Optional
 
 _LOG = logging.getLogger(__name__)
+EXIT_OK, EXIT_UNMATCHED, EXIT_INCOMPLETE = 0, 3, 4
 SHARD_PATTERNS = ('joined-*-of-*.jsonl', 'joined-*-of-*.parquet', 'unmatched-*-of-*.jsonl')
 PROG = 'batch-predict join'
 
@@ -223,11 +224,14 @@ def build(p, plan: JoinPlan, output_dir: str) -> None:
     by_location = (
         {'instances': instances.rows, 'errors': located_errors}
         | 'GroupByLocation' >> beam.CoGroupByKey()
-        | 'PairErrors' >> beam.ParDo(rejoin.PairByLocation(with_predictions=False))
-        .with_outputs(rejoin.UNMATCHED_TAG, 'unpaired', main='joined'))
+        | 'PairErrors' >> beam.ParDo(rejoin.PairByLocation(False, layout.key_field))
+        .with_outputs(rejoin.UNMATCHED_TAG, 'unpaired', 'keyed_errors', main='joined'))
+    error_key = rejoin.error_join_key(layout)
     by_key = (
         {'instances': by_location.unpaired | 'InstanceKey' >> beam.Map(lambda i: (i.key, i)),
-         'predictions': keyed_predictions}
+         'predictions': keyed_predictions,
+         'errors': by_location.keyed_errors | 'ErrorKey' >> beam.Map(
+             lambda r: (error_key(r), r))}
         | 'GroupByKey' >> beam.CoGroupByKey()
         | 'PairPredictions' >> beam.ParDo(rejoin.PairByKey()).with_outputs(
             rejoin.UNMATCHED_TAG, main='joined'))

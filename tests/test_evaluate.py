@@ -443,7 +443,7 @@ def _joined(tmp_path, rows, name='rows.jsonl'):
     (['--task=regression', '--label_field=name'], 'not numbers'),
     (['--class_names=a,b,c', '--label_field=name'], '--class_names names 3 classes'),
     (['--format=csv'], '--format'),
-    (['--bogus=1'], 'unrecognized arguments'),
+    (['--bogus=1'], 'unknown option --bogus'),
 ])
 def test_configuration_mistakes_exit_2(tmp_path, capsys, args, message):
   joined = _joined(tmp_path, [{'y': i % 2, 'name': 'ab'[i % 2], 'p': [0.3, 0.7][::(-1) ** i]}
@@ -501,3 +501,72 @@ def test_labels_written_as_text():
   metrics = evaluate.compute(['1', '2', '1'], ['1', '1', '2'])  # names stay names
   assert metrics['classification']['classes'] == ['1', '2']
   assert 'labels_read_from_text' not in metrics['counts']
+
+
+# -- --predictions with --labels: joined first by batch-predict join -------------------
+
+def test_labels_joined_by_key_from_a_csv_of_keys_and_labels(demo_job, tmp_path):
+  output, predictions, errors = demo_job
+  by_id = {p['id']: p for p in predictions}
+  # 50 predictions without a label, one label without an instance, and the
+  # label of an instance that failed (its error record carries its key).
+  ids = sorted(by_id)[:250] + ['nobody', 'missing-input']
+  rows = ['id,label'] + [f'{i},{int(by_id[i]["label"]) if i in by_id else 1}' for i in ids]
+  (tmp_path / 'labels.csv').write_text('\n'.join(rows) + '\n')
+  rc = evaluate.main([f'--predictions={output}', f'--labels={tmp_path / "labels.csv"}',
+                      '--label_field=label', '--prediction_field=churn_probability',
+                      f'--output={tmp_path / "out"}'])
+  assert rc == 0
+  assert sorted(os.listdir(tmp_path / 'out')) == ['metrics.json', 'report.html']
+  metrics = strict_json(tmp_path / 'out' / 'metrics.json')
+  join = metrics['inputs']['join']
+  assert join['joined_by'] == "key field 'id'"  # from the run's summary.json
+  assert join['joined'] == 250 and join['failed'] == 1
+  # The 50 predictions and the error record without a key ('bad-json').
+  assert join['outputs_without_instance'] == 51
+  assert join['instances_without_output'] == 1  # 'nobody'
+  assert metrics['counts']['failed_predictions'] == 1
+  kept = [by_id[i] for i in ids if i in by_id]
+  y = np.array([p['label'] for p in kept], int)
+  score = np.array([p['churn_probability'][0] for p in kept])
+  assert metrics['task'] == 'classification'
+  check_classification(metrics, y, (score >= 0.5).astype(int), 2, score)
+
+
+def test_labels_read_from_the_runs_instances_by_location(tmp_path, model_dir):
+  from tests.test_runs import keras_lines
+  lines = keras_lines('e', 120, bad_every=10)
+  lines = [json.dumps({**json.loads(line), 'target': i / 120}) for i, line in enumerate(lines)]
+  lines = [json.dumps({k: v for k, v in json.loads(line).items() if k != 'id'})
+           for line in lines]
+  (tmp_path / 'in.jsonl').write_text('\n'.join(lines) + '\n')
+  predictions, errors, _ = run_job(tmp_path / 'run', f'--model={model_dir / "keras"}',
+                                   '--signature=serve', f'--input={tmp_path / "in.jsonl"}')
+  rc = evaluate.main([f'--predictions={tmp_path / "run"}', f'--labels={tmp_path / "in.jsonl"}',
+                      '--label_field=target', '--prediction_field=score',
+                      f'--output={tmp_path / "out"}'])
+  assert rc == 0
+  metrics = strict_json(tmp_path / 'out' / 'metrics.json')
+  assert metrics['inputs']['join']['joined_by'] == 'file and position'
+  assert metrics['counts']['failed_predictions'] == len(errors) == 12
+  offsets, offset = {}, 0
+  for line in lines:
+    offsets[offset] = json.loads(line)['target']
+    offset += len(line) + 1
+  check_regression(metrics, [offsets[p['offset']] for p in predictions],
+                   [p['score'][0] for p in predictions])
+
+
+def test_predictions_without_labels_is_one_line(demo_job, tmp_path, capsys):
+  output, _, _ = demo_job
+  for args, message in (
+      ([f'--predictions={output}'], '--labels'),
+      ([f'--predictions={output}', f'--labels={tmp_path}/none*.csv'], 'matches no file'),
+      ([f'--predictions={output}', f'--labels={output}/x', f'--joined={output}/x'],
+       'not both'),
+      ([f'--joined={output}/predictions-*.jsonl', '--runner=Direct'], 'unknown option')):
+    rc = evaluate.main([*args, '--label_field=label', '--prediction_field=churn_probability',
+                        f'--output={tmp_path / "o"}'])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err

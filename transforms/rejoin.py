@@ -178,6 +178,17 @@ def error_location(record: dict) -> Optional[tuple]:
   return (record.get('filename'), position)
 
 
+def error_join_key(layout: JoinLayout):
+  """The function giving an error record's key as the predictions store it
+  (error records are JSON Lines: the key's text)."""
+  field = layout.key_field
+  def by_key(record):
+    value = record.get(field)
+    return None if value is None else layout.stored_key(
+        carried_text(value, repeated_ok=True))
+  return by_key
+
+
 def prediction_join_key(layout: JoinLayout):
   """The function giving a prediction record's join key: its key as stored,
   or its location."""
@@ -219,11 +230,17 @@ def _unmatched(reason: str, message: str, location=None, key=None, record=None) 
 
 class PairByLocation(beam.DoFn):
   """(location, {'instances', 'errors', 'predictions'}) -> a JoinedRecord,
-  or the instance passed on (tag 'unpaired', for the key join), or
-  unmatched entries."""
-  def __init__(self, with_predictions: bool):
+  or unmatched entries. For the key join (`with_predictions` False): an
+  instance without an error is passed on (tag 'unpaired'), and so is an
+  error record that carries a key but whose location no instance has (tag
+  'keyed_errors')."""
+  def __init__(self, with_predictions: bool, key_field: Optional[str] = None):
     self._with_predictions = with_predictions
+    self._key_field = key_field
     self._counters = {name: Metrics.counter(JOIN_NAMESPACE, name) for name in COUNTERS}
+
+  def _error_key(self, record) -> bool:
+    return self._key_field is not None and record.get(self._key_field) is not None
 
   def process(self, element):
     location, grouped = element
@@ -233,6 +250,11 @@ class PairByLocation(beam.DoFn):
     outputs = [('error', e) for e in errors] + [('prediction', p) for p in predictions]
     if not instances:
       for kind, record in outputs:
+        if kind == 'error' and not self._with_predictions and self._error_key(record):
+          # Labels in files of their own (key and label): the error is
+          # paired by its key, with the predictions.
+          yield beam.pvalue.TaggedOutput('keyed_errors', record)
+          continue
         self._counters[NO_INSTANCE].inc()
         yield beam.pvalue.TaggedOutput(UNMATCHED_TAG, _unmatched(
             NO_INSTANCE, f'{"an error" if kind == "error" else "a prediction"} record '
@@ -264,8 +286,8 @@ class PairByLocation(beam.DoFn):
 
 
 class PairByKey(beam.DoFn):
-  """(key, {'instances', 'predictions'}) of instances without an error ->
-  JoinedRecords, or unmatched entries."""
+  """(key, {'instances', 'predictions', 'errors'}) of instances without an
+  error at their location -> JoinedRecords, or unmatched entries."""
   def __init__(self):
     self._counters = {name: Metrics.counter(JOIN_NAMESPACE, name) for name in COUNTERS}
 
@@ -273,15 +295,22 @@ class PairByKey(beam.DoFn):
     key, grouped = element
     instances = list(grouped['instances'])
     predictions = list(grouped['predictions'])
-    if len(instances) == 1 and len(predictions) == 1:
-      self._counters['joined'].inc()
-      yield JoinedRecord(instances[0], outputs=predictions[0])
+    errors = list(grouped.get('errors', ()))
+    if len(instances) == 1 and len(predictions) + len(errors) == 1:
+      if errors:
+        self._counters['failed'].inc()
+        yield JoinedRecord(instances[0], error=errors[0])
+      else:
+        self._counters['joined'].inc()
+        yield JoinedRecord(instances[0], outputs=predictions[0])
       return
+    predictions += errors
     if not instances:
       for record in predictions:
         self._counters[NO_INSTANCE].inc()
         yield beam.pvalue.TaggedOutput(UNMATCHED_TAG, _unmatched(
-            NO_INSTANCE, 'a prediction whose key no instance has', key=key, record=record))
+            NO_INSTANCE, 'an output record whose key no instance has', key=key,
+            record=record))
       return
     if not predictions:
       reason, message = NO_OUTPUT, 'no prediction or error record for this instance'
@@ -290,7 +319,7 @@ class PairByKey(beam.DoFn):
     else:
       reason = SHARED_KEY
       message = (f'the key is shared by {len(instances)} instances and {len(predictions)} '
-                 'predictions: which is whose cannot be told')
+                 'output records: which is whose cannot be told')
     for instance in instances:
       self._counters[reason].inc()
       yield beam.pvalue.TaggedOutput(UNMATCHED_TAG, _unmatched(
