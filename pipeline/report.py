@@ -35,6 +35,7 @@ SAMPLE_PREDICTIONS = 2000  # predictions read for the output histograms
 ERROR_RECORDS_READ = 500  # error records read, at most, for the examples
 EXAMPLES_PER_CATEGORY = 3
 MAX_VALUES_PER_FIELD = 100_000  # numbers taken per output field (long vectors)
+MAX_OUTPUT_CHARTS = 40  # histograms drawn, at most (the first numeric outputs)
 BINS = 20
 TEXT_CUT = 300  # characters of a value shown in an example record
 PREDICTION_PATTERNS = ('predictions-*-of-*.jsonl', 'predictions-*-of-*.parquet',
@@ -141,7 +142,10 @@ def _numbers(value, into: list, limit: int) -> None:
   if len(into) >= limit or value is None or isinstance(value, (bool, str, bytes)):
     return
   if isinstance(value, numbers.Real):
-    into.append(float(value))
+    try:
+      into.append(float(value))
+    except OverflowError:  # an integer beyond any float
+      into.append(math.inf if value > 0 else -math.inf)
   elif isinstance(value, (list, tuple)) or hasattr(value, 'tolist'):
     items = value.tolist() if hasattr(value, 'tolist') else value
     if isinstance(items, (list, tuple)):
@@ -433,11 +437,14 @@ def histogram(values: list, bins: int = BINS) -> dict:
   if not finite:
     return result
   low, high = min(finite), max(finite)
-  result.update(min=low, max=high, mean=math.fsum(finite) / len(finite))
+  result.update(min=low, max=high, mean=sum(finite) / len(finite))  # (fsum raises on overflow)
   if high == low:
     result.update(edges=[low, high], counts=[len(finite)])
     return result
   width = (high - low) / bins
+  if not math.isfinite(width) or width <= 0:  # a span beyond the floats: one bin
+    result.update(edges=[low, high], counts=[len(finite)])
+    return result
   counts = [0] * bins
   for v in finite:
     counts[min(bins - 1, int((v - low) / width))] += 1
@@ -451,10 +458,12 @@ def _outputs(fields: dict, sampled: int) -> str:
   if not fields:
     return (f'<p class="note">No numeric output in the first {_n(sampled)} '
             'predictions.</p>')
+  more = len(fields) - MAX_OUTPUT_CHARTS
   out = [f'<p class="note">From the first {_n(sampled)} predictions (of the prediction '
-         'files in order); a vector output counts each of its numbers.</p>'
-         '<div class="charts">']
-  for field, values in fields.items():
+         'files in order); a vector output counts each of its numbers.'
+         + (f' The first {MAX_OUTPUT_CHARTS} numeric outputs; {_n(more)} more are not shown.'
+            if more > 0 else '') + '</p><div class="charts">']
+  for field, values in list(fields.items())[:MAX_OUTPUT_CHARTS]:
     h = histogram(values)
     if not h['counts']:
       out.append(f'<p>{_e(field)}: no finite value ({_n(h["non_finite"])} not finite)</p>')

@@ -7,8 +7,8 @@ the job writes (report.html, evaluate's report).
     assert '<svg' in page.dom
 
 `render(path, evaluate=(), timeout_s=60)` returns a Page:
-- `dom`: the document's outerHTML once the load event has fired (what the
-  browser parsed, not the file's text);
+- `dom`: the document's outerHTML once the load event has fired, and 0.2 s
+  more (what the browser parsed, not the file's text);
 - `errors`: console errors (console.error, console.assert), uncaught
   exceptions, browser log entries of level error (a resource that failed to
   load, a refused request, a CSP violation...) and failed loads, one string
@@ -103,7 +103,8 @@ class _Browser:
     # (dash, Debian's sh, takes no fd numbers above 9).
     script = f'exec "$0" "$@" 3<&{commands_r} 4>&{replies_w} {commands_r}<&- {replies_w}>&-'
     self._stderr = tempfile.TemporaryFile()
-    self._process = subprocess.Popen([shutil.which('bash') or '/bin/bash', '-c', script, binary, *flags, 'about:blank'],
+    bash = shutil.which('bash') or '/bin/bash'
+    self._process = subprocess.Popen([bash, '-c', script, binary, *flags, 'about:blank'],
                                      pass_fds=(commands_r, replies_w),
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=self._stderr)
@@ -199,6 +200,9 @@ class _Browser:
     if navigated.get('errorText'):
       self._fail(f'{url} could not be opened: {navigated["errorText"]}')
     self._wait_for('Page.loadEventFired', session)
+    # A moment for what comes after the load (late loads, their failures).
+    self._call('Runtime.evaluate', {'expression': 'new Promise(r => setTimeout(r, 200))',
+                                    'awaitPromise': True}, session=session)
     values = []
     for expression in expressions:
       result = self._call('Runtime.evaluate', {'expression': expression,

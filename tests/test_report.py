@@ -212,3 +212,20 @@ def test_the_series_is_kept_with_the_progress_output_off_and_stays_small(monkeyp
   with progress.Reporter(0, total_bytes=100) as reporter:
     progress.add(progress.READ, 1)
   assert reporter.series() is None
+
+
+def test_the_browser_check_sees_errors_and_requests(tmp_path):
+  """What the checks above rely on: tests/browser.py reports a page's
+  script errors, console errors, failed loads and every request."""
+  page = tmp_path / 'bad.html'
+  page.write_text('<!DOCTYPE html><html><head><link rel="stylesheet" '
+                  'href="https://example.com/x.css"></head><body><img src="missing.png">'
+                  '<script>console.error("boom"); undefinedThing();</script><p>hi</p>'
+                  '</body></html>')
+  rendered = browser.render(page, evaluate=['document.querySelectorAll("p").length'])
+  assert rendered.values == [1] and '<p>hi</p>' in rendered.dom
+  assert rendered.requests == ['https://example.com/x.css', (tmp_path / 'missing.png').as_uri()]
+  text = '\n'.join(rendered.errors)
+  for expected in ('console.error: boom', 'ReferenceError: undefinedThing',
+                   'https://example.com/x.css', 'missing.png'):
+    assert expected in text, rendered.errors
