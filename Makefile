@@ -17,8 +17,13 @@ demo: $(STAMP)
 	$(PY) launch/make_demo.py $(DEMO)
 	$(VENV)/bin/batch-predict --model $(DEMO)/model --input '$(DEMO)/instances/*.jsonl' \
 	    --output $(DEMO)/output --key_field id --passthrough_fields label
+	$(VENV)/bin/batch-predict evaluate --predictions $(DEMO)/output \
+	    --labels '$(DEMO)/instances/*.jsonl' --label_field label \
+	    --prediction_field churn_probability --output $(DEMO)/evaluation
 	@echo
-	@echo "Results are in $(DEMO)/output: predictions-*.jsonl, errors-*.jsonl, summary.json"
+	@echo "Results are in $(DEMO)/output: predictions-*.jsonl, errors-*.jsonl, summary.json,"
+	@echo "report.html (open it in a browser); the evaluation against the labels is in"
+	@echo "$(DEMO)/evaluation: metrics.json, report.html"
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q tests
