@@ -263,7 +263,10 @@ def bar_chart(bars: list, x_label: str, y_label: str, label: str,
   right) texts under the ends of the axis (a histogram of numbers)."""
   parts, y = _frame(max((b[1] for b in bars), default=0), y_label, x_label)
   width = (_W - _LEFT - _RIGHT) / max(1, len(bars))
-  every = max(1, math.ceil(len(bars) / 12))  # at most ~12 labels under the bars
+  # Labels under every `every`-th bar, as many as fit side by side (about
+  # 6.5 px a character at the page's font size).
+  longest = max((len(b[0]) for b in bars if b[0]), default=0)
+  every = max(1, math.ceil(len(bars) * (longest * 6.5 + 8) / (_W - _LEFT - _RIGHT)))
   for i, (text, value, tip) in enumerate(bars):
     x = _LEFT + i * width
     top = y(value)
