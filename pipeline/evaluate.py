@@ -130,6 +130,23 @@ def _unwrap(value):
   return value
 
 
+def _error_record(row: dict, prediction_field: str):
+  """The error of a row of a failed instance, or None. A row holding the
+  prediction is not one, whatever else it holds. Else its `error`; where
+  the instance has a field of that name, the join writes the error as
+  `error_output` (the run's renaming rule), an object of category and
+  message."""
+  if prediction_field in row:
+    return None
+  for name in ('error_output', 'error'):
+    error = row.get(name)
+    if name == 'error_output' and not (isinstance(error, dict) and 'category' in error):
+      continue
+    if error is not None:
+      return error
+  return None
+
+
 class Pairs:
   """(label, prediction) pairs, kept as numpy arrays (see the module's
   docstring for the memory it takes). Strings (class names) are codes into
@@ -225,7 +242,7 @@ class Pairs:
     return self
 
   def add_row(self, row, label_field, prediction_field):
-    """One joined row: a failed instance (a non-null `error`) is counted,
+    """One joined row: a failed instance (`_error_record`) is counted,
     anything else is a pair (missing fields are counted as such)."""
     self.rows += 1
     if not isinstance(row, dict):
@@ -233,7 +250,7 @@ class Pairs:
       return self
     if len(self.fields_seen) < 100:
       self.fields_seen.update(list(row)[:100])
-    error = row.get('error')
+    error = _error_record(row, prediction_field)
     if error is not None:
       category = error.get('category') if isinstance(error, dict) else None
       self.failed[str(category or 'unknown')] += 1

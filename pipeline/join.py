@@ -107,6 +107,12 @@ def resolve(argv) -> JoinPlan:
     raise ConfigError(f'--predictions: {predictions} holds predictions in several formats '
                       f'({", ".join(sorted(kinds))}); one run writes one')
   summary = read_outputs.read_summary(predictions)
+  if summary is None:
+    raise ConfigError(f'--predictions: {predictions} has no summary.json, so it holds no '
+                      'complete result (a run writes it last); run the job again')
+  if _same_directory(output, predictions) or read_outputs.output_files(output)['predictions']:
+    raise ConfigError(f'--output: {output} holds a run\'s result; give a directory of its '
+                      'own')
   key_field = known.key_field if known.key_field is not None else _setting(summary, 'key_field')
   key_field = key_field or None
   passthrough = (known.passthrough_fields if known.passthrough_fields is not None
@@ -115,6 +121,8 @@ def resolve(argv) -> JoinPlan:
   input_format = known.input_format or _setting(summary, 'input_format', 'auto')
   if input_format != 'auto' and input_format not in FORMATS:
     raise ConfigError(f'--format: {input_format!r} is not one of auto, {", ".join(FORMATS)}')
+  if known.max_instance_bytes is not None and known.max_instance_bytes < 1:
+    raise ConfigError('--max_instance_bytes must be at least 1')
   max_bytes = known.max_instance_bytes or _setting(summary, 'max_instance_bytes',
                                                    DEFAULT_MAX_INSTANCE_BYTES)
   beam = beam_options(rest)
@@ -134,14 +142,20 @@ def resolve(argv) -> JoinPlan:
   files_by_format = {kind: group for kind, group in files_by_format.items() if group}
   formats = _formats(files_by_format, known.model, summary, max_bytes)
 
-  if not key_field and found['predictions']:
+  first = None
+  if found['predictions']:
     try:
       first = next(read_outputs.iter_records(found['predictions'][0], limit=1), None)
     except (read_outputs.OutputReadError, OSError):
-      first = None  # the pipeline reports the file as unreadable
-    if first is not None and 'filename' not in first:
-      raise ConfigError(f'--key_field: the predictions in {predictions} carry no file name '
-                        "and position to join by; give the run's --key_field")
+      pass  # the pipeline reports the file as unreadable
+  if first is not None and not key_field and 'filename' not in first:
+    raise ConfigError(f'--key_field: the predictions in {predictions} carry no file name '
+                      "and position to join by; give the run's --key_field")
+  if first is not None and key_field and key_field not in first:
+    raise ConfigError(f'--key_field: the predictions in {predictions} have no field '
+                      f'{key_field!r}; fields: {", ".join(list(first)[:10])}')
+  if not key_field:
+    _check_same_inputs(summary, files, unreadable)
   carried = [key_field] if key_field else ['filename', 'offset', 'index']
   carried += list(passthrough)
   renamed = ()
@@ -158,6 +172,33 @@ def resolve(argv) -> JoinPlan:
                   prediction_files=tuple(found['predictions']),
                   error_files=tuple(found['errors']), output_format=known.output_format,
                   beam_args=tuple(rest), runner=runner, unreadable_files=tuple(unreadable))
+
+
+def _same_directory(a: str, b: str) -> bool:
+  from transforms.storage import is_local
+  if is_local(a) and is_local(b):
+    import os
+    return os.path.realpath(a) == os.path.realpath(b)
+  return a.rstrip('/') == b.rstrip('/')
+
+
+def _check_same_inputs(summary: dict, files, unreadable) -> None:
+  """A join by file and position pairs whatever sits at a position now:
+  the files must be the run's. Their count and total size are compared
+  with the run's summary (the names are relative to the patterns' common
+  directory, so other files of the same names would pair silently)."""
+  from pipeline.options import ConfigError
+  run_files, run_bytes = summary.get('input_files'), summary.get('input_bytes')
+  if run_files is None or run_bytes is None:
+    return  # a summary of an older version: nothing to compare
+  count = len(files)
+  size = sum(m.size_in_bytes or 0 for m in files
+             if m.path not in {path for path, _, _ in unreadable})
+  if (count, size) != (run_files, run_bytes):
+    raise ConfigError(
+        f'--input: it matches {count} file(s), {size} bytes; the run read {run_files} '
+        f'file(s), {run_bytes} bytes. Joined by file and position, other or changed files '
+        'would pair with the wrong predictions: give --input as the run had it')
 
 
 def _formats(files_by_format: dict, model: Optional[str], summary: Optional[dict],
@@ -312,6 +353,7 @@ def summarize(plan: JoinPlan, counts: dict, wall_time_s: float) -> dict:
       'instances_without_output': get(rejoin.NO_OUTPUT),
       'outputs_without_instance': get(rejoin.NO_INSTANCE),
       'ambiguous': get(rejoin.SHARED_KEY),
+      'instances_unreadable': get(rejoin.CHANGED),
       'input_file_faults': get('file_faults'),
       'output_files_unreadable': get('output_files_unreadable'),
       'joined_by': f'key field {plan.layout.key_field!r}' if plan.layout.key_field
@@ -329,11 +371,12 @@ def summarize(plan: JoinPlan, counts: dict, wall_time_s: float) -> dict:
     status, reason = 4, ('some files could not be read to their end; see '
                          'unmatched-*.jsonl')
   elif (summary['instances_without_output'] or summary['outputs_without_instance']
-        or summary['ambiguous']):
+        or summary['ambiguous'] or summary['instances_unreadable']):
     status, reason = 3, (
         f'{summary["instances_without_output"]} instance(s) without output, '
         f'{summary["outputs_without_instance"]} output(s) without instance, '
-        f'{summary["ambiguous"]} ambiguous; see unmatched-*.jsonl')
+        f'{summary["ambiguous"]} ambiguous, {summary["instances_unreadable"]} predicted but '
+        'unreadable now; see unmatched-*.jsonl')
   else:
     status, reason = 0, (f'every instance paired: {summary["joined"]} with predictions, '
                          f'{summary["failed"]} with errors')
@@ -347,6 +390,7 @@ def table(summary: dict) -> str:
           ('instances without output', summary['instances_without_output']),
           ('outputs without instance', summary['outputs_without_instance']),
           ('ambiguous', summary['ambiguous']),
+          ('predicted, unreadable now', summary['instances_unreadable']),
           ('file faults (inputs)', summary['input_file_faults']),
           ('unreadable output files', summary['output_files_unreadable']),
           ('joined by', summary['joined_by']), ('output', summary['output']),
@@ -404,8 +448,6 @@ def main(argv) -> int:
   try:
     plan = resolve(argv)
     check_runner(plan.runner)
-    if plan.output == plan.predictions:
-      raise ConfigError('--output: give a directory other than --predictions')
     outputs.prepare(plan.output)
     lock = outputs.OutputLock(plan.output, outputs.new_run_id(), plan.beam_args)
     lock.acquire()

@@ -282,6 +282,11 @@ def test_configuration_mistakes_are_one_line(tmp_path, model_dir, capsys):
   (tmp_path / 'in.jsonl').write_text('\n'.join(keras_lines('c', 5)) + '\n')
   run_out = tmp_path / 'run'
   run_job(run_out, *keras_args(model_dir, tmp_path / 'in.jsonl'))
+  os.symlink(run_out, tmp_path / 'link')
+  os.makedirs(tmp_path / 'incomplete')  # a killed run's: shards without summary.json
+  for name in ('predictions', 'errors'):
+    with open(tmp_path / 'incomplete' / f'{name}-00000-of-00001.jsonl', 'w') as f:
+      f.write('{"id": "c0"}\n' if name == 'predictions' else '')
   capsys.readouterr()
   cases = [
       ([f'--input={tmp_path}/none*.jsonl', f'--predictions={run_out}',
@@ -291,7 +296,15 @@ def test_configuration_mistakes_are_one_line(tmp_path, model_dir, capsys):
       ([f'--input={tmp_path}/in.jsonl', f'--predictions={run_out}', f'--output={tmp_path}/o3',
         '--key_field='], 'carry no file name'),
       ([f'--input={tmp_path}/in.jsonl', f'--predictions={run_out}', f'--output={run_out}'],
-       'other than --predictions'),
+       "holds a run's result"),
+      ([f'--input={tmp_path}/in.jsonl', f'--predictions={run_out}',
+        f'--output={tmp_path}/link/'], "holds a run's result"),  # the same folder by a link
+      ([f'--input={tmp_path}/in.jsonl', f'--predictions={run_out}', f'--output={tmp_path}/o5',
+        '--key_field=nosuch'], "have no field 'nosuch'"),
+      ([f'--input={tmp_path}/in.jsonl', f'--predictions={run_out}', f'--output={tmp_path}/o6',
+        '--max_instance_bytes=0'], 'at least 1'),
+      ([f'--input={tmp_path}/in.jsonl', f'--predictions={tmp_path}/incomplete',
+        f'--output={tmp_path}/o7'], 'no summary.json'),
       ([f'--input={tmp_path}/in.jsonl', f'--predictions={run_out}', f'--output={tmp_path}/o4',
         '--output_format=csv'], 'invalid choice'),
   ]
@@ -334,3 +347,87 @@ def test_tfrecord_and_request_file_inputs_rejoin_by_index(tmp_path, model_dir):
       assert row['bucket'] == i % 5
   summary = join_summary(out)
   assert summary['joined'] == len(predictions) and summary['failed'] == len(errors) == 1
+
+
+def test_a_join_by_location_refuses_other_files_and_unreadable_instances_get_no_outputs(
+    tmp_path, model_dir, capsys):
+  lines = [json.dumps({'features': [i / 10, 1.0, -0.5], 'bucket': i % 5, 'pad': 'x' * (i * 3)})
+           for i in range(40)]
+  for folder in ('a', 'b'):
+    (tmp_path / folder).mkdir()
+    (tmp_path / folder / 'in.jsonl').write_text('\n'.join(lines[:30 if folder == 'b' else 40])
+                                                + '\n')
+  run_out = tmp_path / 'run'
+  run_job(run_out, f'--model={model_dir / "keras"}', '--signature=serve',
+          f'--input={tmp_path}/a/*.jsonl')
+  capsys.readouterr()
+  # Another folder's file of the same name would pair with a's predictions.
+  assert cli.main(['join', f'--input={tmp_path}/b/*.jsonl', f'--predictions={run_out}',
+                   f'--output={tmp_path}/j1']) == 2
+  assert 'give --input as the run had it' in capsys.readouterr().err
+  # A smaller --max_instance_bytes than the run's: the long lines cannot be
+  # read, and they must not be paired with the outputs the run wrote for them.
+  join(f'--input={tmp_path}/a/*.jsonl', f'--predictions={run_out}', f'--output={tmp_path}/j2',
+       '--max_instance_bytes=100', status=3)
+  rows = joined_rows(tmp_path / 'j2')
+  assert len(rows) == 40
+  unreadable = [r for r in rows if 'raw' in r]
+  assert unreadable and all('score' not in r for r in unreadable)
+  assert all('score' in r for r in rows if 'raw' not in r)
+  summary = join_summary(tmp_path / 'j2')
+  assert summary['instances_unreadable'] == len(unreadable)
+  assert {u['reason'] for u in unmatched(tmp_path / 'j2')} == {'instance_unreadable'}
+
+
+def test_records_that_cannot_be_fields_are_written_as_the_run_writes_them(tmp_path, model_dir):
+  good = keras_lines('r', 5)
+  lines = [line.encode() for line in good]
+  lines.append(b'{"id": "latin", "features": [1, 2, 3], "bucket": "\xe9"}')  # not UTF-8
+  lines.append(b'{"id": "dup", "features": [1, 2, 3], "bucket": 1, "a": 1, "a": 2}')
+  (tmp_path / 'in.jsonl').write_bytes(b'\n'.join(lines) + b'\n')
+  run_out, out = tmp_path / 'run', tmp_path / 'joined'
+  _, errors, _ = run_job(run_out, *keras_args(model_dir, tmp_path / 'in.jsonl'))
+  join(f'--input={tmp_path / "in.jsonl"}', f'--predictions={run_out}', f'--output={out}')
+  rows = joined_rows(out)
+  latin = [r for r in rows if 'raw_b64' in r]
+  assert len(latin) == 1 and latin[0]['error']['category'] == 'parse'
+  assert latin[0]['raw_b64'] == next(e['raw_b64'] for e in errors if 'raw_b64' in e)
+  # A field given twice: which value was meant is unknown, so the record as read.
+  dup = [r for r in rows if 'raw' in r]
+  assert len(dup) == 1 and dup[0]['raw'] == lines[-1].decode()
+  assert 'score' in dup[0]  # the run scored it (the repeated field is not an input)
+
+
+def test_an_instance_field_named_error_keeps_its_name_and_evaluate_still_knows_failures(
+    tmp_path, model_dir):
+  from pipeline import evaluate
+  lines = [json.dumps({**json.loads(line), 'error': 0.25, 'target': i / 10})
+           for i, line in enumerate(keras_lines('x', 30, bad_every=6))]
+  (tmp_path / 'in.jsonl').write_text('\n'.join(lines) + '\n')
+  run_out, out = tmp_path / 'run', tmp_path / 'joined'
+  predictions, errors, _ = run_job(run_out, *keras_args(model_dir, tmp_path / 'in.jsonl'))
+  join(f'--input={tmp_path / "in.jsonl"}', f'--predictions={run_out}', f'--output={out}')
+  rows = joined_rows(out)
+  assert all(r['error'] == 0.25 for r in rows)
+  failed = [r for r in rows if 'error_output' in r]
+  assert len(failed) == len(errors) == 5
+  rc = evaluate.main([f'--joined={out}/joined-*.jsonl', '--label_field=target',
+                      '--prediction_field=score', f'--output={tmp_path / "ev"}'])
+  assert rc == 0
+  metrics = json.load(open(tmp_path / 'ev' / 'metrics.json'))
+  assert metrics['counts']['evaluated'] == len(predictions) == 25
+  assert metrics['counts']['failed_predictions'] == 5
+
+
+def test_parquet_rows_never_round_big_integers(tmp_path, model_dir):
+  lines = [json.dumps({**json.loads(line), 'n': (2 ** 53 + 1 if i == 3 else 1.5),
+                       'huge': 2 ** 70 if i == 4 else i})
+           for i, line in enumerate(keras_lines('b', 12))]
+  (tmp_path / 'in.jsonl').write_text('\n'.join(lines) + '\n')
+  run_out, out = tmp_path / 'run', tmp_path / 'joined'
+  run_job(run_out, *keras_args(model_dir, tmp_path / 'in.jsonl'))
+  join(f'--input={tmp_path / "in.jsonl"}', f'--predictions={run_out}', f'--output={out}',
+       '--output_format=parquet')
+  rows = {r['id']: r for r in joined_rows(out, 'parquet')}
+  assert rows['b3']['n'] == str(2 ** 53 + 1) and rows['b0']['n'] == '1.5'  # JSON text
+  assert rows['b4']['huge'] == str(2 ** 70) and rows['b5']['huge'] == '5'

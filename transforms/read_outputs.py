@@ -39,7 +39,7 @@ def output_files(output_dir: str) -> dict:
   directory, sorted; the format of each prediction file is its extension."""
   found = {}
   for name in (PREDICTIONS, ERRORS):
-    pattern = f'{output_dir.rstrip("/")}/{name}-*'
+    pattern = f'{output_dir.rstrip("/")}/{name}-*-of-*'  # the run's shards only
     try:
       matched = FileSystems.match([pattern])[0].metadata_list
     except Exception:  # pylint: disable=broad-except  (a missing folder matches nothing)

@@ -7,7 +7,9 @@ directory, and `offset` or `index`) and key text the run gave it. Error
 records always carry the location, so they are matched by it; predictions
 are matched by key when the run had `--key_field`, else by location.
 
-A joined row is the instance's fields as read (their JSON texts, exactly)
+A joined row is the instance's fields as read (their values exactly: numbers
+keep their digits, strings are written by JSON's rules as the run writes
+its carried fields)
 plus the model's outputs, or plus `error` ({category, message}) for an
 instance that failed; outputs named like an instance field are renamed by
 the job's own rule (format.output_names). What cannot be paired goes to the
@@ -23,7 +25,8 @@ import orjson
 from apache_beam.metrics import Metrics
 
 from transforms.convert import carried_as_text, carried_text
-from transforms.format import _carried_feature_value, output_names, relative_name
+from transforms.format import (_carried_feature_value, output_names, raw_fields,
+                               relative_name)
 from transforms.read_outputs import OutputReadError, iter_records
 from transforms.records import RawChunk
 
@@ -33,10 +36,11 @@ UNMATCHED_TAG = 'unmatched'
 NO_OUTPUT = 'instance_without_output'
 NO_INSTANCE = 'output_without_instance'
 SHARED_KEY = 'ambiguous'
+CHANGED = 'instance_unreadable'  # predicted by the run, unreadable now
 FILE_FAULT = 'input_file_fault'  # an input file the join could not read to its end
 RUN_FILE_FAULT = 'run_file_fault'  # the run's error record of such a file
 OUTPUT_UNREADABLE = 'output_file_unreadable'
-COUNTERS = ('instances', 'joined', 'failed', NO_OUTPUT, NO_INSTANCE, SHARED_KEY,
+COUNTERS = ('instances', 'joined', 'failed', NO_OUTPUT, NO_INSTANCE, SHARED_KEY, CHANGED,
             'file_faults', 'output_files_unreadable')
 # The field holding an instance that is not an object of fields (a bare
 # value, as Vertex AI batch prediction writes it), and one that could not
@@ -84,6 +88,15 @@ class InstanceRow:
   fields: Optional[dict]  # field -> JSON text (bytes)
   key: object = None  # as the predictions file stores it
   raw: Optional[bytes] = None
+  binary: bool = False  # raw is a binary record (TFRecord): written as base64
+  size: Optional[int] = None  # the record's real size where only its start was read
+  # Read as a record of the format (fields None: it repeats a field), as
+  # opposed to unparseable.
+  readable: bool = False
+
+  def __post_init__(self):
+    if self.fields is not None:
+      self.readable = True
 
 
 def _text(instance, value) -> bytes:
@@ -116,14 +129,22 @@ class InstanceRows(beam.DoFn):
 
   def _row(self, fmt, chunk, row, location) -> InstanceRow:
     if row in chunk.read_errors or row in chunk.unread_sizes:
-      return InstanceRow(location, None, raw=_raw(fmt, chunk, row))
+      return InstanceRow(location, None, raw=_raw(fmt, chunk, row), binary=fmt.binary_records,
+                         size=chunk.unread_sizes.get(row))
     try:
       instance = fmt.instance(chunk, row)
+      if instance.duplicates:  # which value was meant is unknown: the record as read
+        key = None
+        if self._layout.key_field and self._layout.key_field not in instance.duplicates:
+          key = self._layout.stored_key(_text(instance, instance.fields.get(
+              self._layout.key_field)))
+        return InstanceRow(location, None, key, raw=_raw(fmt, chunk, row),
+                           binary=fmt.binary_records, readable=True)
       if instance.fields is None:
         return InstanceRow(location, {INSTANCE_FIELD: _text(instance, instance.value)})
       fields = {name: _text(instance, value) for name, value in instance.fields.items()}
     except Exception:  # pylint: disable=broad-except  (any content: the run's error says why)
-      return InstanceRow(location, None, raw=_raw(fmt, chunk, row))
+      return InstanceRow(location, None, raw=_raw(fmt, chunk, row), binary=fmt.binary_records)
     key = None
     if self._layout.key_field:
       key = self._layout.stored_key(fields.get(self._layout.key_field))
@@ -267,6 +288,9 @@ class PairByLocation(beam.DoFn):
           SHARED_KEY, f'{len(outputs)} output records for one instance', location))
       yield JoinedRecord(instance)
       return
+    if outputs and outputs[0][0] == 'prediction' and not instance.readable:
+      yield from _unreadable_but_predicted(self._counters, instance, location)
+      return
     if outputs:
       kind, record = outputs[0]
       if kind == 'error':
@@ -285,6 +309,17 @@ class PairByLocation(beam.DoFn):
       yield beam.pvalue.TaggedOutput('unpaired', instance)
 
 
+def _unreadable_but_predicted(counters, instance, location=None, key=None):
+  """The run predicted an instance that the join cannot read: the file, or
+  --max_instance_bytes, is not the run's. Its row has no outputs."""
+  counters[CHANGED].inc()
+  yield beam.pvalue.TaggedOutput(UNMATCHED_TAG, _unmatched(
+      CHANGED, 'the run predicted this instance, but the join cannot read it: the file '
+      "changed since the run, or --max_instance_bytes is not the run's",
+      location or instance.location, key=key))
+  yield JoinedRecord(instance)
+
+
 class PairByKey(beam.DoFn):
   """(key, {'instances', 'predictions', 'errors'}) of instances without an
   error at their location -> JoinedRecords, or unmatched entries."""
@@ -297,6 +332,9 @@ class PairByKey(beam.DoFn):
     predictions = list(grouped['predictions'])
     errors = list(grouped.get('errors', ()))
     if len(instances) == 1 and len(predictions) + len(errors) == 1:
+      if predictions and not instances[0].readable:
+        yield from _unreadable_but_predicted(self._counters, instances[0], key=key)
+        return
       if errors:
         self._counters['failed'].inc()
         yield JoinedRecord(instances[0], error=errors[0])
@@ -346,7 +384,10 @@ def row_texts(joined: JoinedRecord, layout: JoinLayout) -> dict:
   instance = joined.instance
   row = dict(instance.fields) if instance.fields is not None else {}
   if instance.fields is None and instance.raw is not None:
-    row[RAW_FIELD] = orjson.dumps(instance.raw.decode('utf-8', 'replace'))
+    # As the run's error records write it: text, or base64 where it is not
+    # UTF-8 (raw_b64), cut at format.MAX_RAW_BYTES.
+    for name, value in raw_fields(instance.raw, instance.binary, instance.size).items():
+      row[name] = orjson.dumps(value)
   added = {}
   if joined.outputs is not None:
     carried, renamed = set(layout.carried), dict(layout.renamed_outputs)

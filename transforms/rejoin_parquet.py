@@ -12,7 +12,6 @@ cast to that schema before it is written.
 import json
 
 import apache_beam as beam
-import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io import filebasedsink
@@ -24,6 +23,8 @@ from transforms.write import SHARDS
 BLOCK_ROWS = 4096
 # Metadata key of a column holding JSON texts (types that could not be merged).
 _JSON_TEXT = b'batch_predict.json_text'
+# Metadata of a block's integer column with values beyond 2**53 (internal).
+_BIG_INT = b'batch_predict.big_int'
 
 
 def _value(text: bytes):
@@ -55,7 +56,9 @@ class RowBlocks(beam.DoFn):
 
 
 def _json_texts(values) -> pa.Array:
-  return pa.array([None if v is None else orjson.dumps(v, default=str).decode()
+  # The standard library's encoder: integers of any size (orjson stops at 64 bits).
+  return pa.array([None if v is None else json.dumps(v, ensure_ascii=False,
+                                                     separators=(',', ':'), default=str)
                    for v in values], pa.string())
 
 
@@ -66,7 +69,9 @@ def _table(rows: list) -> pa.Table:
     values = [row.get(name) for row in rows]
     try:
       column, metadata = pa.array(values), None
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+      if _beyond_doubles(column):
+        metadata = {_BIG_INT: b'1'}  # merged with doubles, JSON text (never rounded)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError):
       column, metadata = _json_texts(values), {_JSON_TEXT: b'1'}
     columns.append(column)
     fields.append(pa.field(name, column.type, metadata=metadata))
@@ -75,6 +80,28 @@ def _table(rows: list) -> pa.Table:
 
 def _is_json_text(field: pa.Field) -> bool:
   return bool(field.metadata and field.metadata.get(_JSON_TEXT))
+
+
+def _is_big_int(field: pa.Field) -> bool:
+  return bool(field.metadata and field.metadata.get(_BIG_INT))
+
+
+def _beyond_doubles(column: pa.Array) -> bool:
+  """Whether an integer column (or list of them, at any depth) holds a
+  value a double cannot hold exactly."""
+  import pyarrow.compute as pc
+  while pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+    column = column.flatten()
+  if not pa.types.is_integer(column.type) or len(column) == column.null_count:
+    return False
+  extremes = pc.min_max(column)
+  return max(abs(extremes['min'].as_py()), abs(extremes['max'].as_py())) > 2 ** 53
+
+
+def _floating_items(arrow_type: pa.DataType) -> bool:
+  while pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+    arrow_type = arrow_type.value_type
+  return pa.types.is_floating(arrow_type)
 
 
 def _merge_type(a: pa.DataType, b: pa.DataType):
@@ -96,26 +123,29 @@ class MergeSchemas(beam.CombineFn):
 
   def add_input(self, accumulator, schema):
     for field in schema:
-      self._add(accumulator, field.name, field.type, _is_json_text(field))
+      self._add(accumulator, field.name, field.type, _is_json_text(field), _is_big_int(field))
     return accumulator
 
   @staticmethod
-  def _add(accumulator, name, arrow_type, as_text):
+  def _add(accumulator, name, arrow_type, as_text, big=False):
     if name not in accumulator:
-      accumulator[name] = (arrow_type, as_text)
+      accumulator[name] = (arrow_type, as_text, big)
       return
-    known, known_text = accumulator[name]
+    known, known_text, known_big = accumulator[name]
+    big = big or known_big
     if known_text or as_text:
-      accumulator[name] = (pa.string(), True)
+      accumulator[name] = (pa.string(), True, big)
       return
     merged = _merge_type(known, arrow_type)
-    accumulator[name] = (pa.string(), True) if merged is None else (merged, False)
+    if merged is not None and big and _floating_items(merged):
+      merged = None  # an integer a double would round
+    accumulator[name] = (pa.string(), True, big) if merged is None else (merged, False, big)
 
   def merge_accumulators(self, accumulators):
     merged = {}
     for accumulator in accumulators:
-      for name, (arrow_type, as_text) in accumulator.items():
-        self._add(merged, name, arrow_type, as_text)
+      for name, (arrow_type, as_text, big) in accumulator.items():
+        self._add(merged, name, arrow_type, as_text, big)
     return merged
 
   def extract_output(self, accumulator):
@@ -124,7 +154,7 @@ class MergeSchemas(beam.CombineFn):
     last = [n for n in (RAW_FIELD, ERROR_FIELD) if n in accumulator]
     order = [n for n in accumulator if n not in last] + last
     for name in order:
-      arrow_type, as_text = accumulator[name]
+      arrow_type, as_text, _ = accumulator[name]
       if pa.types.is_null(arrow_type):
         arrow_type = pa.string()  # only nulls seen
       fields.append(pa.field(name, arrow_type,
@@ -144,7 +174,11 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
       if not _is_json_text(table.schema.field(field.name)):
         column = _json_texts(column.to_pylist())
     elif column.type != field.type:
-      column = column.cast(field.type)
+      try:
+        column = column.cast(field.type)  # safe: fails rather than round or wrap
+      except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        raise ValueError(f'field {field.name!r}: {column.type} values do not fit the '
+                         f'merged type {field.type}') from None
     columns.append(column)
   return pa.Table.from_arrays(columns, schema=schema)
 
