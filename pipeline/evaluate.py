@@ -73,8 +73,12 @@ import numpy as np
 EXIT_OK = 0
 EXIT_CONFIG_ERROR = 2
 EXIT_NOTHING_EVALUATED = 3
+EXIT_INPUT_INCOMPLETE = 4
 
 TASKS = ('auto', 'classification', 'regression')
+# Beyond this many classes, a k x k confusion matrix is too large to write
+# (10,000 classes: 100 million cells).
+MAX_CLASSES = 2000
 QUANTILES = (0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0)
 # Whole-number labels with whole-number predictions are class ids, unless
 # there are more distinct labels than this (then: counts, a regression).
@@ -130,6 +134,10 @@ def _unwrap(value):
   return value
 
 
+# Integers from here on do not fit a double (float() raises): not a finite number.
+_FLOAT_MAX_INT = 2 ** 1023 * 2
+
+
 def _error_record(row: dict, prediction_field: str):
   """The error of a row of a failed instance, or None. A row holding the
   prediction is not one, whatever else it holds. Else its `error`; where
@@ -164,6 +172,9 @@ class Pairs:
     self.label_present = 0  # rows (not failed) holding the label field
     self.prediction_present = 0
     self.fields_seen = set()  # some field names, for error messages
+    # Files that could not be read to their end: {path, reason} (their rows
+    # before the fault are counted).
+    self.incomplete_files = []
 
   def _reset_pending(self):
     self._lk, self._lv, self._pk, self._pv, self._plen, self._flat = [], [], [], [], [], []
@@ -187,7 +198,7 @@ class Pairs:
     if isinstance(value, bool):
       return L_BOOL, float(value)
     if isinstance(value, int):
-      return L_INT, float(value)
+      return (L_INT, float(value)) if abs(value) < _FLOAT_MAX_INT else (L_NONFINITE, 0.0)
     if isinstance(value, float):
       if not math.isfinite(value):
         return L_NONFINITE, 0.0
@@ -206,7 +217,8 @@ class Pairs:
     if isinstance(value, bool):
       return P_BOOL, float(value), None
     if isinstance(value, int):
-      return P_INT, float(value), None
+      return ((P_INT, float(value), None) if abs(value) < _FLOAT_MAX_INT
+              else (P_NONFINITE, 0.0, None))
     if isinstance(value, float):
       return (P_FLOAT, value, None) if math.isfinite(value) else (P_NONFINITE, 0.0, None)
     if isinstance(value, str):
@@ -216,6 +228,8 @@ class Pairs:
         return P_UNUSABLE, 0.0, None
       try:
         vector = np.asarray(value, dtype=np.float64)
+      except OverflowError:  # an integer beyond the doubles
+        return P_NONFINITE, 0.0, None
       except (ValueError, TypeError):
         return P_UNUSABLE, 0.0, None
       if vector.ndim != 1:
@@ -332,6 +346,7 @@ class Pairs:
     self.label_present += other.label_present
     self.prediction_present += other.prediction_present
     self.fields_seen.update(list(other.fields_seen)[:100])
+    self.incomplete_files += getattr(other, 'incomplete_files', [])
     return self
 
   def arrays(self):
@@ -565,6 +580,11 @@ def _prepare(pairs: Pairs, task='auto', threshold=0.5, class_names=None) -> tupl
     exclude(y_pred < 0, 'predicted class is not one of --class_names')
     prepared.prediction_kind = 'class name'
   exclude(y_true < 0, 'label is not a class')  # (a safety net: every case above says why)
+  if len(classes) > MAX_CLASSES:
+    raise EvaluateError(
+        f'{len(classes)} classes: the confusion matrix and per-class metrics are written for '
+        f'at most {MAX_CLASSES}; are the predictions or labels free text, or is this a '
+        'regression (--task=regression)?')
   prepared.classes = list(classes)
   prepared.y_true = y_true[ok]
   prepared.y_pred = y_pred[ok]
@@ -788,6 +808,10 @@ def _metrics(p: _Prepared, pairs: Pairs, excluded, settings, failed) -> dict:
   }
   if pairs.rows:
     metrics['counts']['rows'] = pairs.rows
+  incomplete = getattr(pairs, 'incomplete_files', [])
+  metrics['counts']['files_incomplete'] = len(incomplete)
+  if incomplete:
+    metrics['incomplete_files'] = incomplete[:100]
   if getattr(p, 'labels_from_text', 0):
     metrics['counts']['labels_read_from_text'] = p.labels_from_text
   if not p.n:
@@ -839,7 +863,10 @@ def evaluate(labels, predictions, output_dir: str, task='auto', threshold=0.5,
 def _write(metrics, prepared, output_dir):
   """Renders both files in memory, then replaces each through a temporary name."""
   text = json.dumps(metrics, indent=2, allow_nan=False, ensure_ascii=False) + '\n'
-  page = render_html(metrics, prepared)
+  page = render_html(metrics, prepared).replace('\x00', '\ufffd')
+  # Text that cannot be UTF-8 (an unpaired surrogate from a JSON escape) is
+  # replaced, in both files, rather than failing the write.
+  text, page = (t.encode('utf-8', 'replace').decode('utf-8') for t in (text, page))
   if '://' in output_dir:
     from apache_beam.io.filesystems import FileSystems
     if not FileSystems.exists(output_dir):
@@ -880,14 +907,25 @@ def _png(figure) -> str:
 
 
 def _label(value) -> str:
-  return json.dumps(value) if isinstance(value, bool) else str(value)
+  """A class as plot text: what the fonts can draw (no control characters,
+  no unpaired surrogates)."""
+  text = json.dumps(value) if isinstance(value, bool) else str(value)
+  text = text.encode('utf-8', 'replace').decode('utf-8')
+  return ''.join(c if c.isprintable() else '?' for c in text)
 
 
 def _plots(p: _Prepared) -> list:
-  """[(title, base64 PNG or None, caption)]."""
+  """[(title, base64 PNG or None, caption)]. A plot that cannot be drawn
+  (whatever the data holds) is a note: the numbers are written regardless."""
   import matplotlib
-  with matplotlib.rc_context({'font.size': 8}):
-    return _draw(p) if p.n else []
+  import matplotlib.pyplot as plt
+  try:
+    with matplotlib.rc_context({'font.size': 8}), warnings.catch_warnings():
+      warnings.simplefilter('ignore')  # missing glyphs: drawn as boxes
+      return _draw(p) if p.n else []
+  except Exception as error:  # pylint: disable=broad-except
+    plt.close('all')
+    return [('Plots', None, f'not drawn: {type(error).__name__}: {error}'[:300])]
 
 
 def _draw(p: _Prepared) -> list:
@@ -1164,36 +1202,51 @@ def _files(patterns) -> list:
 
 def read_joined(patterns, label_field, prediction_field, fmt='auto') -> tuple:
   """(Pairs, files): the pairs of every row of the files the patterns match."""
-  from apache_beam.io.filesystems import CompressionTypes, FileSystems
   paths = _files(patterns)
   formats = {path: _format_of(path, fmt) for path in paths}
   pairs = Pairs()
   for path in paths:
-    if formats[path] == 'parquet':
-      import pyarrow.parquet as pq
-      with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        parquet = pq.ParquetFile(f)
-        names = parquet.schema_arrow.names
-        columns = [c for c in dict.fromkeys((label_field, prediction_field, 'error'))
-                   if c in names]
-        pairs.fields_seen.update(names[:100])
-        for batch in parquet.iter_batches(columns=columns or None, batch_size=65536):
-          values = batch.to_pydict() if columns else {}
-          for i in range(batch.num_rows):
-            pairs.add_row({c: values[c][i] for c in columns}, label_field, prediction_field)
-      continue
-    with FileSystems.open(path) as f:  # (.gz too: compression by extension)
-      for line in iter(f.readline, b''):
-        if not line.strip():
-          continue
-        try:
-          row = json.loads(line)
-        except ValueError:
-          pairs.rows += 1
-          pairs.unreadable['row is not valid JSON'] += 1
-          continue
-        pairs.add_row(row, label_field, prediction_field)
+    try:
+      _read_file(pairs, path, formats[path], label_field, prediction_field)
+    except Exception as error:  # pylint: disable=broad-except  (a file's fault, any library's)
+      reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+      pairs.incomplete_files.append({'path': path, 'reason': reason[:300]})
   return pairs, paths
+
+
+def _read_file(pairs, path, fmt, label_field, prediction_field) -> None:
+  """Adds one file's rows; raises where the file cannot be read to its end
+  (the rows before the fault are kept)."""
+  import gzip
+
+  from apache_beam.io.filesystems import CompressionTypes, FileSystems
+  if fmt == 'parquet':
+    import pyarrow.parquet as pq
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+      parquet = pq.ParquetFile(f)
+      names = parquet.schema_arrow.names
+      columns = [c for c in dict.fromkeys((label_field, prediction_field, 'error',
+                                           'error_output')) if c in names]
+      pairs.fields_seen.update(names[:100])
+      for batch in parquet.iter_batches(columns=columns or None, batch_size=65536):
+        values = batch.to_pydict() if columns else {}
+        for i in range(batch.num_rows):
+          pairs.add_row({c: values[c][i] for c in columns}, label_field, prediction_field)
+    return
+  # Python's gzip module rather than Beam's decompressing reader, which
+  # stops silently where a gzip stream is cut short.
+  with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+    f = gzip.GzipFile(fileobj=raw) if path.endswith('.gz') else raw
+    for line in iter(f.readline, b''):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except ValueError:
+        pairs.rows += 1
+        pairs.unreadable['row is not valid JSON'] += 1
+        continue
+      pairs.add_row(row, label_field, prediction_field)
 
 
 # -- the command -------------------------------------------------------------------
@@ -1333,6 +1386,9 @@ def _evaluate(args, join_summary) -> int:
       raise EvaluateError('--class_names: give at least one name')
     pairs, paths = read_joined(args.joined, args.label_field, args.prediction_field,
                                args.format)
+    if not pairs.rows and pairs.incomplete_files:
+      first = pairs.incomplete_files[0]
+      raise EvaluateError(f'--joined: {first["path"]} cannot be read: {first["reason"]}')
     if not pairs.rows:
       raise EvaluateError(f'--joined: no rows in the {_plural(len(paths), "file")} matched')
     evaluated_rows = pairs.rows - sum(pairs.failed.values()) - sum(pairs.unreadable.values())
@@ -1368,6 +1424,11 @@ def _evaluate(args, join_summary) -> int:
         + (f' {headline}.' if headline else ''))
   print(f'Wrote {os.path.join(args.output, "metrics.json")} and '
         f'{os.path.join(args.output, "report.html")}')
+  if counts.get('files_incomplete'):
+    first = metrics['incomplete_files'][0]
+    _error(f'{counts["files_incomplete"]} file(s) could not be read to their end, e.g. '
+           f'{first["path"]}: {first["reason"]}; the metrics are of the rows before')
+    return EXIT_INPUT_INCOMPLETE
   if not counts['evaluated']:
     _error(metrics['null_reasons'].get('metrics', 'no pair could be evaluated'))
     return EXIT_NOTHING_EVALUATED

@@ -570,3 +570,51 @@ def test_predictions_without_labels_is_one_line(demo_job, tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_hostile_rows_and_files_never_crash(tmp_path, capsys):
+  rows = [{'l': i % 2, 'p': [0.2 + 0.6 * (i % 2)]} for i in range(40)]
+  rows += [{'l': 10 ** 400, 'p': [0.5]}, {'l': 1, 'p': [10 ** 400]}, {'l': 0, 'p': 10 ** 400}]
+  rows += [{'l': '\ud800', 'p': [0.5]}]  # a lone surrogate: a class name nobody can draw
+  text = '\n'.join(json.dumps(r) for r in rows) + '\n'
+  (tmp_path / 'rows.jsonl').write_text(text)
+  rc = evaluate.main([f'--joined={tmp_path / "rows.jsonl"}', '--label_field=l',
+                      '--prediction_field=p', f'--output={tmp_path / "a"}'])
+  err = capsys.readouterr().err
+  assert rc == 2 and err.count('\n') == 1 and 'class names' in err  # a string among ints
+  rows.pop()
+  (tmp_path / 'rows.jsonl').write_text('\n'.join(json.dumps(r) for r in rows) + '\n')
+  assert evaluate.main([f'--joined={tmp_path / "rows.jsonl"}', '--label_field=l',
+                        '--prediction_field=p', f'--output={tmp_path / "a"}']) == 0
+  metrics = strict_json(tmp_path / 'a' / 'metrics.json')
+  assert sum(metrics['counts']['excluded_by_reason'].values()) == 3, metrics['counts']
+  assert metrics['counts']['evaluated'] == 40
+  # The surrogate as a class name of its own: drawn as text the fonts can take.
+  (tmp_path / 'names.jsonl').write_text('\n'.join(json.dumps(
+      {'l': ['a', '\ud800'][i % 2], 'p': ['a', '\ud800'][i // 2 % 2]}) for i in range(20)))
+  assert evaluate.main([f'--joined={tmp_path / "names.jsonl"}', '--label_field=l',
+                        '--prediction_field=p', f'--output={tmp_path / "n"}']) == 0
+  assert (tmp_path / 'n' / 'report.html').stat().st_size > 1000
+  capsys.readouterr()
+  # A gzip file cut short: the rows before the cut are evaluated, the run says so (4).
+  import gzip
+  data = gzip.compress(('\n'.join(json.dumps(r) for r in rows[:40]) + '\n').encode())
+  (tmp_path / 'cut.jsonl.gz').write_bytes(data[:len(data) // 2])
+  rc = evaluate.main([f'--joined={tmp_path / "cut.jsonl.gz"}', '--label_field=l',
+                      '--prediction_field=p', f'--output={tmp_path / "b"}'])
+  err = capsys.readouterr().err
+  if rc == 4:
+    metrics = strict_json(tmp_path / 'b' / 'metrics.json')
+    assert metrics['counts']['files_incomplete'] == 1
+  else:  # nothing at all before the cut
+    assert rc == 2 and 'cannot be read' in err
+  assert err.count('\n') == 1 and 'Traceback' not in err
+  # Not Parquet at all; too many classes: one line each.
+  (tmp_path / 'bad.parquet').write_bytes(b'PAR1 not really')
+  (tmp_path / 'many.jsonl').write_text(
+      '\n'.join(json.dumps({'l': f'c{i}', 'p': f'c{i + 1}'}) for i in range(2500)) + '\n')
+  for name, message in (('bad.parquet', 'cannot be read'), ('many.jsonl', 'classes')):
+    rc = evaluate.main([f'--joined={tmp_path / name}', '--label_field=l',
+                        '--prediction_field=p', f'--output={tmp_path / "c"}'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and message in err[0], err
