@@ -1309,6 +1309,12 @@ def main(argv=None) -> int:
     return e.code if isinstance(e.code, int) else EXIT_OK
   join_dir, join_summary = None, None
   try:
+    from transforms.read_outputs import output_files
+    found = output_files(args.output)
+    if found['predictions'] or found['errors']:
+      # Its report.html is the run's: writing ours there would replace it.
+      raise EvaluateError(f'--output: {args.output} holds a run\'s result; give a directory '
+                          'of its own')
     if args.predictions:
       if args.joined:
         raise EvaluateError('give either --joined or --predictions with --labels, not both')

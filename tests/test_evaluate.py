@@ -618,3 +618,16 @@ def test_hostile_rows_and_files_never_crash(tmp_path, capsys):
                         '--prediction_field=p', f'--output={tmp_path / "c"}'])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_output_holding_a_runs_result_is_refused(demo_job, tmp_path, capsys):
+  output, _, _ = demo_job
+  with open(os.path.join(output, 'report.html'), 'rb') as f:
+    before = f.read()
+  rc = evaluate.main([f'--joined={output}/predictions-*.jsonl', '--label_field=label',
+                      '--prediction_field=churn_probability', f'--output={output}'])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 2 and len(err) == 1 and "holds a run's result" in err[0]
+  with open(os.path.join(output, 'report.html'), 'rb') as f:
+    assert f.read() == before
+  assert not os.path.exists(os.path.join(output, 'metrics.json'))

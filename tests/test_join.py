@@ -431,3 +431,12 @@ def test_parquet_rows_never_round_big_integers(tmp_path, model_dir):
   rows = {r['id']: r for r in joined_rows(out, 'parquet')}
   assert rows['b3']['n'] == str(2 ** 53 + 1) and rows['b0']['n'] == '1.5'  # JSON text
   assert rows['b4']['huge'] == str(2 ** 70) and rows['b5']['huge'] == '5'
+
+
+def test_bytes_outputs_from_parquet_predictions_are_base64_as_the_run_writes_them():
+  from transforms.rejoin import InstanceRow, JoinedRecord, JoinLayout, row_texts
+  layout = JoinLayout('id', (), 'parquet', '/')
+  row = row_texts(JoinedRecord(InstanceRow(('f', 0), {'id': b'"x"'}), outputs={
+      'id': 'x', 'image_bytes': b'ab', 'tokens_bytes': [b'a', b'\xff'], 'text': b'ok'}), layout)
+  assert row == {'id': b'"x"', 'image_bytes': b'{"b64":"YWI="}',
+                 'tokens_bytes': b'[{"b64":"YQ=="},{"b64":"/w=="}]', 'text': b'"ok"'}

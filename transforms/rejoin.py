@@ -25,7 +25,7 @@ import orjson
 from apache_beam.metrics import Metrics
 
 from transforms.convert import carried_as_text, carried_text
-from transforms.format import (_carried_feature_value, output_names, raw_fields,
+from transforms.format import (_b64_json, _carried_feature_value, output_names, raw_fields,
                                relative_name)
 from transforms.read_outputs import OutputReadError, iter_records
 from transforms.records import RawChunk
@@ -393,13 +393,24 @@ def row_texts(joined: JoinedRecord, layout: JoinLayout) -> dict:
     carried, renamed = set(layout.carried), dict(layout.renamed_outputs)
     for field, value in joined.outputs.items():
       if field not in carried:
-        added[renamed.get(field, field)] = _value_text(value)
+        name = renamed.get(field, field)
+        if name.endswith('_bytes') and isinstance(value, (bytes, list)):
+          # TF Serving's convention, as the run's JSON Lines write it:
+          # `*_bytes` outputs always base64 (Parquet holds them as binary).
+          value = _b64_json(value) if _all_bytes(value) else value
+        added[name] = _value_text(value)
   elif joined.error is not None:
     error = joined.error.get('error')
     added[ERROR_FIELD] = _value_text(error if error is not None else joined.error)
   for name, new_name in output_names(list(added), list(row)).items():
     row[new_name] = added[name]
   return row
+
+
+def _all_bytes(value) -> bool:
+  if isinstance(value, list):
+    return all(_all_bytes(v) for v in value)
+  return isinstance(value, bytes)
 
 
 def unmatched_line(entry: dict) -> bytes:
