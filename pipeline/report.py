@@ -38,9 +38,6 @@ MAX_VALUES_PER_FIELD = 100_000  # numbers taken per output field (long vectors)
 MAX_OUTPUT_CHARTS = 40  # histograms drawn, at most (the first numeric outputs)
 BINS = 20
 TEXT_CUT = 300  # characters of a value shown in an example record
-PREDICTION_PATTERNS = ('predictions-*-of-*.jsonl', 'predictions-*-of-*.parquet',
-                       'predictions-*-of-*.tfrecord')
-ERROR_PATTERN = 'errors-*-of-*.jsonl'
 LOCATION_FIELDS = ('filename', 'offset', 'index')
 
 
@@ -69,21 +66,14 @@ def write(summary: dict, directory: str) -> str:
 def build(summary: dict, directory: str) -> str:
   """The page for a run whose summary this is and whose shards are in
   `directory` (the staging folder, or a promoted output directory)."""
-  examples = error_examples(_matching(directory, (ERROR_PATTERN,)))
-  fields, sampled = output_values(_matching(directory, PREDICTION_PATTERNS),
-                                  _output_fields(summary))
+  from transforms.read_outputs import output_files
+  shards = output_files(directory)
+  examples = error_examples(shards['errors'])
+  fields, sampled = output_values(shards['predictions'], _output_fields(summary))
   return render(summary, examples, fields, sampled)
 
 
 # --- reading the staged shards (bounded) -----------------------------------
-
-def _matching(directory: str, patterns) -> list:
-  paths = []
-  for pattern in patterns:
-    for result in FileSystems.match([f'{directory}/{pattern}']):
-      paths.extend(m.path for m in result.metadata_list)
-  return sorted(paths)
-
 
 def _first_records(paths, limit: int):
   """Up to `limit` records from the files in order (transforms/read_outputs.py

@@ -125,9 +125,10 @@ def test_output_histograms_of_every_output_format(model_dir, tmp_path, output_fo
   assert cli.main([*keras_args(model_dir, tmp_path / 'in.jsonl'), f'--output={out}',
                    f'--output_format={output_format}', '--progress_interval=0']) == 0
   summary = json.loads((out / 'summary.json').read_text())
+  from transforms.read_outputs import output_files
   directory = str(out)
   fields, sampled = report.output_values(
-      report._matching(directory, report.PREDICTION_PATTERNS),  # pylint: disable=protected-access
+      output_files(directory)['predictions'],
       report._output_fields(summary))  # pylint: disable=protected-access
   assert sampled == 120 and sorted(fields) == ['probs', 'score']
   assert len(fields['score']) == 120 and len(fields['probs']) == 240
