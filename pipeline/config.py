@@ -112,20 +112,23 @@ def group_by_format(files, requested: str) -> dict:
   return groups
 
 
+def set_aside_special_files(files_by_format: dict) -> tuple:
+  """(files_by_format without the paths that are not regular files,
+  [(path, format, reason)] of those): each becomes a file error, never
+  opened."""
+  unreadable = [(m.path, kind, reason) for kind, group in files_by_format.items()
+                for m in group for reason in [special_file_reason(m.path)] if reason]
+  skipped = {path for path, _, _ in unreadable}
+  kept = {kind: [m for m in group if m.path not in skipped]
+          for kind, group in files_by_format.items()}
+  return {kind: group for kind, group in kept.items() if group}, unreadable
+
+
 def resolve(options: JobOptions) -> JobConfig:
   patterns = tuple(_absolute(p) for p in options.inputs)
   files = match_inputs(patterns)
   files_by_format = group_by_format(files, options.input_format)
-  unreadable = []
-  for kind, metadata_list in files_by_format.items():
-    for metadata in metadata_list:
-      reason = special_file_reason(metadata.path)
-      if reason:
-        unreadable.append((metadata.path, kind, reason))
-  skipped = {path for path, _, _ in unreadable}
-  files_by_format = {kind: [m for m in metadata_list if m.path not in skipped]
-                     for kind, metadata_list in files_by_format.items()}
-  files_by_format = {kind: m for kind, m in files_by_format.items() if m}
+  files_by_format, unreadable = set_aside_special_files(files_by_format)
   try:
     model = inspect_model(_absolute(options.model), options.tags, options.signature,
                           options.model_version)

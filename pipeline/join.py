@@ -133,13 +133,7 @@ def resolve(argv) -> JoinPlan:
   patterns = tuple(job_config._absolute(p) for p in known.inputs)
   files = job_config.match_inputs(patterns)
   files_by_format = job_config.group_by_format(files, input_format)
-  unreadable = [(m.path, kind, reason) for kind, group in files_by_format.items()
-                for m in group for reason in [job_config.special_file_reason(m.path)]
-                if reason]
-  skipped = {path for path, _, _ in unreadable}
-  files_by_format = {kind: [m for m in group if m.path not in skipped]
-                     for kind, group in files_by_format.items()}
-  files_by_format = {kind: group for kind, group in files_by_format.items() if group}
+  files_by_format, unreadable = job_config.set_aside_special_files(files_by_format)
   formats = _formats(files_by_format, known.model, summary, max_bytes)
 
   first = None
