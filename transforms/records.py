@@ -9,6 +9,7 @@ import pickle
 from typing import Optional
 
 import apache_beam as beam
+import numpy as np
 
 # Workers unpickle these records, so importing the storage module here applies
 # its emulator setting in every worker process, whichever way it was started.
@@ -31,11 +32,110 @@ POSITION_FIELDS = {JSONL: 'offset', CSV: 'offset', JSON: 'index', TFRECORD: 'ind
                    PARQUET: 'index'}
 
 
+class Lines:
+  """The lines of a chunk of JSON Lines or CSV: one buffer, and each line's
+  [start, end) in it (without its line break or the carriage return before
+  one), so that no step needs a Python object per line. Indexing gives a
+  line's bytes, as a list of lines would.
+
+  What lies between two consecutive lines in the buffer (ends[i] to
+  starts[i + 1]) is a line break, with blank lines (spaces, tabs, carriage
+  returns) and carriage returns around it: JSON whitespace with at least one
+  line feed. (A line too large to read is held by its start only: the
+  chunk's `read_errors` names it, and what follows it is not so bounded.)
+  """
+  __slots__ = ('buffer', 'starts', 'ends')
+
+  def __init__(self, buffer=b'', starts=None, ends=None):
+    self.buffer = buffer  # bytes
+    self.starts = np.zeros(0, np.int64) if starts is None else starts  # int64
+    self.ends = np.zeros(0, np.int64) if ends is None else ends  # int64
+
+  @classmethod
+  def of(cls, lines) -> 'Lines':
+    """Lines from a list of lines (bytes without line feeds)."""
+    sizes = np.fromiter(map(len, lines), np.int64, len(lines))
+    starts = np.zeros(len(lines), np.int64)
+    np.cumsum(sizes[:-1] + 1, out=starts[1:])
+    return cls(b'\n'.join(lines), starts, starts + sizes)
+
+  def __len__(self):
+    return len(self.starts)
+
+  def __getitem__(self, row):
+    if isinstance(row, slice):
+      return Lines(self.buffer, self.starts[row], self.ends[row])
+    return self.buffer[self.starts[row]:self.ends[row]]
+
+  def __iter__(self):
+    buffer = self.buffer
+    return (buffer[s:e] for s, e in zip(self.starts.tolist(), self.ends.tolist()))
+
+  def __add__(self, other) -> 'Lines':
+    if not isinstance(other, Lines):
+      other = Lines.of(list(other))
+    if not len(other):
+      return self
+    if not len(self):
+      return other
+    base = len(self.buffer) + 1
+    return Lines(self.buffer + b'\n' + other.buffer,
+                 np.concatenate([self.starts, other.starts + base]),
+                 np.concatenate([self.ends, other.ends + base]))
+
+  def __eq__(self, other):
+    return list(self) == list(other)
+
+  def __repr__(self):
+    return f'Lines({list(self)!r})'
+
+  @property
+  def nbytes(self) -> int:
+    return int((self.ends - self.starts).sum()) + 16 * len(self)
+
+  def __getstate__(self):
+    # Only the bytes of the lines travel: not what the buffer holds beyond
+    # them (the rest of a block the reader read).
+    if len(self) and (self.starts[0] > 0 or self.ends[-1] < len(self.buffer)):
+      first, last = int(self.starts[0]), int(self.ends[-1])
+      return (self.buffer[first:last], self.starts - first, self.ends - first)
+    return (self.buffer, self.starts, self.ends)
+
+  def __setstate__(self, state):
+    self.buffer, self.starts, self.ends = state
+
+
+class TextColumn:
+  """Per row, a carried value's JSON text (bytes) or None: a pyarrow binary
+  array, indexable as a list of texts would be. A columnar decoder gives
+  these so that a columnar formatter can use the array as it is."""
+  __slots__ = ('arrow',)
+
+  def __init__(self, arrow):
+    self.arrow = arrow  # pyarrow BinaryArray (or LargeBinaryArray)
+
+  def __len__(self):
+    return len(self.arrow)
+
+  def __getitem__(self, row):
+    return self.arrow[row].as_py()
+
+  def __iter__(self):
+    return iter(self.arrow.to_pylist())
+
+  def __eq__(self, other):
+    return list(self) == list(other)
+
+  def __repr__(self):
+    return f'TextColumn({list(self)!r})'
+
+
 @dataclasses.dataclass
 class RawChunk:
   """Instances read from one or more files of one kind, not yet decoded.
 
-  `records` holds, per kind: JSONL and CSV lines (bytes, no line break),
+  `records` holds, per kind: JSONL and CSV lines (`Lines`, or a list of
+  bytes without line breaks),
   parsed JSON instances (from request files), serialized TFRecord records,
   or one pyarrow RecordBatch (Parquet).
   """
@@ -135,6 +235,8 @@ def _approximate_size(value) -> int:
     return chunk.records.nbytes
   if chunk.kind == JSON:
     return 64 * len(chunk)
+  if isinstance(chunk.records, Lines):
+    return chunk.records.nbytes
   return sum(len(record) for record in chunk.records) + 16 * len(chunk)
 
 
