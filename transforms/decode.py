@@ -27,7 +27,7 @@ from transforms import progress
 from transforms import convert
 from transforms.convert import carried_text, convert_value
 from transforms.records import (FeedGroup, InstanceBatch, InstanceError,
-                                METRICS_NAMESPACE, PARSE, RawChunk, SCHEMA)
+                                METRICS_NAMESPACE, PARSE, RawChunk, SCHEMA, TextColumn)
 from transforms.savedmodel import SignatureSpec
 
 _LOG = logging.getLogger(__name__)
@@ -54,7 +54,8 @@ class Instance:
 @dataclasses.dataclass
 class FastRows:
   """What a fast path decoded: rows, their feeds (stacked in row order) and
-  carried texts (field -> list in row order)."""
+  carried texts (field -> list in row order; or a records.TextColumn where
+  the rows are every row of the chunk, in order)."""
   rows: list
   feeds: dict
   carried: dict
@@ -140,6 +141,9 @@ class InstanceDecoder:
         fast_rows = len(fast.rows)
         groups.append(FeedGroup(fast.rows, fast.feeds))
         for field, texts in fast.carried.items():
+          if isinstance(texts, TextColumn):  # every row of the chunk, in order
+            carried[field] = texts
+            continue
           for row, text in zip(fast.rows, texts):
             carried[field][row] = text
         done = set(fast.rows)

@@ -25,7 +25,7 @@ import simdjson
 from transforms.decode import FastRows, Instance, InputFormat
 from transforms.json_values import parse_json
 from transforms.lines import DESIRED_RANGE_SIZE, ReadLineChunks
-from transforms.records import JSONL
+from transforms.records import JSONL, Lines, TextColumn
 
 
 _BOM = b'\xef\xbb\xbf'
@@ -55,6 +55,8 @@ class JsonLinesFormat(InputFormat):
     self._max_instance_bytes = max_instance_bytes
     self._local = threading.local()  # simdjson parsers are not thread-safe
     self._plans = weakref.WeakKeyDictionary()  # decoder -> its fast-path plan
+    self._columnar_plans = weakref.WeakKeyDictionary()  # decoder -> its columnar plan
+    self._columnar = ColumnarJsonLines()
 
   def __getstate__(self):
     return {'_max_instance_bytes': self._max_instance_bytes}
@@ -72,6 +74,33 @@ class JsonLinesFormat(InputFormat):
   # -- fast path -------------------------------------------------------------
 
   def fast(self, chunk, rows, decoder):
+    columnar = None
+    if isinstance(chunk.records, Lines):
+      plan = self._columnar_plans.get(decoder, False)
+      if plan is False:
+        plan = self._columnar_plans[decoder] = _columnar_plan(decoder)
+      if plan:
+        columnar = self._columnar.decode(chunk, rows, decoder, plan)
+    if columnar is None:
+      return self._fast_lines(chunk, rows, decoder)
+    accepted, feeds, carried = columnar
+    if len(accepted) == len(chunk):  # every row: the texts stay columns
+      return FastRows(accepted.tolist(), feeds,
+                      {field: TextColumn(texts) for field, texts in carried.items()})
+    accepted = accepted.tolist()
+    carried = {field: texts.to_pylist() for field, texts in carried.items()}
+    taken = set(accepted)
+    rest = self._fast_lines(chunk, [row for row in rows if row not in taken], decoder)
+    if rest is None or not rest.rows:
+      return FastRows(accepted, feeds, carried)
+    return FastRows(accepted + rest.rows,
+                    {name: np.concatenate([feeds[name], rest.feeds[name]]) for name in feeds},
+                    {field: carried[field] + rest.carried[field] for field in carried})
+
+  def _fast_lines(self, chunk, rows, decoder):
+    """The per-line fast path."""
+    if not rows:
+      return None
     plan = self._plans.get(decoder)
     if plan is None:
       plan = self._plans[decoder] = _plan(decoder)
@@ -298,3 +327,321 @@ def _carrier(is_key):
     raise _Defer
   return carry
 
+
+
+# -- columnar path -------------------------------------------------------------
+#
+# The same definition again, optimized for a whole chunk at once, when the
+# chunk's lines are one buffer (records.Lines). A run of consecutive lines
+# is taken as it is in the buffer:
+#  1. simdjson parses it as one JSON array (a comma written after each line
+#     but the last): so every line is exactly one strict JSON value, and the
+#     run holds nothing simdjson rejects (which the definition may accept:
+#     those lines go on to the paths above). In C, no Python per line.
+#  2. pyarrow's JSON reader parses it again into typed columns, with an
+#     explicit schema: the inputs, and the carried fields as integers,
+#     strings or booleans (their JSON texts are then rebuilt exactly). It
+#     refuses a line whose object repeats a schema field, or whose value is
+#     not of the column's type, and then the run is split in two and each
+#     half tried again, down to COLUMNAR_MIN_ROWS lines.
+#  3. A row is accepted where every input is present and in its dtype's range
+#     and the carried texts are certain; the others go to the paths above
+#     (a missing input, a key written `-0`, ...).
+# pyarrow alone is not enough: it accepts invalid UTF-8, a byte order mark,
+# two values on a line and nesting deeper than MAX_DEPTH; simdjson alone
+# gives no columns.
+
+COLUMNAR_MIN_ROWS = 64
+_COMMA = ord(',')
+
+
+def _columnar_plan(decoder):
+  """Per input: (name, arrow type to read it as, spec); None where an input
+  is of no kind the columnar path reads."""
+  import pyarrow as pa  # pylint: disable=import-outside-toplevel
+  if decoder.signature.takes_examples:
+    return None
+  plan = []
+  for spec in decoder.inputs:
+    if not spec.fully_defined or len(spec.shape) > 1:
+      return None
+    if spec.dtype == 'string':
+      arrow = pa.string()
+    else:
+      kind = np.dtype(spec.dtype).kind
+      arrow = {'f': pa.float64(), 'i': pa.int64(), 'u': pa.int64(), 'b': pa.bool_()}.get(kind)
+      if arrow is None:
+        return None
+    if spec.shape:
+      if spec.dtype != 'string' and arrow == pa.bool_():
+        return None  # as the per-line path: vectors of booleans go to the definition
+      arrow = pa.list_(arrow)
+    plan.append((spec.name, arrow, spec))
+  return plan
+
+
+class ColumnarJsonLines:
+  """Decodes the lines of a chunk held as records.Lines by the columnar
+  path; one per JsonLinesFormat (it remembers the carried fields' types)."""
+  def __init__(self, min_rows: int = COLUMNAR_MIN_ROWS):
+    self.min_rows = min_rows  # runs shorter than twice this are not split
+    self._parser = None
+    self._carried_types = {}  # field -> 'int', 'string' or 'bool': last seen
+
+  def decode(self, chunk, rows, decoder, plan):
+    """(accepted rows, feeds, carried) for the rows it accepts, or None."""
+    lines = chunk.records
+    accepted, parts = [], []
+    for first, last in _runs(rows):
+      self._decode_run(lines, first, last, decoder, plan, accepted, parts)
+    if not accepted:
+      return None
+    rows_out = np.concatenate(accepted)
+    feeds = {name: np.concatenate([p[0][name] for p in parts]) if len(parts) > 1
+             else parts[0][0][name] for name, _, _ in plan}
+    carried = {}
+    for field in decoder.carried:
+      columns = [p[1][field] for p in parts]
+      carried[field] = columns[0] if len(columns) == 1 else _concat_arrays(columns)
+    return rows_out, feeds, carried
+
+  def _decode_run(self, lines, first, last, decoder, plan, accepted, parts):
+    pending = [(first, last)]
+    while pending:
+      first, last = pending.pop()
+      result = self._try(lines, first, last, decoder, plan)
+      if result is not None:
+        rows, feeds, carried = result
+        if len(rows):
+          accepted.append(rows)
+          parts.append((feeds, carried))
+      elif last - first + 1 >= 2 * self.min_rows:
+        middle = (first + last) // 2
+        pending += [(middle + 1, last), (first, middle)]
+
+  def _try(self, lines, first, last, decoder, plan):
+    """The accepted rows of lines first..last (inclusive) with their feeds
+    and carried texts (arrow arrays), or None if the run cannot be read
+    columnar as a whole."""
+    import pyarrow as pa  # pylint: disable=import-outside-toplevel
+    import pyarrow.json as pj  # pylint: disable=import-outside-toplevel
+    starts, ends = lines.starts[first:last + 1], lines.ends[first:last + 1]
+    begin, stop = int(starts[0]), int(ends[-1])
+    text = memoryview(lines.buffer)[begin:stop]
+    if not self._strict_json_values(text, ends[:-1] - begin, len(starts)):
+      return None
+    longest = int((ends - starts).max())
+    read_options = pj.ReadOptions(use_threads=True, block_size=max(
+        1 << 18, min(1 << 22, len(text) // 4), 2 * longest + 2))
+    for attempt in range(2):
+      schema = pa.schema([(name, arrow) for name, arrow, _ in plan] + [
+          (field, _ARROW_CARRIED[self._carried_types.get(field, 'int')]())
+          for field in decoder.carried])
+      try:
+        table = pj.read_json(pa.BufferReader(text), read_options=read_options,
+                             parse_options=pj.ParseOptions(
+                                 explicit_schema=schema, newlines_in_values=False,
+                                 unexpected_field_behavior='ignore'))
+        break
+      except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        if attempt or not decoder.carried or not self._learn_carried_types(
+            lines[first], decoder):
+          return None
+    if table.num_rows != len(starts):
+      return None
+    ok = np.ones(len(starts), np.bool_)
+    feeds = {}
+    for name, _, spec in plan:
+      feeds[name] = _feed(table.column(name), spec, ok)
+    carried = {}
+    has_negative_zero = lines.buffer.find(b'-0', begin, stop) >= 0
+    for field in decoder.carried:
+      carried[field] = _carried_texts(table.column(field), field == decoder.key_field,
+                                      has_negative_zero, ok)
+    keep = np.flatnonzero(ok)
+    rows = keep + first
+    if len(keep) < len(starts):
+      feeds = {name: value[keep] for name, value in feeds.items()}
+      carried = {field: texts.take(pa.array(keep)) for field, texts in carried.items()}
+    return rows, feeds, carried
+
+  def _strict_json_values(self, text, line_ends, count) -> bool:
+    """Whether each of the `count` lines of `text` (ending at `line_ends`,
+    relative to its start, all but the last) is exactly one JSON value that
+    simdjson accepts."""
+    wrapped = bytearray(len(text) + 2)
+    wrapped[0], wrapped[-1] = ord('['), ord(']')
+    wrapped[1:-1] = text
+    np.frombuffer(wrapped, np.uint8)[line_ends + 1] = _COMMA
+    if self._parser is None:
+      self._parser = simdjson.Parser()
+    try:
+      doc = self._parser.parse(wrapped)
+      try:
+        return len(doc) == count
+      finally:
+        doc = None  # the parser reuses its buffer: no proxy may outlive the parse
+    except (ValueError, TypeError, KeyError, RuntimeError, IndexError, OverflowError,
+            UnicodeDecodeError):
+      self._parser = simdjson.Parser()
+      return False
+
+  def _learn_carried_types(self, line, decoder) -> bool:
+    """Takes the carried fields' types from one line; False where a type is
+    one the columnar path does not carry."""
+    try:
+      value = orjson.loads(line)
+    except orjson.JSONDecodeError:
+      return False
+    if not isinstance(value, dict):
+      return False
+    changed = False
+    for field in decoder.carried:
+      kind = {int: 'int', str: 'string', bool: 'bool'}.get(type(value.get(field)))
+      if kind is None and value.get(field) is not None:
+        return False
+      if kind is not None and kind != self._carried_types.get(field, 'int'):
+        self._carried_types[field] = kind
+        changed = True
+    return changed
+
+
+def _arrow_types():
+  import pyarrow as pa  # pylint: disable=import-outside-toplevel
+  return {'int': pa.int64, 'string': pa.string, 'bool': pa.bool_}
+
+
+class _LazyTypes(dict):
+  def __missing__(self, key):
+    self.update(_arrow_types())
+    return self[key]
+
+
+_ARROW_CARRIED = _LazyTypes()
+
+
+def _runs(rows):
+  """Runs of consecutive rows, as (first, last) pairs."""
+  rows = np.asarray(rows, np.int64)
+  if not len(rows):
+    return []
+  breaks = np.flatnonzero(np.diff(rows) != 1)
+  firsts = np.concatenate([rows[:1], rows[breaks + 1]])
+  lasts = np.concatenate([rows[breaks], rows[-1:]])
+  return list(zip(firsts.tolist(), lasts.tolist()))
+
+
+def _concat_arrays(arrays):
+  import pyarrow as pa  # pylint: disable=import-outside-toplevel
+  return pa.concat_arrays([a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a
+                           for a in arrays])
+
+
+def _feed(column, spec, ok) -> np.ndarray:
+  """One input's feed from its arrow column; clears `ok` for the rows it
+  cannot take (null, a vector of the wrong size, an integer beyond the
+  dtype)."""
+  import pyarrow as pa  # pylint: disable=import-outside-toplevel
+  import pyarrow.compute as pc  # pylint: disable=import-outside-toplevel
+  column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+  n = len(column)
+  if column.null_count:
+    ok &= ~column.is_null().to_numpy(zero_copy_only=False)
+  if spec.shape:
+    size = spec.shape[0]
+    lengths = pc.fill_null(pc.list_value_length(column), -1).to_numpy()
+    ok &= lengths == size
+    # Rows not taken get zeros (dropped with them), so that the rest stacks.
+    good = pa.array(ok)
+    values = pc.list_flatten(pc.if_else(good, column, pa.scalar(
+        [''] * size if spec.dtype == 'string' else [0] * size, type=column.type)))
+    if values.null_count:  # a null inside a vector
+      return _feed_null_items(column, spec, ok)
+    flat = _values(values, spec)
+    return flat.reshape((n, size))
+  if column.null_count:
+    column = pc.fill_null(column, '' if spec.dtype == 'string' else (
+        False if spec.dtype == 'bool' else 0))
+  return _values(column, spec, ok)
+
+
+def _feed_null_items(column, spec, ok):
+  """A vector column with null items: those rows are not taken."""
+  import pyarrow as pa  # pylint: disable=import-outside-toplevel
+  rows = column.to_pylist()
+  size = spec.shape[0]
+  filler = b'' if spec.dtype == 'string' else 0
+  out = []
+  for i, items in enumerate(rows):
+    if not ok[i] or items is None or any(v is None for v in items):
+      ok[i] = False
+      items = [filler] * size
+    out.append(items)
+  flat = pa.array([v for items in out for v in items],
+                  type=pa.binary() if spec.dtype == 'string' else column.type.value_type)
+  return _values(flat, spec).reshape((len(rows), size))
+
+
+def _values(values, spec, ok=None) -> np.ndarray:
+  """A flat arrow array as the input's dtype (the definition's conversion:
+  floats read as 64-bit floats and rounded to the input's type)."""
+  import pyarrow as pa  # pylint: disable=import-outside-toplevel
+  if spec.dtype == 'string':
+    return values.cast(pa.binary()).to_numpy(zero_copy_only=False)
+  array = values.to_numpy(zero_copy_only=False)
+  dtype = np.dtype(spec.dtype)
+  if dtype.kind == 'f':
+    return _to_float(array, dtype)
+  if dtype.kind in 'iu' and dtype != np.int64:
+    info = np.iinfo(dtype)
+    inside = (array >= info.min) & (array <= info.max)
+    if ok is not None:
+      ok &= inside
+    elif not inside.all():
+      raise ValueError('an integer beyond the input dtype inside a vector')
+    return np.where(inside, array, 0).astype(dtype)
+  return array.astype(dtype) if array.dtype != dtype else array
+
+
+def _carried_texts(column, is_key, has_negative_zero, ok):
+  """A carried field's JSON texts (arrow binary array); clears `ok` for
+  rows whose text is not certain: a missing or null key (an error of the
+  definition's), and 0 where the run holds `-0` (which only the definition
+  keeps). A missing or null passthrough field is `null`, as in the
+  definition."""
+  import pyarrow as pa  # pylint: disable=import-outside-toplevel
+  import pyarrow.compute as pc  # pylint: disable=import-outside-toplevel
+  column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+  if column.null_count:
+    nulls = column.is_null().to_numpy(zero_copy_only=False)
+    if is_key:
+      ok &= ~nulls
+  if pa.types.is_integer(column.type):
+    if has_negative_zero:
+      ok &= pc.fill_null(pc.not_equal(column, 0), True).to_numpy(zero_copy_only=False)
+    texts = column.cast(pa.string())
+  elif pa.types.is_boolean(column.type):
+    texts = pc.if_else(column, 'true', 'false')
+  else:
+    texts = _json_strings(column)
+  if column.null_count:
+    texts = pc.fill_null(texts, 'null')
+  return texts.cast(pa.binary())
+
+
+def _json_strings(column):
+  """Strings as JSON texts, as orjson writes them (the definition's
+  carried_text): quoted, with '"', '\\' and control characters escaped and
+  everything else as it is."""
+  import pyarrow as pa  # pylint: disable=import-outside-toplevel
+  import pyarrow.compute as pc  # pylint: disable=import-outside-toplevel
+  data = column.buffers()[2]
+  if data is not None:
+    raw = np.frombuffer(data, np.uint8)
+    needs_escape = bool(((raw < 0x20) | (raw == 0x22) | (raw == 0x5c)).any())
+  else:
+    needs_escape = False
+  if needs_escape:
+    return pa.array([None if v is None else orjson.dumps(v).decode()
+                     for v in column.to_pylist()], pa.string())
+  return pc.binary_join_element_wise('"', column, '"', '')
