@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings, strategies as st
 
 from tests.test_convert_decode import assert_same_batches, decoder_for
-from tests.test_equivalence import MIXED, NUMBERS, SETTINGS, STRINGS, jsonl_lines
+from tests.test_equivalence import MIXED, SETTINGS, jsonl_lines
 from transforms.input_jsonl import COLUMNAR_MIN_ROWS, _columnar_plan
 from transforms.records import Lines, RawChunk, TextColumn
 
