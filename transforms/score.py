@@ -362,10 +362,11 @@ def check_model(model: ModelRef) -> tuple:
 # START_BATCH_SIZE and doubles while the time per instance falls by at least
 # CLIMB_GAIN, up to --max_batch_size and to MAX_FEED_BYTES of inputs per
 # call (a bound on memory: a big model's activations grow with its inputs).
-# Measured on this job's benchmark models (2 cores): the 13-feature tabular
-# model scores 4x faster per instance at 4096 than at 256 (its calls are
-# nearly all fixed cost); a 784-float MLP 1.5x; a compute-bound model no
-# faster past a few dozen. So no single default suits every model.
+# Measured on this job's benchmark models (2 cores, model alone): a call of
+# the 13-feature tabular model costs about 1 ms whatever its size, so it
+# scores 10x faster per instance at 4096 than at 256; the 784-float MLP 1.8x
+# faster at 1024 than at 256 and no faster beyond; a compute-bound model
+# gains nothing past a few dozen. No single default suits every model.
 START_BATCH_SIZE = 256
 CLIMB_GAIN = 0.9  # a doubling is kept if it costs at most this per instance
 CALLS_PER_STEP = 3  # full-size calls timed before a size is judged
