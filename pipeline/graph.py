@@ -61,10 +61,22 @@ def range_bytes(config: JobConfig) -> Optional[int]:
   return max(MIN_RANGE_BYTES, min(MAX_RANGE_BYTES, share))
 
 
+def parse_threads(config: JobConfig) -> Optional[int]:
+  """Threads each worker's parser may use: 1 where Beam's local runner
+  runs several worker processes (each then has about a core: its parser's
+  threads would only compete with the other workers), else None (all the
+  machine's cores, for the one process)."""
+  opts = config.options
+  if opts.runner == LOCAL_RUNNER and local_workers(opts.beam_args) > 1:
+    return 1
+  return None
+
+
 def build(p: beam.Pipeline, config: JobConfig) -> None:
   opts, signature = config.options, config.model.signature
   formats = input_formats(signature, opts.key_field, opts.passthrough_fields,
-                          opts.max_instance_bytes, range_size=range_bytes(config))
+                          opts.max_instance_bytes, range_size=range_bytes(config),
+                          parse_threads=parse_threads(config))
   decoder = InstanceDecoder(signature, formats, opts.key_field, opts.passthrough_fields)
   records = (
       p

@@ -59,10 +59,18 @@ class JsonLinesFormat(InputFormat):
     self._columnar = ColumnarJsonLines()
 
   def __getstate__(self):
-    return {'_max_instance_bytes': self._max_instance_bytes}
+    return {'_max_instance_bytes': self._max_instance_bytes,
+            'parse_threads': self._columnar.threads}
 
   def __setstate__(self, state):
     self.__init__(state['_max_instance_bytes'])
+    self._columnar.threads = state.get('parse_threads')
+
+  def set_parse_threads(self, threads) -> None:
+    """How many threads the columnar path's parser may use per chunk: None
+    for pyarrow's pool (every core), 1 for the calling thread alone (where
+    a machine's cores are shared among worker processes)."""
+    self._columnar.threads = threads
 
   def read(self, files):
     return files | ReadLineChunks(JSONL, self._max_instance_bytes,
@@ -393,6 +401,7 @@ class ColumnarJsonLines:
   path; one per JsonLinesFormat (it remembers the carried fields' types)."""
   def __init__(self, min_rows: int = COLUMNAR_MIN_ROWS):
     self.min_rows = min_rows  # runs shorter than twice this are not split
+    self.threads = None  # JsonLinesFormat.set_parse_threads
     self._parser = None
     self._carried_types = {}  # field -> 'int', 'string' or 'bool': last seen
 
@@ -439,7 +448,7 @@ class ColumnarJsonLines:
     if not self._strict_json_values(text, ends[:-1] - begin, len(starts)):
       return None
     longest = int((ends - starts).max())
-    read_options = pj.ReadOptions(use_threads=True, block_size=max(
+    read_options = pj.ReadOptions(use_threads=self.threads != 1, block_size=max(
         1 << 18, min(1 << 22, len(text) // 4), 2 * longest + 2))
     for attempt in range(2):
       schema = pa.schema([(name, arrow) for name, arrow, _ in plan] + [

@@ -32,13 +32,15 @@ def detect_format(path: str):
 
 
 def input_formats(signature, key_field, passthrough_fields, max_instance_bytes,
-                  range_size=None) -> dict:
+                  range_size=None, parse_threads=None) -> dict:
   """Kind -> InputFormat, for a job's signature and options.
 
   `range_size`: bytes per byte range that the text formats (JSON Lines, CSV)
   split files into, which decides how evenly Beam's local runner shares them
   among its workers (pipeline/graph.py); None: the readers' default. The
-  other formats read whole files.
+  other formats read whole files. `parse_threads`: threads a worker's JSON
+  Lines parser may use (1 where local worker processes share the cores;
+  None: all).
   """
   parquet_columns = None if signature.takes_examples else (
       [s.name for s in signature.inputs] + ([key_field] if key_field else [])
@@ -48,6 +50,7 @@ def input_formats(signature, key_field, passthrough_fields, max_instance_bytes,
              CSV: CsvFormat(max_instance_bytes),
              TFRECORD: TFRecordFormat(max_instance_bytes),
              PARQUET: ParquetFormat(parquet_columns)}
+  formats[JSONL].set_parse_threads(parse_threads)
   if range_size:
     for kind in SPLITTABLE_FORMATS:
       formats[kind].range_size = range_size
