@@ -12,8 +12,10 @@ import apache_beam as beam
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
+from transforms import format_columnar as columnar
 from transforms import progress
 from transforms.convert import bytes_json, carried_as_text
 from transforms.records import CATEGORIES, FILE, MODEL, METRICS_NAMESPACE, ScoredBatch
@@ -168,20 +170,29 @@ class FormatRecords(beam.DoFn):
     self._text_outputs = set()  # outputs of unknown rank (Parquet: JSON text)
     self._bytes_outputs = set()  # `*_bytes` string outputs: always base64 in JSON
     self._names = {}  # file path -> relative name, per worker
+    self._specs = {}  # output name -> TensorSpec
+    self._columnar_ok = False  # the columnar path may write this layout
 
   def setup(self):
     if self._layout.output_format == 'parquet':
       self._schema = self._layout.parquet_schema()
     self._text_outputs = {s.name for s in self._layout.output_specs if s.shape is None}
     self._bytes_outputs = {s.name for s in self._layout.output_specs if is_bytes_output(s)}
+    self._specs = {s.name: s for s in self._layout.output_specs}
+    layout = self._layout
+    carried = ([layout.key_field] if layout.key_field else list(LOCATION_FIELDS))
+    written = carried + list(layout.passthrough_fields) + list(layout.output_names.values())
+    # Repeated record fields (a dict keeps one): the definition's business.
+    self._columnar_ok = (len(set(written)) == len(written) and (
+        layout.output_format != 'parquet' or set(self._specs) >= set(layout.output_names)))
 
   def process(self, scored: ScoredBatch):
     errors = list(scored.errors)
-    records = self._prediction_records(scored, errors)
-    if records:
-      encoded = self._encode(records, scored.batch, errors)
-      if encoded is not None:
-        yield encoded
+    encoded = self._columnar(scored)
+    if encoded is columnar.Declined:
+      encoded = self._encode_exact(scored, errors)
+    if encoded is not None:
+      yield encoded
     lines = [self._error_line(scored.batch, e) for e in errors]
     lines += [self._file_error_line(path, message)
               for path, message in scored.batch.chunk.file_errors]
@@ -191,6 +202,106 @@ class FormatRecords(beam.DoFn):
 
   def finish_bundle(self):
     progress.flush()  # a local worker process's figures, for the launcher
+
+  def _encode_exact(self, scored, errors):
+    """The definition of the prediction records' element: one record
+    (a dict) at a time, then encoded."""
+    records = self._records_exact(scored, errors)
+    return self._encode(records, scored.batch, errors) if records else None
+
+  def _columnar(self, scored):
+    """The element `_encode_exact` gives, built column by column
+    (transforms/format_columnar.py), or `columnar.Declined` where that path
+    does not write this batch exactly (then the definition does)."""
+    try:
+      encoded, count = self._columnar_element(scored)
+    except Exception:  # pylint: disable=broad-except  (the definition will say)
+      return columnar.Declined
+    if count:
+      self._predicted.inc(count)
+      progress.add(progress.PREDICTED, count)
+    return encoded
+
+  def _columnar_element(self, scored):
+    """(element or None, number of records); raises where declined."""
+    layout, batch, output_format = self._layout, scored.batch, self._layout.output_format
+    check = columnar.check
+    check(self._columnar_ok)
+    chunk = batch.chunk
+    groups, columns = [], {name: [] for name in layout.output_names}
+    for rows, outputs in scored.results:
+      if not len(rows):
+        continue
+      rows = np.asarray(rows)
+      check(rows.ndim == 1 and rows.dtype.kind in 'iu')
+      check(int(rows.min()) >= 0 and int(rows.max()) < len(chunk))
+      groups.append(rows)
+      for name in layout.output_names:
+        array = outputs[name]
+        check(columnar.numeric(array) and array.shape[0] == len(rows))
+        if output_format == 'parquet':
+          spec = self._specs[name]
+          check(spec.shape is not None and spec.dtype == array.dtype.name
+                and array.ndim == 1 + len(spec.shape))
+          columns[name].append(_arrow_column(array, _NUMPY_TO_ARROW[spec.dtype]))
+        elif output_format == 'jsonl':
+          columns[name].append(columnar.json_rows(array))
+        elif array.dtype.kind == 'f':
+          columns[name].append(columnar.float_features(array))
+        else:
+          columns[name].append(columnar.int_features(array))
+    if not groups:
+      return None, 0
+    rows = np.concatenate(groups).astype(np.int64)
+    fields = self._columnar_carried(batch, rows)
+    for name, json_name in layout.output_names.items():
+      parts = columns[name]
+      fields.append((json_name, parts[0] if len(parts) == 1 else pa.concat_arrays(parts)))
+    if output_format == 'jsonl':
+      pieces = []
+      for i, (name, column) in enumerate(fields):
+        pieces += [(b',' if i else b'{') + orjson.dumps(name) + b':', column]
+      block = columnar.block(columnar.join(pieces + [b'}\n']))
+      return block[:-1], len(rows)
+    if output_format == 'parquet':
+      return pa.Table.from_arrays([c for _, c in fields], schema=self._schema), len(rows)
+    return columnar.examples([columnar.feature_entry(n, c) for n, c in fields]), len(rows)
+
+  def _columnar_carried(self, batch, rows) -> list:
+    """(record field, column) of the key or location and the passthrough
+    fields, in the output format's convention."""
+    layout, output_format, chunk = self._layout, self._layout.output_format, batch.chunk
+    fields = []
+    if not layout.key_field:
+      firsts = np.array([first for _, first in chunk.segments], np.int64)
+      columnar.check(np.all(np.diff(firsts) >= 0))
+      segment = np.maximum(np.searchsorted(firsts, rows, 'right') - 1, 0)
+      names = [self._relative(path) for path, _ in chunk.segments]
+      positions = np.asarray(chunk.positions)
+      columnar.check(positions.dtype.kind == 'i' and len(positions) == len(chunk))
+      positions = positions[rows]
+      if output_format == 'jsonl':
+        fields.append(('filename', pa.array([orjson.dumps(n) for n in names], pa.binary())
+                       .take(pa.array(segment))))
+        fields.append((chunk.position_field, columnar.json_rows(positions)))
+      elif output_format == 'parquet':
+        fields.append(('filename', pa.array(names, pa.string()).take(pa.array(segment))))
+        fields += [(f, pa.array(positions, pa.int64()) if f == chunk.position_field
+                    else pa.nulls(len(rows), pa.int64())) for f in layout.position_fields]
+      else:
+        names = pa.array([n.encode('utf-8') for n in names], pa.binary())
+        fields.append(('filename', columnar.bytes_features(names.take(pa.array(segment)))))
+        fields.append((chunk.position_field, columnar.int_features(positions)))
+    for field in ((layout.key_field,) if layout.key_field else ()) + layout.passthrough_fields:
+      texts = columnar.text_column(batch.carried[field], rows,
+                                   allow_null=output_format == 'parquet')
+      if output_format == 'jsonl':
+        fields.append((field, texts))
+      elif output_format == 'parquet':
+        fields.append((field, columnar.carried_strings(texts, carried_as_text)))
+      else:
+        fields.append((field, _carried_features(texts)))
+    return fields
 
   def _encode(self, records, batch, errors):
     """The prediction records in the output format; a record that cannot be
@@ -222,8 +333,9 @@ class FormatRecords(beam.DoFn):
       return b'\n'.join(encoded)
     return table if output_format == 'parquet' else encoded
 
-  def _prediction_records(self, scored, errors) -> list:
-    """(row, record) of every prediction."""
+  def _records_exact(self, scored, errors) -> list:
+    """(row, record) of every prediction: the definition of the records
+    (`_columnar` is its optimization)."""
     layout, batch = self._layout, scored.batch
     records = []
     for rows, outputs in scored.results:
@@ -351,6 +463,35 @@ def raw_fields(raw: bytes, binary: bool = False, size=None) -> dict:
   if size > len(cut):
     fields['raw_truncated_from_bytes'] = size
   return fields
+
+
+def _arrow_column(array: np.ndarray, leaf: pa.DataType) -> pa.Array:
+  """A numpy output (batch first) as an Arrow column of nested lists, as
+  `pa.Table.from_pylist` makes of its `tolist()`."""
+  column = pa.array(array.reshape(-1), leaf)
+  shape = array.shape
+  for depth in range(len(shape) - 1, 0, -1):
+    count = int(np.prod(shape[:depth], dtype=np.int64))
+    column = pa.ListArray.from_arrays(
+        pa.array(np.arange(count + 1, dtype=np.int32) * shape[depth]), column)
+  return column
+
+
+_INT64_REGEX = '^' + _INT64_TEXT.pattern.decode() + '$'
+
+
+def _carried_features(texts: pa.Array) -> pa.Array:
+  """Per row, the Feature of a carried text (`_carried_feature_value`): an
+  integer that fits int64 as itself, anything else as text. (A 19-digit
+  integer beyond int64 fails the cast: the batch goes to the definition.)"""
+  strings = columnar.carried_strings(texts, carried_as_text).cast(pa.binary())
+  integer = pc.match_substring_regex(texts, _INT64_REGEX)
+  if not pc.any(integer).as_py():
+    return columnar.bytes_features(strings)
+  mask = integer.to_numpy(zero_copy_only=False)
+  values = np.zeros(len(texts), np.int64)
+  values[mask] = pc.cast(texts.filter(integer).cast(pa.string()), pa.int64()).to_numpy()
+  return pc.if_else(integer, columnar.int_features(values), columnar.bytes_features(strings))
 
 
 def _feature(feature, value) -> None:
