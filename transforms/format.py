@@ -513,7 +513,9 @@ def _feature(feature, value) -> None:
   if flat.dtype.kind == 'f':
     feature.float_list.value.extend(flat.tolist())
   elif flat.dtype.kind in 'biu':
-    feature.int64_list.value.extend(flat.tolist())
+    # Booleans as 0 and 1 (protobuf's own conversion, which it will stop making).
+    feature.int64_list.value.extend(flat.astype(np.int64).tolist() if flat.dtype.kind == 'b'
+                                    else flat.tolist())
   else:
     feature.bytes_list.value.extend(
         v if isinstance(v, bytes) else v.encode('utf-8') if isinstance(v, str)
