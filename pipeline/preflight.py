@@ -193,8 +193,8 @@ class FileSample:
 
 def _drop_last(chunk) -> None:
   row = len(chunk) - 1
-  chunk.records.pop()
-  chunk.positions.pop()
+  chunk.records = chunk.records[:row]  # Lines, or a list
+  chunk.positions = chunk.positions[:row]
   chunk.read_errors.pop(row, None)
   chunk.unread_sizes.pop(row, None)
 
@@ -1041,13 +1041,15 @@ def _repeated(chunk, times: int):
   """The chunk's records `times` over (no file errors): a chunk of the size
   the run's readers give, whose per-chunk costs are the run's share."""
   import pyarrow as pa
-  from transforms.records import PARQUET
+  from transforms.records import Lines, PARQUET
   n = len(chunk)
   if chunk.kind == PARQUET:
     batches = pa.Table.from_batches([chunk.records] * times).combine_chunks().to_batches()
     if len(batches) != 1:
       return dataclasses.replace(chunk, file_errors=[])
     records = batches[0]
+  elif isinstance(chunk.records, Lines):  # as the run's line reader gives them
+    records = Lines.of(list(chunk.records) * times)
   else:
     records = list(chunk.records) * times
   return dataclasses.replace(

@@ -15,9 +15,30 @@ chunks of up to `chunk_lines` lines or `chunk_bytes` bytes, each line with
 its byte offset, so every later step pays Beam's cost once per chunk.
 Matching, splitting files into byte ranges, gzip and the reshuffle that
 spreads ranges over workers are Beam's own (`ReadAllFiles`); only the line
-splitting is ours. Every line is claimed from the range tracker, so dynamic
-splitting stays exact. (CSV fields with embedded line breaks are therefore
-not supported.)
+splitting is ours. (CSV fields with embedded line breaks are therefore not
+supported.)
+
+Reading is columnar: each read of READ_SIZE bytes is searched for line
+feeds with numpy (bytes.find where lines are long), never a Python step per
+line, and a chunk's lines come as one `records.Lines` (a buffer and each
+line's [start, end)). Where a chunk lies within one read, its buffer is the
+bytes that read gave, as they are (blank lines and line breaks left in
+place, other chunks' lines before and after its own: only
+buffer[starts[0]:ends[-1]] is the chunk's); otherwise its pieces are joined
+with a line feed, a piece also ending at a line too large to read (held by
+its first KEPT_PREFIX_BYTES only) and where a gap between lines is longer
+than _MAX_GAP. Either way, between two lines there is only JSON whitespace
+with at least one line feed. `split_lines` is the definition of what the
+lines are, one line at a time; `LineChunkSource(..., by_line=True)` reads
+with it, and tests/test_lines_columnar.py proves the two readers equal.
+
+Claims on the range tracker are per block: the last line start of a block
+before the range's stop is claimed, which claims every earlier one (claims
+are monotonic, and the tracker refuses a split at or below a claimed
+position); the first line start at or past the stop is then claimed, and
+refused, as claiming line by line would. A split that lands between the
+look at the stop and the claim (from another thread) is handled in
+`_claim`. Dynamic splitting stays exact.
 
 A fault while reading (a truncated or corrupt gzip stream, a file that
 cannot be opened) ends the range with the lines read so far and one file
@@ -28,14 +49,16 @@ import functools
 import gzip
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.io import filebasedsource
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.range_trackers import OffsetRangeTracker
 
-from transforms.records import RawChunk
+from transforms.records import Lines, RawChunk
 
 BLOCK_SIZE = 1 << 20
+READ_SIZE = 8 << 20  # bytes per read of the columnar reader (most chunks within one)
 DESIRED_RANGE_SIZE = 64 << 20
 CHUNK_LINES = 4096
 CHUNK_BYTES = 4 << 20
@@ -43,6 +66,18 @@ DEFAULT_MAX_INSTANCE_BYTES = 4 << 20
 KEPT_PREFIX_BYTES = 8192  # of a line too large to read, for its error record
 _BOM = b'\xef\xbb\xbf'
 _BLANK = b' \t\r'
+# Columnar reading: at most this many lines of a block that may be blank
+# (empty, or starting with a blank byte) are tested one by one; more, and
+# the block's non-blank bytes are counted with a cumulative sum.
+_BLANK_LOOP_MAX = 64
+# A longer run of bytes between two lines of a chunk is held as one line feed.
+_MAX_GAP = 1024
+# Where the last block's lines were this long on average, line feeds are
+# found with bytes.find (memchr), one line at a time: faster than numpy's
+# pass over every byte once lines are long.
+_FIND_LINE_BYTES = 1024
+_MAYBE_BLANK = np.zeros(256, bool)  # the bytes a blank line may start with
+_MAYBE_BLANK[list(_BLANK)] = True
 
 
 def open_input(path: str):
@@ -61,7 +96,7 @@ def fault_reason(error: Exception) -> str:
   return f'{type(error).__name__}: {text[:300]}'
 
 
-def split_lines(f, start: int, max_bytes: int):
+def split_lines(f, start: int, max_bytes: int, block_size: int = BLOCK_SIZE):
   """Yields (offset, line, size) for every line that starts at or after
   `start` (the line straddling `start` belongs to the range before it): the
   line without its line feed, one carriage return before it, or a byte order
@@ -80,7 +115,7 @@ def split_lines(f, start: int, max_bytes: int):
     block = b'' if head == _BOM else head
   line_start, pending, pending_size, last = (0 if start == 0 else position), b'', 0, b''
   while True:
-    block += read(BLOCK_SIZE)
+    block += read(block_size)
     if not block:
       break
     base = 0
@@ -114,7 +149,193 @@ def _line(offset, data, size, last, max_bytes):
     size -= 1
   if size <= max_bytes:
     return offset, data[:size], size
-  return offset, data[:KEPT_PREFIX_BYTES], size
+  return offset, data[:min(size, KEPT_PREFIX_BYTES)], size
+
+
+# -- columnar reading -------------------------------------------------------------
+
+class _Block:
+  """The complete lines one read of a file gave, as arrays: each line's
+  [start, end) in `buffer` (end: of what is kept, without the line break or
+  one carriage return before it), its offset in the file, its real size,
+  whether it is blank, and which lines are too large to read."""
+  __slots__ = ('buffer', 'starts', 'ends', 'offsets', 'sizes', 'blank', 'large')
+
+  def __init__(self, buffer, starts, ends, offsets, sizes, blank, large):
+    self.buffer = buffer  # bytes
+    self.starts = starts  # int64 arrays, one value per line
+    self.ends = ends
+    self.offsets = offsets
+    self.sizes = sizes
+    self.blank = blank  # bool array
+    self.large = large  # bool array, or None: no line too large
+
+
+def _large_block(offset, prefix, size, last):
+  """A line too large to read, of which only `prefix` was kept."""
+  if last == b'\r':
+    size -= 1
+  kept = prefix[:min(size, KEPT_PREFIX_BYTES)]
+  one = np.ones(1, np.int64)
+  return _Block(kept, np.zeros(1, np.int64), one * len(kept), one * offset, one * size,
+                np.zeros(1, bool), np.ones(1, bool))
+
+
+def _lines_block(buffer, base, lf, max_bytes, first_offset=None, begin=0, arr=None):
+  """The lines of `buffer` (the file's bytes from offset `base`) from
+  `begin` (a line start) that end at the line feeds `lf`; with no line
+  feed, buffer[begin:] is one last line without one."""
+  if arr is None:
+    arr = np.frombuffer(buffer, np.uint8)
+  if len(lf):
+    starts = np.empty(len(lf), np.int64)
+    starts[0] = begin
+    np.add(lf[:-1], 1, out=starts[1:])
+    ends = lf  # (made the block's own: changed in place)
+  else:
+    starts = np.full(1, begin, np.int64)
+    ends = np.full(1, len(buffer), np.int64)
+  nonempty = ends > starts
+  ends -= nonempty & (arr[ends - 1] == 13)  # one carriage return before the line feed
+  sizes = ends - starts
+  offsets = starts + base
+  if first_offset is not None:  # the first line of a file with a byte order mark
+    offsets[0] = first_offset
+  large = sizes > max_bytes
+  if large.any():
+    ends = ends.copy()
+    ends[large] = starts[large] + np.minimum(sizes[large], KEPT_PREFIX_BYTES)
+  else:
+    large = None
+  # Blank: spaces, tabs and carriage returns only. Only a line that is
+  # empty or starts with one of those can be.
+  maybe = np.flatnonzero(_MAYBE_BLANK[arr[starts]] | ~nonempty)
+  blank = np.zeros(len(starts), bool)
+  if len(maybe) > _BLANK_LOOP_MAX:
+    solid = np.empty(len(arr) + 1, np.int64)
+    solid[0] = 0
+    np.cumsum((arr != 32) & (arr != 9) & (arr != 13), out=solid[1:])
+    blank[maybe] = solid[ends[maybe]] == solid[starts[maybe]]
+  else:
+    for row, start, end in zip(maybe.tolist(), starts[maybe].tolist(), ends[maybe].tolist()):
+      blank[row] = not buffer[start:end].strip(_BLANK)
+  if large is not None:
+    blank &= ~large
+  return _Block(buffer, starts, ends, offsets, sizes, blank, large)
+
+
+def scan_lines(f, start: int, max_bytes: int, block_size: int = BLOCK_SIZE):
+  """What `split_lines` yields, a block at a time: `_Block`s of the lines
+  each read of the file completes, in the bytes that read gave (the line
+  begun in earlier reads in a block of its own), and a block for each line
+  too large to read, which is never held whole: its first
+  KEPT_PREFIX_BYTES are kept. Every read is made as `split_lines` makes it,
+  and its lines given before the next read, so that a fault part-way loses
+  what it loses."""
+  read = getattr(f, 'read1', f.read)
+  keep = max_bytes + 1  # room for a carriage return, which is not counted
+  first_offset = None  # the offset of the file's first line, where not its start
+  if start > 0:
+    f.seek(start - 1)
+    position, skipping, carry = start - 1, True, b''
+  else:
+    head = f.read(len(_BOM))
+    skipping, carry = False, b''
+    if head == _BOM:
+      position, first_offset, head = len(_BOM), 0, b''
+    else:
+      position = 0  # the head is read again, with the first block
+  carry_at = position  # the file offset of the line being read (in carry)
+  large = None  # [prefix, size, last byte] of a line too large to read, being read
+  mask = np.empty(0, bool)  # where the line feeds are, reused from block to block
+  line_bytes = 0  # bytes per line in the last block
+  while True:
+    data = read(block_size)
+    if start == 0 and head:
+      data, head = head + data, b''
+    if not data:
+      break
+    at = position  # the file offset of data[0]
+    position += len(data)
+    begin = 0  # where in data the lines begin
+    if skipping or large is not None:
+      end = data.find(b'\n')
+      if large is not None:
+        piece = data if end < 0 else data[:end]
+        if len(large[0]) < KEPT_PREFIX_BYTES:
+          large[0] += piece[:KEPT_PREFIX_BYTES - len(large[0])]
+        large[1] += len(piece)
+        large[2] = piece[-1:] or large[2]
+      if end < 0:
+        continue
+      if large is not None:
+        yield _large_block(carry_at if first_offset is None else first_offset, *large)
+        large = first_offset = None
+      skipping = False
+      begin = end + 1
+      carry, carry_at = b'', at + begin
+    arr = np.frombuffer(data, np.uint8)
+    if line_bytes >= _FIND_LINE_BYTES:  # long lines: memchr from line feed to line feed
+      found, end = [], data.find(b'\n', begin)
+      while end >= 0:
+        found.append(end)
+        end = data.find(b'\n', end + 1)
+      lf = np.array(found, np.int64)
+    else:  # a numpy comparison over the whole block
+      if len(mask) < len(data) - begin:
+        mask = np.empty(len(data) - begin, bool)
+      lf = np.flatnonzero(np.equal(arr[begin:], 10, out=mask[:len(data) - begin]))
+      lf += begin
+    line_bytes = (len(data) - begin) / (len(lf) + 1)
+    if len(lf):
+      tail = int(lf[-1]) + 1
+      if carry:  # the line begun in earlier reads, in a buffer of its own
+        end = int(lf[0])
+        line = carry + data[:end + 1]
+        yield _lines_block(line, carry_at, np.full(1, len(line) - 1, np.int64), max_bytes,
+                           first_offset)
+        first_offset = None
+        lf = lf[1:]
+        begin = end + 1
+      if len(lf):
+        yield _lines_block(data, at, lf, max_bytes, first_offset, begin, arr)
+        first_offset = None
+      carry, carry_at = data[tail:], at + tail
+    elif begin < len(data) or carry:
+      carry = carry + data[begin:] if carry or begin else data
+    if len(carry) > keep:  # too large: its start only from here on
+      large = [carry[:KEPT_PREFIX_BYTES], len(carry), carry[-1:]]
+      carry = b''
+  if large is not None:
+    yield _large_block(carry_at if first_offset is None else first_offset, *large)
+  elif carry and not skipping:
+    yield _lines_block(carry, carry_at, np.zeros(0, np.int64), max_bytes, first_offset)
+
+
+def _claim(range_tracker, offsets) -> tuple:
+  """Claims the lines starting at `offsets` (ascending) from the range
+  tracker as claiming each in turn until one is refused would: returns how
+  many are the range's, and whether one was refused (the range ends)."""
+  claimed, n = 0, len(offsets)
+  while claimed < n:
+    before = int(np.searchsorted(offsets, range_tracker.stop_position()))
+    if before > claimed:
+      # Claiming the last line before the stop claims every line before it.
+      if range_tracker.try_claim(int(offsets[before - 1])):
+        claimed = before
+        continue
+      # A split between reading the stop and the claim: the lines before the
+      # new stop are this range's. Marking the last of them as read refuses
+      # any later split below it; a split before that shows in the stop.
+      before = int(np.searchsorted(offsets[:before - 1], range_tracker.stop_position()))
+      if before > claimed:
+        range_tracker.set_current_position(int(offsets[before - 1]))
+        before = min(before, int(np.searchsorted(offsets, range_tracker.stop_position())))
+      return max(before, claimed), True
+    if not range_tracker.try_claim(int(offsets[claimed])):
+      return claimed, True
+    claimed += 1  # (a tracker whose stop moved on)
+  return claimed, False
 
 
 @dataclasses.dataclass
@@ -124,6 +345,7 @@ class _Progress:
   position: int = 0
   counted: int = 0  # stored bytes of the range recorded on chunks (RawChunk.stored_bytes)
   file: object = None  # the stored file (gzip: the compressed one), once open
+  parts: object = None  # columnar reading: the lines of `chunk` (_Parts), until set on it
 
 
 def stored_position(f, position=None):
@@ -168,21 +390,72 @@ def file_size(path: str):
     return None
 
 
+class _Parts:
+  """The lines of a chunk being read, as pieces of blocks' buffers:
+  (buffer, low, high, starts, ends), the lines [starts, ends) within
+  buffer[low:high]."""
+  __slots__ = ('pieces',)
+
+  def __init__(self):
+    self.pieces = []
+
+  def add(self, block: _Block, rows) -> None:
+    """Lines `rows` (ascending indexes, or a slice) of `block`: one piece of the block's
+    buffer, cut where a line is too large to read or a gap is too long."""
+    starts, ends = block.starts[rows], block.ends[rows]
+    cut = starts[1:] - ends[:-1] > _MAX_GAP
+    if block.large is not None:
+      cut |= block.large[rows][:-1]
+    first = 0
+    for last in np.flatnonzero(cut).tolist() + [len(starts) - 1]:
+      self.pieces.append((block.buffer, int(starts[first]), int(ends[last]),
+                          starts[first:last + 1], ends[first:last + 1]))
+      first = last + 1
+
+  def detach(self) -> None:
+    """Before the next block: copies out a piece that holds little of its
+    block's buffer (so that a chunk never holds much more than its lines)."""
+    self.pieces = [
+        (buffer, low, high, starts, ends) if 2 * (high - low) >= len(buffer) else
+        (buffer[low:high], 0, high - low, starts - low, ends - low)
+        for buffer, low, high, starts, ends in self.pieces]
+
+  def lines(self) -> Lines:
+    if not self.pieces:
+      return Lines()
+    if len(self.pieces) == 1:  # the buffer as read, lines and all
+      buffer, _, _, starts, ends = self.pieces[0]
+      return Lines(buffer, starts, ends)
+    views, shifted_starts, shifted_ends, base = [], [], [], 0
+    for buffer, low, high, starts, ends in self.pieces:
+      views.append(memoryview(buffer)[low:high])
+      shifted_starts.append(starts + (base - low))
+      shifted_ends.append(ends + (base - low))
+      base += high - low + 1
+    return Lines(b'\n'.join(views), np.concatenate(shifted_starts), np.concatenate(shifted_ends))
+
+
 class LineChunkSource(filebasedsource.FileBasedSource):
   """A file of lines (JSON Lines, or CSV with a header row), read as
   RawChunks. Positions are byte offsets of line starts in the uncompressed
-  content; a line belongs to the range in which it starts."""
+  content; a line belongs to the range in which it starts. Records are
+  `Lines` (`by_line`: a list of lines, read line by line by the definition,
+  `split_lines`)."""
   def __init__(self, path: str, kind: str, chunk_lines: int, chunk_bytes: int,
-               max_instance_bytes: int = DEFAULT_MAX_INSTANCE_BYTES, header_reader=None):
+               max_instance_bytes: int = DEFAULT_MAX_INSTANCE_BYTES, header_reader=None,
+               block_size: int = READ_SIZE, by_line: bool = False):
     super().__init__(path, compression_type=CompressionTypes.AUTO, validate=False)
     self._kind = kind
     self._chunk_lines = chunk_lines
     self._chunk_bytes = chunk_bytes
     self._max_bytes = max_instance_bytes
     self._header_reader = header_reader  # CSV: first line -> column names
+    self._block_size = block_size
+    self._by_line = by_line
 
   def _new_chunk(self, file_name, header):
-    return RawChunk([(file_name, 0)], [], [], kind=self._kind, header=header)
+    return RawChunk([(file_name, 0)], [], [] if self._by_line else Lines(), kind=self._kind,
+                    header=header)
 
   def read_records(self, file_name, range_tracker):
     start = range_tracker.start_position()
@@ -194,6 +467,8 @@ class LineChunkSource(filebasedsource.FileBasedSource):
       # was read stays, and one error record accounts for the rest.
       compressed = self._compressed(file_name)
       chunk = progress.chunk
+      if progress.parts is not None:
+        chunk.records = progress.parts.lines()
       stop = range_tracker.stop_position()
       bounded = stop < OffsetRangeTracker.OFFSET_INFINITY
       if progress.file is not None:  # how far reading got; the rest could not be read
@@ -220,39 +495,117 @@ class LineChunkSource(filebasedsource.FileBasedSource):
       progress.file = getattr(f, 'fileobj', None) or f  # gzip: the compressed file
       header = None
       if self._header_reader is not None:
-        first = next(split_lines(f, 0, self._max_bytes), None)
+        first = next(split_lines(f, 0, self._max_bytes, self._block_size), None)
         header = self._header_reader(first[1] if first else b'')
         f.seek(0)
-      chunk = progress.chunk = self._new_chunk(file_name, header)
-      chunk_bytes = 0
-      for offset, line, size in split_lines(f, start, self._max_bytes):
-        if not range_tracker.try_claim(offset):
-          break
-        progress.position = offset
-        if offset == 0 and header is not None:
-          continue  # the CSV header row
-        if not line.strip(_BLANK) and size <= self._max_bytes:
-          chunk.blank_lines += 1
-          continue
-        if size > self._max_bytes:
-          chunk.unread_sizes[len(chunk)] = size
-          chunk.read_errors[len(chunk)] = (
-              f'the instance is {size} bytes, more than --max_instance_bytes '
-              f'({self._max_bytes}); it was not read')
-        chunk.positions.append(offset)
-        chunk.records.append(line)
-        progress.instances += 1
-        chunk_bytes += len(line)
-        if len(chunk) >= self._chunk_lines or chunk_bytes >= self._chunk_bytes:
-          progress.counted = count_read(chunk, progress.counted,
-                                        stored_position(f, offset + size), stop)
-          yield chunk
-          chunk = progress.chunk = self._new_chunk(file_name, header)
-          chunk_bytes = 0
+      progress.chunk = self._new_chunk(file_name, header)
+      read = self._read_by_line if self._by_line else self._read_blocks
+      yield from read(f, file_name, header, range_tracker, progress, start, stop)
+      chunk = progress.chunk
       progress.counted = count_read(chunk, progress.counted, stop if stop < (
           OffsetRangeTracker.OFFSET_INFINITY) else stored_position(f))
     if len(chunk) or chunk.blank_lines or chunk.stored_bytes:
       yield chunk
+
+  def _too_large(self, chunk, row, size):
+    chunk.unread_sizes[row] = size
+    chunk.read_errors[row] = (
+        f'the instance is {size} bytes, more than --max_instance_bytes '
+        f'({self._max_bytes}); it was not read')
+
+  def _read_by_line(self, f, file_name, header, range_tracker, progress, start, stop):
+    """The definition: every line claimed and read one at a time."""
+    chunk = progress.chunk
+    chunk_bytes = 0
+    for offset, line, size in split_lines(f, start, self._max_bytes, self._block_size):
+      if not range_tracker.try_claim(offset):
+        break
+      progress.position = offset
+      if offset == 0 and header is not None:
+        continue  # the CSV header row
+      if not line.strip(_BLANK) and size <= self._max_bytes:
+        chunk.blank_lines += 1
+        continue
+      if size > self._max_bytes:
+        self._too_large(chunk, len(chunk), size)
+      chunk.positions.append(offset)
+      chunk.records.append(line)
+      progress.instances += 1
+      chunk_bytes += len(line)
+      if len(chunk) >= self._chunk_lines or chunk_bytes >= self._chunk_bytes:
+        progress.counted = count_read(chunk, progress.counted,
+                                      stored_position(f, offset + size), stop)
+        yield chunk
+        chunk = progress.chunk = self._new_chunk(file_name, header)
+        chunk_bytes = 0
+
+  def _read_blocks(self, f, file_name, header, range_tracker, progress, start, stop):
+    """What `_read_by_line` reads, a block at a time (see the module's doc)."""
+    chunk = progress.chunk
+    parts = progress.parts = _Parts()  # the chunk's lines so far
+    chunk_bytes = 0
+    for block in scan_lines(f, start, self._max_bytes, self._block_size):
+      claimed, ended = _claim(range_tracker, block.offsets)
+      if claimed:
+        progress.position = int(block.offsets[claimed - 1])
+        blank = block.blank[:claimed]
+        rows = None  # the lines read into chunks; None: all the claimed ones
+        if header is not None and block.offsets[0] == 0:  # the CSV header row
+          blank = blank.copy()
+          blank[0] = False
+          wanted = ~blank
+          wanted[0] = False
+          rows = np.flatnonzero(wanted)
+        elif blank.any():
+          rows = np.flatnonzero(~blank)
+        blanks = np.flatnonzero(blank) if blank.any() else None
+        counted_blanks = 0
+        if rows is None:
+          count = claimed
+          cumulative = np.cumsum(block.ends[:claimed] - block.starts[:claimed])
+        else:
+          count = len(rows)
+          cumulative = np.cumsum(block.ends[rows] - block.starts[rows])
+        first = 0
+        while first < count:
+          before = int(cumulative[first - 1]) if first else 0
+          # The row at which the chunk is full, by lines or by bytes.
+          last = min(first + self._chunk_lines - len(chunk) - 1, int(np.searchsorted(
+              cumulative, before + self._chunk_bytes - chunk_bytes)))
+          last = max(last, first)
+          taken = slice(first, min(last + 1, count)) if rows is None else rows[first:last + 1]
+          row = len(chunk)
+          chunk.positions.extend(block.offsets[taken].tolist())
+          if block.large is not None:
+            sizes = block.sizes[taken]
+            for k in np.flatnonzero(block.large[taken]).tolist():
+              self._too_large(chunk, row + k, int(sizes[k]))
+          parts.add(block, taken)
+          if last >= count:
+            progress.instances += count - first
+            chunk_bytes += int(cumulative[-1]) - before
+            break
+          progress.instances += last + 1 - first
+          line = last if rows is None else int(rows[last])
+          if blanks is not None:  # the blank lines before the chunk's last line
+            up_to = int(np.searchsorted(blanks, line))
+            chunk.blank_lines += up_to - counted_blanks
+            counted_blanks = up_to
+          chunk.records = parts.lines()
+          progress.counted = count_read(chunk, progress.counted, stored_position(
+              f, int(block.offsets[line] + block.sizes[line])), stop)
+          yield chunk
+          chunk = progress.chunk = self._new_chunk(file_name, header)
+          parts = progress.parts = _Parts()
+          chunk_bytes = 0
+          first = last + 1
+        if blanks is not None:
+          chunk.blank_lines += len(blanks) - counted_blanks
+        parts.detach()
+      if ended:
+        break
+    chunk.records = parts.lines()
+    progress.parts = None
 
 
 def _chunk_source(kind, chunk_lines, chunk_bytes, max_instance_bytes, header_reader, path):

@@ -43,6 +43,9 @@ class Lines:
   returns) and carriage returns around it: JSON whitespace with at least one
   line feed. (A line too large to read is held by its start only: the
   chunk's `read_errors` names it, and what follows it is not so bounded.)
+  The buffer may hold more before the first line and after the last (the
+  line reader hands on the block it read, other chunks' lines and all):
+  only buffer[starts[0]:ends[-1]] is this chunk's.
   """
   __slots__ = ('buffer', 'starts', 'ends')
 
@@ -78,10 +81,13 @@ class Lines:
       return self
     if not len(self):
       return other
-    base = len(self.buffer) + 1
-    return Lines(self.buffer + b'\n' + other.buffer,
-                 np.concatenate([self.starts, other.starts + base]),
-                 np.concatenate([self.ends, other.ends + base]))
+    # Without what either buffer holds beyond its lines (the rest of a
+    # block the reader read), so that only a line feed lies between them.
+    buffer, starts, ends = self._trimmed()
+    more, more_starts, more_ends = other._trimmed()
+    base = len(buffer) + 1
+    return Lines(buffer + b'\n' + more, np.concatenate([starts, more_starts + base]),
+                 np.concatenate([ends, more_ends + base]))
 
   def __eq__(self, other):
     return list(self) == list(other)
@@ -93,13 +99,17 @@ class Lines:
   def nbytes(self) -> int:
     return int((self.ends - self.starts).sum()) + 16 * len(self)
 
-  def __getstate__(self):
-    # Only the bytes of the lines travel: not what the buffer holds beyond
-    # them (the rest of a block the reader read).
+  def _trimmed(self):
+    """(buffer, starts, ends) without what the buffer holds before the
+    first line and after the last (the rest of a block the reader read)."""
     if len(self) and (self.starts[0] > 0 or self.ends[-1] < len(self.buffer)):
       first, last = int(self.starts[0]), int(self.ends[-1])
       return (self.buffer[first:last], self.starts - first, self.ends - first)
     return (self.buffer, self.starts, self.ends)
+
+  def __getstate__(self):
+    # Only the bytes of the lines travel.
+    return self._trimmed()
 
   def __setstate__(self, state):
     self.buffer, self.starts, self.ends = state
@@ -182,12 +192,20 @@ class RawChunk:
     base = len(self)
     return RawChunk(
         self.segments + [(p, base + first) for p, first in other.segments],
-        self.positions + other.positions, self.records + other.records,
+        self.positions + other.positions, _concatenated(self.records, other.records),
         self.blank_lines + other.blank_lines, self.kind, self.header,
         {**self.read_errors, **{base + r: e for r, e in other.read_errors.items()}},
         self.file_errors + other.file_errors,
         {**self.unread_sizes, **{base + r: n for r, n in other.unread_sizes.items()}},
         self.stored_bytes + other.stored_bytes, self.skipped_bytes + other.skipped_bytes)
+
+
+def _concatenated(records, more):
+  """Two chunks' records as one: Lines where either is Lines (their
+  `__add__`), else a list."""
+  if isinstance(more, Lines) and not isinstance(records, Lines):
+    records = Lines.of(list(records))
+  return records + more
 
 
 @dataclasses.dataclass
