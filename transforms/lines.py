@@ -60,7 +60,7 @@ from transforms.records import Lines, RawChunk
 BLOCK_SIZE = 1 << 20
 READ_SIZE = 8 << 20  # bytes per read of the columnar reader (most chunks within one)
 DESIRED_RANGE_SIZE = 64 << 20
-CHUNK_LINES = 4096
+CHUNK_LINES = 16384
 CHUNK_BYTES = 4 << 20
 DEFAULT_MAX_INSTANCE_BYTES = 4 << 20
 KEPT_PREFIX_BYTES = 8192  # of a line too large to read, for its error record

@@ -369,7 +369,7 @@ def check_model(model: ModelRef) -> tuple:
 # gains nothing past a few dozen. No single default suits every model.
 START_BATCH_SIZE = 256
 CLIMB_GAIN = 0.9  # a doubling is kept if it costs at most this per instance
-CALLS_PER_STEP = 3  # full-size calls timed before a size is judged
+CALLS_PER_STEP = 5  # full-size calls timed before a size is judged
 REPROBE_CALLS = 500  # calls after which a settled size tries the next again
 MAX_FEED_BYTES = 64 << 20
 MAX_CALL_SECONDS = 2.0  # no doubling past a call this long
@@ -383,7 +383,7 @@ class BatchSizer:
   def __init__(self, max_size: int):
     self.max_size = max(1, max_size)
     self.size = min(START_BATCH_SIZE, self.max_size)
-    self._per_row = {}  # size -> (calls timed, seconds per instance, moving average)
+    self._per_row = {}  # size -> (calls timed, least seconds per instance)
     self._settled_at = None  # size judged best; None while climbing
     self._since_settled = 0
     self._bounded = False  # the feed-bytes bound has been applied
@@ -402,8 +402,9 @@ class BatchSizer:
     size = self.size
     if rows != size or seconds <= 0:
       return
-    calls, per_row = self._per_row.get(size, (0, 0.0))
-    per_row = seconds / rows if not calls else 0.7 * per_row + 0.3 * seconds / rows
+    # The fastest call: other processes' work only ever adds time to a call.
+    calls, per_row = self._per_row.get(size, (0, math.inf))
+    per_row = min(per_row, seconds / rows)
     calls += 1
     self._per_row[size] = (calls, per_row)
     if self._settled_at is not None and size == self._settled_at:
