@@ -184,9 +184,9 @@ def _parser() -> argparse.ArgumentParser:
   batching = parser.add_argument_group('batching')
   batching.add_argument('--max_batch_size', type=int, default=DEFAULT_MAX_BATCH_SIZE,
                         metavar='N',
-                        help='most instances per model call (default %(default)s); the job '
-                             'chooses the size at run time, doubling from 256 while the time '
-                             'per instance falls, and within 64 MiB of inputs per call')
+                        help='most instances per model call; the job chooses the size at '
+                             'run time, doubling from 256 while the time per instance falls, '
+                             'within 64 MiB of inputs per call')
   batching.add_argument('--min_batch_size', type=int, default=None, metavar='N',
                         help='smaller chunks (small files, range ends) are merged up to '
                              'this many instances before scoring (default '

@@ -126,6 +126,8 @@ def assert_same_batches(fast, slow):
       got, want = f[row][name], s[row][name]
       assert type(got) is type(want) and getattr(got, 'dtype', None) == getattr(want, 'dtype', None)
       np.testing.assert_array_equal(got, want)
+      if getattr(got, 'dtype', None) is not None and got.dtype.kind == 'f':
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(want))  # -0.0 is not 0.0
 
 
 def test_fast_and_exact_paths_agree_and_carry_texts():

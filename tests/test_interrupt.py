@@ -15,8 +15,13 @@ from tests.test_runs import ROOT, keras_args, keras_lines, snapshot
 
 @pytest.fixture(scope='module')
 def big_input(tmp_path_factory):
-  """Several seconds of work in any mode."""
-  return write_lines(str(tmp_path_factory.mktemp('big') / 'b.jsonl'), keras_lines('b', 400_000))
+  """Several seconds of work in any mode: 1,600,000 instances, in 4 files
+  (links to one)."""
+  folder = tmp_path_factory.mktemp('big')
+  first = write_lines(str(folder / 'b0.jsonl'), keras_lines('b', 400_000))
+  for i in range(1, 4):
+    os.link(first, str(folder / f'b{i}.jsonl'))
+  return str(folder / '*.jsonl')
 
 
 @pytest.mark.parametrize('mode, how', [

@@ -360,6 +360,7 @@ def _carrier(is_key):
 # gives no columns.
 
 COLUMNAR_MIN_ROWS = 64
+_OPEN_BRACE = ord('{')
 # pyarrow's reader converts numbers several times slower than simdjson: on
 # the 784-float MLP benchmark it takes 71 us a line where the per-line path's
 # simdjson parse takes 19. Per-line Python costs matter where lines hold many
@@ -409,6 +410,13 @@ class ColumnarJsonLines:
     """(accepted rows, feeds, carried) for the rows it accepts, or None."""
     lines = chunk.records
     accepted, parts = [], []
+    # Only lines that start with '{' go to pyarrow: the others cannot be
+    # instances of fields, and pyarrow 25 crashes (a segmentation fault) on
+    # a run whose first line is `null`.
+    rows = np.asarray(rows, np.int64)
+    if len(rows):
+      first_bytes = np.frombuffer(lines.buffer, np.uint8)[lines.starts[rows]]
+      rows = rows[(first_bytes == _OPEN_BRACE) & (lines.ends[rows] > lines.starts[rows])]
     for first, last in _runs(rows):
       self._decode_run(lines, first, last, decoder, plan, accepted, parts)
     if not accepted:
@@ -442,6 +450,11 @@ class ColumnarJsonLines:
     columnar as a whole."""
     import pyarrow as pa  # pylint: disable=import-outside-toplevel
     import pyarrow.json as pj  # pylint: disable=import-outside-toplevel
+    # pyarrow sets a SIGINT handler around a read and restores the previous
+    # one after: reads in several threads (Beam's multi_threading mode) can
+    # leave the default handler behind, and Ctrl-C then kills the process
+    # instead of stopping the job cleanly. The job handles signals itself.
+    pa.enable_signal_handlers(False)
     starts, ends = lines.starts[first:last + 1], lines.ends[first:last + 1]
     begin, stop = int(starts[0]), int(ends[-1])
     text = memoryview(lines.buffer)[begin:stop]
@@ -468,10 +481,15 @@ class ColumnarJsonLines:
       return None
     ok = np.ones(len(starts), np.bool_)
     feeds = {}
+    has_negative_zero = lines.buffer.find(b'-0', begin, stop) >= 0
     for name, _, spec in plan:
       feeds[name] = _feed(table.column(name), spec, ok)
+      if has_negative_zero and feeds[name].dtype.kind == 'f':
+        # The integer -0 is 0 to the definition, and -0.0 to pyarrow's
+        # float column: a row with a negative zero goes to the other paths.
+        negative_zero = (feeds[name] == 0) & np.signbit(feeds[name])
+        ok &= ~negative_zero.reshape(len(starts), -1).any(axis=1)
     carried = {}
-    has_negative_zero = lines.buffer.find(b'-0', begin, stop) >= 0
     for field in decoder.carried:
       carried[field] = _carried_texts(table.column(field), field == decoder.key_field,
                                       has_negative_zero, ok)
@@ -574,7 +592,9 @@ def _feed(column, spec, ok) -> np.ndarray:
         [''] * size if spec.dtype == 'string' else [0] * size, type=column.type)))
     if values.null_count:  # a null inside a vector
       return _feed_null_items(column, spec, ok)
-    flat = _values(values, spec)
+    inside = np.ones(len(values), np.bool_)
+    flat = _values(values, spec, inside)
+    ok &= inside.reshape((n, size)).all(axis=1)
     return flat.reshape((n, size))
   if column.null_count:
     column = pc.fill_null(column, '' if spec.dtype == 'string' else (
@@ -596,12 +616,16 @@ def _feed_null_items(column, spec, ok):
     out.append(items)
   flat = pa.array([v for items in out for v in items],
                   type=pa.binary() if spec.dtype == 'string' else column.type.value_type)
-  return _values(flat, spec).reshape((len(rows), size))
+  inside = np.ones(len(flat), np.bool_)
+  values = _values(flat, spec, inside).reshape((len(rows), size))
+  ok &= inside.reshape((len(rows), size)).all(axis=1)
+  return values
 
 
-def _values(values, spec, ok=None) -> np.ndarray:
+def _values(values, spec, ok) -> np.ndarray:
   """A flat arrow array as the input's dtype (the definition's conversion:
-  floats read as 64-bit floats and rounded to the input's type)."""
+  floats read as 64-bit floats and rounded to the input's type); clears
+  `ok` (one per value) for integers beyond the dtype."""
   import pyarrow as pa  # pylint: disable=import-outside-toplevel
   if spec.dtype == 'string':
     return values.cast(pa.binary()).to_numpy(zero_copy_only=False)
@@ -612,10 +636,7 @@ def _values(values, spec, ok=None) -> np.ndarray:
   if dtype.kind in 'iu' and dtype != np.int64:
     info = np.iinfo(dtype)
     inside = (array >= info.min) & (array <= info.max)
-    if ok is not None:
-      ok &= inside
-    elif not inside.all():
-      raise ValueError('an integer beyond the input dtype inside a vector')
+    ok &= inside
     return np.where(inside, array, 0).astype(dtype)
   return array.astype(dtype) if array.dtype != dtype else array
 
