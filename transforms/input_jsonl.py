@@ -20,6 +20,9 @@ import weakref
 
 import numpy as np
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
 import simdjson
 
 from transforms.decode import FastRows, Instance, InputFormat
@@ -373,7 +376,6 @@ _COMMA = ord(',')
 def _columnar_plan(decoder):
   """Per input: (name, arrow type to read it as, spec); None where an input
   is of no kind the columnar path reads."""
-  import pyarrow as pa  # pylint: disable=import-outside-toplevel
   if decoder.signature.takes_examples:
     return None
   if not all(spec.fully_defined and len(spec.shape) <= 1 for spec in decoder.inputs):
@@ -448,8 +450,6 @@ class ColumnarJsonLines:
     """The accepted rows of lines first..last (inclusive) with their feeds
     and carried texts (arrow arrays), or None if the run cannot be read
     columnar as a whole."""
-    import pyarrow as pa  # pylint: disable=import-outside-toplevel
-    import pyarrow.json as pj  # pylint: disable=import-outside-toplevel
     # pyarrow sets a SIGINT handler around a read and restores the previous
     # one after: reads in several threads (Beam's multi_threading mode) can
     # leave the default handler behind, and Ctrl-C then kills the process
@@ -541,18 +541,8 @@ class ColumnarJsonLines:
     return changed
 
 
-def _arrow_types():
-  import pyarrow as pa  # pylint: disable=import-outside-toplevel
-  return {'int': pa.int64, 'string': pa.string, 'bool': pa.bool_}
-
-
-class _LazyTypes(dict):
-  def __missing__(self, key):
-    self.update(_arrow_types())
-    return self[key]
-
-
-_ARROW_CARRIED = _LazyTypes()
+# The arrow types carried fields are read as, by the kind last seen.
+_ARROW_CARRIED = {'int': pa.int64, 'string': pa.string, 'bool': pa.bool_}
 
 
 def _runs(rows):
@@ -567,7 +557,6 @@ def _runs(rows):
 
 
 def _concat_arrays(arrays):
-  import pyarrow as pa  # pylint: disable=import-outside-toplevel
   return pa.concat_arrays([a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a
                            for a in arrays])
 
@@ -576,8 +565,6 @@ def _feed(column, spec, ok) -> np.ndarray:
   """One input's feed from its arrow column; clears `ok` for the rows it
   cannot take (null, a vector of the wrong size, an integer beyond the
   dtype)."""
-  import pyarrow as pa  # pylint: disable=import-outside-toplevel
-  import pyarrow.compute as pc  # pylint: disable=import-outside-toplevel
   column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
   n = len(column)
   if column.null_count:
@@ -604,7 +591,6 @@ def _feed(column, spec, ok) -> np.ndarray:
 
 def _feed_null_items(column, spec, ok):
   """A vector column with null items: those rows are not taken."""
-  import pyarrow as pa  # pylint: disable=import-outside-toplevel
   rows = column.to_pylist()
   size = spec.shape[0]
   filler = b'' if spec.dtype == 'string' else 0
@@ -626,7 +612,6 @@ def _values(values, spec, ok) -> np.ndarray:
   """A flat arrow array as the input's dtype (the definition's conversion:
   floats read as 64-bit floats and rounded to the input's type); clears
   `ok` (one per value) for integers beyond the dtype."""
-  import pyarrow as pa  # pylint: disable=import-outside-toplevel
   if spec.dtype == 'string':
     return values.cast(pa.binary()).to_numpy(zero_copy_only=False)
   array = values.to_numpy(zero_copy_only=False)
@@ -647,8 +632,6 @@ def _carried_texts(column, is_key, has_negative_zero, ok):
   definition's), and 0 where the run holds `-0` (which only the definition
   keeps). A missing or null passthrough field is `null`, as in the
   definition."""
-  import pyarrow as pa  # pylint: disable=import-outside-toplevel
-  import pyarrow.compute as pc  # pylint: disable=import-outside-toplevel
   column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
   if column.null_count:
     nulls = column.is_null().to_numpy(zero_copy_only=False)
@@ -671,8 +654,6 @@ def _json_strings(column):
   """Strings as JSON texts, as orjson writes them (the definition's
   carried_text): quoted, with '"', '\\' and control characters escaped and
   everything else as it is."""
-  import pyarrow as pa  # pylint: disable=import-outside-toplevel
-  import pyarrow.compute as pc  # pylint: disable=import-outside-toplevel
   data = column.buffers()[2]
   if data is not None:
     raw = np.frombuffer(data, np.uint8)
