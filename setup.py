@@ -1,11 +1,24 @@
+import warnings
+
 import setuptools
+
+# The code installs and imports as one package, tf_batch_predict, whatever the
+# repository's folders are called: `pipeline` and `transforms` are names that
+# many ML repositories use for modules of their own.
+PACKAGE = 'tf_batch_predict'
+FOLDERS = ('pipeline', 'transforms')
+# An editable install (`make`) maps these folders to the package with an
+# import hook, and setuptools then always warns that folders named like the
+# package could shadow it: none is (there is no folder tf_batch_predict).
+warnings.filterwarnings('ignore', message='Editable installation', category=UserWarning)
 
 setuptools.setup(
     name='tf-batch-predict',
     version='0.1.0',
     description='Batch prediction for TensorFlow SavedModels on Apache Beam',
-    packages=setuptools.find_packages(include=['pipeline', 'pipeline.*',
-                                               'transforms', 'transforms.*']),
+    package_dir={f'{PACKAGE}.{folder}': folder for folder in FOLDERS},
+    packages=[f'{PACKAGE}.{package}'
+              for package in setuptools.find_packages(include=[f'{f}*' for f in FOLDERS])],
     python_requires='>=3.10,<3.13',
     install_requires=[
         # Installed and tested together; see README "Dependencies".
@@ -26,5 +39,5 @@ setuptools.setup(
         # which still needs pkg_resources.
         'bench': ['tensorflow-hub>=0.16.1,<0.17', 'setuptools<81'],
     },
-    entry_points={'console_scripts': ['batch-predict=pipeline.cli:main']},
+    entry_points={'console_scripts': [f'batch-predict={PACKAGE}.pipeline.cli:main']},
 )

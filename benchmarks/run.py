@@ -54,7 +54,7 @@ per-call cost dominates) and the MLP (a model with some compute per
 instance).
 
 A fourth ('cores') asks how to use every core of one machine. Each
-configuration runs as a user runs it: the whole `python -m pipeline`
+configuration runs as a user runs it: the whole `python -m tf_batch_predict.pipeline`
 command(s) with the job's defaults, interpreter start, imports, model check
 and exit included, timed from the start until every command has exited:
   default           one command, Beam's in-process runner (one core for
@@ -272,7 +272,7 @@ def write_other_formats(jsonl_path, stem):
   import orjson
   import pyarrow as pa
   import pyarrow.parquet as pq
-  from transforms.write import tfrecord_frame
+  from tf_batch_predict.transforms.write.shards import tfrecord_frame
   from tensorflow.core.example import example_pb2
   with open(jsonl_path, 'rb') as f:
     rows = [orjson.loads(line) for line in f]
@@ -517,7 +517,7 @@ def run_job(model, data, out, expect_errors=False):
   is expected: the summary is checked instead."""
   # Imports are excluded from every configuration's time, as in (c).
   import tensorflow  # noqa: F401
-  from pipeline import cli, graph  # noqa: F401
+  from tf_batch_predict.pipeline import cli, graph  # noqa: F401
   started = time.perf_counter()
   rc = cli.main([f'--model={model}', f'--input={data}', f'--output={out}/job',
                  '--key_field=id'])
@@ -895,7 +895,7 @@ def run_commands(model, inputs, out, beam_args) -> dict:
     output = f'{out}-{i}'
     shutil.rmtree(output, ignore_errors=True)
     proc = subprocess.Popen(
-        [sys.executable, '-m', 'pipeline', f'--model={model}', f'--input={",".join(files)}',
+        [sys.executable, '-m', 'tf_batch_predict.pipeline', f'--model={model}', f'--input={",".join(files)}',
          f'--output={output}', '--key_field=id',
          '--log_level=info', '--progress_interval=1', *beam_args],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

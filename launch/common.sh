@@ -185,7 +185,7 @@ run_job() {
       && submits_to_cluster "${job[@]+"${job[@]}"}"; then
     job+=(--preflight)
   fi
-  local cmd=("$PYTHON" -m pipeline "${job[@]+"${job[@]}"}")
+  local cmd=("$PYTHON" -m tf_batch_predict.pipeline "${job[@]+"${job[@]}"}")
   if is_true "$PRINT_ONLY"; then
     printf '%q ' "${cmd[@]}"
     echo

@@ -1,5 +1,5 @@
 import sys
 
-from pipeline.cli import main
+from tf_batch_predict.pipeline.cli import main
 
 sys.exit(main())

@@ -14,152 +14,17 @@ result replaces the previous one only once complete (pipeline/outputs.py).
 import contextlib
 import logging
 import os
-import re
 import signal
 import sys
 import time
 import traceback
 
-EXIT_OK = 0
-EXIT_PIPELINE_FAILED = 1
-EXIT_CONFIG_ERROR = 2
-EXIT_TOO_MANY_ERRORS = 3
-EXIT_INPUT_INCOMPLETE = 4
-EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), as shells report it
-EXIT_TERMINATED = 143  # SIGTERM, as shells report it
+from tf_batch_predict.pipeline.command import (
+    EXIT_CONFIG_ERROR, EXIT_INPUT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PIPELINE_FAILED,
+    EXIT_TERMINATED, EXIT_TOO_MANY_ERRORS, PipelineFailed, configure_logging, debug, error,
+    fails_as, last_line, take_log_level)
 
 _LOG = logging.getLogger(__name__)
-
-
-class PipelineFailed(Exception):
-  """The pipeline, or the promotion of its outputs, raised."""
-
-
-# Beam's own warnings that say nothing to a user of this job, as logged in
-# this process or forwarded from a worker process ("Worker: ... message: ...").
-_BEAM_NOISE = (
-    # Beam's inference module imports `resource` and `torch` in one try block,
-    # so without torch it warns at every model load that `resource` is missing.
-    'Resource module is not available',
-    # Each worker process of the local multi_processing mode: there is no
-    # staged main session to load, and this job needs none.
-    'No semi_persistent_directory found',
-)
-_FORWARDED = re.compile(r'^Worker: .*? message: "(?P<message>(?:[^"\\]|\\.)*)"')
-
-_BEAM_TRACEBACK = re.compile(r'Traceback \(most recent call last\):.* log_location: "[^"]*'
-                             r'/apache_beam/')
-
-LOG_LEVELS = {'debug': logging.DEBUG, 'info': logging.INFO, 'warning': logging.WARNING,
-              'error': logging.ERROR}
-_level = logging.INFO  # --log_level, set by main
-
-
-def _drop_beam_noise(record) -> bool:
-  if _debug() or record.name.startswith(('pipeline', 'transforms')):
-    return True  # (Beam logs some of these on the root logger)
-  message = record.getMessage()
-  forwarded = _FORWARDED.match(message)
-  if forwarded:
-    if _BEAM_TRACEBACK.search(message):
-      return False  # Beam's log of an exception, in a worker: see _quiet_beam_tracebacks
-    message = forwarded.group('message')
-  return not message.startswith(_BEAM_NOISE)
-
-
-def _at_level(record) -> bool:
-  """--log_level=error also hides warnings of Beam and other libraries."""
-  return record.levelno >= _level or _level == logging.DEBUG
-
-
-def _debug() -> bool:
-  """Full tracebacks, TensorFlow's native logs: BATCH_PREDICT_DEBUG=1,
-  --log_level=debug, or logging at debug level."""
-  return (os.environ.get('BATCH_PREDICT_DEBUG', '') not in ('', '0')
-          or _level == logging.DEBUG
-          or logging.getLogger().isEnabledFor(logging.DEBUG))
-
-
-def _quiet_beam_tracebacks(record) -> bool:
-  """A failing step's exception is reported once, in one line (main);
-  Beam's own log of it, and other Beam tracebacks, only with debugging on."""
-  if _debug() or not record.name.startswith('apache_beam'):
-    return True
-  if record.name == 'apache_beam.runners.common' and record.exc_info:
-    return False  # the exception that fails the pipeline, re-raised to us
-  record.exc_info, record.exc_text = None, None
-  return True
-
-
-def take_option(argv: list, flag: str, takes_value: bool = True) -> tuple:
-  """(value, argv without the option): `FLAG=V` or `FLAG V` anywhere before
-  `--`, the last one counting; None where it is not given. A flag without a
-  value (`takes_value=False`) gives True."""
-  rest, value = [], None
-  arguments = iter(argv)
-  for argument in arguments:
-    if argument == '--':
-      rest.append(argument)
-      rest.extend(arguments)
-      break
-    if argument == flag:
-      value = next(arguments, '') if takes_value else True
-    elif takes_value and argument.startswith(flag + '='):
-      value = argument.split('=', 1)[1]
-    else:
-      rest.append(argument)
-  return value, rest
-
-
-def take_log_level(argv: list) -> tuple:
-  """(level, argv without --log_level). Raises ConfigError."""
-  from pipeline.options import ConfigError
-  name, rest = take_option(argv, '--log_level')
-  if name is None:
-    return logging.INFO, rest
-  if name.lower() not in LOG_LEVELS:
-    raise ConfigError(f'--log_level: {name!r} is not one of {", ".join(LOG_LEVELS)}')
-  return LOG_LEVELS[name.lower()], rest
-
-
-def _configure_logging(level: int = logging.INFO):
-  """Our loggers at `level`, other libraries' at warning; without debugging,
-  TensorFlow's native start-up lines filtered in this process and in the
-  worker processes it starts (pipeline/quiet.py)."""
-  global _level
-  _level = level
-  from pipeline import quiet
-  logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
-  for handler in logging.getLogger().handlers:
-    handler.addFilter(_drop_beam_noise)
-    handler.addFilter(_quiet_beam_tracebacks)
-    handler.addFilter(_at_level)
-  for name in ('pipeline', 'transforms'):
-    logging.getLogger(name).setLevel(level)
-  if _debug():
-    os.environ[quiet.ENV] = '0'
-    quiet.uninstall()
-  else:
-    # TensorFlow's C++ INFO logs (after its start) are not for batch-job users.
-    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-    os.environ[quiet.ENV] = '1'
-    quiet.install()
-
-
-def _last_line(error: BaseException) -> str:
-  lines = ''.join(traceback.format_exception_only(type(error), error)).strip().splitlines()
-  return lines[-1].strip() if lines else type(error).__name__
-
-
-def check_runner(runner: str) -> None:
-  from apache_beam.options.pipeline_options import StandardOptions
-  from apache_beam.runners.runner import create_runner
-  from pipeline.options import ConfigError
-  try:
-    create_runner(runner)
-  except (ValueError, ImportError, AttributeError):
-    raise ConfigError(f'--runner: unknown runner {runner!r}; known runners: '
-                      f'{", ".join(StandardOptions.KNOWN_RUNNER_NAMES)}') from None
 
 
 def exit_status(summary: dict, max_error_fraction: float) -> tuple:
@@ -188,7 +53,7 @@ def _pipeline_options(config):
   # Imported by each SDK worker at start: see pipeline/quiet.py (first, before
   # anything imports TensorFlow) and transforms/storage.py.
   return PipelineOptions(flags, runner=config.options.runner,
-                         beam_plugins=['pipeline.quiet', *plugins, 'transforms.storage'])
+                         beam_plugins=['tf_batch_predict.pipeline.quiet', *plugins, 'tf_batch_predict.transforms.storage'])
 
 
 def starts_no_job(options) -> str:
@@ -208,7 +73,7 @@ def build_template(config, message: str) -> str:
   """A template runs later, without this command, so it writes straight
   into the output directory: no staging, lock or summary."""
   import apache_beam as beam
-  from pipeline import graph
+  from tf_batch_predict.pipeline import graph
   p = beam.Pipeline(options=_pipeline_options(config))
   graph.build(p, config)
   p.run()
@@ -220,9 +85,9 @@ def _workers_stderr_filtered(beam_args):
   lines, and the traceback of a failing bundle, straight to the stderr they
   inherit: it is filtered for the run (pipeline/quiet.py), unless debugging."""
   from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
-  from pipeline import quiet
+  from tf_batch_predict.pipeline import quiet
   mode = PipelineOptions(list(beam_args)).view_as(DirectOptions).direct_running_mode
-  if mode != 'multi_processing' or _debug():
+  if mode != 'multi_processing' or debug():
     return contextlib.nullcontext()
   # A failing bundle's traceback, printed by the worker, is reported in one line.
   return quiet.stderr_filtered_by_process(drop_tracebacks=True)
@@ -236,7 +101,7 @@ def run(config, staging) -> dict:
   import apache_beam as beam
   from apache_beam.runners.runner import PipelineState
 
-  from pipeline import graph, progress, summary
+  from tf_batch_predict.pipeline import graph, progress, summary
   staged = dataclasses.replace(
       config, options=dataclasses.replace(config.options, output=staging.path))
   watched = progress.watched_here(config.options)
@@ -257,7 +122,7 @@ def run(config, staging) -> dict:
         result = p.run()
         state = result.wait_until_finish()
   except Exception as e:  # pylint: disable=broad-except
-    raise PipelineFailed(_last_line(e)) from e
+    raise PipelineFailed(last_line(e)) from e
   ended = time.time()
   if state not in (None, PipelineState.DONE):
     raise PipelineFailed(f'it ended in state {state}')
@@ -266,27 +131,18 @@ def run(config, staging) -> dict:
                        series=reporter.series())
 
 
-@contextlib.contextmanager
-def _fails_as(what: str, hint: str = ''):
-  """Turns an exception of a step around the pipeline into PipelineFailed."""
-  try:
-    yield
-  except Exception as e:  # pylint: disable=broad-except
-    raise PipelineFailed(f'{what} ({_last_line(e)}){hint}') from e
-
-
 def run_and_promote(config, run_id: str) -> tuple:
   """(exit status, summary): the pipeline's result replaces the previous
   one in the output directory only once complete."""
-  from pipeline import outputs, report, summary
+  from tf_batch_predict.pipeline import outputs, report, summary
   staging = outputs.Staging(config.output, run_id)
   try:
-    with _fails_as(f'removing what killed runs left in {config.output} failed'):
+    with fails_as(f'removing what killed runs left in {config.output} failed'):
       staging.clear_leftovers()
     job_summary = run(config, staging)
     status, reason = exit_status(job_summary, config.options.max_error_fraction)
     job_summary.update(exit_status=status, exit_reason=reason)
-    with _fails_as('moving the outputs into place failed',
+    with fails_as('moving the outputs into place failed',
                    f'; without {config.output}/summary.json the directory holds no '
                    'complete result: run again'):
       summary.write(job_summary, staging.path)
@@ -297,10 +153,6 @@ def run_and_promote(config, run_id: str) -> tuple:
   return status, job_summary
 
 
-def _error(message) -> None:
-  print(f'batch-predict: error: {message}', file=sys.stderr)
-
-
 # When the command started: the summary's total wall time counts from here.
 _STARTED = time.time()
 
@@ -309,42 +161,42 @@ def main(argv=None) -> int:
   global _STARTED
   _STARTED = time.time()
   argv = list(sys.argv[1:] if argv is None else argv)
-  from pipeline.options import ConfigError
+  from tf_batch_predict.pipeline.options import ConfigError
   try:
     level, argv = take_log_level(argv)  # before anything else: it sets what is printed
   except ConfigError as e:
-    _configure_logging()
-    _error(e)
+    configure_logging()
+    error(e)
     return EXIT_CONFIG_ERROR
-  _configure_logging(level)
+  configure_logging(level)
   previous_sigterm = _sigterm_raises()
   try:
     if argv[:1] == ['inspect']:  # batch-predict inspect --model=...: what a model offers
-      from pipeline import inspect
+      from tf_batch_predict.pipeline import inspect
       return inspect.main(argv[1:])
     if argv[:1] == ['join']:  # batch-predict join ...: predictions back next to instances
-      from pipeline import join
+      from tf_batch_predict.pipeline import join
       return join.main(argv[1:])
     if argv[:1] == ['evaluate']:  # batch-predict evaluate ...: metrics against labels
-      from pipeline import evaluate
+      from tf_batch_predict.pipeline import evaluate
       return evaluate.main(argv[1:])
     if argv[:1] == ['preflight']:  # batch-predict preflight ...: a run's sample, scored here
-      from pipeline import preflight
+      from tf_batch_predict.pipeline import preflight
       return preflight.main(argv[1:])
     return _batch_predict(argv)
   except KeyboardInterrupt as e:
     # Ctrl-C or SIGTERM: the staging folder and the lock are gone by now
     # (finally blocks); what the user wants to read is one line, not where
     # it stopped.
-    if _debug():
+    if debug():
       traceback.print_exc()
     else:
       import threading
       threading.excepthook = lambda _: None  # Beam's threads, stopped by the same signal
     if isinstance(e, _Terminated):
-      _error('terminated (SIGTERM); a previous result in --output is left as it was')
+      error('terminated (SIGTERM); a previous result in --output is left as it was')
       return EXIT_TERMINATED
-    _error('interrupted; a previous result in --output is left as it was')
+    error('interrupted; a previous result in --output is left as it was')
     return EXIT_INTERRUPTED
   finally:
     if previous_sigterm is not None:
@@ -406,17 +258,17 @@ def _sigterm_raises():
 
 
 def _batch_predict(argv: list) -> int:
-  from transforms import storage
+  from tf_batch_predict.transforms import storage
   storage.use_anonymous_credentials_for_emulator()
-  from pipeline import outputs
-  from pipeline.options import ConfigError, parse_args
+  from tf_batch_predict.pipeline import outputs
+  from tf_batch_predict.pipeline.options import ConfigError, check_runner, parse_args
 
   try:
     options = parse_args(argv)
     check_runner(options.runner)
     output = outputs.prepare(options.output)
   except ConfigError as e:
-    _error(e)
+    error(e)
     return EXIT_CONFIG_ERROR
   lock = outputs.OutputLock(output, outputs.new_run_id(), options.beam_args)
   try:
@@ -426,13 +278,13 @@ def _batch_predict(argv: list) -> int:
 
 
 def check_model(config) -> list:
-  """Proves the signature callable (transforms/score.py `check_model`)
+  """Proves the signature callable (transforms/model/score.py `check_model`)
   unless --skip_model_check; raises ConfigError. Returns what to log once
   the run goes ahead, as (level, message): a run that stops says one line
   only."""
-  from pipeline.options import ConfigError
-  from transforms.savedmodel import ModelError
-  from transforms.score import check_model as load_and_call
+  from tf_batch_predict.pipeline.options import ConfigError
+  from tf_batch_predict.transforms.model.savedmodel import ModelError
+  from tf_batch_predict.transforms.model.score import check_model as load_and_call
   notes = [(logging.WARNING, "Using the graph's shape, as TF Serving does (the SignatureDef "
             f'disagrees with the graph, as in older TF1 exports): {note}')
            for note in config.model.signature.graph_shapes_used]
@@ -455,9 +307,9 @@ def check_model(config) -> list:
 
 
 def _run(options, lock) -> int:
-  from pipeline import config as job_config
-  from pipeline import summary
-  from pipeline.options import ConfigError
+  from tf_batch_predict.pipeline import config as job_config
+  from tf_batch_predict.pipeline import summary
+  from tf_batch_predict.pipeline.options import ConfigError
   try:
     message = starts_no_job(options)
     if not message:
@@ -465,10 +317,10 @@ def _run(options, lock) -> int:
     config = job_config.resolve(options)
     notes = check_model(config)
   except (ConfigError, OSError) as e:
-    _error(e)
+    error(e)
     return EXIT_CONFIG_ERROR
   if options.preflight:  # its report is printed; a failing sample stops the run
-    from pipeline import preflight
+    from tf_batch_predict.pipeline import preflight
     status = preflight.before_run(config)
     if status != EXIT_OK:
       return status
@@ -476,7 +328,7 @@ def _run(options, lock) -> int:
     if not message:  # a template or dry run writes nothing now
       lock.acquire()
   except (ConfigError, OSError) as e:
-    _error(e)
+    error(e)
     return EXIT_CONFIG_ERROR
   for level, note in notes:
     _LOG.log(level, '%s', note)
@@ -486,11 +338,11 @@ def _run(options, lock) -> int:
   try:
     status, job_summary = run_and_promote(config, lock.run_id)
   except PipelineFailed as e:
-    if _debug():
+    if debug():
       traceback.print_exception(e.__cause__ or e)
-    _error(f'the pipeline failed: {e}')
+    error(f'the pipeline failed: {e}')
     return EXIT_PIPELINE_FAILED
   print(summary.table(job_summary))
   if status != EXIT_OK:
-    _error(f'{job_summary["exit_reason"]}; the outputs are in {config.output}')
+    error(f'{job_summary["exit_reason"]}; the outputs are in {config.output}')
   return status

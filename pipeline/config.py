@@ -8,12 +8,12 @@ import stat
 from apache_beam.io.filesystem import FileMetadata
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.options import ConfigError, JobOptions
-from transforms.format import LOCATION_FIELDS, OutputLayout, common_base, output_names
-from transforms.inputs import detect_format
-from transforms.records import POSITION_FIELDS
-from transforms.savedmodel import ModelError, ModelRef, inspect_model
-from transforms.storage import is_local
+from tf_batch_predict.pipeline.options import ConfigError, JobOptions
+from tf_batch_predict.transforms.write.format import LOCATION_FIELDS, OutputLayout, common_base, output_names
+from tf_batch_predict.transforms.read.formats import detect_format
+from tf_batch_predict.transforms.records import POSITION_FIELDS
+from tf_batch_predict.transforms.model.savedmodel import ModelError, ModelRef, inspect_model
+from tf_batch_predict.transforms.storage import is_local
 
 
 @dataclasses.dataclass(frozen=True)

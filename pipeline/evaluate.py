@@ -70,10 +70,10 @@ import warnings
 
 import numpy as np
 
-EXIT_OK = 0
-EXIT_CONFIG_ERROR = 2
+from tf_batch_predict.pipeline.command import EXIT_CONFIG_ERROR, EXIT_INPUT_INCOMPLETE, EXIT_OK, error
+
 EXIT_NOTHING_EVALUATED = 3
-EXIT_INPUT_INCOMPLETE = 4
+PROG = 'batch-predict evaluate'
 
 TASKS = ('auto', 'classification', 'regression')
 # Beyond this many classes, a k x k confusion matrix is too large to write
@@ -1252,9 +1252,9 @@ def _read_file(pairs, path, fmt, label_field, prediction_field) -> None:
 # -- the command -------------------------------------------------------------------
 
 def _parser():
-  from pipeline.options import _csv, _Parser
+  from tf_batch_predict.pipeline.options import _csv, _Parser
   parser = _Parser(
-      prog='batch-predict evaluate', allow_abbrev=False,
+      prog=PROG, allow_abbrev=False,
       description='Metrics of predictions against labels (classification: accuracy, '
                   'per-class precision/recall/F1, confusion matrix, log loss, ROC AUC; '
                   'regression: MAE, RMSE, R², residual quantiles), written as metrics.json '
@@ -1291,25 +1291,21 @@ def _parser():
   return parser
 
 
-def _error(message) -> None:
-  print(f'batch-predict evaluate: error: {message}', file=sys.stderr)
-
-
 def main(argv=None) -> int:
-  from pipeline.options import ConfigError
+  from tf_batch_predict.pipeline.options import ConfigError
   argv = sys.argv[1:] if argv is None else list(argv)
   try:
     args, beam_args = _parser().parse_known_args(argv)
     if beam_args and not args.predictions:
       raise ConfigError(f'unknown option {beam_args[0]}')
   except ConfigError as e:
-    _error(e)
+    error(e, PROG)
     return EXIT_CONFIG_ERROR
   except SystemExit as e:  # --help
     return e.code if isinstance(e.code, int) else EXIT_OK
   join_dir, join_summary = None, None
   try:
-    from transforms.read_outputs import output_files
+    from tf_batch_predict.transforms.rejoin.read_outputs import output_files
     found = output_files(args.output)
     if found['predictions'] or found['errors']:
       # Its report.html is the run's: writing ours there would replace it.
@@ -1326,7 +1322,7 @@ def main(argv=None) -> int:
       raise EvaluateError('give --predictions=DIR with --labels=PATTERN, or --joined=PATTERN')
     return _evaluate(args, join_summary)
   except (EvaluateError, ConfigError) as e:
-    _error(e)
+    error(e, PROG)
     return EXIT_CONFIG_ERROR
   except _JoinFailed as e:
     return e.status
@@ -1342,8 +1338,8 @@ def _join(args, beam_args) -> tuple:
   import contextlib
   import uuid
 
-  from pipeline import join, outputs
-  from pipeline.options import ConfigError
+  from tf_batch_predict.pipeline import join, outputs
+  from tf_batch_predict.pipeline.options import ConfigError
   try:
     output = outputs.prepare(args.output.rstrip('/'))
   except ConfigError as e:
@@ -1359,7 +1355,7 @@ def _join(args, beam_args) -> tuple:
   if status not in (join.EXIT_OK, join.EXIT_UNMATCHED):
     _remove(folder)
     raise _JoinFailed(status)  # the join said why, in one line
-  from transforms.read_outputs import read_summary
+  from tf_batch_predict.transforms.rejoin.read_outputs import read_summary
   return [f'{folder}/joined-*-of-*.jsonl'], folder, read_summary(folder)
 
 
@@ -1379,7 +1375,7 @@ def _remove(folder: str) -> None:
 
 
 def _evaluate(args, join_summary) -> int:
-  from pipeline.options import ConfigError
+  from tf_batch_predict.pipeline.options import ConfigError
   try:
     if args.task not in TASKS:
       raise EvaluateError(f'--task: {args.task!r} is not one of {", ".join(TASKS)}')
@@ -1415,12 +1411,12 @@ def _evaluate(args, join_summary) -> int:
     metrics = evaluate(pairs, None, args.output, task=args.task, threshold=threshold,
                        class_names=args.class_names, inputs=inputs)
   except (EvaluateError, ConfigError) as e:
-    _error(e)
+    error(e, PROG)
     return EXIT_CONFIG_ERROR
   except OSError as e:
     if os.environ.get('BATCH_PREDICT_DEBUG', '') not in ('', '0'):
       traceback.print_exc()
-    _error(f'{e}')
+    error(f'{e}', PROG)
     return EXIT_CONFIG_ERROR
   counts = metrics['counts']
   headline = _headline(metrics)
@@ -1432,11 +1428,11 @@ def _evaluate(args, join_summary) -> int:
         f'{os.path.join(args.output, "report.html")}')
   if counts.get('files_incomplete'):
     first = metrics['incomplete_files'][0]
-    _error(f'{counts["files_incomplete"]} file(s) could not be read to their end, e.g. '
-           f'{first["path"]}: {first["reason"]}; the metrics are of the rows before')
+    error(f'{counts["files_incomplete"]} file(s) could not be read to their end, e.g. '
+          f'{first["path"]}: {first["reason"]}; the metrics are of the rows before', PROG)
     return EXIT_INPUT_INCOMPLETE
   if not counts['evaluated']:
-    _error(metrics['null_reasons'].get('metrics', 'no pair could be evaluated'))
+    error(metrics['null_reasons'].get('metrics', 'no pair could be evaluated'), PROG)
     return EXIT_NOTHING_EVALUATED
   return EXIT_OK
 

@@ -5,15 +5,15 @@ from typing import Optional
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 
-from pipeline.config import JobConfig
-from pipeline.options import LOCAL_RUNNER
-from transforms.coalesce import CoalesceChunks
-from transforms.decode import DecodeInstances, InstanceDecoder
-from transforms.format import ERRORS_TAG, FormatRecords
-from transforms.inputs import SPLITTABLE_FORMATS, ReadInstances, input_formats
-from transforms.records import InstanceBatch, RawChunk, ScoredBatch
-from transforms.score import ScoreBatches
-from transforms.write import WriteJsonlShards, write_predictions
+from tf_batch_predict.pipeline.config import JobConfig
+from tf_batch_predict.pipeline.options import LOCAL_RUNNER
+from tf_batch_predict.transforms.read.coalesce import CoalesceChunks
+from tf_batch_predict.transforms.read.decode import DecodeInstances, InstanceDecoder
+from tf_batch_predict.transforms.write.format import ERRORS_TAG, FormatRecords
+from tf_batch_predict.transforms.read.formats import SPLITTABLE_FORMATS, ReadInstances, input_formats
+from tf_batch_predict.transforms.records import InstanceBatch, RawChunk, ScoredBatch
+from tf_batch_predict.transforms.model.score import ScoreBatches
+from tf_batch_predict.transforms.write.shards import WriteJsonlShards, write_predictions
 
 # Beam's local runner with several workers (--direct_num_workers) deals the
 # byte ranges of the input files out to its workers once, round robin, before

@@ -24,12 +24,10 @@ import traceback
 
 # The command's one-line errors and its debugging switch (--log_level=debug,
 # BATCH_PREDICT_DEBUG=1).
-from pipeline.cli import _debug, _error, _last_line
+from tf_batch_predict.pipeline.command import EXIT_CONFIG_ERROR, EXIT_OK, debug, error, last_line
 # The job's own option parsing: a mistake is a ConfigError, one line.
-from pipeline.options import ConfigError, _csv, _Parser
+from tf_batch_predict.pipeline.options import ConfigError, _csv, _Parser
 
-EXIT_OK = 0
-EXIT_CONFIG_ERROR = 2
 
 DEFAULT_TAGS = ('serve',)
 DEFAULT_SIGNATURE = 'serving_default'
@@ -121,7 +119,7 @@ def _type_text(dtype: str, shape, batched: bool) -> str:
 def _tensor(spec, info, where: str, signature, batched: bool) -> dict:
   """One input or output: what the job reads (spec, a TensorSpec) and what
   the SignatureDef declares (info, a TensorInfo)."""
-  from transforms import savedmodel
+  from tf_batch_predict.transforms.model import savedmodel
   declared = savedmodel.declared_dims(info)
   notes = []
   # read_signature's note for this tensor, where the graph's shape is used.
@@ -149,7 +147,7 @@ def _tensor(spec, info, where: str, signature, batched: bool) -> dict:
 
 def _raw_tensor(name: str, info) -> dict:
   """A tensor of a signature the job cannot use, as the SignatureDef has it."""
-  from transforms import savedmodel
+  from tf_batch_predict.transforms.model import savedmodel
   dims = savedmodel.declared_dims(info)
   dtype = savedmodel.dtype_name(info)
   type_text = (f'{dtype}[unknown rank]' if dims is None
@@ -169,7 +167,7 @@ def _flags(tags, signature_name: str) -> str:
 
 
 def _signature(model_dir: str, meta_graph, name: str) -> dict:
-  from transforms import savedmodel
+  from tf_batch_predict.transforms.model import savedmodel
   tags = tuple(meta_graph.meta_info_def.tags)
   signature_def = meta_graph.signature_def[name]
   entry = {'name': name, 'method': signature_def.method_name,
@@ -217,7 +215,7 @@ def _signature(model_dir: str, meta_graph, name: str) -> dict:
 
 def describe(path: str, tags=None, version=None) -> dict:
   """The report, as a JSON-ready dict; raises savedmodel.ModelError."""
-  from transforms import savedmodel
+  from tf_batch_predict.transforms.model import savedmodel
   path = path.rstrip('/') or '/'
   model_dir, chosen, folder = savedmodel.resolve_model_dir(path, version)
   report = {'model': path, 'base_directory': chosen is not None, 'saved_model': model_dir,
@@ -357,13 +355,13 @@ def main(argv=None) -> int:
   try:
     args = _parser().parse_args(argv)
   except ConfigError as e:
-    _error(e)
+    error(e)
     return EXIT_CONFIG_ERROR
   except SystemExit as e:  # --help
     return e.code if isinstance(e.code, int) else EXIT_OK
-  from transforms import storage
+  from tf_batch_predict.transforms import storage
   storage.use_anonymous_credentials_for_emulator()
-  from transforms.savedmodel import ModelError
+  from tf_batch_predict.transforms.model.savedmodel import ModelError
   version = args.model_version
   try:
     if version is not None:
@@ -374,12 +372,12 @@ def main(argv=None) -> int:
       raise ConfigError('--tag: give at least one tag')
     report = describe(args.model, args.tags, version)
   except (ConfigError, ModelError) as e:
-    _error(e)
+    error(e)
     return EXIT_CONFIG_ERROR
   except Exception as e:  # pylint: disable=broad-except  (a file system's own error)
-    if _debug():
+    if debug():
       traceback.print_exception(e)
-    _error(f'--model: cannot read {args.model}: {_last_line(e)}')
+    error(f'--model: cannot read {args.model}: {last_line(e)}')
     return EXIT_CONFIG_ERROR
   print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else text(report))
   return EXIT_OK

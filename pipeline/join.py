@@ -1,5 +1,5 @@
 """batch-predict join: a run's predictions and errors put back next to the
-instances they are for, as a Beam pipeline (transforms/rejoin.py says how
+instances they are for, as a Beam pipeline (transforms/rejoin/join.py says how
 they are paired).
 
   batch-predict join --input=PATTERN --predictions=DIR --output=DIR2
@@ -46,7 +46,7 @@ class JoinPlan:
 
 
 def _parser() -> argparse.ArgumentParser:
-  from pipeline.options import _Parser, _csv
+  from tf_batch_predict.pipeline.options import _Parser, _csv
   parser = _Parser(prog=PROG, description=(
       'Rejoin a run\'s predictions and errors to its instances: one row per instance '
       'with its fields and the outputs (or the error). Other options are Beam\'s '
@@ -82,13 +82,13 @@ def _setting(summary: Optional[dict], name: str, default=None):
 
 def resolve(argv) -> JoinPlan:
   """The join's plan, or ConfigError with one line."""
-  from pipeline import config as job_config
-  from pipeline.options import (DEFAULT_MAX_INSTANCE_BYTES, LOCAL_RUNNER, ConfigError,
+  from tf_batch_predict.pipeline import config as job_config
+  from tf_batch_predict.pipeline.options import (DEFAULT_MAX_INSTANCE_BYTES, LOCAL_RUNNER, ConfigError,
                                 beam_options, unknown_beam_args)
-  from transforms import read_outputs
-  from transforms.format import common_base, output_names
-  from transforms.inputs import FORMATS
-  from transforms.rejoin import JoinLayout
+  from tf_batch_predict.transforms.rejoin import read_outputs
+  from tf_batch_predict.transforms.write.format import common_base, output_names
+  from tf_batch_predict.transforms.read.formats import FORMATS
+  from tf_batch_predict.transforms.rejoin.join import JoinLayout
 
   known, rest = _parser().parse_known_args(list(argv))
   unknown = unknown_beam_args(rest)
@@ -169,7 +169,7 @@ def resolve(argv) -> JoinPlan:
 
 
 def _same_directory(a: str, b: str) -> bool:
-  from transforms.storage import is_local
+  from tf_batch_predict.transforms.storage import is_local
   if is_local(a) and is_local(b):
     import os
     return os.path.realpath(a) == os.path.realpath(b)
@@ -181,7 +181,7 @@ def _check_same_inputs(summary: dict, files, unreadable) -> None:
   the files must be the run's. Their count and total size are compared
   with the run's summary (the names are relative to the patterns' common
   directory, so other files of the same names would pair silently)."""
-  from pipeline.options import ConfigError
+  from tf_batch_predict.pipeline.options import ConfigError
   run_files, run_bytes = summary.get('input_files'), summary.get('input_bytes')
   if run_files is None or run_bytes is None:
     return  # a summary of an older version: nothing to compare
@@ -200,17 +200,17 @@ def _formats(files_by_format: dict, model: Optional[str], summary: Optional[dict
   """The job's input formats, reading every field (Parquet: every column).
   TF Serving request files need the model's signature to be split into
   instances as the run split them."""
-  from pipeline.options import ConfigError
-  from transforms.input_csv import CsvFormat
-  from transforms.input_json import JsonRequestFormat
-  from transforms.input_jsonl import JsonLinesFormat
-  from transforms.input_parquet import ParquetFormat
-  from transforms.input_tfrecord import TFRecordFormat
-  from transforms.records import CSV, JSON, JSONL, PARQUET, TFRECORD
+  from tf_batch_predict.pipeline.options import ConfigError
+  from tf_batch_predict.transforms.read.input_csv import CsvFormat
+  from tf_batch_predict.transforms.read.input_json import JsonRequestFormat
+  from tf_batch_predict.transforms.read.input_jsonl import JsonLinesFormat
+  from tf_batch_predict.transforms.read.input_parquet import ParquetFormat
+  from tf_batch_predict.transforms.read.input_tfrecord import TFRecordFormat
+  from tf_batch_predict.transforms.records import CSV, JSON, JSONL, PARQUET, TFRECORD
   formats = {JSONL: JsonLinesFormat(max_bytes), CSV: CsvFormat(max_bytes),
              TFRECORD: TFRecordFormat(max_bytes), PARQUET: ParquetFormat(None)}
   if JSON in files_by_format:
-    from transforms.savedmodel import ModelError, inspect_model
+    from tf_batch_predict.transforms.model.savedmodel import ModelError, inspect_model
     path = model or ((summary or {}).get('model') or {}).get('path')
     if not path:
       raise ConfigError('--model: TF Serving request files (.json) are split into instances '
@@ -230,9 +230,9 @@ def build(p, plan: JoinPlan, output_dir: str) -> None:
   """The join's graph (the module's docstring says what it writes)."""
   import apache_beam as beam
 
-  from transforms import rejoin
-  from transforms.inputs import ReadInstances
-  from transforms.write import WriteJsonlShards
+  from tf_batch_predict.transforms.rejoin import join as rejoin
+  from tf_batch_predict.transforms.read.formats import ReadInstances
+  from tf_batch_predict.transforms.write.shards import WriteJsonlShards
 
   layout = plan.layout
   instances = (
@@ -282,7 +282,7 @@ def build(p, plan: JoinPlan, output_dir: str) -> None:
     joined = paired.joined
     unmatched.append(paired[rejoin.UNMATCHED_TAG])
   if plan.output_format == 'parquet':
-    from transforms.rejoin_parquet import WriteJoinedParquet
+    from tf_batch_predict.transforms.rejoin.joined_parquet import WriteJoinedParquet
     _ = joined | 'WriteJoined' >> WriteJoinedParquet(f'{output_dir}/joined', layout)
   else:
     _ = (joined
@@ -297,7 +297,7 @@ def build(p, plan: JoinPlan, output_dir: str) -> None:
 def _read_outputs(p, name: str, paths):
   import apache_beam as beam
 
-  from transforms.rejoin import ReadOutputRecords
+  from tf_batch_predict.transforms.rejoin.join import ReadOutputRecords
   return (p
           | f'{name}Files' >> beam.Create(list(paths)).with_output_types(str)
           | f'Spread{name}' >> beam.Reshuffle()
@@ -306,7 +306,7 @@ def _read_outputs(p, name: str, paths):
 
 
 def _run_file_fault(element) -> dict:
-  from transforms.rejoin import RUN_FILE_FAULT
+  from tf_batch_predict.transforms.rejoin.join import RUN_FILE_FAULT
   _, record = element
   error = record.get('error') or {}
   return {'reason': RUN_FILE_FAULT, 'filename': record.get('filename'),
@@ -314,12 +314,12 @@ def _run_file_fault(element) -> dict:
 
 
 def _file_fault(filename, reason) -> dict:
-  from transforms.rejoin import FILE_FAULT
+  from tf_batch_predict.transforms.rejoin.join import FILE_FAULT
   return {'reason': FILE_FAULT, 'filename': filename, 'message': reason}
 
 
 def _unreadable(path, reason) -> dict:
-  from transforms.rejoin import OUTPUT_UNREADABLE
+  from tf_batch_predict.transforms.rejoin.join import OUTPUT_UNREADABLE
   return {'reason': OUTPUT_UNREADABLE, 'path': path, 'message': reason}
 
 
@@ -328,7 +328,7 @@ def _unreadable(path, reason) -> dict:
 def _counts(result) -> dict:
   from apache_beam.metrics.metric import MetricsFilter
 
-  from transforms.rejoin import JOIN_NAMESPACE
+  from tf_batch_predict.transforms.rejoin.join import JOIN_NAMESPACE
   counts = {}
   for counter in result.metrics().query(
       MetricsFilter().with_namespace(JOIN_NAMESPACE))['counters']:
@@ -338,7 +338,7 @@ def _counts(result) -> dict:
 
 
 def summarize(plan: JoinPlan, counts: dict, wall_time_s: float) -> dict:
-  from transforms import rejoin
+  from tf_batch_predict.transforms.rejoin import join as rejoin
   get = lambda name: int(counts.get(name, 0))  # noqa: E731
   summary = {
       'instances': get('instances'),
@@ -398,26 +398,26 @@ def run(plan: JoinPlan, run_id: str) -> dict:
   from apache_beam.options.pipeline_options import PipelineOptions
   from apache_beam.runners.runner import PipelineState
 
-  from pipeline import outputs
-  from pipeline.cli import PipelineFailed, _fails_as, _last_line
+  from tf_batch_predict.pipeline import outputs
+  from tf_batch_predict.pipeline.command import PipelineFailed, fails_as, last_line
   staging = outputs.Staging(plan.output, run_id, SHARD_PATTERNS)
   try:
-    with _fails_as(f'removing what killed runs left in {plan.output} failed'):
+    with fails_as(f'removing what killed runs left in {plan.output} failed'):
       staging.clear_leftovers()
     started = time.time()
     try:
       p = beam.Pipeline(options=PipelineOptions(
           list(plan.beam_args), runner=plan.runner,
-          beam_plugins=['pipeline.quiet', 'transforms.storage']))
+          beam_plugins=['tf_batch_predict.pipeline.quiet', 'tf_batch_predict.transforms.storage']))
       build(p, plan, staging.path)
       result = p.run()
       state = result.wait_until_finish()
     except Exception as e:  # pylint: disable=broad-except
-      raise PipelineFailed(_last_line(e)) from e
+      raise PipelineFailed(last_line(e)) from e
     if state not in (None, PipelineState.DONE):
       raise PipelineFailed(f'it ended in state {state}')
     summary = summarize(plan, _counts(result), time.time() - started)
-    with _fails_as('moving the outputs into place failed'):
+    with fails_as('moving the outputs into place failed'):
       import json
 
       from apache_beam.io.filesystems import FileSystems
@@ -430,11 +430,12 @@ def run(plan: JoinPlan, run_id: str) -> dict:
 
 
 def main(argv) -> int:
-  from pipeline import outputs
-  from pipeline.cli import (EXIT_CONFIG_ERROR, EXIT_PIPELINE_FAILED, PipelineFailed,
-                            check_runner)
-  from pipeline.options import ConfigError
-  from transforms import storage
+  from tf_batch_predict.pipeline import outputs
+  from tf_batch_predict.pipeline.command import (EXIT_CONFIG_ERROR, EXIT_PIPELINE_FAILED,
+                                                PipelineFailed, error)
+  from tf_batch_predict.pipeline.options import check_runner
+  from tf_batch_predict.pipeline.options import ConfigError
+  from tf_batch_predict.transforms import storage
   storage.use_anonymous_credentials_for_emulator()
   if any(a in ('-h', '--help') for a in argv):
     _parser().print_help()
@@ -446,12 +447,12 @@ def main(argv) -> int:
     lock = outputs.OutputLock(plan.output, outputs.new_run_id(), plan.beam_args)
     lock.acquire()
   except (ConfigError, OSError) as e:
-    print(f'{PROG}: error: {e}', file=sys.stderr)
+    error(e, PROG)
     return EXIT_CONFIG_ERROR
   try:
     summary = run(plan, lock.run_id)
   except PipelineFailed as e:
-    print(f'{PROG}: error: the pipeline failed: {e}', file=sys.stderr)
+    error(f'the pipeline failed: {e}', PROG)
     return EXIT_PIPELINE_FAILED
   finally:
     lock.release()

@@ -23,6 +23,9 @@ DEFAULT_MAX_ERROR_FRACTION = 0.1
 # FnApiRunner is what it falls back to, so the local default goes straight
 # there and never touches the network.
 LOCAL_RUNNER = 'FnApiRunner'
+# The runners that run the job in this process and its local workers.
+LOCAL_RUNNERS = (LOCAL_RUNNER, 'DirectRunner', 'BundleBasedDirectRunner',
+                 'SwitchingDirectRunner')
 
 
 class ConfigError(ValueError):
@@ -321,3 +324,13 @@ def parse_args(argv, require_output: bool = True) -> JobOptions:
       skip_model_check=known.skip_model_check, preflight=known.preflight,
       preflight_instances=known.preflight_instances,
       progress_interval=known.progress_interval)
+
+
+def check_runner(runner: str) -> None:
+  from apache_beam.options.pipeline_options import StandardOptions
+  from apache_beam.runners.runner import create_runner
+  try:
+    create_runner(runner)
+  except (ValueError, ImportError, AttributeError):
+    raise ConfigError(f'--runner: unknown runner {runner!r}; known runners: '
+                      f'{", ".join(StandardOptions.KNOWN_RUNNER_NAMES)}') from None

@@ -32,8 +32,8 @@ from typing import Optional
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.options import ConfigError
-from transforms.storage import is_local
+from tf_batch_predict.pipeline.options import ConfigError
+from tf_batch_predict.transforms.storage import is_local
 
 _LOG = logging.getLogger(__name__)
 

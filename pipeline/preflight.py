@@ -20,9 +20,9 @@ The sample goes through the job's own code, called in this process (no Beam
 pipeline, which would cost seconds to start): the configuration
 (pipeline/config.py `resolve`), each format's reader and definition
 (transforms/input_*.py), the merging of small chunks
-(transforms/coalesce.py), the decoder (transforms/decode.py), the scoring
-handler with its failure isolation (transforms/score.py) and the error
-records (transforms/format.py `FormatRecords`). So an error in the report is
+(transforms/read/coalesce.py), the decoder (transforms/read/decode.py), the scoring
+handler with its failure isolation (transforms/model/score.py) and the error
+records (transforms/write/format.py `FormatRecords`). So an error in the report is
 the very error record the run writes for that record.
 
 The report (stdout; `--json`: one JSON object):
@@ -63,11 +63,11 @@ import sys
 import time
 from typing import Optional
 
-from pipeline.cli import (EXIT_CONFIG_ERROR, EXIT_OK, EXIT_PIPELINE_FAILED,
-                          EXIT_TOO_MANY_ERRORS, _debug, _error, _last_line,
-                          take_option)
-from pipeline.options import ConfigError
-from pipeline.progress import size_text
+from tf_batch_predict.pipeline.command import (EXIT_CONFIG_ERROR, EXIT_OK, EXIT_PIPELINE_FAILED,
+                                              EXIT_TOO_MANY_ERRORS, debug, error, last_line,
+                                              take_option)
+from tf_batch_predict.pipeline.options import ConfigError, check_runner
+from tf_batch_predict.pipeline.progress import size_text
 
 _LOG = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def _gzip(path: str) -> bool:
 
 
 def _line_source_class():
-  from transforms.lines import LineChunkSource, open_input
+  from tf_batch_predict.transforms.read.lines import LineChunkSource, open_input
 
   class BudgetedLineSource(LineChunkSource):
     """The job's line reader, over at most SAMPLE_BYTES_PER_FILE bytes."""
@@ -221,8 +221,8 @@ def _sample_lines(metadata, kind: str, quota: int, max_bytes: int) -> FileSample
   quota (which tells that the file goes on, and where the next instance
   starts)."""
   from apache_beam.io.range_trackers import OffsetRangeTracker
-  from transforms.input_csv import read_header
-  from transforms.records import CSV
+  from tf_batch_predict.transforms.read.input_csv import read_header
+  from tf_batch_predict.transforms.records import CSV
   path = metadata.path
   source = _line_source_class()(path, kind, quota + 1, 1 << 62, max_bytes,
                                 read_header if kind == CSV else None)
@@ -271,10 +271,10 @@ def _sample_lines(metadata, kind: str, quota: int, max_bytes: int) -> FileSample
 def _line_size(path: str, reader, known: int) -> Optional[int]:
   """The size of a line the byte budget cut (`known` bytes of it read, up
   to `reader.position`), counted as the run's reader counts it
-  (transforms/lines.py: without its line feed and one carriage return
+  (transforms/read/lines.py: without its line feed and one carriage return
   before it): its end looked for without keeping its bytes. None beyond
   LINE_SCAN_BYTES or LINE_SCAN_SECONDS, or where the file cannot be read on."""
-  from transforms.lines import BLOCK_SIZE, open_input
+  from tf_batch_predict.transforms.read.lines import BLOCK_SIZE, open_input
   deadline = time.monotonic() + LINE_SCAN_SECONDS
   size = known + (reader.last == b'\r')  # the carriage return it left out, if last
   last = reader.last
@@ -302,11 +302,11 @@ def _line_size(path: str, reader, known: int) -> Optional[int]:
 
 
 def _sample_tfrecord(metadata, quota: int, max_bytes: int) -> FileSample:
-  """TFRecord: the job's record reader (transforms/input_tfrecord.py), as
+  """TFRecord: the job's record reader (transforms/read/input_tfrecord.py), as
   its ReadTFRecords step uses it, stopping after `quota` records."""
-  from transforms.input_tfrecord import read_tfrecords
-  from transforms.lines import fault_reason, open_input
-  from transforms.records import RawChunk, TFRECORD
+  from tf_batch_predict.transforms.read.input_tfrecord import read_tfrecords
+  from tf_batch_predict.transforms.read.lines import fault_reason, open_input
+  from tf_batch_predict.transforms.records import RawChunk, TFRECORD
   path = metadata.path
   chunk = RawChunk([(path, 0)], [], [], kind=TFRECORD)
   sample = FileSample(path, TFRECORD, metadata.size_in_bytes, [chunk])
@@ -314,22 +314,22 @@ def _sample_tfrecord(metadata, quota: int, max_bytes: int) -> FileSample:
   try:
     with open_input(path) as raw:
       reader = _Budget(raw, SAMPLE_BYTES_PER_FILE)
-      for record, error in read_tfrecords(reader, max_bytes):
+      for record, fault in read_tfrecords(reader, max_bytes):
         if record is None:
           if reader.hit:  # cut by the byte budget, not broken
             goes_on = True
           else:
-            chunk.file_errors.append((path, f'reading failed after {index} records: {error}'))
+            chunk.file_errors.append((path, f'reading failed after {index} records: {fault}'))
           break
         if index == quota:
           goes_on = True
           break
         size = len(record)
-        if isinstance(error, tuple):  # too large: (its size, the reason)
-          size, error = error
+        if isinstance(fault, tuple):  # too large: (its size, the reason)
+          size, fault = fault
           chunk.unread_sizes[len(chunk)] = size
-        if error:
-          chunk.read_errors[len(chunk)] = error
+        if fault:
+          chunk.read_errors[len(chunk)] = fault
         chunk.positions.append(index)
         chunk.records.append(record)
         index += 1
@@ -375,9 +375,9 @@ def _sample_json(metadata, quota: int, signature, max_instance_bytes: int) -> Fi
   its instance count is then exact); a larger one is sampled from its start
   (`_sample_request_start`). A gzip file is read through a bounded
   decompressing reader, never whole past the cap."""
-  from transforms.input_json import REQUEST_FILE_INSTANCES
-  from transforms.lines import fault_reason, open_input
-  from transforms.records import JSON, RawChunk
+  from tf_batch_predict.transforms.read.input_json import REQUEST_FILE_INSTANCES
+  from tf_batch_predict.transforms.read.lines import fault_reason, open_input
+  from tf_batch_predict.transforms.records import JSON, RawChunk
   path, size = metadata.path, metadata.size_in_bytes
   job_limit = REQUEST_FILE_INSTANCES * max_instance_bytes
   if size > job_limit or (not _gzip(path) and size <= JSON_SAMPLE_MAX_BYTES):
@@ -413,7 +413,7 @@ def _sample_json(metadata, quota: int, signature, max_instance_bytes: int) -> Fi
 def _read_on(f, done: int, limit: int) -> Optional[int]:
   """Reads on (not keeping it) to tell the decompressed size of a file, up
   to `limit` + 1 bytes: the size, or None after JSON_SCAN_SECONDS."""
-  from transforms.lines import BLOCK_SIZE
+  from tf_batch_predict.transforms.read.lines import BLOCK_SIZE
   deadline = time.monotonic() + JSON_SCAN_SECONDS
   while done <= limit:
     if time.monotonic() > deadline:
@@ -426,8 +426,8 @@ def _read_on(f, done: int, limit: int) -> Optional[int]:
 
 
 def _sample_json_whole(metadata, quota, signature, job_limit, decompressed) -> FileSample:
-  from transforms.input_json import ReadJsonRequests
-  from transforms.records import JSON
+  from tf_batch_predict.transforms.read.input_json import ReadJsonRequests
+  from tf_batch_predict.transforms.records import JSON
   chunks = list(ReadJsonRequests(signature, job_limit).process(metadata))
   count = sum(len(c) for c in chunks)
   sample = FileSample(metadata.path, JSON, metadata.size_in_bytes, _head(chunks, quota),
@@ -440,9 +440,9 @@ def _sample_json_whole(metadata, quota, signature, job_limit, decompressed) -> F
 
 def _too_large_request(metadata, content: bytes, job_limit: int) -> FileSample:
   """The run's record for a request file larger once decompressed than it
-  reads (transforms/input_json.py), without reading as far."""
-  from transforms.input_json import REQUEST_FILE_INSTANCES
-  from transforms.records import JSON, RawChunk
+  reads (transforms/read/input_json.py), without reading as far."""
+  from tf_batch_predict.transforms.read.input_json import REQUEST_FILE_INSTANCES
+  from tf_batch_predict.transforms.records import JSON, RawChunk
   path = metadata.path
   chunk = RawChunk([(path, 0)], [None], [content[:8192]], kind=JSON, read_errors={0: (
       f'the request file holds more than {job_limit} bytes ({REQUEST_FILE_INSTANCES} x '
@@ -478,7 +478,7 @@ def _value_end(text: str, start: int) -> Optional[int]:
 
 def _first_error(data: bytes) -> Optional[str]:
   """The message the job's JSON definition gives for `data`, or None."""
-  from transforms.json_values import parse_json
+  from tf_batch_predict.transforms.json_values import parse_json
   try:
     parse_json(data)
   except ValueError as e:
@@ -500,7 +500,7 @@ class _Invalid(Exception):
 def _json_value(text: str, at: int) -> tuple:
   """(value, the end) of the JSON value at `at` (by the job's definition);
   _Cut where the text ends first, _Invalid where it cannot be parsed."""
-  from transforms.json_values import _DECODER
+  from tf_batch_predict.transforms.json_values import _DECODER
   end = _value_end(text, at)
   if end is None:
     raise _Cut()
@@ -624,11 +624,11 @@ def _sample_request_start(metadata, data: bytes, quota: int, signature) -> FileS
   """A request file larger than JSON_SAMPLE_MAX_BYTES (decompressed): the
   elements of its "instances" within its first JSON_SAMPLE_MAX_BYTES, each
   parsed by the job's JSON definition, the body's fields before them
-  checked by the job's rules (transforms/input_json.py `split_request`).
+  checked by the job's rules (transforms/read/input_json.py `split_request`).
   The run parses the file whole, so what follows is not checked here."""
-  from transforms.input_json import split_request
-  from transforms.json_values import _object
-  from transforms.records import JSON, RawChunk
+  from tf_batch_predict.transforms.read.input_json import split_request
+  from tf_batch_predict.transforms.json_values import _object
+  from tf_batch_predict.transforms.records import JSON, RawChunk
   path = metadata.path
   sample = FileSample(path, JSON, metadata.size_in_bytes, [], partial='start')
   bom = 3 if data.startswith(b'\xef\xbb\xbf') else 0
@@ -662,8 +662,8 @@ def _sample_parquet(metadata, quota: int, columns) -> FileSample:
   import pyarrow as pa
   import pyarrow.parquet as pq
   from apache_beam.io.filesystems import FileSystems
-  from transforms.lines import fault_reason
-  from transforms.records import PARQUET, RawChunk
+  from tf_batch_predict.transforms.read.lines import fault_reason
+  from tf_batch_predict.transforms.records import PARQUET, RawChunk
   path = metadata.path
   sample = FileSample(path, PARQUET, metadata.size_in_bytes, [])
   try:
@@ -687,8 +687,8 @@ def _sample_parquet(metadata, quota: int, columns) -> FileSample:
 
 
 def _sample_file(kind, metadata, quota, config) -> FileSample:
-  from transforms.inputs import input_formats
-  from transforms.records import CSV, JSON, JSONL, PARQUET
+  from tf_batch_predict.transforms.read.formats import input_formats
+  from tf_batch_predict.transforms.records import CSV, JSON, JSONL, PARQUET
   options = config.options
   if kind in (JSONL, CSV):
     return _sample_lines(metadata, kind, quota, options.max_instance_bytes)
@@ -750,7 +750,7 @@ class Sample:
     """Whether every input file was read to its end (or as far as the run
     reads it), or is an empty file of lines or records: then the sample
     holds every instance of the input."""
-    from transforms.records import CSV, JSONL, TFRECORD
+    from tf_batch_predict.transforms.records import CSV, JSONL, TFRECORD
     counted = {s.path for s in self.samples if s.count is not None}
     return all(path in counted or (not metadata.size_in_bytes and kind in (JSONL, CSV, TFRECORD))
                for path, kind, metadata in self.files)
@@ -800,7 +800,7 @@ def _search(config, files: list, samples: list, wanted: int) -> int:
   the many empty parts a Spark job writes): reads the files not read yet,
   largest first, until the sample is full, within SEARCH_FILES,
   SEARCH_SECONDS and SEARCH_BYTES. Returns how many were read."""
-  from transforms.records import CSV, JSONL, TFRECORD
+  from tf_batch_predict.transforms.records import CSV, JSONL, TFRECORD
   read = {s.path for s in samples}
   rest = sorted((f for f in files if f[0] not in read
                  and (f[2].size_in_bytes or f[1] not in (JSONL, CSV, TFRECORD))),
@@ -825,7 +825,7 @@ def _field_counts(samples, formats) -> tuple:
   """(objects, bare values, unreadable, Counter of fields present (not
   null), Counter of fields given as empty CSV cells) over the sampled
   instances, by each format's own definition of an instance."""
-  from transforms.records import PARQUET
+  from tf_batch_predict.transforms.records import PARQUET
   objects, bare, unreadable, seen = 0, 0, 0, collections.Counter()
   empty = collections.Counter()
   for sample in samples:
@@ -948,7 +948,7 @@ def _tensor_text(spec) -> str:
 def _load(config):
   """(LoadedSignature, seconds) after one warm-up call on the model check's
   sample batch; raises ConfigError where it cannot load."""
-  from transforms.score import LoadedSignature, one_line, sample_feeds
+  from tf_batch_predict.transforms.model.score import LoadedSignature, one_line, sample_feeds
   started = time.time()
   try:
     loaded = LoadedSignature(config.model)
@@ -971,11 +971,11 @@ def _close_model(loaded) -> None:
 def process(config, sample: Sample, formats, loaded) -> dict:
   """Runs the sampled chunks through the job's steps; returns counts,
   error records and timings."""
-  from transforms.coalesce import CoalesceChunks
-  from transforms.decode import InstanceDecoder
-  from transforms.format import FormatRecords
-  from transforms.records import FILE, RawChunk
-  from transforms.score import SavedModelHandler
+  from tf_batch_predict.transforms.read.coalesce import CoalesceChunks
+  from tf_batch_predict.transforms.read.decode import InstanceDecoder
+  from tf_batch_predict.transforms.write.format import FormatRecords
+  from tf_batch_predict.transforms.records import FILE, RawChunk
+  from tf_batch_predict.transforms.model.score import SavedModelHandler
   opts = config.options
   chunks = [c for s in sample.samples for c in s.chunks]
   chunks += [RawChunk([(path, 0)], [], [], kind=kind, file_errors=[(path, reason)])
@@ -1016,8 +1016,8 @@ class _Steps:
 
   def run(self, chunk) -> tuple:
     """(InstanceBatch, error lines)."""
-    from transforms.format import ERRORS_TAG
-    from transforms.records import ScoredBatch
+    from tf_batch_predict.transforms.write.format import ERRORS_TAG
+    from tf_batch_predict.transforms.records import ScoredBatch
     started = time.perf_counter()
     batch = self._decoder.decode(chunk)
     scoring = time.perf_counter()
@@ -1041,7 +1041,7 @@ def _repeated(chunk, times: int):
   """The chunk's records `times` over (no file errors): a chunk of the size
   the run's readers give, whose per-chunk costs are the run's share."""
   import pyarrow as pa
-  from transforms.records import Lines, PARQUET
+  from tf_batch_predict.transforms.records import Lines, PARQUET
   n = len(chunk)
   if chunk.kind == PARQUET:
     batches = pa.Table.from_batches([chunk.records] * times).combine_chunks().to_batches()
@@ -1090,7 +1090,7 @@ def _timed(steps: _Steps, merged: list, sample: Sample) -> tuple:
 
 
 def error_categories(errors: list) -> dict:
-  from transforms.records import CATEGORIES
+  from tf_batch_predict.transforms.records import CATEGORIES
   counts = collections.Counter(e['error']['category'] for e in errors)
   result = {}
   for category in CATEGORIES:
@@ -1148,7 +1148,7 @@ def parquet_rows(path: str) -> Optional[int]:
 def estimate(sample: Sample) -> dict:
   """Per format and in total: instances (exact where every file's count is
   known), and how the rest was estimated."""
-  from transforms.records import JSON, PARQUET
+  from tf_batch_predict.transforms.records import JSON, PARQUET
   sampled = {s.path: s for s in sample.samples}
   ratios = {}
   for s in sample.samples:
@@ -1227,7 +1227,7 @@ def estimate(sample: Sample) -> dict:
 # -- the report -----------------------------------------------------------------
 
 def build_report(config, loaded, load_seconds, read_seconds, sample, result) -> dict:
-  from transforms.inputs import input_formats
+  from tf_batch_predict.transforms.read.formats import input_formats
   opts = config.options
   formats = input_formats(config.model.signature, opts.key_field, opts.passthrough_fields,
                           opts.max_instance_bytes)
@@ -1491,7 +1491,7 @@ def _fields_text(fields) -> list:
 def check(config) -> dict:
   """The report for a resolved configuration; raises ConfigError where the
   model cannot be loaded."""
-  from transforms.inputs import input_formats
+  from tf_batch_predict.transforms.read.formats import input_formats
   opts = config.options
   loaded, load_seconds = (None, 0.0) if opts.skip_model_check else _load(config)
   try:
@@ -1534,10 +1534,10 @@ def _warning(message) -> None:
 
 
 def _failed(e: Exception) -> int:
-  if _debug():
+  if debug():
     import traceback
     traceback.print_exception(e)
-  _error(f'preflight failed: {_last_line(e)}')
+  error(f'preflight failed: {last_line(e)}')
   return EXIT_PIPELINE_FAILED
 
 
@@ -1546,28 +1546,27 @@ def main(argv: list) -> int:
   as_json, argv = take_option(argv, '--json', takes_value=False)
   as_json = bool(as_json)
   if '-h' in argv or '--help' in argv:
-    from pipeline.options import _parser
+    from tf_batch_predict.pipeline.options import _parser
     print(__doc__.split('\n\n')[1].strip() + '\n')
     _parser().print_help()
     return EXIT_OK
-  from transforms import storage
+  from tf_batch_predict.transforms import storage
   storage.use_anonymous_credentials_for_emulator()
-  from pipeline import cli
-  from pipeline import config as job_config
-  from pipeline.options import parse_args
+  from tf_batch_predict.pipeline import config as job_config
+  from tf_batch_predict.pipeline.options import parse_args
   try:
     options = parse_args(argv, require_output=False)
-    cli.check_runner(options.runner)
+    check_runner(options.runner)
     config = job_config.resolve(options)
     report = check(config)
   except (ConfigError, OSError) as e:
-    _error(e)
+    error(e)
     return EXIT_CONFIG_ERROR
   except Exception as e:  # pylint: disable=broad-except
     return _failed(e)
   _print(report, as_json)
   if report['exit_status'] != EXIT_OK:
-    _error(report['exit_reason'])
+    error(report['exit_reason'])
   elif report['verdict'] == 'unchecked':
     _warning(report['exit_reason'])
   return report['exit_status']
@@ -1578,14 +1577,14 @@ def before_run(config) -> int:
   try:
     report = check(config)
   except ConfigError as e:
-    _error(e)
+    error(e)
     return EXIT_CONFIG_ERROR
   except Exception as e:  # pylint: disable=broad-except
     return _failed(e)
   _print(report, False)
   print()
   if report['exit_status'] != EXIT_OK:
-    _error(f'{report["exit_reason"]}; the run was not started (nothing was written)')
+    error(f'{report["exit_reason"]}; the run was not started (nothing was written)')
   elif report['verdict'] == 'unchecked':
     _warning(f'{report["exit_reason"]}; the run goes on')
   return report['exit_status']

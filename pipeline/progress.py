@@ -57,7 +57,7 @@ import tempfile
 import threading
 import time
 
-from transforms.progress import (BYTES, ENV, ERRORS, FAULTS, FIELDS as _FIELDS,  # noqa: F401
+from tf_batch_predict.transforms.progress import (BYTES, ENV, ERRORS, FAULTS, FIELDS as _FIELDS,  # noqa: F401
                                  OWNER, PREDICTED, READ, SKIPPED, add, add_chunk,
                                  begin_watching, end_watching, flush, memory_tally)
 
@@ -136,7 +136,7 @@ def watched_here(options) -> bool:
   and the portable runner's LOOPBACK workers. Elsewhere the same figures are
   Beam metrics."""
   from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions
-  from pipeline.summary import LOCAL_RUNNERS
+  from tf_batch_predict.pipeline.options import LOCAL_RUNNERS
   if options.runner in LOCAL_RUNNERS:
     return True
   try:

@@ -5,7 +5,7 @@ Written next to summary.json in the staging folder (pipeline/cli.py
 settings, throughput over time (the local runner's series, pipeline/
 progress.py; remote runners have none and the page says so), histograms of
 the model batches' sizes and latencies (the bucket counters of
-transforms/score.py, via the summary), the error categories with a few
+transforms/model/score.py, via the summary), the error categories with a few
 example records each (from the first records of the staged error files),
 and a histogram of each numeric output (from the first SAMPLE_PREDICTIONS
 predictions of the staged prediction files). Reads are bounded: a huge
@@ -66,7 +66,7 @@ def write(summary: dict, directory: str) -> str:
 def build(summary: dict, directory: str) -> str:
   """The page for a run whose summary this is and whose shards are in
   `directory` (the staging folder, or a promoted output directory)."""
-  from transforms.read_outputs import output_files
+  from tf_batch_predict.transforms.rejoin.read_outputs import output_files
   shards = output_files(directory)
   examples = error_examples(shards['errors'])
   fields, sampled = output_values(shards['predictions'], _output_fields(summary))
@@ -76,10 +76,10 @@ def build(summary: dict, directory: str) -> str:
 # --- reading the staged shards (bounded) -----------------------------------
 
 def _first_records(paths, limit: int):
-  """Up to `limit` records from the files in order (transforms/read_outputs.py
+  """Up to `limit` records from the files in order (transforms/rejoin/read_outputs.py
   reads JSON Lines, Parquet and TFRecord), reading no further. A file that
   cannot be read ends its part of the sample: the page shows what was read."""
-  from transforms.read_outputs import iter_records
+  from tf_batch_predict.transforms.rejoin.read_outputs import iter_records
   taken = 0
   for path in paths:
     if taken >= limit:
@@ -112,7 +112,7 @@ def error_examples(paths) -> dict:
 
 def _output_fields(summary: dict) -> list:
   """The names the outputs have in a prediction record (an output named as
-  a carried field is written as `<name>_output`: transforms/format.py)."""
+  a carried field is written as `<name>_output`: transforms/write/format.py)."""
   settings = summary.get('settings') or {}
   outputs = list(settings.get('output_fields') or [])
   carried = [f for f in [settings.get('key_field'), *(settings.get('passthrough_fields') or [])]
@@ -120,7 +120,7 @@ def _output_fields(summary: dict) -> list:
   if not settings.get('key_field'):
     carried += list(LOCATION_FIELDS)
   try:
-    from transforms.format import output_names
+    from tf_batch_predict.transforms.write.format import output_names
     return list(output_names(outputs, carried).values())
   except Exception:  # pylint: disable=broad-except
     return [o for o in outputs if o not in carried]

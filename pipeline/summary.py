@@ -19,9 +19,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.progress import size_text
-from transforms.records import METRICS_NAMESPACE
-from transforms.storage import is_local
+from tf_batch_predict.pipeline.options import LOCAL_RUNNERS
+from tf_batch_predict.pipeline.progress import size_text
+from tf_batch_predict.transforms.records import METRICS_NAMESPACE
+from tf_batch_predict.transforms.storage import is_local
 
 # `file`: a file that could not be read to its end (one record per file).
 ERROR_CATEGORIES = ('parse', 'schema', 'model', 'file')
@@ -69,10 +70,10 @@ def _stats(distribution, scale: float = 1.0, digits: int = 1):
 
 def histogram(counts: dict, prefix: str, suffix: str = '', scale: float = 1.0) -> list:
   """[{le, count}, ...]: the bucket counters `PREFIX<N>SUFFIX`
-  (transforms/score.py) as a histogram, every bucket from the smallest to
+  (transforms/model/score.py) as a histogram, every bucket from the smallest to
   the largest one counted (0 where none), `le` the bucket's upper bound
   times `scale`."""
-  from transforms.score import bucket
+  from tf_batch_predict.transforms.model.score import bucket
   found = {}
   for name, value in counts.items():
     if name.startswith(prefix) and name.endswith(suffix) and isinstance(value, int):
@@ -94,7 +95,7 @@ def batches(counts: dict):
   and latencies; from the job's `model_batch_*` distributions, and their
   histograms (power-of-two buckets: `le` the upper bound, instances or ms)
   from its bucket counters."""
-  from transforms.score import BATCH_LATENCY_BUCKET, BATCH_SIZE_BUCKET
+  from tf_batch_predict.transforms.model.score import BATCH_LATENCY_BUCKET, BATCH_SIZE_BUCKET
   size = counts.get('model_batch_size')
   if not isinstance(size, dict):
     return None
@@ -151,8 +152,6 @@ _WORKER_OPTIONS = ('project', 'region', 'num_workers', 'max_num_workers', 'machi
                    'disk_size_gb', 'sdk_container_image', 'environment_type',
                    'environment_config', 'job_endpoint', 'flink_master', 'parallelism',
                    'max_parallelism', 'sdk_worker_parallelism', 'experiments')
-LOCAL_RUNNERS = ('FnApiRunner', 'DirectRunner', 'BundleBasedDirectRunner',
-                  'SwitchingDirectRunner')
 
 
 def settings(config) -> dict:
@@ -200,7 +199,7 @@ def throughput(series) -> dict:
   """The local runner's throughput series (pipeline/progress.py
   Reporter.series) as the summary keeps it; None where there is none (a
   remote runner)."""
-  from pipeline.progress import SERIES_COLUMNS
+  from tf_batch_predict.pipeline.progress import SERIES_COLUMNS
   if not series:
     return None
   return {'columns': list(SERIES_COLUMNS), 'samples': series}

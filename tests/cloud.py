@@ -56,7 +56,7 @@ def emulated_bucket(name: str):
   (Beam's too) connecting anonymously."""
   from google.cloud import storage
   with storage_emulator():
-    from transforms.storage import use_anonymous_credentials_for_emulator
+    from tf_batch_predict.transforms.storage import use_anonymous_credentials_for_emulator
     use_anonymous_credentials_for_emulator()
     client = storage.Client.create_anonymous_client()
     yield client.create_bucket(name, project='test-project')

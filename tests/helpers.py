@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from pipeline import cli
+from tf_batch_predict.pipeline import cli
 
 
 def write_lines(path, lines):

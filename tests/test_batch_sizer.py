@@ -1,6 +1,6 @@
 """The model's batch size, chosen at run time by timing calls (score.BatchSizer),
 driven here by cost models of a call: fixed cost a plus b per instance."""
-from transforms.score import BatchSizer, CALLS_PER_STEP, MAX_FEED_BYTES, START_BATCH_SIZE
+from tf_batch_predict.transforms.model.score import BatchSizer, CALLS_PER_STEP, MAX_FEED_BYTES, START_BATCH_SIZE
 
 
 def settle(sizer, cost, calls=200):

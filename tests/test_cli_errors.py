@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from pipeline import cli
+from tf_batch_predict.pipeline import cli
 from tests.helpers import write_lines
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,7 +81,7 @@ def test_console_script_reports_missing_option_in_one_line(tmp_path):
   just to print an argument error."""
   proc = subprocess.run(
       [sys.executable, '-c',
-       'import sys; from pipeline.cli import main; rc = main(["--model=x"]); '
+       'import sys; from tf_batch_predict.pipeline.cli import main; rc = main(["--model=x"]); '
        'print("tensorflow" in sys.modules); sys.exit(rc)'],
       cwd=ROOT, capture_output=True, text=True)
   assert proc.returncode == 2
@@ -95,7 +95,7 @@ def test_a_mistyped_option_is_one_line_without_beams_warning(tmp_path, instances
   first one: the real command's stderr is the job's line only."""
   for command in ([], ['preflight']):
     proc = subprocess.run(
-        [sys.executable, '-m', 'pipeline', *command, '--model=m', f'--input={instances}',
+        [sys.executable, '-m', 'tf_batch_predict.pipeline', *command, '--model=m', f'--input={instances}',
          f'--output={tmp_path / "out"}', '--key_fild=id'],
         cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2

@@ -56,7 +56,7 @@ def test_model_inputs_and_outputs_in_a_bucket(bucket, model_dir, tmp_path, signa
   lines = [json.dumps(x) for x in instances]
   bucket.blob('in/a.jsonl').upload_from_string('\n'.join(lines[:25] + ['{oops']) + '\n')
   bucket.blob('in/b.jsonl').upload_from_string('\n'.join(lines[25:]) + '\n')
-  from pipeline import cli
+  from tf_batch_predict.pipeline import cli
   assert cli.main([f'--model=gs://{BUCKET}/models/keras', '--signature=serve',
                    f'--input=gs://{BUCKET}/in/*.jsonl', f'--output=gs://{BUCKET}/out',
                    '--key_field=id']) == 0
@@ -85,11 +85,11 @@ def test_model_inputs_and_outputs_in_a_bucket(bucket, model_dir, tmp_path, signa
 
 def test_model_staging_is_atomic_and_reused(bucket, model_dir, tmp_path, monkeypatch):
   """Threads and processes staging at once all get one complete copy."""
-  from transforms.storage import stage_model
+  from tf_batch_predict.transforms.storage import stage_model
   monkeypatch.setenv('BATCH_PREDICT_STAGING_DIR', str(tmp_path / 'staged'))
   cloud.upload_tree(bucket, str(model_dir / 'tf1'), 'models/tf1')
   path = f'gs://{BUCKET}/models/tf1'
-  code = ('import sys; from transforms.storage import stage_model; '
+  code = ('import sys; from tf_batch_predict.transforms.storage import stage_model; '
           f'print(stage_model({path!r}))')
   processes = [subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, env=os.environ.copy(),
                                 stdout=subprocess.PIPE, text=True) for _ in range(2)]
@@ -162,7 +162,7 @@ def test_dataflow_template_holds_the_scoring_step_and_the_package(bucket, model_
                                                                  sharded_input, tmp_path,
                                                                  capsys):
   from apache_beam.portability.api import beam_runner_api_pb2
-  from pipeline import cli
+  from tf_batch_predict.pipeline import cli
   input_dir, _ = sharded_input
   rc = cli.main([f'--model={model_dir / "keras"}', '--signature=serve',
                  f'--input={input_dir / "*.jsonl"}', f'--output=gs://{BUCKET}/df-out',
@@ -183,7 +183,7 @@ def test_dataflow_template_holds_the_scoring_step_and_the_package(bucket, model_
   with tarfile.open(fileobj=io.BytesIO(staged['workflow.tar.gz'].download_as_bytes())) as sdist:
     files = sdist.getnames()
   assert any(f.endswith('/pipeline/cli.py') for f in files)
-  assert any(f.endswith('/transforms/score.py') for f in files)
+  assert any(f.endswith('/transforms/model/score.py') for f in files)
   assert not blob_jsonl(bucket, 'df-out/')  # nothing ran
   assert cli.main([f'--model={model_dir / "keras"}', '--signature=serve',
                    f'--input={input_dir / "*.jsonl"}', f'--output=gs://{BUCKET}/df-out',
@@ -194,7 +194,7 @@ def test_dataflow_template_holds_the_scoring_step_and_the_package(bucket, model_
 
 
 def test_output_in_a_missing_bucket_is_one_line(bucket, model_dir, tmp_path, capsys):
-  from pipeline import cli
+  from tf_batch_predict.pipeline import cli
   write_lines(str(tmp_path / 'in.jsonl'), ['[1.0]'])
   rc = cli.main([f'--model={model_dir / "ragged"}', f'--input={tmp_path / "in.jsonl"}',
                  '--output=gs://no-such-bucket-here/out'])

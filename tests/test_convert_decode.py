@@ -6,12 +6,12 @@ import pickle
 import numpy as np
 import pytest
 
-from transforms import convert
-from transforms.decode import InstanceDecoder
-from transforms.inputs import input_formats
-from transforms.json_values import parse_json
-from transforms.records import PARSE, RawChunk, SCHEMA
-from transforms.savedmodel import SignatureSpec, TensorSpec
+from tf_batch_predict.transforms import convert
+from tf_batch_predict.transforms.read.decode import InstanceDecoder
+from tf_batch_predict.transforms.read.formats import input_formats
+from tf_batch_predict.transforms.json_values import parse_json
+from tf_batch_predict.transforms.records import PARSE, RawChunk, SCHEMA
+from tf_batch_predict.transforms.model.savedmodel import SignatureSpec, TensorSpec
 
 
 def spec(dtype, shape, name='x'):

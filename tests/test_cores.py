@@ -1,10 +1,10 @@
 """All cores of one machine: with several local workers, each text file is
 cut into byte ranges small enough that every worker gets a share (Beam deals
 ranges out once, round robin); any other run keeps the readers' default."""
-from pipeline import graph
-from pipeline.config import resolve
-from pipeline.options import parse_args
-from transforms.lines import DESIRED_RANGE_SIZE
+from tf_batch_predict.pipeline import graph
+from tf_batch_predict.pipeline.config import resolve
+from tf_batch_predict.pipeline.options import parse_args
+from tf_batch_predict.transforms.read.lines import DESIRED_RANGE_SIZE
 
 
 def _config(model_dir, pattern, *beam_args):

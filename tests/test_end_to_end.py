@@ -163,7 +163,7 @@ def test_model_loads_once_per_process_over_many_bundles(model_dir, tmp_path, cap
   for i in range(12):
     write_lines(str(tmp_path / 'in' / f'{i:02d}.jsonl'),
                 [json.dumps([float(i), float(j)]) for j in range(40)])
-  with caplog.at_level(logging.INFO, logger='transforms.score'):
+  with caplog.at_level(logging.INFO, logger='tf_batch_predict.transforms.model.score'):
     predictions, errors, summary = run_job(
         str(tmp_path / 'out'), f'--model={model_dir / "ragged"}',
         f'--input={tmp_path / "in" / "*.jsonl"}', '--min_batch_size=1',

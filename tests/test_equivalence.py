@@ -14,9 +14,9 @@ from apache_beam.io.restriction_trackers import OffsetRange
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
 from tests.test_convert_decode import assert_same_batches, decoder_for, rows_and_feeds
-from transforms.lines import LineChunkSource
-from transforms.records import RawChunk
-from transforms.savedmodel import SignatureSpec, TensorSpec
+from tf_batch_predict.transforms.read.lines import LineChunkSource
+from tf_batch_predict.transforms.records import RawChunk
+from tf_batch_predict.transforms.model.savedmodel import SignatureSpec, TensorSpec
 
 # Hypothesis slows down sharply past about 60 generated lines per example
 # (its buffer overflows): many examples of 50 lines instead.

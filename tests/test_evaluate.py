@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from pipeline import evaluate
+from tf_batch_predict.pipeline import evaluate
 from tests.helpers import run_job
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -2,8 +2,8 @@
 tests/test_request_bodies.py)."""
 import pytest
 
-from transforms import convert as examples
-from transforms.convert import SchemaError
+from tf_batch_predict.transforms import convert as examples
+from tf_batch_predict.transforms.convert import SchemaError
 
 
 def test_example_kinds_inferred_from_values_without_a_parsing_spec():
@@ -28,7 +28,7 @@ def test_example_kinds_from_the_parsing_spec_and_csv_text():
 
 
 def test_carried_values_from_example_features():
-  from transforms.input_tfrecord import carry_feature
+  from tf_batch_predict.transforms.read.input_tfrecord import carry_feature
   assert carry_feature([b'abc']) == b'"abc"'
   assert carry_feature([7]) == b'7'
   assert carry_feature([2**63 - 1, -1]) == b'[9223372036854775807,-1]'

@@ -14,13 +14,13 @@ import pyarrow as pa
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from transforms import format_columnar as columnar
-from transforms.format import LOCATION_FIELDS, FormatRecords, OutputLayout, output_names
-from transforms.input_jsonl import JsonLinesFormat
-from transforms.input_tfrecord import TFRecordFormat
-from transforms.records import (FeedGroup, InstanceBatch, InstanceError, RawChunk, ScoredBatch,
+from tf_batch_predict.transforms.write import format_columnar as columnar
+from tf_batch_predict.transforms.write.format import LOCATION_FIELDS, FormatRecords, OutputLayout, output_names
+from tf_batch_predict.transforms.read.input_jsonl import JsonLinesFormat
+from tf_batch_predict.transforms.read.input_tfrecord import TFRecordFormat
+from tf_batch_predict.transforms.records import (FeedGroup, InstanceBatch, InstanceError, RawChunk, ScoredBatch,
                                 TextColumn)
-from transforms.savedmodel import TensorSpec
+from tf_batch_predict.transforms.model.savedmodel import TensorSpec
 
 SETTINGS = dict(deadline=None, database=None, suppress_health_check=list(HealthCheck),
                 phases=(Phase.explicit, Phase.reuse, Phase.generate))

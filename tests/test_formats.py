@@ -43,7 +43,7 @@ def example_bytes(features: dict) -> bytes:
 
 def write_tfrecords(path, records, corrupt_index=None, compress=False):
   """Real TFRecord framing; the record at corrupt_index gets a bad checksum."""
-  from transforms.write import tfrecord_frame
+  from tf_batch_predict.transforms.write.shards import tfrecord_frame
   framed = []
   for i, record in enumerate(records):
     frame = bytearray(tfrecord_frame(record))
@@ -259,7 +259,7 @@ def test_parquet_and_tfrecord_outputs_and_output_fields(model_dir, tmp_path):
 
 
 def test_unknown_extension_and_output_field_are_config_errors(model_dir, tmp_path, capsys):
-  from pipeline import cli
+  from tf_batch_predict.pipeline import cli
   write_lines(str(tmp_path / 'a.txt'), ['[1]'])
   assert cli.main([f'--model={model_dir / "ragged"}', f'--input={tmp_path / "a.txt"}',
                    f'--output={tmp_path / "o"}']) == 2
@@ -324,7 +324,7 @@ def test_outputs_named_bytes_are_always_base64(bytes_output_model, tmp_path, out
       assert rows[str(i)]['pair_bytes'] == [value, value.upper()]
   else:
     import tensorflow as tf
-    from transforms.convert import example_fields
+    from tf_batch_predict.transforms.convert import example_fields
     rows = {}
     for path in sorted(out.glob('predictions-*')):
       for record in tf.data.TFRecordDataset(str(path)):

@@ -4,12 +4,12 @@ import re
 import subprocess
 import sys
 
-from pipeline import options as job_options
-from pipeline.options import parse_args
+from tf_batch_predict.pipeline import options as job_options
+from tf_batch_predict.pipeline.options import parse_args
 
 
 def _help() -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, '-m', 'pipeline', '--help'], capture_output=True,
+  return subprocess.run([sys.executable, '-m', 'tf_batch_predict.pipeline', '--help'], capture_output=True,
                         text=True, env={'COLUMNS': '100', 'PATH': '/usr/bin:/bin'})
 
 

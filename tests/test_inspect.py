@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from pipeline import inspect
+from tf_batch_predict.pipeline import inspect
 from tests import cloud
 from tests.helpers import run_job, write_lines
 
@@ -225,8 +225,8 @@ def test_single_example_export_with_unbatched_outputs(tmp_path, capsys):
 
 
 def test_example_instances_of_every_kind():
-  from transforms.example_spec import FeatureSpec
-  from transforms.savedmodel import SignatureSpec, TensorSpec
+  from tf_batch_predict.transforms.model.example_spec import FeatureSpec
+  from tf_batch_predict.transforms.model.savedmodel import SignatureSpec, TensorSpec
   spec = SignatureSpec('s', 'm', (
       TensorSpec('flag', 'bool', (2,)), TensorSpec('image_bytes', 'string', ()),
       TensorSpec('n', 'uint8', (None, 2)), TensorSpec('any', 'float64', None)), ())
@@ -332,7 +332,7 @@ def test_a_model_in_a_bucket(model_dir, capsys):
 def test_the_command_dispatches_inspect(model_dir, capsys):
   """`batch-predict inspect ...` (also with --log_level before it) is this
   report; a mistake in it is one line, exit 2."""
-  from pipeline import cli
+  from tf_batch_predict.pipeline import cli
   assert cli.main(['--log_level=warning', 'inspect', f'--model={model_dir / "keras"}',
                    '--json']) == 0
   found = json.loads(capsys.readouterr().out)

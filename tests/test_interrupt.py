@@ -33,7 +33,7 @@ def test_ctrl_c_and_sigterm_are_one_line_and_keep_the_previous_result(
   SIGTERM (a scheduler, `timeout`) only the command's."""
   pattern = write_lines(str(tmp_path / 'in' / 'a.jsonl'), keras_lines('a', 40))
   out = tmp_path / 'out'
-  args = [sys.executable, '-m', 'pipeline', *keras_args(model_dir, pattern),
+  args = [sys.executable, '-m', 'tf_batch_predict.pipeline', *keras_args(model_dir, pattern),
           f'--output={out}', '--progress_interval=0.2', f'--direct_running_mode={mode}',
           '--direct_num_workers=2']
   assert subprocess.run(args, cwd=ROOT, capture_output=True).returncode == 0
@@ -44,7 +44,7 @@ def test_ctrl_c_and_sigterm_are_one_line_and_keep_the_previous_result(
     job = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr,
                            start_new_session=True)
     deadline = time.time() + 120
-    while b'pipeline.progress' not in (tmp_path / 'stderr').read_bytes():
+    while b'tf_batch_predict.pipeline.progress' not in (tmp_path / 'stderr').read_bytes():
       assert job.poll() is None and time.time() < deadline
       time.sleep(0.1)
     time.sleep(1.5)  # the worker processes (or threads) are at work by now

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import cli
+from tf_batch_predict.pipeline import cli
 from tests.helpers import read_jsonl, run_job
 from tests.test_runs import keras_args, keras_lines
 
@@ -400,7 +400,7 @@ def test_records_that_cannot_be_fields_are_written_as_the_run_writes_them(tmp_pa
 
 def test_an_instance_field_named_error_keeps_its_name_and_evaluate_still_knows_failures(
     tmp_path, model_dir):
-  from pipeline import evaluate
+  from tf_batch_predict.pipeline import evaluate
   lines = [json.dumps({**json.loads(line), 'error': 0.25, 'target': i / 10})
            for i, line in enumerate(keras_lines('x', 30, bad_every=6))]
   (tmp_path / 'in.jsonl').write_text('\n'.join(lines) + '\n')
@@ -434,7 +434,7 @@ def test_parquet_rows_never_round_big_integers(tmp_path, model_dir):
 
 
 def test_bytes_outputs_from_parquet_predictions_are_base64_as_the_run_writes_them():
-  from transforms.rejoin import InstanceRow, JoinedRecord, JoinLayout, row_texts
+  from tf_batch_predict.transforms.rejoin.join import InstanceRow, JoinedRecord, JoinLayout, row_texts
   layout = JoinLayout('id', (), 'parquet', '/')
   row = row_texts(JoinedRecord(InstanceRow(('f', 0), {'id': b'"x"'}), outputs={
       'id': 'x', 'image_bytes': b'ab', 'tokens_bytes': [b'a', b'\xff'], 'text': b'ok'}), layout)

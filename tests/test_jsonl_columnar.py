@@ -9,9 +9,9 @@ from hypothesis import given, settings, strategies as st
 
 from tests.test_convert_decode import assert_same_batches, decoder_for
 from tests.test_equivalence import MIXED, SETTINGS, jsonl_lines
-from transforms.input_jsonl import COLUMNAR_MIN_ROWS, _columnar_plan
-from transforms.records import Lines, RawChunk, TextColumn
-from transforms.savedmodel import SignatureSpec, TensorSpec
+from tf_batch_predict.transforms.read.input_jsonl import COLUMNAR_MIN_ROWS, _columnar_plan
+from tf_batch_predict.transforms.records import Lines, RawChunk, TextColumn
+from tf_batch_predict.transforms.model.savedmodel import SignatureSpec, TensorSpec
 
 EXAMPLES, LINES = 60, 40
 

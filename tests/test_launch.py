@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from pipeline.options import parse_args
+from tf_batch_predict.pipeline.options import parse_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in (
@@ -22,10 +22,10 @@ def launch(script, *args, **env):
 
 
 def job_args(proc):
-  """The job arguments of a printed command (after `python -m pipeline`)."""
+  """The job arguments of a printed command (after `python -m tf_batch_predict.pipeline`)."""
   assert proc.returncode == 0, proc.stderr
   words = shlex.split(proc.stdout)
-  assert words[:3] == [sys.executable, '-m', 'pipeline']
+  assert words[:3] == [sys.executable, '-m', 'tf_batch_predict.pipeline']
   return words[3:]
 
 
@@ -197,7 +197,7 @@ def printed(proc):
   """The job arguments of a command printed, not run."""
   assert proc.returncode == 0, proc.stderr
   words = shlex.split(proc.stdout)
-  assert words[:3] == [sys.executable, '-m', 'pipeline'], proc.stdout
+  assert words[:3] == [sys.executable, '-m', 'tf_batch_predict.pipeline'], proc.stdout
   return words[3:]
 
 

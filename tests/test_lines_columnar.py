@@ -1,4 +1,4 @@
-"""The columnar line reader (transforms/lines.py: scan_lines, _read_blocks)
+"""The columnar line reader (transforms/read/lines.py: scan_lines, _read_blocks)
 against its definition (split_lines, read one line at a time:
 LineChunkSource(..., by_line=True)), on hostile files, random byte ranges
 and dynamic splits."""
@@ -10,9 +10,9 @@ import numpy as np
 from apache_beam.io.range_trackers import OffsetRangeTracker
 from hypothesis import Phase, given, settings, strategies as st
 
-from transforms import lines as lines_module
-from transforms.lines import LineChunkSource
-from transforms.records import Lines, RawChunk
+from tf_batch_predict.transforms.read import lines as lines_module
+from tf_batch_predict.transforms.read.lines import LineChunkSource
+from tf_batch_predict.transforms.records import Lines, RawChunk
 
 SETTINGS = settings(database=None, phases=(Phase.explicit, Phase.reuse, Phase.generate),
                     deadline=None, max_examples=300)

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from pipeline import cli, preflight
+from tf_batch_predict.pipeline import cli, preflight
 from tests.helpers import read_jsonl, write_lines
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -712,12 +712,12 @@ def printed_job_args(script, *args, **env):
                         capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr
   words = shlex.split(proc.stdout)
-  assert words[:3] == [sys.executable, '-m', 'pipeline']
+  assert words[:3] == [sys.executable, '-m', 'tf_batch_predict.pipeline']
   return words[3:]
 
 
 def test_launch_scripts_check_a_sample_before_submitting_to_a_cluster():
-  from pipeline.options import parse_args
+  from tf_batch_predict.pipeline.options import parse_args
   dataflow = ['--model=gs://b/m', '--input=gs://b/i/*', '--output=gs://b/o', '--project=p',
               '--temp_location=gs://b/t']
   args = printed_job_args('dataflow.sh', *dataflow)

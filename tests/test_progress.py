@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from pipeline import cli, progress
+from tf_batch_predict.pipeline import cli, progress
 from tests.helpers import write_lines
 from tests.test_runs import ROOT, keras_args, keras_lines
 
@@ -67,22 +67,22 @@ def test_progress_lines_of_an_in_process_run(model_dir, tmp_path, caplog):
   """The local runner's default mode: the steps count in this process."""
   pattern = _input(tmp_path)
   out = tmp_path / 'out'
-  with caplog.at_level(logging.INFO, logger='pipeline'):
+  with caplog.at_level(logging.INFO, logger='tf_batch_predict.pipeline'):
     assert cli.main([*keras_args(model_dir, pattern), f'--output={out}', '--max_batch_size=64',
                      '--progress_interval=0.2']) == 0
   summary = json.loads((out / 'summary.json').read_text())
-  _check_progress([r.getMessage() for r in caplog.records if r.name == 'pipeline.progress'],
+  _check_progress([r.getMessage() for r in caplog.records if r.name == 'tf_batch_predict.pipeline.progress'],
                   summary)
   assert progress.ENV not in os.environ  # the progress channel is gone with the run
 
   # --progress_interval=0: no progress output.
   caplog.clear()
   write_lines(str(tmp_path / 'small.jsonl'), keras_lines('s', 50))
-  with caplog.at_level(logging.INFO, logger='pipeline'):
+  with caplog.at_level(logging.INFO, logger='tf_batch_predict.pipeline'):
     assert cli.main([*keras_args(model_dir, tmp_path / 'small.jsonl'),
                      f'--output={tmp_path / "out0"}', '--progress_interval=0']) == 0
-  assert [r for r in caplog.records if r.name == 'pipeline.progress'] == []
-  assert any(r.name == 'pipeline.cli' for r in caplog.records)  # other lines still there
+  assert [r for r in caplog.records if r.name == 'tf_batch_predict.pipeline.progress'] == []
+  assert any(r.name == 'tf_batch_predict.pipeline.cli' for r in caplog.records)  # other lines still there
 
 
 def test_progress_lines_from_worker_processes(model_dir, tmp_path):
@@ -94,12 +94,12 @@ def test_progress_lines_from_worker_processes(model_dir, tmp_path):
   env = dict(os.environ, PYTHONPATH=ROOT)
   env.pop(progress.ENV, None)
   done = subprocess.run(
-      [sys.executable, '-m', 'pipeline', *keras_args(model_dir, pattern), f'--output={out}',
+      [sys.executable, '-m', 'tf_batch_predict.pipeline', *keras_args(model_dir, pattern), f'--output={out}',
        '--max_batch_size=64', '--progress_interval=0.2',
        '--direct_running_mode=multi_processing', '--direct_num_workers=2'],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
   assert done.returncode == 0, done.stderr
-  prefix = 'INFO pipeline.progress: '
+  prefix = 'INFO tf_batch_predict.pipeline.progress: '
   lines = [line[len(prefix):] for line in done.stderr.splitlines() if line.startswith(prefix)]
   _check_progress(lines, json.loads((out / 'summary.json').read_text()))
 
@@ -111,7 +111,7 @@ class _Terminal(io.StringIO):
 
 def test_terminal_gets_one_live_line_cleared_at_the_end(caplog):
   stream = _Terminal()
-  with caplog.at_level(logging.INFO, logger='pipeline'):
+  with caplog.at_level(logging.INFO, logger='tf_batch_predict.pipeline'):
     with progress.Reporter(0.05, total_bytes=1000, stream=stream) as reporter:
       assert reporter.terminal
       for _ in range(5):
@@ -131,7 +131,7 @@ def test_terminal_gets_one_live_line_cleared_at_the_end(caplog):
   assert all(len(line) < 100 for line in drawn)
   assert len(figures) >= 2 and figures == sorted(figures)
   assert figures[-1] == (35, 30, 5, 50)
-  assert [r for r in caplog.records if r.name == 'pipeline.progress'] == []  # no log lines
+  assert [r for r in caplog.records if r.name == 'tf_batch_predict.pipeline.progress'] == []  # no log lines
   progress.add(progress.READ, 1)  # after the run: counted nowhere, no error
   assert progress.ENV not in os.environ
 
@@ -151,7 +151,7 @@ def test_rate_and_eta_are_based_on_input_bytes_read():
 
 
 def _progress_lines(caplog) -> list:
-  return [r.getMessage() for r in caplog.records if r.name == 'pipeline.progress']
+  return [r.getMessage() for r in caplog.records if r.name == 'tf_batch_predict.pipeline.progress']
 
 
 def test_percent_follows_the_instances_decoded(model_dir, tmp_path, caplog):
@@ -164,7 +164,7 @@ def test_percent_follows_the_instances_decoded(model_dir, tmp_path, caplog):
   request.write_text(json.dumps({'instances': [json.loads(line)
                                                for line in keras_lines('r', 10_000)]}))
   out = tmp_path / 'out'
-  with caplog.at_level(logging.INFO, logger='pipeline'):
+  with caplog.at_level(logging.INFO, logger='tf_batch_predict.pipeline'):
     assert cli.main([*keras_args(model_dir, f'{pattern},{request}'), f'--output={out}',
                      '--max_batch_size=64', '--progress_interval=0.1']) == 0
   summary = json.loads((out / 'summary.json').read_text())
@@ -188,7 +188,7 @@ def test_last_line_of_input_that_could_not_be_read(model_dir, tmp_path, caplog):
   (folder / 'broken.tfrecord').write_bytes(os.urandom(1 << 20))
   sizes = {path.name: path.stat().st_size for path in folder.iterdir()}
   out = tmp_path / 'out'
-  with caplog.at_level(logging.INFO, logger='pipeline'):
+  with caplog.at_level(logging.INFO, logger='tf_batch_predict.pipeline'):
     assert cli.main([*keras_args(model_dir, folder / '*'), f'--output={out}',
                      '--progress_interval=0.1']) == 4
   summary = json.loads((out / 'summary.json').read_text())
@@ -249,7 +249,7 @@ def test_progress_folders_are_removed_after_sigterm_and_after_sigkill(model_dir,
   env.pop(progress.ENV, None)
   with open(tmp_path / 'stderr', 'w') as stderr:
     run = subprocess.Popen(
-        [sys.executable, '-m', 'pipeline', *keras_args(model_dir, pattern),
+        [sys.executable, '-m', 'tf_batch_predict.pipeline', *keras_args(model_dir, pattern),
          f'--output={tmp_path / "out"}', '--progress_interval=0.2',
          '--direct_running_mode=multi_processing', '--direct_num_workers=1'],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)

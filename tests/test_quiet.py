@@ -13,8 +13,8 @@ import sys
 
 import pytest
 
-from pipeline import cli, quiet
-from pipeline.options import ConfigError
+from tf_batch_predict.pipeline import cli, quiet
+from tf_batch_predict.pipeline.options import ConfigError
 from tests.helpers import write_lines
 from tests.test_runs import ROOT, TF_CHATTER, keras_args, keras_lines
 
@@ -79,7 +79,7 @@ def run(*args, **env_changes):
   for name in ('TF_CPP_MIN_LOG_LEVEL', 'BATCH_PREDICT_DEBUG', quiet.ENV):
     if name not in env_changes:
       env.pop(name, None)
-  proc = subprocess.run([sys.executable, '-m', 'pipeline', *map(str, args)], cwd=ROOT,
+  proc = subprocess.run([sys.executable, '-m', 'tf_batch_predict.pipeline', *map(str, args)], cwd=ROOT,
                         env=env, capture_output=True, text=True, timeout=120)
   return proc.returncode, proc.stderr.splitlines()
 
@@ -93,9 +93,9 @@ def test_a_normal_run_prints_our_lines_only(model_dir, instances, tmp_path):
   rc, lines = run(*keras_args(model_dir, instances), f'--output={tmp_path / "out"}')
   assert rc == 0, lines
   model = re.escape(str(model_dir / 'keras'))
-  expected = [rf'INFO pipeline\.cli: Model check: loaded {model} and called signature serve '
+  expected = [rf'INFO tf_batch_predict\.pipeline\.cli: Model check: loaded {model} and called signature serve '
               r'on a sample batch in \d+\.\d s',
-              rf'INFO transforms\.score: Loaded SavedModel {model} \(signature serve, .*\) in '
+              rf'INFO tf_batch_predict\.transforms\.model\.score: Loaded SavedModel {model} \(signature serve, .*\) in '
               rf'\d+\.\d s in process \d+']
   assert len(lines) == len(expected) and all(
       re.fullmatch(pattern, line) for pattern, line in zip(expected, lines)), lines

@@ -6,10 +6,10 @@ import pytest
 from apache_beam.io.range_trackers import OffsetRangeTracker
 from apache_beam.io.restriction_trackers import OffsetRange
 
-from transforms.format import (FormatRecords, OutputLayout, common_base, output_names,
+from tf_batch_predict.transforms.write.format import (FormatRecords, OutputLayout, common_base, output_names,
                                relative_name)
-from transforms.lines import LineChunkSource
-from transforms.records import FeedGroup, InstanceBatch, InstanceError, RawChunk, ScoredBatch
+from tf_batch_predict.transforms.read.lines import LineChunkSource
+from tf_batch_predict.transforms.records import FeedGroup, InstanceBatch, InstanceError, RawChunk, ScoredBatch
 
 
 def read_all(path, ranges, chunk_size=3):
@@ -84,7 +84,7 @@ def test_format_records_predictions_and_errors():
              'key': np.array([[1, 2], [3, 4]], np.int64)}
   layout = OutputLayout('key', ('p',), output_names(['key', 'label', 'score'], ['key', 'p']),
                         '/in/')
-  from transforms.input_jsonl import JsonLinesFormat
+  from tf_batch_predict.transforms.read.input_jsonl import JsonLinesFormat
   fn = FormatRecords(layout, {'jsonl': JsonLinesFormat(1 << 20)})
   out = list(fn.process(ScoredBatch(batch, [([0, 1], outputs)], batch.errors)))
   predictions, errors = out[0], out[1]
@@ -100,7 +100,7 @@ def test_format_records_predictions_and_errors():
 
 
 def test_small_chunks_are_merged_up_to_min_batch_size():
-  from transforms.coalesce import CoalesceChunks
+  from tf_batch_predict.transforms.read.coalesce import CoalesceChunks
   fn = CoalesceChunks(min_lines=4)
   fn.start_bundle()
   small = [RawChunk([(f'f{i}', 0)], [0, 9], [b'a', b'b']) for i in range(3)]

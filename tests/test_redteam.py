@@ -9,14 +9,14 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.io.range_trackers import OffsetRangeTracker
 
-from pipeline import cli
+from tf_batch_predict.pipeline import cli
 from tests.helpers import assert_conserved, run_job
-from transforms.decode import InstanceDecoder
-from transforms.inputs import input_formats
-from transforms.lines import LineChunkSource
-from transforms.records import RawChunk
-from transforms.savedmodel import inspect_model
-from transforms.write import tfrecord_frame
+from tf_batch_predict.transforms.read.decode import InstanceDecoder
+from tf_batch_predict.transforms.read.formats import input_formats
+from tf_batch_predict.transforms.read.lines import LineChunkSource
+from tf_batch_predict.transforms.records import RawChunk
+from tf_batch_predict.transforms.model.savedmodel import inspect_model
+from tf_batch_predict.transforms.write.shards import tfrecord_frame
 
 
 def _decoder(model_path, key_field=None, passthrough_fields=()):
@@ -87,7 +87,7 @@ def test_json_request_file_with_a_decimal_next_to_another_format(model_dir, tmp_
 
 def test_json_float_survives_pickling():
   import pickle
-  from transforms.json_values import parse_json
+  from tf_batch_predict.transforms.json_values import parse_json
   value = parse_json(b'{"d": 0.5, "p": 1.50}')
   again = pickle.loads(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
   assert again == value and again['p'].text == '1.50'

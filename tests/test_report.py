@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from pipeline import cli, progress, report
+from tf_batch_predict.pipeline import cli, progress, report
 from tests import browser
 from tests.helpers import assert_conserved, run_job, write_lines
 from tests.test_runs import ROOT, keras_args, keras_lines
@@ -118,14 +118,14 @@ def test_report_of_a_run_matches_its_summary(model_dir, tmp_path):
 
 @pytest.mark.parametrize('output_format', ['parquet', 'tfrecord'])
 def test_output_histograms_of_every_output_format(model_dir, tmp_path, output_format):
-  """The predictions are read back by transforms/read_outputs.py; only the
+  """The predictions are read back by transforms/rejoin/read_outputs.py; only the
   first SAMPLE_PREDICTIONS of them."""
   write_lines(str(tmp_path / 'in.jsonl'), keras_lines('p', 120))
   out = tmp_path / 'out'
   assert cli.main([*keras_args(model_dir, tmp_path / 'in.jsonl'), f'--output={out}',
                    f'--output_format={output_format}', '--progress_interval=0']) == 0
   summary = json.loads((out / 'summary.json').read_text())
-  from transforms.read_outputs import output_files
+  from tf_batch_predict.transforms.rejoin.read_outputs import output_files
   directory = str(out)
   fields, sampled = report.output_values(
       output_files(directory)['predictions'],
@@ -179,10 +179,10 @@ def test_a_report_that_fails_does_not_fail_the_run(model_dir, tmp_path, monkeypa
     predictions, errors, summary = run_job(str(out), *args)
   assert len(predictions) == 50 and summary['exit_status'] == 0
   assert not (out / 'report.html').exists()
-  warnings = [r.getMessage() for r in caplog.records if r.name == 'pipeline.report']
+  warnings = [r.getMessage() for r in caplog.records if r.name == 'tf_batch_predict.pipeline.report']
   assert warnings == ['report.html was not written (RuntimeError: no page today second '
                       'line); the outputs are complete']
-  assert [r.levelno for r in caplog.records if r.name == 'pipeline.report'] == [logging.WARNING]
+  assert [r.levelno for r in caplog.records if r.name == 'tf_batch_predict.pipeline.report'] == [logging.WARNING]
 
 
 def test_a_run_without_a_series_says_so():

@@ -12,12 +12,13 @@ from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
 from tests.helpers import assert_conserved, run_job, write_lines
 from tests.test_convert_decode import decoder_for
-from transforms import convert, example_spec
-from transforms.example_spec import FeatureSpec
-from transforms.input_json import NotAnExample, RequestError, split_request
-from transforms.json_values import parse_json
-from transforms.records import RawChunk, SCHEMA
-from transforms.savedmodel import SignatureSpec, TensorSpec
+from tf_batch_predict.transforms import convert
+from tf_batch_predict.transforms.model import example_spec
+from tf_batch_predict.transforms.model.example_spec import FeatureSpec
+from tf_batch_predict.transforms.read.input_json import NotAnExample, RequestError, split_request
+from tf_batch_predict.transforms.json_values import parse_json
+from tf_batch_predict.transforms.records import RawChunk, SCHEMA
+from tf_batch_predict.transforms.model.savedmodel import SignatureSpec, TensorSpec
 
 
 def signature(*inputs, takes_examples=False, features=None, name='serving_default'):
@@ -212,7 +213,7 @@ def test_example_spec_from_the_v1_op_and_a_saved_function(tmp_path):
   assert features == {'sp': FeatureSpec('float'), 'd1': FeatureSpec('float', True, (2,)),
                       'd2': FeatureSpec('int64', False, (1,))}
   # A TF2 SavedModel: the parsing node lives in the function library.
-  from transforms.savedmodel import read_signature
+  from tf_batch_predict.transforms.model.savedmodel import read_signature
   from tests.models_examples import build_tf2_example_model
   build_tf2_example_model(str(tmp_path / 'm'))
   spec = read_signature(str(tmp_path / 'm'), ('serve',), 'serving_default')
@@ -254,7 +255,7 @@ def test_parsing_spec_is_the_chosen_signatures_own(tmp_path):
   tf.saved_model.save(module, path, signatures={
       'serving_default': module.lengths, 'parse_a': module.parse_a, 'parse_b': module.parse_b,
       'parse_c': module.parse_c})
-  from transforms.savedmodel import read_signature
+  from tf_batch_predict.transforms.model.savedmodel import read_signature
   plain = read_signature(path, ('serve',), 'serving_default')
   assert not plain.takes_examples and plain.example_features is None
   assert read_signature(path, ('serve',), 'parse_a').example_features == {
@@ -497,7 +498,7 @@ def test_repeated_features_are_schema_errors():
   """A feature of the parsing spec given twice (in a JSON Lines line, an
   example or its context) is a schema error: which value was meant is
   unknown. A repeated field the spec does not read is ignored."""
-  from transforms.records import JSONL
+  from tf_batch_predict.transforms.records import JSONL
   lines = [b'{"age": 60, "thal": "fixed", "age": 61}', b'{"age": 60, "thal": "fixed"}',
            b'{"age": 60, "thal": "fixed", "note": 1, "note": 2}']
   decoder = decoder_for(EXAMPLES)

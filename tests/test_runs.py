@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from pipeline import cli, outputs
+from tf_batch_predict.pipeline import cli, outputs
 from tests import cloud
 from tests.helpers import assert_conserved, read_jsonl, write_lines
 
@@ -84,7 +84,7 @@ def start_cli(args, log_path):
   """The real command in its own process group."""
   env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='3')
   with open(log_path, 'wb') as log:
-    return subprocess.Popen([sys.executable, '-m', 'pipeline', *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, '-m', 'tf_batch_predict.pipeline', *args], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -254,7 +254,7 @@ def test_two_runs_at_once_second_stops_naming_the_first(model_dir, big_input, tm
     assert wait_for(lambda: (out / '.lock').exists(), first)
     started = time.time()
     second = subprocess.run(
-        [sys.executable, '-m', 'pipeline', *keras_args(model_dir, big_input / '1.jsonl'),
+        [sys.executable, '-m', 'tf_batch_predict.pipeline', *keras_args(model_dir, big_input / '1.jsonl'),
          f'--output={out}'], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
         capture_output=True, text=True)
     assert second.returncode == 2 and time.time() - started < 20
@@ -383,7 +383,7 @@ def test_incomplete_input_files_exit_4(model_dir, tmp_path, capsys):
   promoted all the same. A file fault is not an instance: it does not count
   against --max_error_fraction."""
   import tensorflow as tf
-  from transforms.write import tfrecord_frame
+  from tf_batch_predict.transforms.write.shards import tfrecord_frame
   example = tf.train.Example(features=tf.train.Features(feature={
       'x': tf.train.Feature(float_list=tf.train.FloatList(value=[1.0, 2.0]))}))
   (tmp_path / 'in.tfrecord').write_bytes(
@@ -418,7 +418,7 @@ def test_a_failing_pipeline_exits_1_and_keeps_the_previous_result(model_dir, tmp
     os.remove(path)
   # Past the launcher's model check (which would stop it with exit 2), so
   # that the workers fail.
-  args = [sys.executable, '-m', 'pipeline', f'--model={broken}', '--signature=serve',
+  args = [sys.executable, '-m', 'tf_batch_predict.pipeline', f'--model={broken}', '--signature=serve',
           f'--input={tmp_path / "in.jsonl"}', '--key_field=id', f'--output={out}',
           '--skip_model_check']
   env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='3')
@@ -441,7 +441,7 @@ def test_a_failing_pipeline_exits_1_and_keeps_the_previous_result(model_dir, tmp
 
 def test_unknown_runner_is_one_line_before_anything_starts(tmp_path):
   proc = subprocess.run(
-      [sys.executable, '-c', 'import sys; from pipeline.cli import main; '
+      [sys.executable, '-c', 'import sys; from tf_batch_predict.pipeline.cli import main; '
        f'rc = main(["--model=m", "--input=i", "--output={tmp_path / "out"}", '
        '"--runner=NoSuchRunner"]); print("tensorflow" in sys.modules); sys.exit(rc)'],
       cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from tests.helpers import assert_conserved, run_job, write_lines
-from transforms import savedmodel
-from transforms.records import MODEL, FeedGroup, InstanceBatch
-from transforms.savedmodel import inspect_model
-from transforms.score import LoadedSignature, SavedModelHandler, one_line
+from tf_batch_predict.transforms.model import savedmodel
+from tf_batch_predict.transforms.records import MODEL, FeedGroup, InstanceBatch
+from tf_batch_predict.transforms.model.savedmodel import inspect_model
+from tf_batch_predict.transforms.model.score import LoadedSignature, SavedModelHandler, one_line
 
 
 # -- models and references -----------------------------------------------------
@@ -260,7 +260,7 @@ def test_eager_fallback_scores_the_same(ragged, monkeypatch, caplog):
     raise ValueError('cannot load this one')
 
   monkeypatch.setattr(savedmodel, 'SessionSignature', refuse)
-  with caplog.at_level(logging.WARNING, logger='transforms.savedmodel'):
+  with caplog.at_level(logging.WARNING, logger='tf_batch_predict.transforms.model.savedmodel'):
     eager = LoadedSignature(ref)
   assert session.how() == 'graph session' and eager.how() == 'eager'
   assert 'cannot load this one' in caplog.text

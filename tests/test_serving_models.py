@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline import cli
+from tf_batch_predict.pipeline import cli
 from tests import cloud, models
 from tests.helpers import assert_conserved, run_job, write_lines
 from tests.test_runs import ROOT, TF_CHATTER, leftovers
@@ -154,8 +154,8 @@ def test_fixed_batch_signatures_score_as_the_dynamic_one(serving_models, tmp_pat
 
 def test_fixed_batch_scoring_pads_and_isolates(serving_models):
   """The handler directly, on batches of every size around the fixed one."""
-  from transforms.savedmodel import inspect_model
-  from transforms.score import LoadedSignature
+  from tf_batch_predict.transforms.model.savedmodel import inspect_model
+  from tf_batch_predict.transforms.model.score import LoadedSignature
   path = str(serving_models / 'functions')
   dynamic = LoadedSignature(inspect_model(path, ('serve',), 'serving_default'))
   for signature in ('one', 'four'):
@@ -287,7 +287,7 @@ def test_sample_call_rejected_with_invalid_argument_only_warns(serving_models, t
   path = serving_models / 'functions'
   x = np.array([[1.0, 2.0, 3.0], [0.5, 0.0, 1.0]], F32)
   data = jsonl(tmp_path, 'in.jsonl', [{'id': i, 'x': row.tolist()} for i, row in enumerate(x)])
-  with caplog.at_level(logging.WARNING, logger='pipeline'):
+  with caplog.at_level(logging.WARNING, logger='tf_batch_predict.pipeline'):
     predictions, errors, summary = run_job(
         str(tmp_path / 'out'), f'--model={path}', '--signature=positive', f'--input={data}',
         '--key_field=id')
@@ -314,7 +314,7 @@ def test_unknown_op_stops_the_job_at_launch_in_one_line(serving_models, tmp_path
   args = [f'--model={broken}', f'--input={data}', f'--output={out}']
   env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='3')
   env.pop('BATCH_PREDICT_DEBUG', None)
-  proc = subprocess.run([sys.executable, '-m', 'pipeline', *args], cwd=ROOT, env=env,
+  proc = subprocess.run([sys.executable, '-m', 'tf_batch_predict.pipeline', *args], cwd=ROOT, env=env,
                         capture_output=True, text=True)
   lines = [l for l in proc.stderr.splitlines() if l.strip() and not TF_CHATTER.match(l)]
   assert proc.returncode == cli.EXIT_CONFIG_ERROR, proc.stderr
@@ -332,8 +332,8 @@ def test_launch_check_feeds_examples_built_from_the_parsing_spec(model_dir):
   """Signatures that take serialized tf.Examples are checked with an Example
   that satisfies the graph's parsing spec (an empty one would fail the
   model's required features)."""
-  from transforms.savedmodel import inspect_model
-  from transforms.score import check_model, sample_feeds
+  from tf_batch_predict.transforms.model.savedmodel import inspect_model
+  from tf_batch_predict.transforms.model.score import check_model, sample_feeds
   for signature in ('serving_default', 'classification', 'regression'):
     ref = inspect_model(str(model_dir / 'estimator'), ('serve',), signature)
     [examples] = sample_feeds(ref.signature)
@@ -380,7 +380,7 @@ def test_single_example_export_with_unbatched_outputs(tmp_path, signature_of):
 def test_version_names_are_ascii_int64_numbers(serving_models, tmp_path):
   """As TF Serving parses them: other digits ('٣', a fullwidth '９') and
   numbers beyond int64 are not versions."""
-  from transforms.savedmodel import resolve_model_dir
+  from tf_batch_predict.transforms.model.savedmodel import resolve_model_dir
   base = tmp_path / 'base'
   for name in ('00000007', '٣', '９', '9' * 25):
     shutil.copytree(serving_models / 'padded' / '00000007', base / name)

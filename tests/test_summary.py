@@ -8,7 +8,7 @@ import math
 import os
 import re
 
-from pipeline import cli
+from tf_batch_predict.pipeline import cli
 from tests.helpers import assert_conserved, read_jsonl, write_lines
 
 

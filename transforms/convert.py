@@ -29,51 +29,12 @@ from typing import Optional
 import numpy as np
 import orjson
 
-from transforms.savedmodel import TensorSpec
+from tf_batch_predict.transforms.json_values import JsonFloat, JsonNegativeZero, parse_json
+from tf_batch_predict.transforms.model.savedmodel import TensorSpec
 
 
 class SchemaError(ValueError):
   """An instance does not fit the signature; the message is one line."""
-
-
-class JsonFloat(float):
-  """A JSON number written with a fraction or exponent (or NaN, Infinity):
-  its float value, and its text, which carried values keep."""
-  __slots__ = ('text',)
-
-  def __new__(cls, value: float, text: str):
-    number = super().__new__(cls, value)
-    number.text = text
-    return number
-
-  def __reduce__(self):  # chunks are pickled between stages
-    return (JsonFloat, (float(self), self.text))
-
-
-class JsonNegativeZero(int):
-  """The JSON integer -0: the integer 0, written back as read."""
-  text = '-0'
-
-  def __new__(cls):
-    return super().__new__(cls, 0)
-
-  def __reduce__(self):
-    return (JsonNegativeZero, ())
-
-
-class JsonObject(dict):
-  """A JSON object; `duplicates` names the fields given more than once (the
-  dict holds the last value of each)."""
-  __slots__ = ('duplicates',)
-
-  def __reduce__(self):  # subclasses too (input_json.ExampleFeatures)
-    return (_json_object, (type(self), list(self.items()), self.duplicates))
-
-
-def _json_object(cls, items, duplicates):
-  obj = cls(items)
-  obj.duplicates = duplicates
-  return obj
 
 
 def shape_text(shape) -> str:
@@ -249,7 +210,6 @@ def convert_text_value(text: str, spec: TensorSpec) -> np.ndarray:
   for other inputs a JSON array."""
   if spec.shape in ((), (1,)) or (spec.dtype == 'string' and text[:1] != '['):
     return convert_value(text_scalar(text, spec), spec)
-  from transforms.json_values import parse_json  # pylint: disable=import-outside-toplevel
   try:
     value = parse_json(text.encode('utf-8'))
   except ValueError:

@@ -23,7 +23,46 @@ import sys
 
 import numpy as np
 
-from transforms.convert import JsonFloat, JsonNegativeZero, JsonObject
+
+class JsonFloat(float):
+  """A JSON number written with a fraction or exponent (or NaN, Infinity):
+  its float value, and its text, which carried values keep."""
+  __slots__ = ('text',)
+
+  def __new__(cls, value: float, text: str):
+    number = super().__new__(cls, value)
+    number.text = text
+    return number
+
+  def __reduce__(self):  # chunks are pickled between stages
+    return (JsonFloat, (float(self), self.text))
+
+
+class JsonNegativeZero(int):
+  """The JSON integer -0: the integer 0, written back as read."""
+  text = '-0'
+
+  def __new__(cls):
+    return super().__new__(cls, 0)
+
+  def __reduce__(self):
+    return (JsonNegativeZero, ())
+
+
+class JsonObject(dict):
+  """A JSON object; `duplicates` names the fields given more than once (the
+  dict holds the last value of each)."""
+  __slots__ = ('duplicates',)
+
+  def __reduce__(self):  # subclasses too (input_json.ExampleFeatures)
+    return (_json_object, (type(self), list(self.items()), self.duplicates))
+
+
+def _json_object(cls, items, duplicates):
+  obj = cls(items)
+  obj.duplicates = duplicates
+  return obj
+
 
 MAX_DEPTH = 1024
 # The standard library's parser recurses once per level (and convert.py's

@@ -13,7 +13,7 @@ import numpy as np
 
 # Workers unpickle these records, so importing the storage module here applies
 # its emulator setting in every worker process, whichever way it was started.
-import transforms.storage  # noqa: F401  pylint: disable=unused-import
+import tf_batch_predict.transforms.storage  # noqa: F401  pylint: disable=unused-import
 
 # Namespace of the job's Beam metrics (counters read into the summary).
 METRICS_NAMESPACE = 'batch_predict'

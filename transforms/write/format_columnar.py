@@ -1,4 +1,4 @@
-"""The columnar path of FormatRecords (transforms/format.py): a whole
+"""The columnar path of FormatRecords (transforms/write/format.py): a whole
 ScoredBatch's prediction records built from the output arrays and the
 carried columns at once, with no Python object per record.
 

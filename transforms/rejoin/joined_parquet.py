@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 from apache_beam.io import filebasedsink
 from apache_beam.io.filesystem import CompressionTypes
 
-from transforms.rejoin import ERROR_FIELD, RAW_FIELD, row_texts
-from transforms.write import SHARDS
+from tf_batch_predict.transforms.rejoin.join import ERROR_FIELD, RAW_FIELD, row_texts
+from tf_batch_predict.transforms.write.shards import SHARDS
 
 BLOCK_ROWS = 4096
 # Metadata key of a column holding JSON texts (types that could not be merged).

@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
-from transforms import format_columnar as columnar
-from transforms import progress
-from transforms.convert import bytes_json, carried_as_text
-from transforms.records import CATEGORIES, FILE, MODEL, METRICS_NAMESPACE, ScoredBatch
+from tf_batch_predict.transforms.write import format_columnar as columnar
+from tf_batch_predict.transforms import progress
+from tf_batch_predict.transforms.convert import bytes_json, carried_as_text
+from tf_batch_predict.transforms.records import CATEGORIES, FILE, MODEL, METRICS_NAMESPACE, ScoredBatch
 
 ERRORS_TAG = 'errors'
 _LOG = logging.getLogger(__name__)
@@ -211,7 +211,7 @@ class FormatRecords(beam.DoFn):
 
   def _columnar(self, scored):
     """The element `_encode_exact` gives, built column by column
-    (transforms/format_columnar.py), or `columnar.Declined` where that path
+    (transforms/write/format_columnar.py), or `columnar.Declined` where that path
     does not write this batch exactly (then the definition does)."""
     try:
       encoded, count = self._columnar_element(scored)
@@ -439,7 +439,7 @@ class FormatRecords(beam.DoFn):
 
 
 def _output_error(row, error):
-  from transforms.records import InstanceError  # pylint: disable=import-outside-toplevel
+  from tf_batch_predict.transforms.records import InstanceError  # pylint: disable=import-outside-toplevel
   _LOG.warning('A prediction could not be written', exc_info=True)
   return InstanceError(row, MODEL, f'the prediction cannot be written: '
                                    f'{type(error).__name__}: {str(error)[:300]}')

@@ -66,7 +66,7 @@ def iter_records(path: str, limit: Optional[int] = None) -> Iterator[dict]:
 
 
 def _jsonl(path: str) -> Iterator[dict]:
-  from transforms.json_values import parse_json
+  from tf_batch_predict.transforms.json_values import parse_json
   with FileSystems.open(path) as f:
     for number, line in enumerate(f, 1):
       line = line.rstrip(b'\r\n')
@@ -102,8 +102,8 @@ def _text(value):
 
 
 def _tfrecord(path: str) -> Iterator[dict]:
-  from transforms.convert import example_fields
-  from transforms.input_tfrecord import read_tfrecords
+  from tf_batch_predict.transforms.convert import example_fields
+  from tf_batch_predict.transforms.read.input_tfrecord import read_tfrecords
   with FileSystems.open(path) as f:
     for number, (data, problem) in enumerate(read_tfrecords(f, _MAX_RECORD_BYTES), 1):
       if problem:

@@ -23,12 +23,12 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from transforms import progress
-from transforms import convert
-from transforms.convert import carried_text, convert_value
-from transforms.records import (FeedGroup, InstanceBatch, InstanceError,
+from tf_batch_predict.transforms import progress
+from tf_batch_predict.transforms import convert
+from tf_batch_predict.transforms.convert import carried_text, convert_value
+from tf_batch_predict.transforms.records import (FeedGroup, InstanceBatch, InstanceError,
                                 METRICS_NAMESPACE, PARSE, RawChunk, SCHEMA, TextColumn)
-from transforms.savedmodel import SignatureSpec
+from tf_batch_predict.transforms.model.savedmodel import SignatureSpec
 
 _LOG = logging.getLogger(__name__)
 

@@ -6,12 +6,12 @@ Each format's reading and meaning live in its own module (input_*.py).
 """
 import apache_beam as beam
 
-from transforms.input_csv import CsvFormat
-from transforms.input_json import JsonRequestFormat
-from transforms.input_jsonl import JsonLinesFormat
-from transforms.input_parquet import ParquetFormat
-from transforms.input_tfrecord import TFRecordFormat
-from transforms.records import CSV, JSON, JSONL, PARQUET, RawChunk, TFRECORD
+from tf_batch_predict.transforms.read.input_csv import CsvFormat
+from tf_batch_predict.transforms.read.input_json import JsonRequestFormat
+from tf_batch_predict.transforms.read.input_jsonl import JsonLinesFormat
+from tf_batch_predict.transforms.read.input_parquet import ParquetFormat
+from tf_batch_predict.transforms.read.input_tfrecord import TFRecordFormat
+from tf_batch_predict.transforms.records import CSV, JSON, JSONL, PARQUET, RawChunk, TFRECORD
 
 FORMATS = (JSONL, JSON, CSV, TFRECORD, PARQUET)
 # Formats whose files are split into byte ranges read in parallel.

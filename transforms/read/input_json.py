@@ -45,13 +45,13 @@ instance.
 """
 import apache_beam as beam
 
-from transforms.convert import JsonObject, SchemaError, carried_text, short
-from transforms.decode import InputFormat
-from transforms.input_jsonl import json_instance
-from transforms.json_values import parse_json
-from transforms.lines import fault_reason, open_input
-from transforms.records import JSON, RawChunk
-from transforms.savedmodel import SignatureSpec
+from tf_batch_predict.transforms.convert import SchemaError, carried_text, short
+from tf_batch_predict.transforms.read.decode import InputFormat
+from tf_batch_predict.transforms.read.input_jsonl import json_instance
+from tf_batch_predict.transforms.json_values import JsonObject, parse_json
+from tf_batch_predict.transforms.read.lines import fault_reason, open_input
+from tf_batch_predict.transforms.records import JSON, RawChunk
+from tf_batch_predict.transforms.model.savedmodel import SignatureSpec
 
 MAX_INSTANCES_PER_CHUNK = 4096
 # A request file is read whole: at most this many times --max_instance_bytes.

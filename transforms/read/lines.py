@@ -55,7 +55,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.range_trackers import OffsetRangeTracker
 
-from transforms.records import Lines, RawChunk
+from tf_batch_predict.transforms.records import Lines, RawChunk
 
 BLOCK_SIZE = 1 << 20
 READ_SIZE = 8 << 20  # bytes per read of the columnar reader (most chunks within one)

@@ -10,7 +10,7 @@ import apache_beam as beam
 from apache_beam.io import filebasedsink
 from apache_beam.io.filesystem import CompressionTypes
 
-from transforms.input_tfrecord import masked_crc32c
+from tf_batch_predict.transforms.read.input_tfrecord import masked_crc32c
 
 SHARDS = '-SSSSS-of-NNNNN'
 

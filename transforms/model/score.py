@@ -36,9 +36,9 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
-from transforms.records import (InstanceBatch, InstanceError, METRICS_NAMESPACE,
+from tf_batch_predict.transforms.records import (InstanceBatch, InstanceError, METRICS_NAMESPACE,
                                 MODEL, ScoredBatch)
-from transforms.savedmodel import ModelError, ModelRef, load_signature_function
+from tf_batch_predict.transforms.model.savedmodel import ModelError, ModelRef, load_signature_function
 
 _LOG = logging.getLogger(__name__)
 
@@ -301,7 +301,7 @@ def sample_feeds(signature) -> list:
   # has no batch dimension (a constant `[1]`), which fails every batch.
   rows = signature.fixed_batch or 2
   if signature.takes_examples:
-    from transforms import example_spec
+    from tf_batch_predict.transforms.model import example_spec
     make = getattr(example_spec, 'sample_example', None)
     example = b''
     if make and signature.example_features:

@@ -31,11 +31,11 @@ import apache_beam as beam
 import google_crc32c
 import numpy as np
 
-from transforms import convert
-from transforms.decode import FastRows, Instance, InputFormat
-from transforms.lines import (KEPT_PREFIX_BYTES, count_read, count_skipped, fault_reason,
+from tf_batch_predict.transforms import convert
+from tf_batch_predict.transforms.read.decode import FastRows, Instance, InputFormat
+from tf_batch_predict.transforms.read.lines import (KEPT_PREFIX_BYTES, count_read, count_skipped, fault_reason,
                               open_input, stored_position)
-from transforms.records import RawChunk, TFRECORD
+from tf_batch_predict.transforms.records import RawChunk, TFRECORD
 
 MAX_RECORDS_PER_CHUNK = 4096
 _SKIP_BLOCK = 1 << 20

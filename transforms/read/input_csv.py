@@ -1,7 +1,7 @@
 """CSV with a header row: reading, and what a row means.
 
 Definition (`CsvFormat.instance`): the first line of each file names the
-columns. Every other line (transforms/lines.py says what a line is) is one
+columns. Every other line (transforms/read/lines.py says what a line is) is one
 row, split by Python's csv module (comma, double quotes); it must be valid
 UTF-8 and have as many cells as the header. A cell feeds a scalar input (or
 one of shape [1]) by `convert.text_scalar`, any other input as a JSON array.
@@ -23,10 +23,10 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms import convert
-from transforms.decode import FastRows, Instance, InputFormat
-from transforms.lines import DESIRED_RANGE_SIZE, ReadLineChunks
-from transforms.records import CSV
+from tf_batch_predict.transforms import convert
+from tf_batch_predict.transforms.read.decode import FastRows, Instance, InputFormat
+from tf_batch_predict.transforms.read.lines import DESIRED_RANGE_SIZE, ReadLineChunks
+from tf_batch_predict.transforms.records import CSV
 
 _SPECIAL_FLOAT_TEXTS = pa.array(sorted(convert.SPECIAL_FLOATS))
 _BOOL_TEXTS = pa.array(sorted(convert.BOOL_TEXT))
@@ -54,7 +54,7 @@ def split_row(line: bytes, header: tuple) -> list:
 
 class CsvFormat(InputFormat):
   kind = CSV
-  # Bytes per byte range a file is split into, where transforms/inputs.py
+  # Bytes per byte range a file is split into, where transforms/read/formats.py
   # sets it for a job; None: the reader's default.
   range_size = None
 

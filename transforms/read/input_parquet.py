@@ -25,10 +25,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from transforms import convert
-from transforms.decode import FastRows, Instance, InputFormat
-from transforms.lines import count_read, count_skipped, fault_reason
-from transforms.records import PARQUET, RawChunk
+from tf_batch_predict.transforms import convert
+from tf_batch_predict.transforms.read.decode import FastRows, Instance, InputFormat
+from tf_batch_predict.transforms.read.lines import count_read, count_skipped, fault_reason
+from tf_batch_predict.transforms.records import PARQUET, RawChunk
 
 ROWS_PER_CHUNK = 4096
 _ARROW_TYPES = {

@@ -1,7 +1,7 @@
 """Putting a run's predictions and errors back next to the instances they are
 for (`batch-predict join`), as Beam transforms.
 
-The instances are read again by the job's own readers (transforms/inputs.py),
+The instances are read again by the job's own readers (transforms/read/formats.py),
 so each gets exactly the location (file name relative to the inputs' common
 directory, and `offset` or `index`) and key text the run gave it. Error
 records always carry the location, so they are matched by it; predictions
@@ -24,11 +24,11 @@ import apache_beam as beam
 import orjson
 from apache_beam.metrics import Metrics
 
-from transforms.convert import carried_as_text, carried_text
-from transforms.format import (_b64_json, _carried_feature_value, output_names, raw_fields,
+from tf_batch_predict.transforms.convert import carried_as_text, carried_text
+from tf_batch_predict.transforms.write.format import (_b64_json, _carried_feature_value, output_names, raw_fields,
                                relative_name)
-from transforms.read_outputs import OutputReadError, iter_records
-from transforms.records import RawChunk
+from tf_batch_predict.transforms.rejoin.read_outputs import OutputReadError, iter_records
+from tf_batch_predict.transforms.records import RawChunk
 
 JOIN_NAMESPACE = 'batch_predict_join'
 UNMATCHED_TAG = 'unmatched'

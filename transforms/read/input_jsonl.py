@@ -1,6 +1,6 @@
 """JSON Lines: reading, and what a line means.
 
-Definition (`JsonLinesFormat.instance`): each line (transforms/lines.py says
+Definition (`JsonLinesFormat.instance`): each line (transforms/read/lines.py says
 what a line is) is exactly one JSON text (transforms/json_values.py says
 what that is). An object's fields name the inputs; a single-input signature
 also takes the bare value. Values convert by transforms/convert.py.
@@ -25,10 +25,10 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 import simdjson
 
-from transforms.decode import FastRows, Instance, InputFormat
-from transforms.json_values import parse_json
-from transforms.lines import DESIRED_RANGE_SIZE, ReadLineChunks
-from transforms.records import JSONL, Lines, TextColumn
+from tf_batch_predict.transforms.read.decode import FastRows, Instance, InputFormat
+from tf_batch_predict.transforms.json_values import parse_json
+from tf_batch_predict.transforms.read.lines import DESIRED_RANGE_SIZE, ReadLineChunks
+from tf_batch_predict.transforms.records import JSONL, Lines, TextColumn
 
 
 _BOM = b'\xef\xbb\xbf'
@@ -50,7 +50,7 @@ def json_instance(value) -> Instance:
 
 class JsonLinesFormat(InputFormat):
   kind = JSONL
-  # Bytes per byte range a file is split into, where transforms/inputs.py
+  # Bytes per byte range a file is split into, where transforms/read/formats.py
   # sets it for a job; None: the reader's default.
   range_size = None
 

@@ -24,7 +24,7 @@ from typing import Optional
 
 from apache_beam.io.filesystems import FileSystems
 
-from transforms import example_spec
+from tf_batch_predict.transforms.model import example_spec
 
 # Signature dtypes this job can feed and return, by TF DataType enum name.
 NUMPY_DTYPES = {
@@ -308,7 +308,7 @@ def load_signature(model: ModelRef):
   """
   import tensorflow as tf
 
-  from transforms.storage import stage_model
+  from tf_batch_predict.transforms.storage import stage_model
   loaded = tf.saved_model.load(stage_model(model.path), tags=list(model.tags))
   return loaded, loaded.signatures[model.signature.name]
 
@@ -428,7 +428,7 @@ def load_signature_function(model: ModelRef):
   """The model's signature as a SessionSignature, or, when a Session cannot
   load this SavedModel, as an EagerSignature (logged). When neither loads
   it, raises the Session's error: the loader TF Serving uses says why."""
-  from transforms.storage import stage_model
+  from tf_batch_predict.transforms.storage import stage_model
   path = stage_model(model.path)
   try:
     return SessionSignature(path, model.tags, model.signature)

@@ -1,0 +1,1 @@
+"""The model: what a SavedModel offers, and scoring batches with it."""
