@@ -134,3 +134,47 @@ def test_another_distribution_with_top_level_pipeline_and_transforms(model_dir, 
                          '--input=in.jsonl', '--output=out'],
                         cwd=work, env=env, capture_output=True, text=True)
   _check_run(proc, os.path.join(work, 'out'))
+
+
+def _imports():
+  """{module: modules of ours it imports}, from the sources' import lines."""
+  import ast
+  modules = {}
+  for folder in ('pipeline', 'transforms'):
+    for directory, _, files in os.walk(os.path.join(ROOT, folder)):
+      for name in files:
+        if name.endswith('.py'):
+          path = os.path.join(directory, name)
+          dotted = os.path.relpath(path, ROOT)[:-3].replace(os.sep, '.')
+          modules['tf_batch_predict.' + dotted.removesuffix('.__init__')] = path
+  edges = {}
+  for module, path in modules.items():
+    with open(path) as f:
+      tree = ast.parse(f.read())
+    found = set()
+    for node in ast.walk(tree):
+      if isinstance(node, ast.ImportFrom) and node.module:
+        found.update([node.module] + [f'{node.module}.{a.name}' for a in node.names])
+      elif isinstance(node, ast.Import):
+        found.update(a.name for a in node.names)
+    edges[module] = {m for m in found if m in modules and m != module}
+  return edges
+
+
+def test_no_module_imports_its_importer_and_transforms_never_import_the_commands():
+  edges = _imports()
+  assert len(edges) > 40 and edges['tf_batch_predict.pipeline.graph']  # read them all
+  circles = []
+  for start in edges:  # a path back to `start` from what it imports
+    stack, seen = [(start, (start,))], set()
+    while stack:
+      module, path = stack.pop()
+      for target in edges[module]:
+        if target == start:
+          circles.append(path + (start,))
+        elif target not in seen:
+          seen.add(target)
+          stack.append((target, path + (target,)))
+  assert circles == []
+  assert not [(m, t) for m, targets in edges.items() for t in targets
+              if m.startswith('tf_batch_predict.transforms') and '.pipeline' in t]
