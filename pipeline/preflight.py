@@ -18,8 +18,9 @@ is measured to its end (not kept), so its error is the run's.
 
 The sample goes through the job's own code, called in this process (no Beam
 pipeline, which would cost seconds to start): the configuration
-(pipeline/config.py `resolve`), each format's reader and definition
-(transforms/input_*.py), the merging of small chunks
+(pipeline/config.py `resolve`), each format's reader, which also reads its
+sample (`sample`, dispatched by transforms/read/formats.py `sample_file`),
+and its definition (transforms/read/input_*.py), the merging of small chunks
 (transforms/read/coalesce.py), the decoder (transforms/read/decode.py), the scoring
 handler with its failure isolation (transforms/model/score.py) and the error
 records (transforms/write/format.py `FormatRecords`). So an error in the report is
@@ -57,7 +58,6 @@ import difflib
 import json
 import logging
 import math
-import re
 import statistics
 import sys
 import time
@@ -68,6 +68,7 @@ from tf_batch_predict.pipeline.command import (EXIT_CONFIG_ERROR, EXIT_OK, EXIT_
                                               take_option)
 from tf_batch_predict.pipeline.options import ConfigError, check_runner
 from tf_batch_predict.pipeline.progress import size_text
+from tf_batch_predict.transforms.read.sampling import FileSample, SampleLimits, is_gzip
 
 _LOG = logging.getLogger(__name__)
 
@@ -114,591 +115,28 @@ TIMED_BYTES = 16 << 20
 
 
 # -- reading the beginning of a file ----------------------------------------------
+# Each format samples its own files, through the run's reader
+# (transforms/read/input_*.py `sample`); preflight chooses which and how much.
 
-class _Budget:
-  """A file object giving at most `limit` bytes of `raw`; `hit` when more
-  was there, `last` the last byte given."""
-  def __init__(self, raw, limit: int):
-    self._raw = raw
-    self._limit = limit
-    self.position = 0
-    self.hit = False
-    self.eof = False
-    self.last = b''
-
-  def _take(self, reader, size):
-    left = self._limit - self.position
-    if left <= 0:
-      return b''
-    if size is None or size < 0 or size > left:
-      size = left
-    data = reader(size)
-    if not data and size:
-      self.eof = True
-    self.position += len(data)
-    if data:
-      self.last = data[-1:]
-    if self.position >= self._limit:  # the budget is spent: was there more?
-      try:
-        self.hit = bool(self._raw.read(1))
-      except Exception:  # pylint: disable=broad-except  (beyond the sample)
-        self.hit = True
-      self.eof = not self.hit
-    return data
-
-  def read(self, size=-1):
-    return self._take(self._raw.read, size)
-
-  def read1(self, size=-1):
-    return self._take(getattr(self._raw, 'read1', self._raw.read), size)
-
-  def seek(self, offset, whence=0):
-    result = self._raw.seek(offset, whence)
-    self.position = self._raw.tell()
-    self.hit = self.eof = False
-    return result
-
-  def tell(self):
-    return self.position
-
-  def close(self):
-    self._raw.close()
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    self.close()
+def _limits() -> SampleLimits:
+  """The bounds of one file's sample: the constants above, read when a file
+  is sampled (tests set them)."""
+  return SampleLimits(bytes_per_file=SAMPLE_BYTES_PER_FILE, line_scan_bytes=LINE_SCAN_BYTES,
+                      line_scan_seconds=LINE_SCAN_SECONDS,
+                      request_whole_bytes=JSON_SAMPLE_MAX_BYTES,
+                      request_scan_seconds=JSON_SCAN_SECONDS)
 
 
-@dataclasses.dataclass
-class FileSample:
-  """What was read of one file."""
-  path: str
-  kind: str
-  size: int  # bytes on disk
-  chunks: list  # RawChunks: the sampled records, file errors
-  instances: int = 0  # sampled instances
-  count: Optional[int] = None  # the file's instances, where known exactly
-  # (instances, the decompressed byte offsets where the first starts and
-  # where what follows them starts), for bytes per instance; the end None:
-  # the whole file (request files); None where not measured.
-  span: Optional[tuple] = None
-  columns: tuple = ()  # Parquet: every column of the file
-  decompressed: Optional[int] = None  # gzip: its decompressed size, where read
-  # A request file larger than JSON_SAMPLE_MAX_BYTES: 'start' (sampled from
-  # its start), 'not sampled' (a body whose instances its start cannot tell).
-  partial: Optional[str] = None
-
-
-def _drop_last(chunk) -> None:
-  row = len(chunk) - 1
-  chunk.records = chunk.records[:row]  # Lines, or a list
-  chunk.positions = chunk.positions[:row]
-  chunk.read_errors.pop(row, None)
-  chunk.unread_sizes.pop(row, None)
-
-
-def _gzip(path: str) -> bool:
-  return path.lower().endswith('.gz')
-
-
-def _line_source_class():
-  from tf_batch_predict.transforms.read.lines import LineChunkSource, open_input
-
-  class BudgetedLineSource(LineChunkSource):
-    """The job's line reader, over at most SAMPLE_BYTES_PER_FILE bytes."""
-    reader = None
-
-    def open_file(self, file_name):
-      self.reader = _Budget(open_input(file_name), SAMPLE_BYTES_PER_FILE)
-      return self.reader
-  return BudgetedLineSource
-
-
-def _sample_lines(metadata, kind: str, quota: int, max_bytes: int) -> FileSample:
-  """JSON Lines or CSV: the job's LineChunkSource, one record more than the
-  quota (which tells that the file goes on, and where the next instance
-  starts)."""
-  from apache_beam.io.range_trackers import OffsetRangeTracker
-  from tf_batch_predict.transforms.read.input_csv import read_header
-  from tf_batch_predict.transforms.records import CSV
-  path = metadata.path
-  source = _line_source_class()(path, kind, quota + 1, 1 << 62, max_bytes,
-                                read_header if kind == CSV else None)
-  records = source.read_records(path, OffsetRangeTracker(0, OffsetRangeTracker.OFFSET_INFINITY))
-  try:
-    chunk = next(records, None)
-  finally:
-    records.close()
-  sample = FileSample(path, kind, metadata.size_in_bytes, [])
-  reader = source.reader
-  if chunk is None:  # no line at all, or none within the budget (a huge CSV header)
-    sample.count = 0 if reader is None or not reader.hit else None
-    return sample
-  if len(chunk) > quota:  # the file goes on
-    sample.span = (quota, chunk.positions[0], chunk.positions[quota])
-    _drop_last(chunk)
-  elif chunk.file_errors or reader is None or not reader.hit:
-    sample.count = len(chunk)  # read to its end, or as far as the run reads it
-    if len(chunk) and reader is not None and not chunk.file_errors:
-      sample.span = (len(chunk), chunk.positions[0], reader.position)
-  else:  # cut by the byte budget
-    end = reader.position
-    if len(chunk) and reader.last != b'\n':  # the last line was cut
-      row = len(chunk) - 1
-      if row in chunk.unread_sizes:  # too large anyway: its size as the run measures it
-        size = _line_size(path, reader, chunk.unread_sizes[row])
-        if size is None:  # beyond the scan's bounds: what is known, said to be preflight's
-          chunk.read_errors[row] = (
-              f'the instance is at least {chunk.unread_sizes[row]} bytes (preflight read no '
-              f'further), more than --max_instance_bytes ({max_bytes}); it was not read')
-        else:
-          chunk.unread_sizes[row] = size
-          chunk.read_errors[row] = (
-              f'the instance is {size} bytes, more than --max_instance_bytes '
-              f'({max_bytes}); it was not read')
-      else:
-        end = chunk.positions[row]
-        _drop_last(chunk)
-    if len(chunk):
-      sample.span = (len(chunk), chunk.positions[0], end)
-  sample.instances = len(chunk)
-  sample.chunks = [chunk] if len(chunk) or chunk.file_errors or chunk.blank_lines else []
-  return sample
-
-
-def _line_size(path: str, reader, known: int) -> Optional[int]:
-  """The size of a line the byte budget cut (`known` bytes of it read, up
-  to `reader.position`), counted as the run's reader counts it
-  (transforms/read/lines.py: without its line feed and one carriage return
-  before it): its end looked for without keeping its bytes. None beyond
-  LINE_SCAN_BYTES or LINE_SCAN_SECONDS, or where the file cannot be read on."""
-  from tf_batch_predict.transforms.read.lines import BLOCK_SIZE, open_input
-  deadline = time.monotonic() + LINE_SCAN_SECONDS
-  size = known + (reader.last == b'\r')  # the carriage return it left out, if last
-  last = reader.last
-  try:
-    with open_input(path) as f:
-      f.seek(reader.position)
-      scanned = 0
-      while True:
-        if scanned >= LINE_SCAN_BYTES or time.monotonic() > deadline:
-          return None
-        block = f.read(min(BLOCK_SIZE, LINE_SCAN_BYTES - scanned))
-        if not block:  # the last line, without a line feed
-          break
-        end = block.find(b'\n')
-        if end >= 0:
-          size += end
-          last = block[end - 1:end] if end else last
-          break
-        size += len(block)
-        scanned += len(block)
-        last = block[-1:]
-  except Exception:  # pylint: disable=broad-except  (the run says what it finds)
-    return None
-  return size - (last == b'\r')
-
-
-def _sample_tfrecord(metadata, quota: int, max_bytes: int) -> FileSample:
-  """TFRecord: the job's record reader (transforms/read/input_tfrecord.py), as
-  its ReadTFRecords step uses it, stopping after `quota` records."""
-  from tf_batch_predict.transforms.read.input_tfrecord import read_tfrecords
-  from tf_batch_predict.transforms.read.lines import fault_reason, open_input
-  from tf_batch_predict.transforms.records import RawChunk, TFRECORD
-  path = metadata.path
-  chunk = RawChunk([(path, 0)], [], [], kind=TFRECORD)
-  sample = FileSample(path, TFRECORD, metadata.size_in_bytes, [chunk])
-  index, spanned, goes_on, reader = 0, 0, False, None
-  try:
-    with open_input(path) as raw:
-      reader = _Budget(raw, SAMPLE_BYTES_PER_FILE)
-      for record, fault in read_tfrecords(reader, max_bytes):
-        if record is None:
-          if reader.hit:  # cut by the byte budget, not broken
-            goes_on = True
-          else:
-            chunk.file_errors.append((path, f'reading failed after {index} records: {fault}'))
-          break
-        if index == quota:
-          goes_on = True
-          break
-        size = len(record)
-        if isinstance(fault, tuple):  # too large: (its size, the reason)
-          size, fault = fault
-          chunk.unread_sizes[len(chunk)] = size
-        if fault:
-          chunk.read_errors[len(chunk)] = fault
-        chunk.positions.append(index)
-        chunk.records.append(record)
-        index += 1
-        spanned += 16 + size
-      else:
-        goes_on = reader.hit
-  except Exception as e:  # pylint: disable=broad-except
-    chunk.file_errors.append((path, f'reading failed after {index} records: '
-                                    f'{fault_reason(e)}'))
-  sample.instances = len(chunk)
-  if not goes_on:
-    sample.count = len(chunk)
-  if not chunk.file_errors:
-    sample.span = (len(chunk), 0, spanned)
-  if not len(chunk) and not chunk.file_errors:
-    sample.chunks = []
-  return sample
-
-
-def _head(chunks: list, quota: int) -> list:
-  """The first `quota` records of a file's chunks (and its file errors)."""
-  kept, taken = [], 0
-  for chunk in chunks:
-    if taken >= quota:
-      if chunk.file_errors:
-        kept.append(dataclasses.replace(chunk, positions=[], records=chunk.records[:0],
-                                        read_errors={}, unread_sizes={}))
-      continue
-    if taken + len(chunk) > quota:
-      n = quota - taken
-      chunk = dataclasses.replace(
-          chunk, positions=chunk.positions[:n], records=chunk.records[:n],
-          read_errors={r: e for r, e in chunk.read_errors.items() if r < n},
-          unread_sizes={r: s for r, s in chunk.unread_sizes.items() if r < n})
-    taken += len(chunk)
-    kept.append(chunk)
-  return kept
-
-
-def _sample_json(metadata, quota: int, signature, max_instance_bytes: int) -> FileSample:
-  """A JSON request file: the job's ReadJsonRequests step where the run
-  parses it whole and it holds at most JSON_SAMPLE_MAX_BYTES (decompressed;
-  its instance count is then exact); a larger one is sampled from its start
-  (`_sample_request_start`). A gzip file is read through a bounded
-  decompressing reader, never whole past the cap."""
-  from tf_batch_predict.transforms.read.input_json import REQUEST_FILE_INSTANCES
-  from tf_batch_predict.transforms.read.lines import fault_reason, open_input
-  from tf_batch_predict.transforms.records import JSON, RawChunk
-  path, size = metadata.path, metadata.size_in_bytes
-  job_limit = REQUEST_FILE_INSTANCES * max_instance_bytes
-  if size > job_limit or (not _gzip(path) and size <= JSON_SAMPLE_MAX_BYTES):
-    return _sample_json_whole(metadata, quota, signature, job_limit, None)
-  # Larger than the cap as stored, or gzip: the first bytes decompressed.
-  read_limit = min(JSON_SAMPLE_MAX_BYTES, job_limit)
-  content = b''
-  try:
-    with open_input(path) as f:
-      content = f.read(read_limit + 1)
-      if len(content) <= read_limit:
-        decompressed = len(content)
-      elif not _gzip(path):
-        decompressed = size
-      else:  # how much there is, without keeping it (the run reads up to its limit)
-        decompressed = _read_on(f, len(content), job_limit)
-  except Exception as e:  # pylint: disable=broad-except
-    if len(content) <= read_limit:  # the run's read fails as early: its own record
-      return _sample_json_whole(metadata, quota, signature, job_limit, None)
-    return FileSample(path, JSON, size, [RawChunk([(path, 0)], [], [], kind=JSON, file_errors=[
-        (path, f'reading failed: {fault_reason(e)}')])], count=0)
-  if len(content) <= read_limit or (decompressed is not None and decompressed > job_limit):
-    # Whole within the cap, or larger than the run reads (its error record,
-    # read no further than its limit, here at most the cap).
-    if decompressed is not None and decompressed > job_limit > read_limit:
-      return _too_large_request(metadata, content, job_limit)
-    return _sample_json_whole(metadata, quota, signature, job_limit, decompressed)
-  sample = _sample_request_start(metadata, content[:read_limit], quota, signature)
-  sample.decompressed = decompressed
-  return sample
-
-
-def _read_on(f, done: int, limit: int) -> Optional[int]:
-  """Reads on (not keeping it) to tell the decompressed size of a file, up
-  to `limit` + 1 bytes: the size, or None after JSON_SCAN_SECONDS."""
-  from tf_batch_predict.transforms.read.lines import BLOCK_SIZE
-  deadline = time.monotonic() + JSON_SCAN_SECONDS
-  while done <= limit:
-    if time.monotonic() > deadline:
-      return None
-    block = f.read(min(BLOCK_SIZE, limit + 1 - done))
-    if not block:
-      break
-    done += len(block)
-  return done
-
-
-def _sample_json_whole(metadata, quota, signature, job_limit, decompressed) -> FileSample:
-  from tf_batch_predict.transforms.read.input_json import ReadJsonRequests
-  from tf_batch_predict.transforms.records import JSON
-  chunks = list(ReadJsonRequests(signature, job_limit).process(metadata))
-  count = sum(len(c) for c in chunks)
-  sample = FileSample(metadata.path, JSON, metadata.size_in_bytes, _head(chunks, quota),
-                      count=count, decompressed=decompressed)
-  sample.instances = sum(len(c) for c in sample.chunks)
-  if not any(c.file_errors for c in chunks):
-    sample.span = (count, 0, None)  # bytes: the file's, decompressed (filled in later)
-  return sample
-
-
-def _too_large_request(metadata, content: bytes, job_limit: int) -> FileSample:
-  """The run's record for a request file larger once decompressed than it
-  reads (transforms/read/input_json.py), without reading as far."""
-  from tf_batch_predict.transforms.read.input_json import REQUEST_FILE_INSTANCES
-  from tf_batch_predict.transforms.records import JSON, RawChunk
-  path = metadata.path
-  chunk = RawChunk([(path, 0)], [None], [content[:8192]], kind=JSON, read_errors={0: (
-      f'the request file holds more than {job_limit} bytes ({REQUEST_FILE_INSTANCES} x '
-      '--max_instance_bytes); it was not read')}, unread_sizes={0: job_limit + 1})
-  return FileSample(path, JSON, metadata.size_in_bytes, [chunk], instances=1, count=1)
-
-
-_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|"|[\[\]{}]')
-_JSON_SCALAR_END = re.compile(r'[,\]}\s]')
-_JSON_SPACE = re.compile(r'[ \t\n\r]*')
-
-
-def _value_end(text: str, start: int) -> Optional[int]:
-  """Where the JSON value starting at `start` ends, by its brackets and
-  strings alone (after its last character); None where `text` ends first."""
-  first = text[start:start + 1]
-  if first in ('[', '{', '"'):
-    depth = 0
-    for token in _JSON_TOKEN.finditer(text, start):
-      mark = token.group()
-      if mark == '"':  # a string that does not end
-        return None
-      if mark in '[{':
-        depth += 1
-      elif mark in ']}':
-        depth -= 1
-      if depth <= 0:
-        return token.end()
-    return None
-  end = _JSON_SCALAR_END.search(text, start)
-  return end.start() if end else None
-
-
-def _first_error(data: bytes) -> Optional[str]:
-  """The message the job's JSON definition gives for `data`, or None."""
-  from tf_batch_predict.transforms.json_values import parse_json
-  try:
-    parse_json(data)
-  except ValueError as e:
-    return str(e)
-  return None
-
-
-class _Cut(Exception):
-  """The text ends within what is being parsed."""
-
-
-class _Invalid(Exception):
-  """What is there up to `position` is not valid JSON (whatever follows)."""
-  def __init__(self, position):
-    super().__init__(position)
-    self.position = position
-
-
-def _json_value(text: str, at: int) -> tuple:
-  """(value, the end) of the JSON value at `at` (by the job's definition);
-  _Cut where the text ends first, _Invalid where it cannot be parsed."""
-  from tf_batch_predict.transforms.json_values import _DECODER
-  end = _value_end(text, at)
-  if end is None:
-    raise _Cut()
-  try:
-    return _DECODER.raw_decode(text, at)
-  except (ValueError, RecursionError):
-    raise _Invalid(end + 1) from None
-
-
-def _json_fields(text: str, at: int, pairs: list, stop_at_instances: bool,
-                 first: bool = True) -> int:
-  """Parses the fields of an object from `at` into `pairs` ((name, value)):
-  up to a field "instances" whose value is a list (returns where its first
-  element starts) where `stop_at_instances`, else to the object's end or
-  the text's (returns -1). _Cut where a field before "instances" cannot be
-  told whole, _Invalid where it is not valid; a field after it that the
-  text cuts is there with the value None. `first`: no field before `at`."""
-  while True:
-    at = _JSON_SPACE.match(text, at).end()
-    if at >= len(text):
-      if stop_at_instances:
-        raise _Cut()
-      return -1
-    if text[at] == '}':
-      if stop_at_instances:
-        raise _Cut()  # no "instances": one instance, larger than the sample reads
-      return -1
-    if not first:
-      if text[at] != ',':
-        raise _Invalid(at + 1)
-      at = _JSON_SPACE.match(text, at + 1).end()
-    first, name = False, None
-    try:
-      name, at = _json_value(text, at)
-      at = _JSON_SPACE.match(text, at).end()
-      if at >= len(text):
-        raise _Cut()
-      if text[at] != ':' or not isinstance(name, str):
-        raise _Invalid(at + 1)
-      at = _JSON_SPACE.match(text, at + 1).end()
-      if stop_at_instances:
-        if name == 'instances' and text[at:at + 1] == '[':
-          return at + 1
-        if name in ('inputs', 'examples', 'context'):
-          raise _Cut()  # a body of another form: its instances are told from the whole
-      value, at = _json_value(text, at)
-    except _Cut:
-      if stop_at_instances:
-        raise
-      if isinstance(name, str):  # its value cut: there, of a value not known
-        pairs.append((name, None))
-      return -1
-    pairs.append((name, value))
-
-
-def _request_start(data: bytes, quota: int):
-  """The start of a request body cut at len(data) (a byte order mark
-  removed): (its fields, with up to `quota` elements of "instances" as
-  that field's value, the byte offsets where the first element starts and
-  the last ends) where the body is an object whose "instances" list starts
-  within `data`; (None, the run's message for the whole file) where what
-  is there is already not valid; None where the body is of another form
-  (its instances cannot be told from its start)."""
-  try:
-    text = data.decode('utf-8')
-  except UnicodeDecodeError as e:
-    if e.reason != 'unexpected end of data':
-      return None, _first_error(data)
-    data = data[:e.start]  # a character cut at the end
-    text = data.decode('utf-8')
-  ascii_only = text.isascii()
-
-  def byte_at(position):
-    return position if ascii_only else len(text[:position].encode('utf-8'))
-
-  at = _JSON_SPACE.match(text).end()
-  if text[at:at + 1] != '{':
-    return None  # one instance (a value or a list), larger than the sample reads
-  before, instances, after, first, last = [], [], [], None, None
-  try:
-    at = last = _json_fields(text, at + 1, before, stop_at_instances=True)
-    closed = False
-    while len(instances) < quota:
-      at = _JSON_SPACE.match(text, at).end()
-      if at >= len(text):
-        break
-      if not instances and text[at] == ']':
-        closed, last = True, at + 1
-        break
-      try:
-        value, end = _json_value(text, at)
-      except _Cut:  # not an instance of the sample
-        break
-      gap = _JSON_SPACE.match(text, end).end()
-      if gap >= len(text) and text[at] not in '[{"':
-        break  # a number or literal at the cut: it may go on
-      instances.append(value)
-      first, last = (at if first is None else first), end
-      if gap < len(text) and text[gap] == ']':
-        closed, last = True, gap + 1
-        break
-      if gap < len(text) and text[gap] != ',':
-        raise _Invalid(gap + 1)
-      at = gap + 1
-    if closed:  # the fields after "instances" (one given twice, say)
-      _json_fields(text, last, after, stop_at_instances=False, first=False)
-  except _Cut:
-    return None
-  except _Invalid as e:  # the job's parser stops there, on the whole file as here
-    return None, _first_error(data[:byte_at(min(e.position, len(text)))]) or 'invalid JSON'
-  # The job's definition on what was parsed, closed (nesting too deep, a
-  # string with an unpaired surrogate): the run's message for the file.
-  message = _first_error(data[:byte_at(last)] + (b'}' if closed else b']}'))
-  if message is not None:
-    return None, message
-  pairs = before + [('instances', instances)] + after
-  return pairs, (byte_at(first), byte_at(last)) if instances else None
-
-
-def _sample_request_start(metadata, data: bytes, quota: int, signature) -> FileSample:
-  """A request file larger than JSON_SAMPLE_MAX_BYTES (decompressed): the
-  elements of its "instances" within its first JSON_SAMPLE_MAX_BYTES, each
-  parsed by the job's JSON definition, the body's fields before them
-  checked by the job's rules (transforms/read/input_json.py `split_request`).
-  The run parses the file whole, so what follows is not checked here."""
-  from tf_batch_predict.transforms.read.input_json import split_request
-  from tf_batch_predict.transforms.json_values import _object
-  from tf_batch_predict.transforms.records import JSON, RawChunk
-  path = metadata.path
-  sample = FileSample(path, JSON, metadata.size_in_bytes, [], partial='start')
-  bom = 3 if data.startswith(b'\xef\xbb\xbf') else 0
-  start = _request_start(data[bom:], quota)
-  if start is None:
-    sample.partial = 'not sampled'
-    return sample
-  if start[0] is None:  # not valid by then: the run's record for the file
-    sample.chunks = [RawChunk([(path, 0)], [None], [data[bom:]], kind=JSON,
-                              read_errors={0: start[1]})]
-    sample.instances, sample.count = 1, 1
-    return sample
-  pairs, span = start
-  try:
-    instances = split_request(_object(pairs), signature)
-  except ValueError as e:  # the fields before "instances" (signature_name, ...)
-    sample.chunks = [RawChunk([(path, 0)], [None], [data[bom:]], kind=JSON,
-                              read_errors={0: str(e)})]
-    sample.instances, sample.count = 1, 1
-    return sample
-  if instances:
-    sample.chunks = [RawChunk([(path, 0)], list(range(len(instances))), instances, kind=JSON)]
-    sample.instances = len(instances)
-    sample.span = (len(instances), bom + span[0], bom + span[1])
-  return sample
-
-
-def _sample_parquet(metadata, quota: int, columns) -> FileSample:
-  """Parquet: as the job's ReadParquetBatches step, the first `quota` rows
-  of the columns the job reads; the row count from the file's metadata."""
-  import pyarrow as pa
-  import pyarrow.parquet as pq
-  from apache_beam.io.filesystems import FileSystems
-  from tf_batch_predict.transforms.read.lines import fault_reason
-  from tf_batch_predict.transforms.records import PARQUET, RawChunk
-  path = metadata.path
-  sample = FileSample(path, PARQUET, metadata.size_in_bytes, [])
-  try:
-    with FileSystems.open(path) as f:
-      parquet = pq.ParquetFile(f)
-      sample.count = parquet.metadata.num_rows
-      sample.columns = tuple(parquet.schema_arrow.names)
-      present = set(sample.columns)
-      read = None if columns is None else [c for c in columns if c in present]
-      batch = next(parquet.iter_batches(batch_size=quota, columns=read), None)
-  except Exception as e:  # pylint: disable=broad-except
-    sample.count = 0
-    sample.chunks = [RawChunk([(path, 0)], [], pa.record_batch([]), kind=PARQUET, file_errors=[
-        (path, f'reading failed after 0 rows: {fault_reason(e)}')])]
-    return sample
-  sample.span = (sample.count, 0, sample.size)  # bytes per row, for files not counted
-  if batch is not None and batch.num_rows:
-    sample.chunks = [RawChunk([(path, 0)], list(range(batch.num_rows)), batch, kind=PARQUET)]
-    sample.instances = batch.num_rows
-  return sample
-
-
-def _sample_file(kind, metadata, quota, config) -> FileSample:
+def _formats(config) -> dict:
   from tf_batch_predict.transforms.read.formats import input_formats
-  from tf_batch_predict.transforms.records import CSV, JSON, JSONL, PARQUET
-  options = config.options
-  if kind in (JSONL, CSV):
-    return _sample_lines(metadata, kind, quota, options.max_instance_bytes)
-  if kind == JSON:
-    return _sample_json(metadata, quota, config.model.signature, options.max_instance_bytes)
-  if kind == PARQUET:
-    parquet = input_formats(config.model.signature, options.key_field,
-                            options.passthrough_fields, options.max_instance_bytes)[PARQUET]
-    return _sample_parquet(metadata, quota, parquet._columns)  # pylint: disable=protected-access
-  return _sample_tfrecord(metadata, quota, options.max_instance_bytes)
+  opts = config.options
+  return input_formats(config.model.signature, opts.key_field, opts.passthrough_fields,
+                       opts.max_instance_bytes)
+
+
+def _sample_file(kind, metadata, quota, formats) -> FileSample:
+  from tf_batch_predict.transforms.read.formats import sample_file
+  return sample_file(kind, metadata, quota, formats, _limits())
 
 
 def _radical_inverse(i: int) -> float:
@@ -756,7 +194,10 @@ class Sample:
                for path, kind, metadata in self.files)
 
 
-def take_sample(config) -> Sample:
+def take_sample(config, formats=None) -> Sample:
+  """The sample of the input (`formats`: from `input_formats`, None: the
+  job's)."""
+  formats = _formats(config) if formats is None else formats
   wanted = config.options.preflight_instances
   files = sorted(((m.path, kind, m) for kind, metadata_list in config.files_by_format.items()
                   for m in metadata_list), key=lambda f: f[0])
@@ -768,12 +209,12 @@ def take_sample(config) -> Sample:
     path, kind, metadata = files[position]
     slots = max(1, spread - len(samples))
     quota = -(-(wanted - collected) // slots)
-    sample = _sample_file(kind, metadata, quota, config)
+    sample = _sample_file(kind, metadata, quota, formats)
     samples.append(sample)
     collected += sample.instances
   searched = 0
   if not collected:  # nothing to check yet: look on, largest files first
-    searched = _search(config, files, samples, wanted)
+    searched = _search(formats, files, samples, wanted)
     collected = sum(s.instances for s in samples)
   # Every file visited, and the sample still short: the files that go on
   # give more (read again from their start, with a larger share).
@@ -787,7 +228,7 @@ def take_sample(config) -> Sample:
       before = samples[i]
       share = -(-(wanted - collected) // (len(going_on) - n))
       kind, metadata = by_path[before.path]
-      samples[i] = _sample_file(kind, metadata, before.instances + share, config)
+      samples[i] = _sample_file(kind, metadata, before.instances + share, formats)
       collected += samples[i].instances - before.instances
       grew = grew or samples[i].instances > before.instances
     if not grew:
@@ -795,7 +236,7 @@ def take_sample(config) -> Sample:
   return Sample(files, samples, searched)
 
 
-def _search(config, files: list, samples: list, wanted: int) -> int:
+def _search(formats, files: list, samples: list, wanted: int) -> int:
   """The files sampled so far hold no instance (blank or empty files, say
   the many empty parts a Spark job writes): reads the files not read yet,
   largest first, until the sample is full, within SEARCH_FILES,
@@ -811,7 +252,7 @@ def _search(config, files: list, samples: list, wanted: int) -> int:
     if (collected >= wanted or searched >= SEARCH_FILES or spent >= SEARCH_BYTES
         or time.monotonic() > deadline):
       break
-    sample = _sample_file(kind, metadata, wanted - collected, config)
+    sample = _sample_file(kind, metadata, wanted - collected, formats)
     samples.append(sample)
     searched += 1
     spent += min(metadata.size_in_bytes, SAMPLE_BYTES_PER_FILE)
@@ -1152,10 +593,10 @@ def estimate(sample: Sample) -> dict:
   sampled = {s.path: s for s in sample.samples}
   ratios = {}
   for s in sample.samples:
-    if _gzip(s.path) and (s.count is None or s.kind == JSON) and s.decompressed is None:
+    if is_gzip(s.path) and (s.count is None or s.kind == JSON) and s.decompressed is None:
       ratios[s.path] = gzip_ratio(s.path)
   measured = [r for r in ratios.values() if r]
-  unsampled_gz = [p for p, _, _ in sample.files if _gzip(p) and p not in sampled]
+  unsampled_gz = [p for p, _, _ in sample.files if is_gzip(p) and p not in sampled]
   if unsampled_gz and not measured:
     for path in unsampled_gz[:GZIP_RATIO_FILES]:
       ratios[path] = gzip_ratio(path)
@@ -1163,7 +604,7 @@ def estimate(sample: Sample) -> dict:
   mean_ratio = sum(measured) / len(measured) if measured else None
 
   def decompressed(path, size):
-    if not _gzip(path):
+    if not is_gzip(path):
       return size
     if path in sampled and sampled[path].decompressed is not None:
       return sampled[path].decompressed
@@ -1189,7 +630,7 @@ def estimate(sample: Sample) -> dict:
                                          'files_estimated': 0, 'files_unknown': 0})
     entry['files'] += 1
     entry['bytes'] += metadata.size_in_bytes
-    entry['gzip_files'] += _gzip(path)
+    entry['gzip_files'] += is_gzip(path)
     s = sampled.get(path)
     if s is not None:
       entry['sampled_files'] += 1
@@ -1218,7 +659,7 @@ def estimate(sample: Sample) -> dict:
     total += entry['instances']
     exact = exact and entry['exact']
     unknown += entry['files_unknown']
-  gzip_estimated = any(_gzip(p) and (sampled.get(p) is None or sampled[p].count is None)
+  gzip_estimated = any(is_gzip(p) and (sampled.get(p) is None or sampled[p].count is None)
                        and k != PARQUET for p, k, _ in sample.files)
   return {'formats': dict(sorted(per_format.items())), 'instances': total, 'exact': exact,
           'files_unknown': unknown, 'gzip_ratio_used': bool(gzip_estimated and mean_ratio)}
@@ -1227,10 +668,8 @@ def estimate(sample: Sample) -> dict:
 # -- the report -----------------------------------------------------------------
 
 def build_report(config, loaded, load_seconds, read_seconds, sample, result) -> dict:
-  from tf_batch_predict.transforms.read.formats import input_formats
   opts = config.options
-  formats = input_formats(config.model.signature, opts.key_field, opts.passthrough_fields,
-                          opts.max_instance_bytes)
+  formats = _formats(config)
   fields = describe_fields(config, *_field_counts(sample.samples, formats))
   counted = estimate(sample)
   timing = result['timing']
@@ -1491,15 +930,13 @@ def _fields_text(fields) -> list:
 def check(config) -> dict:
   """The report for a resolved configuration; raises ConfigError where the
   model cannot be loaded."""
-  from tf_batch_predict.transforms.read.formats import input_formats
   opts = config.options
   loaded, load_seconds = (None, 0.0) if opts.skip_model_check else _load(config)
   try:
+    formats = _formats(config)
     started = time.time()
-    sample = take_sample(config)
+    sample = take_sample(config, formats)
     read_seconds = time.time() - started
-    formats = input_formats(config.model.signature, opts.key_field, opts.passthrough_fields,
-                            opts.max_instance_bytes)
     result = process(config, sample, formats, loaded)
     return build_report(config, loaded, load_seconds, read_seconds, sample, result)
   finally:

@@ -62,8 +62,9 @@ class FastRows:
 
 
 class InputFormat:
-  """An input format: `kind`, `read(files)`, `instance(chunk, row)` and,
-  optionally, `fast(chunk, rows, decoder)`."""
+  """An input format: `kind`, `read(files)`, `sample(metadata, quota,
+  limits)`, `instance(chunk, row)` and, optionally, `fast(chunk, rows,
+  decoder)`."""
   kind = None
   fast = None
   binary_records = False  # error records show them as base64
@@ -74,6 +75,11 @@ class InputFormat:
 
   def read_transform(self) -> beam.PTransform:
     return _Read(self)
+
+  def sample(self, metadata, quota: int, limits):
+    """The first `quota` instances of one file, read as `read` reads it,
+    within `limits` (a FileSample; transforms/read/sampling.py)."""
+    raise NotImplementedError
 
   def instance(self, chunk: RawChunk, row: int) -> Instance:
     raise NotImplementedError

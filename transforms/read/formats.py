@@ -2,7 +2,8 @@
 
 The format of each file is known before the pipeline starts (by extension,
 or `--format`), so the graph holds one reader per format present, flattened.
-Each format's reading and meaning live in its own module (input_*.py).
+Each format's reading and meaning live in its own module (input_*.py), and
+so does its sample (`sample_file`: the beginning of a file, for preflight).
 """
 import apache_beam as beam
 
@@ -11,6 +12,7 @@ from tf_batch_predict.transforms.read.input_json import JsonRequestFormat
 from tf_batch_predict.transforms.read.input_jsonl import JsonLinesFormat
 from tf_batch_predict.transforms.read.input_parquet import ParquetFormat
 from tf_batch_predict.transforms.read.input_tfrecord import TFRecordFormat
+from tf_batch_predict.transforms.read.sampling import FileSample
 from tf_batch_predict.transforms.records import CSV, JSON, JSONL, PARQUET, RawChunk, TFRECORD
 
 FORMATS = (JSONL, JSON, CSV, TFRECORD, PARQUET)
@@ -55,6 +57,13 @@ def input_formats(signature, key_field, passthrough_fields, max_instance_bytes,
     for kind in SPLITTABLE_FORMATS:
       formats[kind].range_size = range_size
   return formats
+
+
+def sample_file(kind, metadata, quota: int, formats: dict, limits) -> FileSample:
+  """The first `quota` instances of one file of format `kind` (`formats`:
+  from `input_formats`), read by that format's own reader within `limits`
+  (sampling.SampleLimits)."""
+  return formats[kind].sample(metadata, quota, limits)
 
 
 class ReadInstances(beam.PTransform):

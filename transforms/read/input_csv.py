@@ -25,7 +25,8 @@ import pyarrow.compute as pc
 
 from tf_batch_predict.transforms import convert
 from tf_batch_predict.transforms.read.decode import FastRows, Instance, InputFormat
-from tf_batch_predict.transforms.read.lines import DESIRED_RANGE_SIZE, ReadLineChunks
+from tf_batch_predict.transforms.read.lines import (DESIRED_RANGE_SIZE, ReadLineChunks,
+                                                    sample_lines)
 from tf_batch_predict.transforms.records import CSV
 
 _SPECIAL_FLOAT_TEXTS = pa.array(sorted(convert.SPECIAL_FLOATS))
@@ -64,6 +65,11 @@ class CsvFormat(InputFormat):
   def read(self, files):
     return files | ReadLineChunks(CSV, self._max_instance_bytes, header_reader=read_header,
                                   desired_range_size=self.range_size or DESIRED_RANGE_SIZE)
+
+  def sample(self, metadata, quota, limits):
+    """The first `quota` rows of a file, as `read` reads them (lines.py)."""
+    return sample_lines(metadata, CSV, quota, self._max_instance_bytes, limits,
+                        header_reader=read_header)
 
   def instance(self, chunk, row) -> Instance:
     header = chunk.header

@@ -42,14 +42,23 @@ with several, each has its index (its position in the body's list or
 batch). A body that is not valid is one `parse` error record for the file.
 There is no fast path: request files are small, and decoding is per
 instance.
+
+A sample (`sample_request_file`, for batch-predict preflight): the file read
+by ReadJsonRequests where it is small enough, else the first elements of its
+"instances", its start scanned and parsed by the same definition.
 """
+import re
+import time
+from typing import Optional
+
 import apache_beam as beam
 
 from tf_batch_predict.transforms.convert import SchemaError, carried_text, short
 from tf_batch_predict.transforms.read.decode import InputFormat
 from tf_batch_predict.transforms.read.input_jsonl import json_instance
-from tf_batch_predict.transforms.json_values import JsonObject, parse_json
-from tf_batch_predict.transforms.read.lines import fault_reason, open_input
+from tf_batch_predict.transforms.json_values import _DECODER, JsonObject, _object, parse_json
+from tf_batch_predict.transforms.read.lines import BLOCK_SIZE, fault_reason, open_input
+from tf_batch_predict.transforms.read.sampling import FileSample, first_records, is_gzip
 from tf_batch_predict.transforms.records import JSON, RawChunk
 from tf_batch_predict.transforms.model.savedmodel import SignatureSpec
 
@@ -266,6 +275,9 @@ class JsonRequestFormat(InputFormat):
     return (files | beam.Reshuffle()
             | beam.ParDo(ReadJsonRequests(self._signature, self._max_bytes)))
 
+  def sample(self, metadata, quota, limits):
+    return sample_request_file(metadata, quota, self._signature, self._max_bytes, limits)
+
   def instance(self, chunk, row):
     record = chunk.records[row]
     if isinstance(record, NotAnExample):
@@ -285,3 +297,287 @@ class JsonRequestFormat(InputFormat):
       return carried_text(record, repeated_ok=True)
     except (ValueError, TypeError, RecursionError):
       return repr(record).encode('utf-8', 'replace')
+
+
+# -- a sample: the first instances of a file -----------------------------------------
+
+def sample_request_file(metadata, quota: int, signature: SignatureSpec, job_limit: int,
+                        limits) -> FileSample:
+  """The first `quota` instances of a request file (`job_limit`: the bytes
+  the run reads of one): ReadJsonRequests where the run parses it whole and
+  it holds at most `limits.request_whole_bytes` (decompressed; its instance
+  count is then exact); a larger one is sampled from its start
+  (`_sample_request_start`). A gzip file is read through a bounded
+  decompressing reader, never whole past the cap."""
+  path, size = metadata.path, metadata.size_in_bytes
+  if size > job_limit or (not is_gzip(path) and size <= limits.request_whole_bytes):
+    return _sample_whole(metadata, quota, signature, job_limit, None)
+  # Larger than the cap as stored, or gzip: the first bytes decompressed.
+  read_limit = min(limits.request_whole_bytes, job_limit)
+  content = b''
+  try:
+    with open_input(path) as f:
+      content = f.read(read_limit + 1)
+      if len(content) <= read_limit:
+        decompressed = len(content)
+      elif not is_gzip(path):
+        decompressed = size
+      else:  # how much there is, without keeping it (the run reads up to its limit)
+        decompressed = _read_on(f, len(content), job_limit, limits.request_scan_seconds)
+  except Exception as e:  # pylint: disable=broad-except
+    if len(content) <= read_limit:  # the run's read fails as early: its own record
+      return _sample_whole(metadata, quota, signature, job_limit, None)
+    return FileSample(path, JSON, size, [RawChunk([(path, 0)], [], [], kind=JSON, file_errors=[
+        (path, f'reading failed: {fault_reason(e)}')])], count=0)
+  if len(content) <= read_limit or (decompressed is not None and decompressed > job_limit):
+    # Whole within the cap, or larger than the run reads (its error record,
+    # read no further than its limit, here at most the cap).
+    if decompressed is not None and decompressed > job_limit > read_limit:
+      return _too_large_request(metadata, content, job_limit)
+    return _sample_whole(metadata, quota, signature, job_limit, decompressed)
+  sample = _sample_request_start(metadata, content[:read_limit], quota, signature)
+  sample.decompressed = decompressed
+  return sample
+
+
+def _read_on(f, done: int, limit: int, seconds: float) -> Optional[int]:
+  """Reads on (not keeping it) to tell the decompressed size of a file, up
+  to `limit` + 1 bytes: the size, or None after `seconds`."""
+  deadline = time.monotonic() + seconds
+  while done <= limit:
+    if time.monotonic() > deadline:
+      return None
+    block = f.read(min(BLOCK_SIZE, limit + 1 - done))
+    if not block:
+      break
+    done += len(block)
+  return done
+
+
+def _sample_whole(metadata, quota, signature, job_limit, decompressed) -> FileSample:
+  """The run's own reading of the whole file, its first `quota` instances kept."""
+  chunks = list(ReadJsonRequests(signature, job_limit).process(metadata))
+  count = sum(len(c) for c in chunks)
+  sample = FileSample(metadata.path, JSON, metadata.size_in_bytes, first_records(chunks, quota),
+                      count=count, decompressed=decompressed)
+  sample.instances = sum(len(c) for c in sample.chunks)
+  if not any(c.file_errors for c in chunks):
+    sample.span = (count, 0, None)  # bytes: the file's, decompressed (filled in later)
+  return sample
+
+
+def _too_large_request(metadata, content: bytes, job_limit: int) -> FileSample:
+  """ReadJsonRequests' record for a request file larger once decompressed
+  than it reads, made here because ReadJsonRequests reads up to `job_limit`
+  + 1 bytes to tell (64 x --max_instance_bytes), which a sample does not."""
+  path = metadata.path
+  chunk = RawChunk([(path, 0)], [None], [content[:8192]], kind=JSON, read_errors={0: (
+      f'the request file holds more than {job_limit} bytes ({REQUEST_FILE_INSTANCES} x '
+      '--max_instance_bytes); it was not read')}, unread_sizes={0: job_limit + 1})
+  return FileSample(path, JSON, metadata.size_in_bytes, [chunk], instances=1, count=1)
+
+
+# The start of a request file too large for a sample to parse whole: the run
+# parses every file whole (ReadJsonRequests), which a sample cannot afford,
+# so the body's start is scanned here. Values are delimited by brackets and
+# strings alone (`_value_end`), then each is parsed by the job's JSON
+# definition (transforms/json_values.py), so an instance taken is the run's.
+_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|"|[\[\]{}]')
+_JSON_SCALAR_END = re.compile(r'[,\]}\s]')
+_JSON_SPACE = re.compile(r'[ \t\n\r]*')
+
+
+def _value_end(text: str, start: int) -> Optional[int]:
+  """Where the JSON value starting at `start` ends, by its brackets and
+  strings alone (after its last character); None where `text` ends first."""
+  first = text[start:start + 1]
+  if first in ('[', '{', '"'):
+    depth = 0
+    for token in _JSON_TOKEN.finditer(text, start):
+      mark = token.group()
+      if mark == '"':  # a string that does not end
+        return None
+      if mark in '[{':
+        depth += 1
+      elif mark in ']}':
+        depth -= 1
+      if depth <= 0:
+        return token.end()
+    return None
+  end = _JSON_SCALAR_END.search(text, start)
+  return end.start() if end else None
+
+
+def _first_error(data: bytes) -> Optional[str]:
+  """The message the job's JSON definition gives for `data`, or None."""
+  try:
+    parse_json(data)
+  except ValueError as e:
+    return str(e)
+  return None
+
+
+class _Cut(Exception):
+  """The text ends within what is being parsed."""
+
+
+class _Invalid(Exception):
+  """What is there up to `position` is not valid JSON (whatever follows)."""
+  def __init__(self, position):
+    super().__init__(position)
+    self.position = position
+
+
+def _json_value(text: str, at: int) -> tuple:
+  """(value, the end) of the JSON value at `at` (by the job's definition);
+  _Cut where the text ends first, _Invalid where it cannot be parsed."""
+  end = _value_end(text, at)
+  if end is None:
+    raise _Cut()
+  try:
+    return _DECODER.raw_decode(text, at)
+  except (ValueError, RecursionError):
+    raise _Invalid(end + 1) from None
+
+
+def _json_fields(text: str, at: int, pairs: list, stop_at_instances: bool,
+                 first: bool = True) -> int:
+  """Parses the fields of an object from `at` into `pairs` ((name, value)):
+  up to a field "instances" whose value is a list (returns where its first
+  element starts) where `stop_at_instances`, else to the object's end or
+  the text's (returns -1). _Cut where a field before "instances" cannot be
+  told whole, _Invalid where it is not valid; a field after it that the
+  text cuts is there with the value None. `first`: no field before `at`."""
+  while True:
+    at = _JSON_SPACE.match(text, at).end()
+    if at >= len(text):
+      if stop_at_instances:
+        raise _Cut()
+      return -1
+    if text[at] == '}':
+      if stop_at_instances:
+        raise _Cut()  # no "instances": one instance, larger than the sample reads
+      return -1
+    if not first:
+      if text[at] != ',':
+        raise _Invalid(at + 1)
+      at = _JSON_SPACE.match(text, at + 1).end()
+    first, name = False, None
+    try:
+      name, at = _json_value(text, at)
+      at = _JSON_SPACE.match(text, at).end()
+      if at >= len(text):
+        raise _Cut()
+      if text[at] != ':' or not isinstance(name, str):
+        raise _Invalid(at + 1)
+      at = _JSON_SPACE.match(text, at + 1).end()
+      if stop_at_instances:
+        if name == 'instances' and text[at:at + 1] == '[':
+          return at + 1
+        if name in ('inputs', 'examples', 'context'):
+          raise _Cut()  # a body of another form: its instances are told from the whole
+      value, at = _json_value(text, at)
+    except _Cut:
+      if stop_at_instances:
+        raise
+      if isinstance(name, str):  # its value cut: there, of a value not known
+        pairs.append((name, None))
+      return -1
+    pairs.append((name, value))
+
+
+def _request_start(data: bytes, quota: int):
+  """The start of a request body cut at len(data) (a byte order mark
+  removed): (its fields, with up to `quota` elements of "instances" as
+  that field's value, the byte offsets where the first element starts and
+  the last ends) where the body is an object whose "instances" list starts
+  within `data`; (None, the run's message for the whole file) where what
+  is there is already not valid; None where the body is of another form
+  (its instances cannot be told from its start)."""
+  try:
+    text = data.decode('utf-8')
+  except UnicodeDecodeError as e:
+    if e.reason != 'unexpected end of data':
+      return None, _first_error(data)
+    data = data[:e.start]  # a character cut at the end
+    text = data.decode('utf-8')
+  ascii_only = text.isascii()
+
+  def byte_at(position):
+    return position if ascii_only else len(text[:position].encode('utf-8'))
+
+  at = _JSON_SPACE.match(text).end()
+  if text[at:at + 1] != '{':
+    return None  # one instance (a value or a list), larger than the sample reads
+  before, instances, after, first, last = [], [], [], None, None
+  try:
+    at = last = _json_fields(text, at + 1, before, stop_at_instances=True)
+    closed = False
+    while len(instances) < quota:
+      at = _JSON_SPACE.match(text, at).end()
+      if at >= len(text):
+        break
+      if not instances and text[at] == ']':
+        closed, last = True, at + 1
+        break
+      try:
+        value, end = _json_value(text, at)
+      except _Cut:  # not an instance of the sample
+        break
+      gap = _JSON_SPACE.match(text, end).end()
+      if gap >= len(text) and text[at] not in '[{"':
+        break  # a number or literal at the cut: it may go on
+      instances.append(value)
+      first, last = (at if first is None else first), end
+      if gap < len(text) and text[gap] == ']':
+        closed, last = True, gap + 1
+        break
+      if gap < len(text) and text[gap] != ',':
+        raise _Invalid(gap + 1)
+      at = gap + 1
+    if closed:  # the fields after "instances" (one given twice, say)
+      _json_fields(text, last, after, stop_at_instances=False, first=False)
+  except _Cut:
+    return None
+  except _Invalid as e:  # the job's parser stops there, on the whole file as here
+    return None, _first_error(data[:byte_at(min(e.position, len(text)))]) or 'invalid JSON'
+  # The job's definition on what was parsed, closed (nesting too deep, a
+  # string with an unpaired surrogate): the run's message for the file.
+  message = _first_error(data[:byte_at(last)] + (b'}' if closed else b']}'))
+  if message is not None:
+    return None, message
+  pairs = before + [('instances', instances)] + after
+  return pairs, (byte_at(first), byte_at(last)) if instances else None
+
+
+def _sample_request_start(metadata, data: bytes, quota: int, signature) -> FileSample:
+  """A request file larger than a sample parses whole: the elements of its
+  "instances" within `data` (its first bytes), each parsed by the job's
+  JSON definition, the body's fields before them checked by `split_request`.
+  The run parses the file whole, so what follows is not checked here."""
+  path = metadata.path
+  sample = FileSample(path, JSON, metadata.size_in_bytes, [], partial='start')
+  bom = 3 if data.startswith(b'\xef\xbb\xbf') else 0
+  start = _request_start(data[bom:], quota)
+  if start is None:
+    sample.partial = 'not sampled'
+    return sample
+  if start[0] is None:  # not valid by then: the run's record for the file
+    sample.chunks = [RawChunk([(path, 0)], [None], [data[bom:]], kind=JSON,
+                              read_errors={0: start[1]})]
+    sample.instances, sample.count = 1, 1
+    return sample
+  pairs, span = start
+  try:
+    instances = split_request(_object(pairs), signature)
+  except ValueError as e:  # the fields before "instances" (signature_name, ...)
+    sample.chunks = [RawChunk([(path, 0)], [None], [data[bom:]], kind=JSON,
+                              read_errors={0: str(e)})]
+    sample.instances, sample.count = 1, 1
+    return sample
+  if instances:
+    sample.chunks = [RawChunk([(path, 0)], list(range(len(instances))), instances, kind=JSON)]
+    sample.instances = len(instances)
+    sample.span = (len(instances), bom + span[0], bom + span[1])
+  return sample
+

@@ -27,7 +27,8 @@ import simdjson
 
 from tf_batch_predict.transforms.read.decode import FastRows, Instance, InputFormat
 from tf_batch_predict.transforms.json_values import parse_json
-from tf_batch_predict.transforms.read.lines import DESIRED_RANGE_SIZE, ReadLineChunks
+from tf_batch_predict.transforms.read.lines import (DESIRED_RANGE_SIZE, ReadLineChunks,
+                                                    sample_lines)
 from tf_batch_predict.transforms.records import JSONL, Lines, TextColumn
 
 
@@ -78,6 +79,10 @@ class JsonLinesFormat(InputFormat):
   def read(self, files):
     return files | ReadLineChunks(JSONL, self._max_instance_bytes,
                                   desired_range_size=self.range_size or DESIRED_RANGE_SIZE)
+
+  def sample(self, metadata, quota, limits):
+    """The first `quota` lines of a file, as `read` reads them (lines.py)."""
+    return sample_lines(metadata, JSONL, quota, self._max_instance_bytes, limits)
 
   def instance(self, chunk, row) -> Instance:
     return json_instance(parse_json(chunk.records[row]))

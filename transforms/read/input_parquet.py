@@ -16,6 +16,10 @@ JSON has no value for (dates, decimals) as their text.
 Fast path (`ParquetFormat.fast`): the same cast on whole columns; rows with
 a null input are left to the definition, and so is the whole batch when a
 cast or a shape check fails for any row.
+
+A sample (`sample_parquet`, for batch-predict preflight): the first rows of
+a file, the columns the job reads, opened as ReadParquetBatches opens it
+(`open_parquet`); the row count from the file's metadata.
 """
 import apache_beam as beam
 import numpy as np
@@ -28,6 +32,7 @@ from apache_beam.io.filesystems import FileSystems
 from tf_batch_predict.transforms import convert
 from tf_batch_predict.transforms.read.decode import FastRows, Instance, InputFormat
 from tf_batch_predict.transforms.read.lines import count_read, count_skipped, fault_reason
+from tf_batch_predict.transforms.read.sampling import FileSample
 from tf_batch_predict.transforms.records import PARQUET, RawChunk
 
 ROWS_PER_CHUNK = 4096
@@ -111,6 +116,14 @@ def carried_texts(column) -> list:
   return texts
 
 
+def open_parquet(f, columns) -> tuple:
+  """(the ParquetFile of an open file, the columns it has of `columns`:
+  those the job reads of it; None: all)."""
+  parquet = pq.ParquetFile(f)
+  names = set(parquet.schema_arrow.names)
+  return parquet, None if columns is None else [c for c in columns if c in names]
+
+
 class ReadParquetBatches(beam.DoFn):
   """FileMetadata -> RawChunks holding one RecordBatch each; positions are
   row indexes within the file."""
@@ -123,10 +136,7 @@ class ReadParquetBatches(beam.DoFn):
     row, counted = 0, 0  # stored bytes recorded on chunks (RawChunk.stored_bytes)
     try:
       with FileSystems.open(path) as f:
-        parquet = pq.ParquetFile(f)
-        names = set(parquet.schema_arrow.names)
-        columns = None if self._columns is None else [
-            c for c in self._columns if c in names]
+        parquet, columns = open_parquet(f, self._columns)
         rows = parquet.metadata.num_rows or 1
         for batch in parquet.iter_batches(batch_size=ROWS_PER_CHUNK, columns=columns):
           chunk = RawChunk([(path, 0)], list(range(row, row + batch.num_rows)), batch,
@@ -147,6 +157,29 @@ class ReadParquetBatches(beam.DoFn):
       yield chunk
 
 
+def sample_parquet(metadata, quota: int, columns) -> FileSample:
+  """As ReadParquetBatches, the first `quota` rows of the columns the job
+  reads (`columns`; None: all); the row count from the file's metadata."""
+  path = metadata.path
+  sample = FileSample(path, PARQUET, metadata.size_in_bytes, [])
+  try:
+    with FileSystems.open(path) as f:
+      parquet, read = open_parquet(f, columns)
+      sample.count = parquet.metadata.num_rows
+      sample.columns = tuple(parquet.schema_arrow.names)
+      batch = next(parquet.iter_batches(batch_size=quota, columns=read), None)
+  except Exception as e:  # pylint: disable=broad-except
+    sample.count = 0
+    sample.chunks = [RawChunk([(path, 0)], [], pa.record_batch([]), kind=PARQUET, file_errors=[
+        (path, f'reading failed after 0 rows: {fault_reason(e)}')])]
+    return sample
+  sample.span = (sample.count, 0, sample.size)  # bytes per row, for files not counted
+  if batch is not None and batch.num_rows:
+    sample.chunks = [RawChunk([(path, 0)], list(range(batch.num_rows)), batch, kind=PARQUET)]
+    sample.instances = batch.num_rows
+  return sample
+
+
 class ParquetFormat(InputFormat):
   kind = PARQUET
 
@@ -155,6 +188,10 @@ class ParquetFormat(InputFormat):
 
   def read(self, files):
     return files | beam.Reshuffle() | beam.ParDo(ReadParquetBatches(self._columns))
+
+  def sample(self, metadata, quota, limits):  # pylint: disable=unused-argument
+    # Rows, not bytes: the file's metadata locates them, so no byte budget.
+    return sample_parquet(metadata, quota, self._columns)
 
   def instance(self, chunk, row) -> Instance:
     batch = chunk.records

@@ -24,6 +24,9 @@ for inputs of fully defined shape and a dtype tf.Example holds (float32,
 int64, string), which gives the definition's arrays when it succeeds; the
 carried features of each record by the definition. When parse_example
 refuses the chunk, every record of it goes to the definition.
+
+A sample (`sample_tfrecords`, for batch-predict preflight): the first
+records of a file, read by `read_tfrecords` within a byte budget.
 """
 import struct
 
@@ -35,6 +38,7 @@ from tf_batch_predict.transforms import convert
 from tf_batch_predict.transforms.read.decode import FastRows, Instance, InputFormat
 from tf_batch_predict.transforms.read.lines import (KEPT_PREFIX_BYTES, count_read, count_skipped, fault_reason,
                               open_input, stored_position)
+from tf_batch_predict.transforms.read.sampling import ByteBudget, FileSample
 from tf_batch_predict.transforms.records import RawChunk, TFRECORD
 
 MAX_RECORDS_PER_CHUNK = 4096
@@ -125,6 +129,51 @@ class ReadTFRecords(beam.DoFn):
       yield chunk
 
 
+def sample_tfrecords(metadata, quota: int, max_bytes: int, limits) -> FileSample:
+  """The first `quota` records of a file within `limits.bytes_per_file`,
+  read by `read_tfrecords` as ReadTFRecords reads them."""
+  path = metadata.path
+  chunk = RawChunk([(path, 0)], [], [], kind=TFRECORD)
+  sample = FileSample(path, TFRECORD, metadata.size_in_bytes, [chunk])
+  index, spanned, goes_on, reader = 0, 0, False, None
+  try:
+    with open_input(path) as raw:
+      reader = ByteBudget(raw, limits.bytes_per_file)
+      for record, fault in read_tfrecords(reader, max_bytes):
+        if record is None:
+          if reader.hit:  # cut by the byte budget, not broken
+            goes_on = True
+          else:
+            chunk.file_errors.append((path, f'reading failed after {index} records: {fault}'))
+          break
+        if index == quota:
+          goes_on = True
+          break
+        size = len(record)
+        if isinstance(fault, tuple):  # too large: (its size, the reason)
+          size, fault = fault
+          chunk.unread_sizes[len(chunk)] = size
+        if fault:
+          chunk.read_errors[len(chunk)] = fault
+        chunk.positions.append(index)
+        chunk.records.append(record)
+        index += 1
+        spanned += 16 + size
+      else:
+        goes_on = reader.hit
+  except Exception as e:  # pylint: disable=broad-except
+    chunk.file_errors.append((path, f'reading failed after {index} records: '
+                                    f'{fault_reason(e)}'))
+  sample.instances = len(chunk)
+  if not goes_on:
+    sample.count = len(chunk)
+  if not chunk.file_errors:
+    sample.span = (len(chunk), 0, spanned)
+  if not len(chunk) and not chunk.file_errors:
+    sample.chunks = []
+  return sample
+
+
 def carry_feature(values):
   """A carried feature's JSON text (see the module's docstring)."""
   if values is None:
@@ -148,6 +197,9 @@ class TFRecordFormat(InputFormat):
 
   def read(self, files):
     return files | beam.Reshuffle() | beam.ParDo(ReadTFRecords(self._max_instance_bytes))
+
+  def sample(self, metadata, quota, limits):
+    return sample_tfrecords(metadata, quota, self._max_instance_bytes, limits)
 
   def instance(self, chunk, row) -> Instance:
     record = chunk.records[row]

@@ -43,10 +43,15 @@ look at the stop and the claim (from another thread) is handled in
 A fault while reading (a truncated or corrupt gzip stream, a file that
 cannot be opened) ends the range with the lines read so far and one file
 error that says how far reading got.
+
+`sample_lines` reads the beginning of a file for a sample (batch-predict
+preflight) with this reader, within a byte budget.
 """
 import dataclasses
 import functools
 import gzip
+import time
+from typing import Optional
 
 import apache_beam as beam
 import numpy as np
@@ -55,6 +60,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.range_trackers import OffsetRangeTracker
 
+from tf_batch_predict.transforms.read.sampling import ByteBudget, FileSample
 from tf_batch_predict.transforms.records import Lines, RawChunk
 
 BLOCK_SIZE = 1 << 20
@@ -631,3 +637,109 @@ class ReadLineChunks(beam.PTransform):
         desired_bundle_size=self._desired_range_size,
         min_bundle_size=0,
         source_from_file=self._source)
+
+
+# -- a sample: the beginning of a file ----------------------------------------------
+
+class _SampleLineSource(LineChunkSource):
+  """The job's line reader, over at most `budget` bytes of a file."""
+  def __init__(self, path, kind, chunk_lines, max_instance_bytes, header_reader, budget):
+    super().__init__(path, kind, chunk_lines, 1 << 62, max_instance_bytes, header_reader)
+    self._budget = budget
+    self.reader = None  # the ByteBudget, once open
+
+  def open_file(self, file_name):
+    self.reader = ByteBudget(open_input(file_name), self._budget)
+    return self.reader
+
+
+def _drop_last(chunk) -> None:
+  row = len(chunk) - 1
+  chunk.records = chunk.records[:row]  # Lines, or a list
+  chunk.positions = chunk.positions[:row]
+  chunk.read_errors.pop(row, None)
+  chunk.unread_sizes.pop(row, None)
+
+
+def sample_lines(metadata, kind: str, quota: int, max_bytes: int, limits,
+                 header_reader=None) -> FileSample:
+  """JSON Lines or CSV (`header_reader`: CSV's): the first `quota` lines of
+  a file within `limits.bytes_per_file`, read by LineChunkSource, one line
+  more than the quota (which tells that the file goes on, and where the
+  next instance starts)."""
+  path = metadata.path
+  source = _SampleLineSource(path, kind, quota + 1, max_bytes, header_reader,
+                             limits.bytes_per_file)
+  records = source.read_records(path, OffsetRangeTracker(0, OffsetRangeTracker.OFFSET_INFINITY))
+  try:
+    chunk = next(records, None)
+  finally:
+    records.close()
+  sample = FileSample(path, kind, metadata.size_in_bytes, [])
+  reader = source.reader
+  if chunk is None:  # no line at all, or none within the budget (a huge CSV header)
+    sample.count = 0 if reader is None or not reader.hit else None
+    return sample
+  if len(chunk) > quota:  # the file goes on
+    sample.span = (quota, chunk.positions[0], chunk.positions[quota])
+    _drop_last(chunk)
+  elif chunk.file_errors or reader is None or not reader.hit:
+    sample.count = len(chunk)  # read to its end, or as far as the run reads it
+    if len(chunk) and reader is not None and not chunk.file_errors:
+      sample.span = (len(chunk), chunk.positions[0], reader.position)
+  else:  # cut by the byte budget
+    end = reader.position
+    if len(chunk) and reader.last != b'\n':  # the last line was cut
+      row = len(chunk) - 1
+      if row in chunk.unread_sizes:  # too large anyway: its size as the run measures it
+        size = _cut_line_size(path, reader, chunk.unread_sizes[row], limits)
+        if size is None:  # beyond the scan's bounds: what is known, said to be preflight's
+          chunk.read_errors[row] = (
+              f'the instance is at least {chunk.unread_sizes[row]} bytes (preflight read no '
+              f'further), more than --max_instance_bytes ({max_bytes}); it was not read')
+        else:
+          chunk.unread_sizes[row] = size
+          chunk.read_errors[row] = (
+              f'the instance is {size} bytes, more than --max_instance_bytes '
+              f'({max_bytes}); it was not read')
+      else:
+        end = chunk.positions[row]
+        _drop_last(chunk)
+    if len(chunk):
+      sample.span = (len(chunk), chunk.positions[0], end)
+  sample.instances = len(chunk)
+  sample.chunks = [chunk] if len(chunk) or chunk.file_errors or chunk.blank_lines else []
+  return sample
+
+
+def _cut_line_size(path: str, reader, known: int, limits) -> Optional[int]:
+  """The size of a line the byte budget cut (`known` bytes of it read, up
+  to `reader.position`), counted as this reader counts it (without its line
+  feed and one carriage return before it): its end looked for without
+  keeping its bytes. None beyond `limits.line_scan_bytes` or
+  `limits.line_scan_seconds`, or where the file cannot be read on."""
+  deadline = time.monotonic() + limits.line_scan_seconds
+  most = limits.line_scan_bytes
+  size = known + (reader.last == b'\r')  # the carriage return it left out, if last
+  last = reader.last
+  try:
+    with open_input(path) as f:
+      f.seek(reader.position)
+      scanned = 0
+      while True:
+        if scanned >= most or time.monotonic() > deadline:
+          return None
+        block = f.read(min(BLOCK_SIZE, most - scanned))
+        if not block:  # the last line, without a line feed
+          break
+        end = block.find(b'\n')
+        if end >= 0:
+          size += end
+          last = block[end - 1:end] if end else last
+          break
+        size += len(block)
+        scanned += len(block)
+        last = block[-1:]
+  except Exception:  # pylint: disable=broad-except  (the run says what it finds)
+    return None
+  return size - (last == b'\r')
