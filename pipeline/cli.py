@@ -23,6 +23,7 @@ from tf_batch_predict.pipeline.command import (
     EXIT_CONFIG_ERROR, EXIT_INPUT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PIPELINE_FAILED,
     EXIT_TERMINATED, EXIT_TOO_MANY_ERRORS, PipelineFailed, configure_logging, debug, error,
     fails_as, last_line, take_log_level)
+from tf_batch_predict.pipeline import workers
 
 _LOG = logging.getLogger(__name__)
 
@@ -93,6 +94,16 @@ def _workers_stderr_filtered(beam_args):
   return quiet.stderr_filtered_by_process(drop_tracebacks=True)
 
 
+def _worker_deaths_reported(beam_args, stderr_filter):
+  """A local worker process that dies (multi_processing) fails the run in
+  one line that says how, at once (pipeline/workers.py)."""
+  from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+  mode = PipelineOptions(list(beam_args)).view_as(DirectOptions).direct_running_mode
+  if mode != 'multi_processing':
+    return contextlib.nullcontext()
+  return workers.deaths_reported(stderr_filter, show_tracebacks=debug())
+
+
 def run(config, staging) -> dict:
   """Runs the pipeline into the staging folder, showing its progress, and
   returns the summary; raises PipelineFailed."""
@@ -116,11 +127,14 @@ def run(config, staging) -> dict:
     # a local run for report.html.
     with progress.Reporter(interval, total_bytes, started=_STARTED,
                            series=watched) as reporter:
-      with _workers_stderr_filtered(config.options.beam_args):
+      with _workers_stderr_filtered(config.options.beam_args) as stderr_filter, \
+          _worker_deaths_reported(config.options.beam_args, stderr_filter):
         p = beam.Pipeline(options=_pipeline_options(config))
         graph.build(p, staged)
         result = p.run()
         state = result.wait_until_finish()
+  except workers.WorkerDied as e:
+    raise PipelineFailed(str(e)) from (e.__cause__ or e)
   except Exception as e:  # pylint: disable=broad-except
     raise PipelineFailed(last_line(e)) from e
   ended = time.time()
@@ -213,36 +227,12 @@ def _raise_terminated(signum, frame):
   # processes (multi_processing, started through a shell) and their stderr
   # filter get Ctrl-C's signal, so that everything stops as it does then
   # (else Beam would wait for the workers forever).
-  for pid in _descendants():
+  for pid in workers.descendants():
     try:
       os.kill(pid, signal.SIGINT)
     except OSError:
       pass
   raise _Terminated()
-
-
-def _descendants() -> list:
-  """This process's descendants, from /proc (Linux); elsewhere none are
-  known."""
-  parents = {}
-  try:
-    entries = os.listdir('/proc')
-  except OSError:
-    return []
-  for entry in entries:
-    if not entry.isdigit():
-      continue
-    try:
-      with open(f'/proc/{entry}/stat', 'rb') as f:
-        parents[int(entry)] = int(f.read().rsplit(b')', 1)[1].split()[1])  # state, then ppid
-    except (OSError, IndexError, ValueError):
-      continue
-  found, frontier = [], [os.getpid()]
-  while frontier:
-    children = [pid for pid, parent in parents.items() if parent in frontier]
-    found += children
-    frontier = children
-  return found
 
 
 def _sigterm_raises():

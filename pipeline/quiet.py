@@ -38,6 +38,7 @@ import importlib.abc
 import importlib.util
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -192,6 +193,10 @@ def uninstall() -> None:
 
 
 _TRACEBACK_START = 'Traceback (most recent call last):'
+# What the shell around a worker (`sh -c`) prints when the worker dies of a
+# signal ('Killed'); the launcher reports the death itself.
+_SHELL_SIGNAL_REPORT = re.compile(r'^(%s)( \(core dumped\))?$' % '|'.join(
+    re.escape(signal.strsignal(s)) for s in signal.valid_signals() if signal.strsignal(s)))
 _TRACEBACK_FRAME = re.compile(r'^(\s|$)')  # indented, or blank
 # What may follow an exception line within one traceback (chained exceptions).
 _TRACEBACK_CHAIN = re.compile(
@@ -204,7 +209,8 @@ class _StreamFilter:
   driver was reported missing, by any process writing into the stream).
   With `drop_tracebacks`, also Python tracebacks, up to their exception line:
   a worker process of Beam prints the exception that fails a bundle (and so
-  the run, which the launcher reports in one line)."""
+  the run, which the launcher reports in one line); and a shell's report of
+  a worker's death by a signal (the launcher reports it: pipeline/workers.py)."""
 
   def __init__(self, drop_tracebacks: bool = False):
     self._partial = b''
@@ -215,6 +221,8 @@ class _StreamFilter:
   def _keep(self, line: bytes) -> bool:
     text = line.decode('utf-8', 'replace').rstrip('\r')
     if self._drop_tracebacks:
+      if _SHELL_SIGNAL_REPORT.match(text):
+        return False
       if text == _TRACEBACK_START:
         self._in_traceback = 'frames'
         return False
@@ -273,13 +281,14 @@ def stderr_filtered_by_process(drop_tracebacks: bool = False, seconds_to_drain: 
   is a pipe to a filter process that passes on what is not start-up noise
   to the real stderr. At the end, fd 2 is restored and the filter is given
   `seconds_to_drain` to pass on the rest (it goes on alone after that, until
-  the last worker holding the pipe has ended). If the filter cannot be
-  started, the block runs unfiltered."""
+  the last worker holding the pipe has ended). Yields the filter process
+  (SIGINT: it passes nothing on from then), or None where it cannot be
+  started: the block runs unfiltered."""
   _flush_stderr()
   try:
     read_end, write_end = os.pipe()
   except OSError:
-    yield
+    yield None
     return
   saved = None
   try:
@@ -291,13 +300,13 @@ def stderr_filtered_by_process(drop_tracebacks: bool = False, seconds_to_drain: 
     for fd in (read_end, write_end, saved):
       if fd is not None:
         os.close(fd)
-    yield
+    yield None
     return
   os.close(read_end)
   os.dup2(write_end, 2)
   os.close(write_end)
   try:
-    yield
+    yield process
   finally:
     _flush_stderr()
     os.dup2(saved, 2)  # the launcher's end of the pipe is closed
@@ -309,7 +318,6 @@ def stderr_filtered_by_process(drop_tracebacks: bool = False, seconds_to_drain: 
 
 
 if __name__ == '__main__':  # the filter process of `stderr_filtered_by_process`
-  import signal
   signal.signal(signal.SIGINT, _on_interrupt)  # the filter goes on to the end of the pipe
   filter_stream(0, 1, drop_tracebacks='--drop_tracebacks' in sys.argv[1:])
 elif os.environ.get(ENV) == '1':  # a process started by a run of the CLI

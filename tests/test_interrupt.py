@@ -1,6 +1,7 @@
 """Ctrl-C and SIGTERM: the job stops with one line and exit status 130 or
 143, in every local running mode, cleans up after itself, and the previous
-result stays as it was."""
+result stays as it was. A worker process that dies (multi_processing): one
+line, exit status 1, the previous result as it was."""
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import time
 
 import pytest
 
+from tf_batch_predict.pipeline import workers
 from tests.helpers import write_lines
 from tests.test_runs import ROOT, keras_args, keras_lines, snapshot
 
@@ -61,3 +63,65 @@ def test_ctrl_c_and_sigterm_are_one_line_and_keep_the_previous_result(
                    'left as it was']
   assert snapshot(out) == previous
   assert sorted(os.listdir(out)) == sorted(previous)  # no staging folder, no lock left
+
+
+def _sdk_workers(pid) -> list:
+  """The Python SDK workers among the descendants of `pid` (not the shells
+  that start them)."""
+  found = []
+  for child in workers.descendants(pid):
+    try:
+      with open(f'/proc/{child}/cmdline', 'rb') as f:
+        args = f.read().split(b'\0')
+    except OSError:
+      continue
+    if args[1:3] == [b'-m', b'apache_beam.runners.worker.sdk_worker_main']:
+      found.append(child)
+  return found
+
+
+def _alive(pid) -> bool:
+  try:
+    with open(f'/proc/{pid}/stat', 'rb') as f:
+      return f.read().rsplit(b')', 1)[1].split()[0] != b'Z'
+  except OSError:
+    return False
+
+
+@pytest.mark.parametrize('moment', ['starting', 'at work'])
+def test_a_worker_process_that_dies_is_one_line_and_keeps_the_previous_result(
+    model_dir, tmp_path, big_input, moment):
+  """A worker killed with SIGKILL (as the kernel does when memory runs out),
+  before it has connected to the runner (Beam would wait for it forever) or
+  while it scores."""
+  pattern = write_lines(str(tmp_path / 'in' / 'a.jsonl'), keras_lines('a', 40))
+  out = tmp_path / 'out'
+  args = [sys.executable, '-m', 'tf_batch_predict.pipeline', *keras_args(model_dir, pattern),
+          f'--output={out}', '--progress_interval=0.2']
+  assert subprocess.run(args, cwd=ROOT, capture_output=True).returncode == 0  # in one process
+  previous = snapshot(out)
+  args[args.index(f'--input={pattern}')] = f'--input={big_input}'
+  args += ['--direct_running_mode=multi_processing', '--direct_num_workers=2']
+  with open(tmp_path / 'stderr', 'wb') as stderr:
+    job = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr,
+                           start_new_session=True)
+    deadline = time.time() + 120
+    if moment == 'at work':
+      while b'tf_batch_predict.pipeline.progress' not in (tmp_path / 'stderr').read_bytes():
+        assert job.poll() is None and time.time() < deadline
+        time.sleep(0.1)
+      time.sleep(1.5)
+    while not _sdk_workers(job.pid):
+      assert job.poll() is None and time.time() < deadline
+      time.sleep(0.02)
+    started = _sdk_workers(job.pid)
+    os.kill(started[0], signal.SIGKILL)
+    assert job.wait(timeout=60) == 1
+  lines = [line for line in (tmp_path / 'stderr').read_text().splitlines()
+           if not line.startswith('INFO ')]
+  assert lines == ['batch-predict: error: the pipeline failed: a worker process died (killed '
+                   'by SIGKILL, which is also how the kernel ends a process when memory runs '
+                   'out: fewer --direct_num_workers or a smaller --max_batch_size need less)']
+  assert snapshot(out) == previous
+  assert sorted(os.listdir(out)) == sorted(previous)  # no staging folder, no lock left
+  assert not any(_alive(pid) for pid in started)  # the other worker is stopped too

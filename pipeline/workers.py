@@ -1,0 +1,169 @@
+"""Worker processes of Beam's local multi_processing mode (FnApiRunner) that
+die while the pipeline runs: killed with SIGKILL, by the kernel when memory
+runs out, or crashed.
+
+Beam starts each worker as `sh -c 'python -m ...sdk_worker_main'` from a
+thread named run_worker, which raises `Worker subprocess exited with return
+code N` when the shell ends with a nonzero status (128 + S where the worker
+died of signal S). What the runner does then depends on the moment: where the
+worker had opened its data connection, its bundle fails with `Channel closed
+prematurely.`; before, the runner waits for the worker's outputs forever.
+`deaths_reported()` watches those threads instead: at the first death it
+kills the other workers (their work is lost with the run anyway), silences
+the workers' stderr filter (what they print now is a consequence), and if
+the runner has not failed by itself a few seconds later, interrupts the main
+thread (SIGUSR1). Either way the block raises WorkerDied, which says how the
+worker died, in place of whatever the runner raised.
+"""
+import contextlib
+import os
+import re
+import signal
+import threading
+
+_EXITED = re.compile(r'^Worker subprocess exited with return code (-?\d+)$')
+_WORKER_MODULE = b'apache_beam.runners.worker.sdk_worker_main'
+
+
+class WorkerDied(Exception):
+  """A local worker process ended while the pipeline ran."""
+
+
+def exit_signal(returncode: int):
+  """The signal a worker died of, from its shell's exit status (128 + S) or,
+  where the worker ran without a shell, its own (-S); None if it exited."""
+  number = -returncode if returncode < 0 else returncode - 128 if returncode > 128 else 0
+  try:
+    return signal.Signals(number) if number else None
+  except ValueError:
+    return None
+
+
+def describe(returncode: int) -> str:
+  died = exit_signal(returncode)
+  if died is None:
+    return f'a worker process died (exit status {returncode})'
+  if died == signal.SIGKILL:
+    return ('a worker process died (killed by SIGKILL, which is also how the kernel ends a '
+            'process when memory runs out: fewer --direct_num_workers or a smaller '
+            '--max_batch_size need less)')
+  return f'a worker process died (killed by {died.name})'
+
+
+def descendants(root: int = 0) -> list:
+  """The descendants of process `root` (default: this one), from /proc
+  (Linux); elsewhere none are known."""
+  parents = {}
+  try:
+    entries = os.listdir('/proc')
+  except OSError:
+    return []
+  for entry in entries:
+    if not entry.isdigit():
+      continue
+    try:
+      with open(f'/proc/{entry}/stat', 'rb') as f:
+        parents[int(entry)] = int(f.read().rsplit(b')', 1)[1].split()[1])  # state, then ppid
+    except (OSError, IndexError, ValueError):
+      continue
+  found, frontier = [], [root or os.getpid()]
+  while frontier:
+    children = [pid for pid, parent in parents.items() if parent in frontier]
+    found += children
+    frontier = children
+  return found
+
+
+def is_worker(pid: int) -> bool:
+  """Whether process `pid` is a Python SDK worker (not the shell around it)."""
+  try:
+    with open(f'/proc/{pid}/cmdline', 'rb') as f:
+      args = f.read().split(b'\0')
+  except OSError:
+    return False
+  return any(a == b'-m' and b == _WORKER_MODULE for a, b in zip(args, args[1:]))
+
+
+def _kill_workers() -> None:
+  for pid in descendants():
+    if is_worker(pid):
+      try:
+        os.kill(pid, signal.SIGKILL)
+      except OSError:
+        pass
+
+
+def _worker_exit(args):
+  """The exit status in Beam's exception for a worker that ended, or None
+  for any other exception of a thread."""
+  if (args.thread is None or not args.thread.name.startswith('run_worker')
+      or not isinstance(args.exc_value, RuntimeError)):
+    return None
+  exited = _EXITED.match(str(args.exc_value))
+  return int(exited.group(1)) if exited else None
+
+
+@contextlib.contextmanager
+def deaths_reported(stderr_filter=None, show_tracebacks: bool = False,
+                    seconds_to_fail: float = 5.0):
+  """For the block (a run of the pipeline): the first death of a worker
+  process stops the others and fails the block with WorkerDied (see above).
+  `stderr_filter`: the workers' stderr filter process (pipeline/quiet.py),
+  told to pass nothing on after a death; `show_tracebacks`: Beam's thread
+  traceback of the death is printed too (debugging)."""
+  lock = threading.Lock()
+  in_main = threading.current_thread() is threading.main_thread()
+  state = {'death': None, 'armed': in_main}
+  previous_hook = threading.excepthook
+
+  def interrupt():
+    with lock:  # never after the block has restored the previous handler
+      if state['armed']:
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+
+  def on_signal(signum, frame):  # pylint: disable=unused-argument
+    if state['armed'] and state['death']:
+      state['armed'] = False
+      raise WorkerDied(state['death'])
+
+  def hook(args):
+    returncode = _worker_exit(args)
+    # A worker ended by SIGINT: Ctrl-C, or SIGTERM forwarded by the CLI,
+    # which reports it.
+    if returncode is None or exit_signal(returncode) == signal.SIGINT:
+      previous_hook(args)
+      return
+    if show_tracebacks:
+      previous_hook(args)
+    with lock:
+      if state['death'] is not None:
+        return  # one of the workers stopped below
+      state['death'] = describe(returncode)
+    if stderr_filter is not None:
+      try:
+        stderr_filter.send_signal(signal.SIGINT)  # passes nothing on from now
+      except OSError:
+        pass
+    _kill_workers()
+    timer = threading.Timer(seconds_to_fail, interrupt)
+    timer.daemon = True
+    timer.start()
+
+  previous_handler = signal.signal(signal.SIGUSR1, on_signal) if in_main else None
+  threading.excepthook = hook
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except
+    if state['death'] is None or isinstance(e, WorkerDied):
+      raise
+    raise WorkerDied(state['death']) from e
+  finally:
+    state['armed'] = False
+    with lock:
+      if in_main:
+        signal.signal(signal.SIGUSR1,
+                      signal.SIG_DFL if previous_handler is None else previous_handler)
+    # Workers stopped after a death may still end (and raise) later.
+    if threading.excepthook is hook and not any(
+        t.name.startswith('run_worker') and t.is_alive() for t in threading.enumerate()):
+      threading.excepthook = previous_hook
