@@ -1,18 +1,16 @@
 """Everything checked before the pipeline starts: the inputs exist, the model
 is a SavedModel with the signature and tags asked for, the options fit it."""
 import dataclasses
-import glob
 import os
 import stat
 
-from apache_beam.io.filesystem import FileMetadata
-from apache_beam.io.filesystems import FileSystems
-
+from tf_batch_predict.pipeline.outputs import check_outside_inputs
 from tf_batch_predict.pipeline.options import ConfigError, JobOptions
 from tf_batch_predict.transforms.write.format import LOCATION_FIELDS, OutputLayout, common_base, output_names
 from tf_batch_predict.transforms.read.formats import detect_format
 from tf_batch_predict.transforms.records import POSITION_FIELDS
 from tf_batch_predict.transforms.model.savedmodel import ModelError, ModelRef, inspect_model
+from tf_batch_predict.transforms import file_patterns
 from tf_batch_predict.transforms.storage import is_local
 
 
@@ -36,35 +34,34 @@ def _absolute(path: str) -> str:
 
 
 def match_inputs(patterns) -> tuple:
+  """FileMetadata of every file the patterns match, each once (the first
+  pattern's), by the definition of transforms/file_patterns.py. Locally that
+  includes paths that cannot be read as files (broken links, pipes), so that
+  each is accounted for."""
   files, seen = [], set()
   for pattern in patterns:
     try:
-      matched = FileSystems.match([pattern])[0].metadata_list
-    except Exception:  # a missing directory matches nothing; say so below
-      matched = []
-    matched = list(matched) + _unlisted_local_files(pattern, {m.path for m in matched})
-    directories = [m for m in matched if is_local(m.path) and os.path.isdir(m.path)]
-    matched = [m for m in matched if m not in directories]
-    if not matched and directories:
+      matched = file_patterns.match(pattern)
+    except file_patterns.PatternError as e:
+      raise ConfigError(f'--input: {e}') from None
+    except Exception as e:  # pylint: disable=broad-except  (a file system's own error)
+      raise ConfigError(f'--input: cannot list {pattern}: {_first_line(e)}') from None
+    if not matched and not file_patterns.has_wildcards(pattern) and file_patterns.is_folder(
+        pattern):
       raise ConfigError(f'--input: {pattern} is a directory; give a file pattern such as '
                         f'{pattern.rstrip("/")}/*.jsonl')
     if not matched:
       raise ConfigError(f'--input: {pattern} matches no file')
-    for metadata in sorted(matched, key=lambda m: m.path):
+    for metadata in matched:
       if metadata.path not in seen:
         seen.add(metadata.path)
         files.append(metadata)
   return tuple(files)
 
 
-def _unlisted_local_files(pattern: str, listed: set) -> list:
-  """Local paths the pattern matches that Beam's listing leaves out: it
-  drops what it cannot stat (a broken link, a file removed meanwhile), and
-  the job must account for every file it was pointed at."""
-  if not is_local(pattern):
-    return []
-  return [FileMetadata(path, 0) for path in sorted(glob.glob(pattern, recursive=True))
-          if path not in listed and not os.path.isdir(path)]
+def _first_line(error: Exception) -> str:
+  text = str(error).strip().splitlines()
+  return (text[0] if text else type(error).__name__)[:300]
 
 
 def special_file_reason(path: str):
@@ -126,6 +123,8 @@ def set_aside_special_files(files_by_format: dict) -> tuple:
 
 def resolve(options: JobOptions) -> JobConfig:
   patterns = tuple(_absolute(p) for p in options.inputs)
+  if options.output:  # preflight may have none
+    check_outside_inputs(patterns, _absolute(options.output))
   files = match_inputs(patterns)
   files_by_format = group_by_format(files, options.input_format)
   files_by_format, unreadable = set_aside_special_files(files_by_format)

@@ -1186,17 +1186,16 @@ def _format_of(path: str, fmt: str) -> str:
 
 
 def _files(patterns) -> list:
-  from apache_beam.io.filesystems import FileSystems
+  from tf_batch_predict.transforms import file_patterns
   paths = []
   for pattern in patterns:
-    try:
-      matched = FileSystems.match([pattern])[0].metadata_list
+    try:  # the run's own pattern definition: each file read by its exact name
+      matched = file_patterns.match(pattern)
     except Exception as error:  # pylint: disable=broad-except  (a file system's own error)
       raise EvaluateError(f'--joined: cannot list {pattern}: {error}') from None
-    files = sorted(m.path for m in matched if not m.path.endswith('/'))
-    if not files:
+    if not matched:
       raise EvaluateError(f'--joined: no file matches {pattern}')
-    paths.extend(files)
+    paths.extend(m.path for m in matched if m.path not in paths)  # a file is read once
   return paths
 
 
@@ -1205,12 +1204,18 @@ def read_joined(patterns, label_field, prediction_field, fmt='auto') -> tuple:
   paths = _files(patterns)
   formats = {path: _format_of(path, fmt) for path in paths}
   pairs = Pairs()
+  from tf_batch_predict.pipeline.config import special_file_reason
+  from tf_batch_predict.transforms.file_patterns import name_text, printable
   for path in paths:
+    special = special_file_reason(path)  # a named pipe would wait forever
+    if special:
+      pairs.incomplete_files.append({'path': name_text(path), 'reason': special})
+      continue
     try:
       _read_file(pairs, path, formats[path], label_field, prediction_field)
     except Exception as error:  # pylint: disable=broad-except  (a file's fault, any library's)
       reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-      pairs.incomplete_files.append({'path': path, 'reason': reason[:300]})
+      pairs.incomplete_files.append({'path': name_text(path), 'reason': printable(reason[:300])})
   return pairs, paths
 
 
@@ -1252,7 +1257,7 @@ def _read_file(pairs, path, fmt, label_field, prediction_field) -> None:
 # -- the command -------------------------------------------------------------------
 
 def _parser():
-  from tf_batch_predict.pipeline.options import _csv, _Parser
+  from tf_batch_predict.pipeline.options import _csv, _Parser, _patterns
   parser = _Parser(
       prog=PROG, allow_abbrev=False,
       description='Metrics of predictions against labels (classification: accuracy, '
@@ -1263,13 +1268,13 @@ def _parser():
                       help="a run's --output directory: its predictions are joined to "
                            '--labels first (batch-predict join), by key or by file and '
                            'position')
-  parser.add_argument('--labels', default=None, type=_csv, metavar='PATTERN',
+  parser.add_argument('--labels', default=None, type=_patterns, metavar='PATTERN',
                       help='files holding the labels (any input format): the run\'s '
                            'instances, or files of key and label')
   parser.add_argument('--key_field', default=None,
                       help="with --predictions: the run's --key_field (default: from its "
                            'summary.json)')
-  parser.add_argument('--joined', default=None, type=_csv,
+  parser.add_argument('--joined', default=None, type=_patterns,
                       help='instead of --predictions/--labels: JSONL (also .gz) or Parquet '
                            'files of rows holding both the label and the prediction, '
                            'comma-separated patterns')
@@ -1305,7 +1310,9 @@ def main(argv=None) -> int:
     return e.code if isinstance(e.code, int) else EXIT_OK
   join_dir, join_summary = None, None
   try:
+    from tf_batch_predict.pipeline.outputs import check_output_name
     from tf_batch_predict.transforms.rejoin.read_outputs import output_files
+    check_output_name(args.output)  # Beam's delete and rename would match it as a pattern
     found = output_files(args.output)
     if found['predictions'] or found['errors']:
       # Its report.html is the run's: writing ours there would replace it.

@@ -46,12 +46,12 @@ class JoinPlan:
 
 
 def _parser() -> argparse.ArgumentParser:
-  from tf_batch_predict.pipeline.options import _Parser, _csv
+  from tf_batch_predict.pipeline.options import _Parser, _csv, _patterns
   parser = _Parser(prog=PROG, description=(
       'Rejoin a run\'s predictions and errors to its instances: one row per instance '
       'with its fields and the outputs (or the error). Other options are Beam\'s '
       '(--runner, ...).'))
-  parser.add_argument('--input', dest='inputs', required=True, type=_csv, metavar='PATTERN',
+  parser.add_argument('--input', dest='inputs', required=True, type=_patterns, metavar='PATTERN',
                       help="the run's --input, as given to it (comma-separated patterns)")
   parser.add_argument('--predictions', required=True, metavar='DIR',
                       help="the run's --output directory")
@@ -83,6 +83,7 @@ def _setting(summary: Optional[dict], name: str, default=None):
 def resolve(argv) -> JoinPlan:
   """The join's plan, or ConfigError with one line."""
   from tf_batch_predict.pipeline import config as job_config
+  from tf_batch_predict.pipeline.outputs import check_outside_inputs
   from tf_batch_predict.pipeline.options import (DEFAULT_MAX_INSTANCE_BYTES, LOCAL_RUNNER, ConfigError,
                                 beam_options, unknown_beam_args)
   from tf_batch_predict.transforms.rejoin import read_outputs
@@ -131,6 +132,7 @@ def resolve(argv) -> JoinPlan:
     runner = LOCAL_RUNNER
 
   patterns = tuple(job_config._absolute(p) for p in known.inputs)
+  check_outside_inputs(patterns, job_config._absolute(output), SHARD_PATTERNS)
   files = job_config.match_inputs(patterns)
   files_by_format = job_config.group_by_format(files, input_format)
   files_by_format, unreadable = job_config.set_aside_special_files(files_by_format)

@@ -74,6 +74,23 @@ def _csv(text):
   return tuple(part.strip() for part in text.split(',') if part.strip())
 
 
+def _patterns(text):
+  """--input: comma-separated patterns; a comma inside `[...]` belongs to
+  its pattern (`[,]` matches a comma in a name)."""
+  parts, start, i = [], 0, 0
+  while i < len(text):
+    if text[i] == '[':  # a set ends at the first `]` after a leading `!` and `]`
+      j = i + 2 if text[i + 1:i + 2] == '!' else i + 1
+      j = text.find(']', j + 1 if text[j:j + 1] == ']' else j)
+      i = j if j >= 0 else i
+    elif text[i] == ',':
+      parts.append(text[start:i])
+      start = i + 1
+    i += 1
+  parts.append(text[start:])
+  return tuple(part.strip() for part in parts if part.strip())
+
+
 _DESCRIPTION = """\
 Score instances with a TensorFlow SavedModel on Apache Beam, locally or on any
 Beam runner. Reads JSON Lines, TF Serving request files (.json), CSV, TFRecord
@@ -153,7 +170,7 @@ def _parser() -> argparse.ArgumentParser:
                           'in the workers')
 
   inputs = parser.add_argument_group('input')
-  inputs.add_argument('--input', dest='inputs', required=True, type=_csv,
+  inputs.add_argument('--input', dest='inputs', required=True, type=_patterns,
                       metavar='PATTERN[,PATTERN]',
                       help='file pattern(s) of instances, comma-separated; local or '
                            "gs://, e.g. 'data/*.jsonl,more/*.csv.gz'")

@@ -50,6 +50,29 @@ HEARTBEAT_S = 30.0  # the running job rewrites its lock this often
 STALE_AFTER_S = 600.0  # a lock without a heartbeat for this long is a killed run's
 
 
+def check_outside_inputs(patterns, output: str, shard_patterns=SHARD_PATTERNS) -> None:
+  """ConfigError where an input pattern matches a file that a run writes
+  into `output` (its shards of any format, summary, lock, staging folder):
+  a re-run would read the previous result as instances. Names are checked,
+  not files, so that the first run is refused too; inputs that share the
+  folder but not those names (`d/*.csv` with `--output=d`) are fine."""
+  from tf_batch_predict.transforms import file_patterns
+  names = [p.replace('*', '00000', 1).replace('*', '00001') for p in shard_patterns]
+  names += [SUMMARY_NAME, LOCK_NAME]
+  names += [f'{STAGING_PREFIX}{new_run_id()}/{n}' for n in names[:1] + [SUMMARY_NAME]]
+  names.append(f'{STAGING_PREFIX}{new_run_id()}/{BEAM_TEMP_PREFIX}0/00000')
+  # A literal output folder: its wildcard characters are part of its name.
+  written = [f'{output.rstrip("/")}/{name}' for name in names]
+  for pattern in patterns:
+    regex = file_patterns.compile_pattern(pattern)
+    hit = next((path for path in written if regex.match(path)), None)
+    if hit:
+      raise ConfigError(
+          f'--input: {pattern} matches {hit}, where this command writes its output (--output '
+          f'{output}); a re-run would read that output as input: give an --output that '
+          'the input patterns do not match')
+
+
 def new_run_id() -> str:
   return f'{time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())}-{uuid.uuid4().hex[:8]}'
 
@@ -64,8 +87,19 @@ def _reason(error: Exception) -> str:
   return lines[-1].split(': ', 1)[-1][:200] if lines else type(error).__name__
 
 
+def check_output_name(output: str) -> None:
+  """ConfigError for an output folder whose name holds `*`, `?` or `[`:
+  Beam's file sinks and its delete match such a path as a pattern (they
+  fail, or touch `out1/` for `out[1]/`), and Beam has no way to quote one."""
+  from tf_batch_predict.transforms import file_patterns
+  if file_patterns.has_wildcards(output):
+    raise ConfigError(f'--output: {output} holds `*`, `?` or `[`, which Beam\'s file '
+                      'writers read as a pattern; give a folder whose name has none of them')
+
+
 def prepare(output: str) -> str:
   """The output directory as an absolute path, created if local."""
+  check_output_name(output)
   if not is_local(output):
     return output.rstrip('/')
   output = os.path.abspath(output)
@@ -410,9 +444,15 @@ def _describe(holder: Optional[dict]) -> str:
 
 # Staging and promotion --------------------------------------------------------
 
-def _match(patterns) -> list:
-  return sorted({m.path for result in FileSystems.match(list(patterns))
-                 for m in result.metadata_list})
+def _match(folder: str, patterns) -> list:
+  """The files in `folder` (a name, not a pattern: `out[1]` is no `out1`)
+  that the patterns, relative to it, match."""
+  from tf_batch_predict.transforms import file_patterns
+  base = file_patterns.escape(folder)
+  try:
+    return sorted({m.path for p in patterns for m in file_patterns.match(f'{base}/{p}')})
+  except file_patterns.PatternError as e:
+    raise OSError(str(e)) from None
 
 
 def _folders(output: str, prefixes) -> list:
@@ -425,7 +465,7 @@ def _folders(output: str, prefixes) -> list:
     with os.scandir(output) as entries:
       return sorted(e.path for e in entries
                     if e.is_dir(follow_symlinks=False) and e.name.startswith(tuple(prefixes)))
-  files = _match([f'{output}/{prefix}*/**' for prefix in prefixes])
+  files = _match(output, [f'{prefix}*/**' for prefix in prefixes])
   return sorted({f'{output}/{f[len(output) + 1:].split("/", 1)[0]}' for f in files})
 
 
@@ -434,7 +474,7 @@ def _remove_folder(path: str) -> None:
     if os.path.isdir(path):
       FileSystems.delete([path])
     return
-  files = _match([f'{path}/**'])
+  files = _match(path, ['**'])
   if files:
     FileSystems.delete(files)
 
@@ -469,13 +509,13 @@ class Staging:
     staged_summary = f'{self.path}/{SUMMARY_NAME}'
     if not FileSystems.exists(staged_summary):
       raise FileNotFoundError(f'{staged_summary} was not written')
-    shards = _match(f'{self.path}/{p}' for p in self.shard_patterns)
+    shards = _match(self.path, self.shard_patterns)
     summary = f'{self.output}/{SUMMARY_NAME}'
     # From here until the last rename the directory holds no summary.json:
     # a reader sees that no complete result is there.
     if FileSystems.exists(summary):
       FileSystems.delete([summary])
-    old = _match(f'{self.output}/{p}' for p in self.shard_patterns)
+    old = _match(self.output, self.shard_patterns)
     if old:
       FileSystems.delete(old)
     promoted = [f'{self.output}/{s.rsplit("/", 1)[-1]}' for s in shards]

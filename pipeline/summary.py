@@ -11,16 +11,15 @@ not be read completely; the exit status and why."""
 import datetime
 import json
 import os
-import re
 import time
 
-from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from tf_batch_predict.pipeline.options import LOCAL_RUNNERS
 from tf_batch_predict.pipeline.progress import size_text
+from tf_batch_predict.transforms.file_patterns import compile_pattern
 from tf_batch_predict.transforms.records import METRICS_NAMESPACE
 from tf_batch_predict.transforms.storage import is_local
 
@@ -131,7 +130,7 @@ def inputs(config) -> list:
   first, as it is read once; a file that could not be opened counts with 0
   bytes."""
   patterns = list(config.options.inputs)
-  regexes = [re.compile(FileSystem.translate_pattern(_absolute(p))) for p in patterns]
+  regexes = [compile_pattern(_absolute(p)) for p in patterns]
   entries = [{'pattern': p, 'files': 0, 'bytes': 0} for p in patterns]
   files = [(m.path, m.size_in_bytes) for group in config.files_by_format.values()
            for m in group] + [(path, 0) for path, _, _ in config.unreadable_files]

@@ -32,9 +32,11 @@ def venv_bin() -> str:
 def storage_emulator():
   """Yields the emulator's URL, with STORAGE_EMULATOR_HOST set meanwhile."""
   port = free_port()
+  # tests/storage_emulator.py: the emulator, with mediaLink encoded as Cloud Storage does.
   process = subprocess.Popen(
-      [os.path.join(venv_bin(), 'gcp-storage-emulator'), 'start', '--host=127.0.0.1',
+      [sys.executable, '-m', 'tests.storage_emulator', 'start', '--host=127.0.0.1',
        f'--port={port}', '--in-memory', '-q'],
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   previous = os.environ.get('STORAGE_EMULATOR_HOST')
   try:

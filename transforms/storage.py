@@ -72,7 +72,8 @@ def stage_model(path: str) -> str:
   os.makedirs(root, exist_ok=True)
   partial = f'{destination}.partial-{os.getpid()}-{uuid.uuid4().hex}'
   prefix = path.rstrip('/') + '/'
-  files = FileSystems.match([prefix + '**'])[0].metadata_list
+  from tf_batch_predict.transforms import file_patterns  # pylint: disable=import-outside-toplevel  (it imports this module)
+  files = file_patterns.match(file_patterns.escape(prefix) + '**')  # the model's name is no pattern
   try:
     # Everything under the model is copied, `assets.extra/` (TF Serving's
     # warm-up requests, which loading ignores) included.

@@ -114,9 +114,10 @@ def version_folders(base: str) -> dict:
   """Version number -> names of the folders of a TF Serving base directory
   that hold a SavedModel (`1`, `07`, `00000123`: TF Serving reads the name
   as a number, so `7` and `007` are both version 7)."""
-  try:
-    matched = FileSystems.match([FileSystems.join(base, '*', 'saved_model.pb*')])
-    candidates = [m.path for m in matched[0].metadata_list]
+  from tf_batch_predict.transforms import file_patterns
+  try:  # the base's own name is no pattern
+    candidates = [m.path for m in file_patterns.match(
+        FileSystems.join(file_patterns.escape(base), '*', 'saved_model.pb*'))]
   except Exception:  # a missing directory matches nothing
     candidates = []
   folders = {}

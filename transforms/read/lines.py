@@ -13,10 +13,10 @@ Beam's `ReadFromText` emits one element per line, and Beam costs about 15 us
 per element per step: more than decoding a small instance. This reader emits
 chunks of up to `chunk_lines` lines or `chunk_bytes` bytes, each line with
 its byte offset, so every later step pays Beam's cost once per chunk.
-Matching, splitting files into byte ranges, gzip and the reshuffle that
-spreads ranges over workers are Beam's own (`ReadAllFiles`); only the line
-splitting is ours. (CSV fields with embedded line breaks are therefore not
-supported.)
+Splitting files into byte ranges and the reshuffle that spreads ranges
+over workers are Beam's (`file_ranges.ReadFileRanges`, which reads each
+matched file by its exact name); only the line splitting is ours. (CSV
+fields with embedded line breaks are therefore not supported.)
 
 Reading is columnar: each read of READ_SIZE bytes is searched for line
 feeds with numpy (bytes.find where lines are long), never a Python step per
@@ -61,6 +61,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.range_trackers import OffsetRangeTracker
 
 from tf_batch_predict.transforms.read.sampling import ByteBudget, FileSample
+from tf_batch_predict.transforms.file_patterns import size_of
+from tf_batch_predict.transforms.read.file_ranges import ReadFileRanges
 from tf_batch_predict.transforms.records import Lines, RawChunk
 
 BLOCK_SIZE = 1 << 20
@@ -390,10 +392,7 @@ def count_skipped(chunk: RawChunk, counted: int, end) -> None:
 
 def file_size(path: str):
   """The stored size of a file; None where it cannot be told."""
-  try:
-    return FileSystems.match([path])[0].metadata_list[0].size_in_bytes
-  except Exception:  # pylint: disable=broad-except  (progress never fails a read)
-    return None
+  return size_of(path)  # by its name: a matched path is no pattern
 
 
 class _Parts:
@@ -631,12 +630,7 @@ class ReadLineChunks(beam.PTransform):
     self._desired_range_size = desired_range_size
 
   def expand(self, files):
-    return files | filebasedsource.ReadAllFiles(
-        splittable=True,
-        compression_type=CompressionTypes.AUTO,
-        desired_bundle_size=self._desired_range_size,
-        min_bundle_size=0,
-        source_from_file=self._source)
+    return files | ReadFileRanges(self._source, self._desired_range_size)
 
 
 # -- a sample: the beginning of a file ----------------------------------------------

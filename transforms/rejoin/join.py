@@ -25,6 +25,7 @@ import orjson
 from apache_beam.metrics import Metrics
 
 from tf_batch_predict.transforms.convert import carried_as_text, carried_text
+from tf_batch_predict.transforms.file_patterns import printable
 from tf_batch_predict.transforms.write.format import (_b64_json, _carried_feature_value, output_names, raw_fields,
                                relative_name)
 from tf_batch_predict.transforms.rejoin.read_outputs import OutputReadError, iter_records
@@ -122,7 +123,7 @@ class InstanceRows(beam.DoFn):
     for path, reason in chunk.file_errors:
       self._faults.inc()
       yield beam.pvalue.TaggedOutput('file_faults', (relative_name(path, layout.input_base),
-                                                     reason))
+                                                     printable(reason)))
     for row in range(len(chunk)):
       location = (relative_name(chunk.path_of(row), layout.input_base), chunk.positions[row])
       yield location, self._row(fmt, chunk, row, location)

@@ -37,11 +37,13 @@ def output_kind(path: str) -> Optional[str]:
 def output_files(output_dir: str) -> dict:
   """{'predictions': [paths], 'errors': [paths]} of a job's output
   directory, sorted; the format of each prediction file is its extension."""
+  from tf_batch_predict.transforms import file_patterns
   found = {}
   for name in (PREDICTIONS, ERRORS):
-    pattern = f'{output_dir.rstrip("/")}/{name}-*-of-*'  # the run's shards only
+    # The run's shards only; the folder's own name is no pattern.
+    pattern = f'{file_patterns.escape(output_dir.rstrip("/"))}/{name}-*-of-*'
     try:
-      matched = FileSystems.match([pattern])[0].metadata_list
+      matched = file_patterns.match(pattern)
     except Exception:  # pylint: disable=broad-except  (a missing folder matches nothing)
       matched = []
     found[name] = sorted(m.path for m in matched if output_kind(m.path))

@@ -18,6 +18,7 @@ from apache_beam.metrics import Metrics
 from tf_batch_predict.transforms.write import format_columnar as columnar
 from tf_batch_predict.transforms import progress
 from tf_batch_predict.transforms.convert import bytes_json, carried_as_text
+from tf_batch_predict.transforms.file_patterns import literal_folder, name_text, printable
 from tf_batch_predict.transforms.records import CATEGORIES, FILE, MODEL, METRICS_NAMESPACE, ScoredBatch
 
 ERRORS_TAG = 'errors'
@@ -69,14 +70,14 @@ def common_base(patterns) -> str:
 
 def pattern_base(pattern: str) -> str:
   """The directory part of a pattern before its first wildcard."""
-  literal = re.split(r'[*?\[{]', pattern, maxsplit=1)[0]
-  return literal[:literal.rfind('/') + 1]
+  return literal_folder(pattern)
 
 
 def relative_name(path: str, base: str) -> str:
   """The file's path relative to the job's input base (`common_base`), or
-  the whole path where it is not under it."""
-  return path[len(base):] if base and path.startswith(base) else path
+  the whole path where it is not under it; as text by `name_text` (a name
+  that is not UTF-8, `%XX` for its other bytes)."""
+  return name_text(path[len(base):] if base and path.startswith(base) else path)
 
 
 def _bytes_text(value):
@@ -430,9 +431,10 @@ class FormatRecords(beam.DoFn):
     return orjson.dumps(record, option=_DUMPS_OPTIONS)
 
   def _file_error_line(self, path, message) -> bytes:
+    message = printable(message)  # an OSError's text may quote a name that is not UTF-8
     self._failed[FILE].inc()
     self._files_incomplete.inc()
-    self._incomplete_paths.add(path)
+    self._incomplete_paths.add(name_text(path))
     self._example(FILE, message)
     return orjson.dumps({'filename': self._relative(path),
                          'error': {'category': FILE, 'message': message}})
