@@ -117,3 +117,22 @@ def test_dry_run_with_a_false_value_is_a_mistake(capsys, tmp_path, model_dir, in
                      f'--input={instances}', f'--dry_run={value}')
   assert err == (f"batch-predict: error: --dry_run: Beam treats any value as true, "
                  f"'{value}' too; give --dry_run=True for a dry run, or leave it out")
+
+
+def test_a_keras_model_file_says_how_to_export_a_saved_model(capsys, tmp_path, instances):
+  """model.keras (Keras 3) and model.h5 (HDF5) are Keras's own formats, not
+  SavedModels: the line says how to export one, and that works."""
+  import keras
+  x = keras.Input(shape=(1,), name='x')
+  model = keras.Model(x, keras.layers.Dense(1)(x))
+  for name in ('model.keras', 'model.h5'):
+    model.save(str(tmp_path / name))
+    err = config_error(capsys, tmp_path, f'--model={tmp_path / name}', f'--input={instances}')
+    assert err == (f'batch-predict: error: --model: {tmp_path / name} is a Keras model file, '
+                   f"not a SavedModel; export one with keras.models.load_model('{tmp_path / name}')"
+                   ".export('DIR') (Keras 3; in Keras 2, tf.saved_model.save(model, 'DIR')) and "
+                   'pass --model=DIR')
+    exported = tmp_path / f'{name}-exported'
+    keras.models.load_model(str(tmp_path / name)).export(str(exported), verbose=False)
+    rc = cli.main([f'--model={exported}', f'--input={instances}', f'--output={exported}-out'])
+    assert rc == 0, capsys.readouterr().err

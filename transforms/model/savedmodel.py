@@ -110,6 +110,19 @@ def _is_saved_model_dir(path: str) -> bool:
       for name in ('saved_model.pb', 'saved_model.pbtxt'))
 
 
+def _is_keras_file(path: str) -> bool:
+  """A file of Keras's own formats: .keras (Keras 3, a zip archive) or HDF5
+  (.h5, Keras 2's `model.save`), told by its first bytes."""
+  from apache_beam.io.filesystem import CompressionTypes
+  try:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+      head = f.read(8)
+  except Exception:  # pylint: disable=broad-except  (a directory, or unreadable)
+    return False
+  return head == b'\x89HDF\r\n\x1a\n' or (head.startswith(b'PK\x03\x04')
+                                          and path.endswith('.keras'))
+
+
 def version_folders(base: str) -> dict:
   """Version number -> names of the folders of a TF Serving base directory
   that hold a SavedModel (`1`, `07`, `00000123`: TF Serving reads the name
@@ -148,6 +161,11 @@ def resolve_model_dir(path: str, version: Optional[int] = None) -> tuple:
   if not folders:
     if not FileSystems.exists(path):
       raise ModelError(f'--model: {path} does not exist')
+    if _is_keras_file(path):
+      raise ModelError(
+          f'--model: {path} is a Keras model file, not a SavedModel; export one with '
+          f"keras.models.load_model({path!r}).export('DIR') (Keras 3; in Keras 2, "
+          "tf.saved_model.save(model, 'DIR')) and pass --model=DIR")
     raise ModelError(
         f'--model: {path} is not a SavedModel (no saved_model.pb) and has no '
         'numeric version subdirectories holding one')
