@@ -16,6 +16,41 @@ source "$(dirname "$0")/common.sh"
 : "${SETUP_FILE:=$REPO_DIR/setup.py}"
 parse_args "$@"
 require MODEL INPUT OUTPUT PROJECT REGION TEMP_LOCATION
+
+# The patterns of a comma-separated --input, one a line, as the job splits
+# them (pipeline/options.py: a comma inside [...] belongs to its pattern).
+split_patterns() {
+  local text=$1 i=0 j start=0 rest
+  while [ "$i" -lt "${#text}" ]; do
+    if [ "${text:i:1}" = '[' ]; then
+      j=$((i + 1))
+      if [ "${text:j:1}" = '!' ]; then j=$((j + 1)); fi
+      if [ "${text:j:1}" = ']' ]; then j=$((j + 1)); fi
+      rest=${text:j}
+      if [[ "$rest" == *']'* ]]; then rest=${rest%%]*}; i=$((j + ${#rest})); fi
+    elif [ "${text:i:1}" = ',' ]; then
+      echo "${text:start:i-start}"
+      start=$((i + 1))
+    fi
+    i=$((i + 1))
+  done
+  echo "${text:start}"
+}
+
+# Dataflow's workers cannot reach this machine's files: a local path would
+# fail only there, once the job has started.
+for var in MODEL INPUT OUTPUT TEMP_LOCATION STAGING_LOCATION; do
+  if [ "$var" = INPUT ]; then paths=$(split_patterns "$INPUT"); else paths=${!var:-}; fi
+  while IFS= read -r path; do
+    path=${path#"${path%%[![:space:]]*}"}  # as the job strips it
+    path=${path%"${path##*[![:space:]]}"}
+    if [ -n "$path" ] && [[ "$path" != gs://* ]]; then
+      echo "$SCRIPT: $(flag_of "$var"): $path is not a gs:// path; paths must be gs:// on" \
+           "Dataflow (its workers cannot reach this machine's files)" >&2
+      exit 2
+    fi
+  done <<< "$paths"
+done
 args=(--model="$MODEL" --input="$INPUT" --output="$OUTPUT" --runner=DataflowRunner
       --project="$PROJECT" --region="$REGION" --temp_location="$TEMP_LOCATION"
       --staging_location="${STAGING_LOCATION:-$TEMP_LOCATION}" --job_name="$JOB_NAME"

@@ -46,6 +46,33 @@ def test_dataflow_from_flags_and_environment():
   assert options.runner == 'DataflowRunner' and options.key_field == 'id'
 
 
+@pytest.mark.parametrize('given, flag, path', [
+    (['--model=/data/model'], '--model', '/data/model'),
+    (['--input=in/*.jsonl'], '--input', 'in/*.jsonl'),
+    # Each pattern of --input, split as the job splits them ([,] is one).
+    (['--input=gs://b/[,]x.jsonl, ./more/*.jsonl'], '--input', './more/*.jsonl'),
+    (['--output', 'out'], '--output', 'out'),
+    (['--temp_location=/tmp/t'], '--temp_location', '/tmp/t'),
+    (['--staging_location=file:///tmp/s'], '--staging_location', 'file:///tmp/s'),
+])
+@pytest.mark.parametrize('print_only', [True, False])
+def test_dataflow_refuses_local_paths_in_one_line(given, flag, path, print_only):
+  """Dataflow's workers cannot reach this machine's files: refused before
+  anything is printed or submitted."""
+  paths = ['--model=gs://b/m', '--input=gs://b/i/*', '--output=gs://b/o',
+           '--temp_location=gs://b/t']
+  paths = [p for p in paths if not p.startswith(given[0].split('=')[0] + '=')]
+  args = [*paths, *given, '--project=p']
+  proc = launch('dataflow.sh', *args) if print_only else run_script('dataflow.sh', *args)
+  assert proc.returncode == 2 and proc.stdout == ''
+  assert proc.stderr.splitlines() == [
+      f'launch/dataflow.sh: {flag}: {path} is not a gs:// path; paths must be gs:// on '
+      "Dataflow (its workers cannot reach this machine's files)"]
+  # The same with a gs:// path: printed.
+  job_args(launch('dataflow.sh', *paths, '--project=p', *(
+      [f'{flag}=gs://b/x,gs://b/[,]y'] if flag == '--input' else [f'{flag}=gs://b/x'])))
+
+
 def test_dataflow_custom_container_replaces_setup_file():
   args = job_args(launch('dataflow.sh', '--sdk_container_image=eu.gcr.io/p/batch:1',
                          MODEL='gs://b/m', INPUT='gs://b/i', OUTPUT='gs://b/o',
