@@ -236,6 +236,25 @@ def test_double_star_matches_zero_or_more_folders(model_dir, tmp_path, pattern, 
   _check_by_location(expected, predictions, base=file_patterns.literal_folder(pattern).encode())
 
 
+def test_linked_folders_are_followed_once_without_looping(model_dir, tmp_path):
+  contents = _instances(['real/x/a.jsonl', 'real/b.jsonl'])
+  for name, ids in contents.items():
+    os.makedirs(tmp_path / 'd' / os.path.dirname(name), exist_ok=True)
+    (tmp_path / 'd' / name).write_bytes(_file_bytes(name, ids))
+  os.symlink('..', tmp_path / 'd' / 'real' / 'x' / 'up')  # a loop
+  os.symlink('real', tmp_path / 'd' / 'link')  # the same folder by a second path
+  (tmp_path / 'elsewhere').mkdir()
+  (tmp_path / 'elsewhere' / 'c.jsonl').write_bytes(_file_bytes('c.jsonl', ['f9-0']))
+  os.symlink(tmp_path / 'elsewhere', tmp_path / 'd' / 'real' / 'out')
+  predictions, errors, summary = run_job(str(tmp_path / 'out'), f'--model={model_dir / "novars"}',
+                                         f'--input={tmp_path}/d/**/*.jsonl')
+  assert errors == [] and summary['input_files'] == 3
+  # Read once each, under the first path in sorted order: `link` before `real`.
+  _check_by_location({'link/x/a.jsonl': contents['real/x/a.jsonl'],
+                      'link/b.jsonl': contents['real/b.jsonl'], 'link/out/c.jsonl': ['f9-0']},
+                     predictions)
+
+
 @pytest.mark.parametrize('pattern, output', [
     ('d/*.jsonl', 'd'),
     ('d/**.jsonl', 'd/out'),
@@ -310,11 +329,13 @@ def test_odd_names_and_double_star_in_a_bucket(bucket, model_dir, capsys):
   nested = _instances(['a.jsonl', 'sub/b[1].jsonl', 'sub/deeper/c.jsonl', 'sub/deeper/d.csv'])
   for name, ids in nested.items():
     bucket.blob(f'd/{name}').upload_from_string(_file_bytes(name, ids))
-  assert cli.main([model, f'--input=gs://{BUCKET}/d/**/*.jsonl',
-                   f'--output=gs://{BUCKET}/out2', '--key_field=id']) == 0
-  predictions = _blob_jsonl(bucket, 'out2/predictions-')
-  assert _ids(predictions) == collections.Counter(
-      i for name, ids in nested.items() if name.endswith('.jsonl') for i in ids)
+  bucket.blob('d/sub/').upload_from_string(b'')  # a folder placeholder: no file
+  for pattern, wanted in (('d/**/*.jsonl', '.jsonl'), ('d/**', '')):
+    assert cli.main([model, f'--input=gs://{BUCKET}/{pattern}',
+                     f'--output=gs://{BUCKET}/out2', '--key_field=id']) == 0
+    predictions = _blob_jsonl(bucket, 'out2/predictions-')
+    assert _ids(predictions) == collections.Counter(
+        i for name, ids in nested.items() if name.endswith(wanted) for i in ids)
   capsys.readouterr()
   assert cli.main([model, f'--input=gs://{BUCKET}/d/**.jsonl',
                    f'--output=gs://{BUCKET}/d/out']) == 2

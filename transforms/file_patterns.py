@@ -166,8 +166,18 @@ def _local_files(pattern: str, regex) -> list:
   def failed(error):
     raise PatternError(f'cannot list {error.filename}: {error.strerror}')
 
-  files = []
-  for folder, folders, names in os.walk(root, onerror=failed):
+  files, seen = [], set()
+  # Linked folders are followed, as a shell's glob does; a folder reached
+  # again (through another link, or a link to an ancestor, which would loop)
+  # is listed once, under the first of its paths in sorted order, so that a
+  # re-run or a join names its files alike.
+  for folder, folders, names in os.walk(root, onerror=failed, followlinks=True):
+    folders.sort()
+    info = os.stat(folder)
+    if (info.st_dev, info.st_ino) in seen:
+      folders[:] = []
+      continue
+    seen.add((info.st_dev, info.st_ino))
     below = folder[len(root):].lstrip('/')  # the folder relative to `top`
     if depth is not None and (below.count('/') + 1 if below else 0) >= depth:
       folders[:] = []
