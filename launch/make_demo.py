@@ -55,6 +55,12 @@ def write_instances(directory, count=5000, files=2):
 def main(directory):
   shutil.rmtree(directory, ignore_errors=True)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  # TensorFlow's start-up lines (imported by keras), kept off stderr as the
+  # job keeps them (unless debugging, BATCH_PREDICT_DEBUG=1).
+  from tf_batch_predict.pipeline import quiet
+  from tf_batch_predict.pipeline.command import debug
+  if not debug():
+    quiet.install()
   build_model(os.path.join(directory, 'model', '1'))
   write_instances(os.path.join(directory, 'instances'))
   print(f'Built {directory}/model/1 and {directory}/instances/')

@@ -134,3 +134,20 @@ def test_worker_processes_are_quiet_and_their_failure_is_one_line(model_dir, ins
   assert rc == 1 and len(lines) == 1, lines
   assert lines[0].startswith('batch-predict: error: the pipeline failed: ')
   assert 'variables.data-00000-of-00001; No such file or directory' in lines[0]
+
+
+def test_make_demo_is_quiet(tmp_path):
+  """`make demo` builds its model with Keras, which imports TensorFlow: its
+  start-up lines are filtered as the job filters them (shown when debugging)."""
+  script = os.path.join(ROOT, 'launch', 'make_demo.py')
+  env = {k: v for k, v in os.environ.items()
+         if k not in ('TF_CPP_MIN_LOG_LEVEL', 'BATCH_PREDICT_DEBUG', quiet.ENV)}
+  proc = subprocess.run([sys.executable, script, str(tmp_path / 'demo')], env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0 and proc.stderr == '', proc.stderr
+  assert (tmp_path / 'demo' / 'model' / '1' / 'saved_model.pb').exists()
+  proc = subprocess.run([sys.executable, script, str(tmp_path / 'demo')],
+                        env={**env, 'BATCH_PREDICT_DEBUG': '1'}, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0
+  assert any(TF_CHATTER.match(line) for line in proc.stderr.splitlines()), proc.stderr
