@@ -58,7 +58,10 @@ def test_worker_stream_filter_drops_noise_and_a_failing_bundles_traceback():
   text = (STARTUP + 'Traceback (most recent call last):\n  File "a.py", line 1, in f\n'
           '    g()\nValueError: inner\n\nDuring handling of the above exception, another '
           'exception occurred:\n\nTraceback (most recent call last):\n  File "b.py", line 2\n'
-          'RuntimeError: outer\n\nreal line\nlast without end').encode()
+          'RuntimeError: outer\n\nreal line\n'
+          # The shell around a worker that died of a signal (its death is
+          # reported by the launcher: pipeline/workers.py).
+          'Killed\nSegmentation fault (core dumped)\nlast without end').encode()
   kept = b''.join(stream.feed(text[i:i + 7]) for i in range(0, len(text), 7)) + stream.end()
   assert kept == b'real line\nlast without end'
   assert quiet._StreamFilter().feed(b'Traceback (most recent call last):\n') != b''  # pylint: disable=protected-access
