@@ -11,7 +11,7 @@ from tf_batch_predict.transforms.read.formats import detect_format
 from tf_batch_predict.transforms.records import POSITION_FIELDS
 from tf_batch_predict.transforms.model.savedmodel import ModelError, ModelRef, inspect_model
 from tf_batch_predict.transforms import file_patterns
-from tf_batch_predict.transforms.storage import is_local
+from tf_batch_predict.transforms.file_patterns import is_local
 
 
 @dataclasses.dataclass(frozen=True)

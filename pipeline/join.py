@@ -171,7 +171,7 @@ def resolve(argv) -> JoinPlan:
 
 
 def _same_directory(a: str, b: str) -> bool:
-  from tf_batch_predict.transforms.storage import is_local
+  from tf_batch_predict.transforms.file_patterns import is_local
   if is_local(a) and is_local(b):
     import os
     return os.path.realpath(a) == os.path.realpath(b)

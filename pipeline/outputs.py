@@ -33,7 +33,7 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
 from tf_batch_predict.pipeline.options import ConfigError
-from tf_batch_predict.transforms.storage import is_local
+from tf_batch_predict.transforms.file_patterns import is_local
 
 _LOG = logging.getLogger(__name__)
 

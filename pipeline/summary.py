@@ -21,7 +21,7 @@ from tf_batch_predict.pipeline.options import LOCAL_RUNNERS
 from tf_batch_predict.pipeline.progress import size_text
 from tf_batch_predict.transforms.file_patterns import compile_pattern
 from tf_batch_predict.transforms.records import METRICS_NAMESPACE
-from tf_batch_predict.transforms.storage import is_local
+from tf_batch_predict.transforms.file_patterns import is_local
 
 # `file`: a file that could not be read to its end (one record per file).
 ERROR_CATEGORIES = ('parse', 'schema', 'model', 'file')

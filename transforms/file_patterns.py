@@ -26,7 +26,6 @@ import stat
 from apache_beam.io.filesystem import FileMetadata
 from apache_beam.io.filesystems import FileSystems
 
-from tf_batch_predict.transforms.storage import is_local
 
 _WILDCARD = re.compile(r'[*?\[]')
 # Lone surrogates: how Python holds the bytes of a local name that are not
@@ -38,6 +37,10 @@ _PERCENT_HEX = re.compile(r'%(?=[0-9A-Fa-f]{2})')
 class PatternError(ValueError):
   """A pattern that cannot be matched, or a folder that cannot be listed; says which."""
 
+
+def is_local(path: str) -> bool:
+  """Whether `path` names a file of this machine (no scheme such as gs://)."""
+  return not re.match(r'^[a-z][a-z0-9+.-]*://', path)
 
 def has_wildcards(pattern: str) -> bool:
   return bool(_WILDCARD.search(pattern))

@@ -8,13 +8,15 @@ before Beam first touches a bucket.
 import hashlib
 import logging
 import os
-import re
 import shutil
 import tempfile
 import uuid
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+
+from tf_batch_predict.transforms import file_patterns
+from tf_batch_predict.transforms.file_patterns import is_local
 
 _LOG = logging.getLogger(__name__)
 
@@ -39,10 +41,6 @@ def use_anonymous_credentials_for_emulator() -> None:
 
 
 use_anonymous_credentials_for_emulator()
-
-
-def is_local(path: str) -> bool:
-  return not re.match(r'^[a-z][a-z0-9+.-]*://', path)
 
 
 def staging_root() -> str:
@@ -72,7 +70,6 @@ def stage_model(path: str) -> str:
   os.makedirs(root, exist_ok=True)
   partial = f'{destination}.partial-{os.getpid()}-{uuid.uuid4().hex}'
   prefix = path.rstrip('/') + '/'
-  from tf_batch_predict.transforms import file_patterns  # pylint: disable=import-outside-toplevel  (it imports this module)
   files = file_patterns.match(file_patterns.escape(prefix) + '**')  # the model's name is no pattern
   try:
     # Everything under the model is copied, `assets.extra/` (TF Serving's
