@@ -68,6 +68,7 @@ from tf_batch_predict.pipeline.command import (EXIT_CONFIG_ERROR, EXIT_OK, EXIT_
                                               take_option)
 from tf_batch_predict.pipeline.options import ConfigError, check_runner
 from tf_batch_predict.pipeline.progress import size_text
+from tf_batch_predict.transforms.file_patterns import name_text
 from tf_batch_predict.transforms.read.sampling import FileSample, SampleLimits, is_gzip
 
 _LOG = logging.getLogger(__name__)
@@ -685,12 +686,14 @@ def build_report(config, loaded, load_seconds, read_seconds, sample, result) -> 
       'files': {'total': len(sample.files), 'bytes': sum(m.size_in_bytes
                                                          for _, _, m in sample.files),
                 'sampled': len(sample.samples),
-                'sampled_files': [{'path': s.path, 'format': s.kind, 'instances': s.instances,
-                                   'count': s.count} for s in sample.samples],
-                'not_regular': [p for p, _, _ in config.unreadable_files],
+                'sampled_files': [{'path': name_text(s.path), 'format': s.kind,
+                                   'instances': s.instances, 'count': s.count}
+                                  for s in sample.samples],
+                'not_regular': [name_text(p) for p, _, _ in config.unreadable_files],
                 'searched': sample.searched,
-                'not_sampled_large_request_files': sample.skipped_json,
-                'request_files_sampled_from_their_start': sample.request_starts},
+                'not_sampled_large_request_files': [name_text(p) for p in sample.skipped_json],
+                'request_files_sampled_from_their_start': [name_text(p)
+                                                           for p in sample.request_starts]},
       'formats': counted['formats'],
       'sample': {'asked': opts.preflight_instances, 'instances': result['instances'],
                  'decoded': result['decoded'], 'scored': result['scored'],
