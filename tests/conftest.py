@@ -8,6 +8,13 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from tests import models  # noqa: E402
 
 
+def pytest_configure(config):
+  config.addinivalue_line(
+      'markers', 'cross_batch: compares model outputs computed in different batches '
+      '(tests/helpers.py: assert_close_across_batches); `make test` runs these a second '
+      'time with oneDNN limited to AVX2, as on a CPU without AVX-512')
+
+
 @pytest.fixture(scope='session')
 def model_dir(tmp_path_factory):
   """Directory holding every test model, built once."""

@@ -117,6 +117,7 @@ def test_unreadable_files_are_file_errors_and_the_job_goes_on(model_dir, tmp_pat
     assert len(predictions) + len(errors) - 1 == 30 + read
 
 
+@pytest.mark.cross_batch
 @settings(max_examples=4, **SETTINGS)
 @given(st.lists(jsonl_lines(), min_size=50, max_size=50))
 def test_generated_job_equals_the_model_called_on_the_definition(model_dir, tmp_path_factory,
@@ -152,6 +153,10 @@ def test_generated_job_equals_the_model_called_on_the_definition(model_dir, tmp_
   strings[:] = [f['b'] for f in feeds]
   expected = signature_of(model_dir / 'mixed', b=strings, **{
       name: np.stack([f[name] for f in feeds]) for name in ('a', 'c', 'd')})
+  # Bit for bit although the job's batches are others: the mixed model is
+  # elementwise float64 arithmetic (no dot product or reduction), whose
+  # rounding no batch composition changes; any other value is a decoding
+  # error, which is what this test is for.
   for i, p in enumerate(predictions):
     want = expected['y'][i]
     if p['y'] is None:  # NaN and +-Infinity are written as null
