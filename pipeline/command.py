@@ -29,6 +29,9 @@ _BEAM_NOISE = (
     # Each worker process of the local multi_processing mode: there is no
     # staged main session to load, and this job needs none.
     'No semi_persistent_directory found',
+    # The runner's side of a worker's data connection that broke (the worker
+    # died, or the run is failing): the run's own line says why.
+    'Failed to read inputs in the data plane',
 )
 _FORWARDED = re.compile(r'^Worker: .*? message: "(?P<message>(?:[^"\\]|\\.)*)"')
 

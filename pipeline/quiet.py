@@ -197,6 +197,10 @@ _TRACEBACK_START = 'Traceback (most recent call last):'
 # signal ('Killed'); the launcher reports the death itself.
 _SHELL_SIGNAL_REPORT = re.compile(r'^(%s)( \(core dumped\))?$' % '|'.join(
     re.escape(signal.strsignal(s)) for s in signal.valid_signals() if signal.strsignal(s)))
+# The C++ runtime's last words in a worker that aborts as it ends (its gRPC
+# threads at exit, after the run has failed); the launcher reports the run.
+_ABORT_REPORT = re.compile(r'^(terminate called after throwing an instance of |'
+                           r'FATAL: exception not rethrown$|  what\(\):  )')
 _TRACEBACK_FRAME = re.compile(r'^(\s|$)')  # indented, or blank
 # What may follow an exception line within one traceback (chained exceptions).
 _TRACEBACK_CHAIN = re.compile(
@@ -221,7 +225,7 @@ class _StreamFilter:
   def _keep(self, line: bytes) -> bool:
     text = line.decode('utf-8', 'replace').rstrip('\r')
     if self._drop_tracebacks:
-      if _SHELL_SIGNAL_REPORT.match(text):
+      if _SHELL_SIGNAL_REPORT.match(text) or _ABORT_REPORT.match(text):
         return False
       if text == _TRACEBACK_START:
         self._in_traceback = 'frames'

@@ -22,6 +22,14 @@ import signal
 import threading
 
 _EXITED = re.compile(r'^Worker subprocess exited with return code (-?\d+)$')
+# What the runner raises when a worker's connection breaks: the death is the
+# cause. Any other error failed the run first (a worker that then ends, even
+# by a signal, e.g. aborting at exit, is a consequence): it is reported as is.
+_BROKEN_CHANNEL = ('Channel closed prematurely', 'StatusCode.UNAVAILABLE',
+                   'StatusCode.CANCELLED', 'Socket closed')
+# The runner's threads that read a worker's data connection: they raise when
+# it breaks, which the death (or the run's own error) already reports.
+_DATA_PLANE_THREADS = ('read_grpc_client_inputs',)
 _WORKER_MODULE = b'apache_beam.runners.worker.sdk_worker_main'
 
 
@@ -84,6 +92,16 @@ def is_worker(pid: int) -> bool:
   return any(a == b'-m' and b == _WORKER_MODULE for a, b in zip(args, args[1:]))
 
 
+def _caused_by_death(error: BaseException) -> bool:
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if any(text in str(error) for text in _BROKEN_CHANNEL):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
 def _kill_workers() -> None:
   for pid in descendants():
     if is_worker(pid):
@@ -127,6 +145,9 @@ def deaths_reported(stderr_filter=None, show_tracebacks: bool = False,
       raise WorkerDied(state['death'])
 
   def hook(args):
+    if (not show_tracebacks and args.thread is not None
+        and args.thread.name.startswith(_DATA_PLANE_THREADS)):
+      return
     returncode = _worker_exit(args)
     # A worker ended by SIGINT: Ctrl-C, or SIGTERM forwarded by the CLI,
     # which reports it.
@@ -154,7 +175,7 @@ def deaths_reported(stderr_filter=None, show_tracebacks: bool = False,
   try:
     yield
   except Exception as e:  # pylint: disable=broad-except
-    if state['death'] is None or isinstance(e, WorkerDied):
+    if state['death'] is None or isinstance(e, WorkerDied) or not _caused_by_death(e):
       raise
     raise WorkerDied(state['death']) from e
   finally:

@@ -26,6 +26,12 @@ def big_input(tmp_path_factory):
   return str(folder / '*.jsonl')
 
 
+def _as_a_terminals_job():
+  """Ctrl-C's default action, as a terminal's job has it: a command started
+  in the background of a script (`make test &`) inherits SIGINT ignored."""
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize('mode, how', [
     ('multi_processing', 'ctrl-c'), ('multi_threading', 'ctrl-c'),
     ('multi_processing', 'sigterm')])
@@ -44,7 +50,7 @@ def test_ctrl_c_and_sigterm_are_one_line_and_keep_the_previous_result(
   # Its own process group, as a shell's job: Ctrl-C reaches every process.
   with open(tmp_path / 'stderr', 'wb') as stderr:
     job = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr,
-                           start_new_session=True)
+                           start_new_session=True, preexec_fn=_as_a_terminals_job)
     deadline = time.time() + 120
     while b'tf_batch_predict.pipeline.progress' not in (tmp_path / 'stderr').read_bytes():
       assert job.poll() is None and time.time() < deadline
