@@ -226,10 +226,14 @@ def _raise_terminated(signum, frame):
   # Unlike Ctrl-C, SIGTERM reaches this process only: its local worker
   # processes (multi_processing, started through a shell) and their stderr
   # filter get Ctrl-C's signal, so that everything stops as it does then
-  # (else Beam would wait for the workers forever).
+  # (else Beam would wait for the workers forever). A command started with
+  # SIGINT ignored (in the background of a script) passed that on to its
+  # workers: they get SIGTERM.
+  sigint_ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
   for pid in workers.descendants():
     try:
-      os.kill(pid, signal.SIGINT)
+      os.kill(pid, signal.SIGTERM if sigint_ignored and workers.is_worker(pid)
+              else signal.SIGINT)
     except OSError:
       pass
   raise _Terminated()

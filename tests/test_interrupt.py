@@ -32,9 +32,15 @@ def _as_a_terminals_job():
   signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def _in_the_background():
+  """As `batch-predict ... &` in a script: SIGINT ignored, which the job's
+  workers inherit (SIGTERM must still stop them all)."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @pytest.mark.parametrize('mode, how', [
     ('multi_processing', 'ctrl-c'), ('multi_threading', 'ctrl-c'),
-    ('multi_processing', 'sigterm')])
+    ('multi_processing', 'sigterm'), ('multi_processing', 'sigterm, started in the background')])
 def test_ctrl_c_and_sigterm_are_one_line_and_keep_the_previous_result(
     model_dir, tmp_path, big_input, mode, how):
   """Ctrl-C reaches every process of the job (a terminal's process group);
@@ -50,7 +56,9 @@ def test_ctrl_c_and_sigterm_are_one_line_and_keep_the_previous_result(
   # Its own process group, as a shell's job: Ctrl-C reaches every process.
   with open(tmp_path / 'stderr', 'wb') as stderr:
     job = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr,
-                           start_new_session=True, preexec_fn=_as_a_terminals_job)
+                           start_new_session=True,
+                           preexec_fn=_in_the_background if 'background' in how
+                           else _as_a_terminals_job)
     deadline = time.time() + 120
     while b'tf_batch_predict.pipeline.progress' not in (tmp_path / 'stderr').read_bytes():
       assert job.poll() is None and time.time() < deadline
