@@ -27,9 +27,10 @@ _EXITED = re.compile(r'^Worker subprocess exited with return code (-?\d+)$')
 # by a signal, e.g. aborting at exit, is a consequence): it is reported as is.
 _BROKEN_CHANNEL = ('Channel closed prematurely', 'StatusCode.UNAVAILABLE',
                    'StatusCode.CANCELLED', 'Socket closed')
-# The runner's threads that read a worker's data connection: they raise when
-# it breaks, which the death (or the run's own error) already reports.
-_DATA_PLANE_THREADS = ('read_grpc_client_inputs',)
+# The runner's threads that read a worker's control and data connections:
+# they raise when one breaks, which the death (or the run's own error)
+# already reports.
+_CONNECTION_THREADS = ('beam_control_read', 'read_grpc_client_inputs', 'read_state')
 _WORKER_MODULE = b'apache_beam.runners.worker.sdk_worker_main'
 
 
@@ -146,7 +147,7 @@ def deaths_reported(stderr_filter=None, show_tracebacks: bool = False,
 
   def hook(args):
     if (not show_tracebacks and args.thread is not None
-        and args.thread.name.startswith(_DATA_PLANE_THREADS)):
+        and args.thread.name.startswith(_CONNECTION_THREADS)):
       return
     returncode = _worker_exit(args)
     # A worker ended by SIGINT: Ctrl-C, or SIGTERM forwarded by the CLI,
