@@ -64,13 +64,30 @@ def check_outside_inputs(patterns, output: str, shard_patterns=SHARD_PATTERNS) -
   # A literal output folder: its wildcard characters are part of its name.
   written = [f'{output.rstrip("/")}/{name}' for name in names]
   for pattern in patterns:
-    regex = file_patterns.compile_pattern(pattern)
+    try:
+      regex = file_patterns.compile_pattern(pattern)
+    except file_patterns.PatternError as e:  # a reversed range such as [z-a]
+      raise ConfigError(f'--input: {e}') from None
     hit = next((path for path in written if regex.match(path)), None)
     if hit:
       raise ConfigError(
           f'--input: {pattern} matches {hit}, where this command writes its output (--output '
           f'{output}); a re-run would read that output as input: give an --output that '
           'the input patterns do not match')
+  if is_local(output):  # the same folders through a link (--output=link-to-input-folder)
+    real = [_real_pattern(p) for p in patterns if is_local(p)]
+    real_output = os.path.realpath(output)
+    if real_output != output.rstrip('/') or real != [p for p in patterns if is_local(p)]:
+      check_outside_inputs(real, real_output, shard_patterns)
+
+
+def _real_pattern(pattern: str) -> str:
+  """A local pattern with the links of its literal folder resolved."""
+  from tf_batch_predict.transforms import file_patterns
+  _, folder, end = file_patterns._literal(pattern)  # pylint: disable=protected-access
+  if not folder:
+    return pattern
+  return file_patterns.escape(os.path.realpath(folder).rstrip('/') + '/') + pattern[end:]
 
 
 def new_run_id() -> str:

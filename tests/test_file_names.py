@@ -277,6 +277,31 @@ def test_a_pattern_matching_the_output_is_a_configuration_error(model_dir, tmp_p
   assert not os.path.exists(tmp_path / output / 'summary.json')
 
 
+@pytest.mark.parametrize('pattern, output', [
+    ('d/*.jsonl', 'link'),       # the output is a link to the input folder
+    ('link/*.jsonl', 'd'),       # the input is read through a link to the output
+    ('link/**.jsonl', 'd/out'),
+])
+def test_an_output_reached_through_a_link_is_a_configuration_error(model_dir, tmp_path, capsys,
+                                                                   pattern, output):
+  _nested(str(tmp_path / 'd'))
+  os.symlink('d', tmp_path / 'link')
+  rc = cli.main([f'--model={model_dir / "novars"}', f'--input={tmp_path / pattern}',
+                 f'--output={tmp_path / output}'])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 2
+  assert len(err) == 1 and 'where this command writes its output' in err[0], err
+  assert not os.path.exists(tmp_path / output / 'summary.json')
+
+
+def test_an_invalid_set_in_a_pattern_is_a_configuration_error(model_dir, tmp_path, capsys):
+  rc = cli.main([f'--model={model_dir / "novars"}', f'--input={tmp_path}/[z-a].jsonl',
+                 f'--output={tmp_path / "out"}'])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 2
+  assert len(err) == 1 and 'is not a valid pattern' in err[0], err
+
+
 def test_inputs_beside_the_output_that_it_cannot_match_run_again_alike(model_dir, tmp_path,
                                                                         capsys):
   contents = _nested(str(tmp_path / 'd'))
