@@ -112,6 +112,9 @@ def check_output_name(output: str) -> None:
   if file_patterns.has_wildcards(output):
     raise ConfigError(f'--output: {output} holds `*`, `?` or `[`, which Beam\'s file '
                       'writers read as a pattern; give a folder whose name has none of them')
+  if not file_patterns.encodable(output):  # Beam's pipeline protos hold UTF-8 text only
+    raise ConfigError(f'--output: {file_patterns.printable(output)} is not valid UTF-8, '
+                      'which Beam cannot write to; give a folder whose name is')
 
 
 def prepare(output: str) -> str:

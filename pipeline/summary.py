@@ -19,7 +19,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from tf_batch_predict.pipeline.options import LOCAL_RUNNERS
 from tf_batch_predict.pipeline.progress import size_text
-from tf_batch_predict.transforms.file_patterns import compile_pattern
+from tf_batch_predict.transforms.file_patterns import compile_pattern, printable
 from tf_batch_predict.transforms.records import METRICS_NAMESPACE
 from tf_batch_predict.transforms.file_patterns import is_local
 
@@ -131,7 +131,8 @@ def inputs(config) -> list:
   bytes."""
   patterns = list(config.options.inputs)
   regexes = [compile_pattern(_absolute(p)) for p in patterns]
-  entries = [{'pattern': p, 'files': 0, 'bytes': 0} for p in patterns]
+  # A pattern's bytes that are not UTF-8 as %XX, as in messages: summary.json is valid UTF-8.
+  entries = [{'pattern': printable(p), 'files': 0, 'bytes': 0} for p in patterns]
   files = [(m.path, m.size_in_bytes) for group in config.files_by_format.values()
            for m in group] + [(path, 0) for path, _, _ in config.unreadable_files]
   for path, size in files:

@@ -181,6 +181,26 @@ def test_a_name_that_is_not_utf8_is_named_in_file_errors(model_dir, tmp_path):
   _check_by_location(contents, predictions)
 
 
+def test_a_folder_that_is_not_utf8_in_a_pattern_or_as_the_output(model_dir, tmp_path, capsys):
+  """A pattern's folder that is not UTF-8 is read, the pattern written in
+  summary.json with %XX; an --output that is not UTF-8 (Beam cannot hold
+  it) is a configuration error that creates nothing."""
+  data = os.fsdecode(os.path.join(os.fsencode(str(tmp_path)), b'caf\xe9'))
+  contents = _instances(['ok.jsonl'])
+  _write(data, contents)
+  predictions, errors, summary = run_job(str(tmp_path / 'out'), f'--model={model_dir / "novars"}',
+                                         f'--input={data}/*.jsonl')
+  assert_conserved(summary, predictions, errors)
+  assert [i['pattern'] for i in summary['inputs']] == [f'{tmp_path}/caf%E9/*.jsonl']
+  assert os.path.exists(tmp_path / 'out' / 'report.html')
+  capsys.readouterr()
+  output = os.fsdecode(os.path.join(os.fsencode(str(tmp_path)), b'out\xe9'))
+  rc = cli.main([f'--model={model_dir / "novars"}', f'--input={data}/*.jsonl', f'--output={output}'])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 2 and len(err) == 1 and 'out%E9 is not valid UTF-8' in err[0], err
+  assert not os.path.lexists(output)
+
+
 def test_files_removed_after_matching_are_file_errors(model_dir, tmp_path):
   """Matching happens before the pipeline; a file gone by the time it is
   read is a `file` error naming it, in every format, never skipped."""
