@@ -104,6 +104,19 @@ def test_escape_and_translate_match_each_name_only_itself():
   assert file_patterns.compile_pattern('/d/**.jsonl').match('/d/x/y/a.jsonl')
 
 
+def test_sets_with_dashes_match_as_fnmatch_without_a_warning():
+  """`[+--]` is the range from `+` to `-`; Python's re warned of `--` on
+  stderr (a set difference to come)."""
+  import fnmatch
+  import warnings
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    for body in ('+--', '--a', '---', '--', '-', 'a-', 'a-c-e', '!--', '!a-', 'dbn', '&&', '||'):
+      regex = file_patterns.compile_pattern(f'[{body}]')
+      for ch in '-+,.abcden&|z!':
+        assert bool(regex.match(ch)) == fnmatch.fnmatchcase(ch, f'[{body}]'), (body, ch)
+
+
 def test_odd_names_are_each_read_once_locally_with_join_and_evaluate(model_dir, tmp_path):
   contents = _instances(PATTERN_NAMES + LOCAL_ONLY_NAMES)
   data = tmp_path / 'in[1]'  # the folder's own name looks like a pattern too

@@ -112,11 +112,27 @@ def translate(pattern: str) -> str:
       if negate:
         body = body[1:]
       # Every character of the set as itself, `-` still making ranges.
-      members = ''.join('\\' + ch if ch in '\\[]^&~|' else ch for ch in body)
-      out.append(f'(?!/)[{"^" if negate else ""}{members}]')
+      out.append(f'(?!/)[{"^" if negate else ""}{_set_members(body)}]')
     else:
       out.append(re.escape(c))
   return '(?s:' + ''.join(out) + r')\Z'
+
+
+def _set_members(body: str) -> str:
+  """A set's characters as a regular expression's: each as itself, `a-b` a
+  range; every character but a range's own `-` escaped (`[+--]` as `+-\\-`:
+  Python's re would warn of `--`)."""
+  def escaped(ch):
+    return '\\' + ch if ch in '\\[]^&~|-' else ch
+  out, k = [], 0
+  while k < len(body):
+    if body[k + 1:k + 2] == '-' and k + 2 < len(body):
+      out.append(f'{escaped(body[k])}-{escaped(body[k + 2])}')
+      k += 3
+    else:
+      out.append(escaped(body[k]))
+      k += 1
+  return ''.join(out)
 
 
 def compile_pattern(pattern: str):
