@@ -142,6 +142,55 @@ optional() {
   if [ -n "${!var:-}" ]; then into+=("$flag=${!var}"); fi
 }
 
+# Where a Flink or Spark job's Python workers come from (flink.sh, spark.sh):
+# checks ENVIRONMENT_TYPE, SDK_CONTAINER_IMAGE and ENVIRONMENT_CONFIG, one line
+# per problem then exit 2; adds the options to the named array.
+worker_environment() {
+  local -n into=$1
+  local missing=0
+  case "$ENVIRONMENT_TYPE" in
+    DOCKER)
+      if [ -z "${SDK_CONTAINER_IMAGE:-}" ]; then
+        if [ -n "${ENVIRONMENT_CONFIG:-}" ]; then
+          SDK_CONTAINER_IMAGE=$ENVIRONMENT_CONFIG  # Beam's own way to name the image
+        else
+          local python_version
+          python_version=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+          echo "$SCRIPT: missing --sdk_container_image (or environment variable SDK_CONTAINER_IMAGE):" \
+               "Beam's default worker image has neither this package nor TensorFlow; build one" \
+               "with: make image IMAGE=NAME (docker build -f launch/Dockerfile" \
+               "--build-arg PYTHON_VERSION=$python_version -t NAME .), or use a worker pool:" \
+               "--environment_type=EXTERNAL --environment_config=HOST:PORT (docs/at-scale.md)" >&2
+          missing=1
+        fi
+      elif [ -n "${ENVIRONMENT_CONFIG:-}" ] && [ "$ENVIRONMENT_CONFIG" != "$SDK_CONTAINER_IMAGE" ]; then
+        echo "$SCRIPT: --sdk_container_image and --environment_config name different images;" \
+             "give one" >&2
+        exit 2
+      fi ;;
+    EXTERNAL|PROCESS)
+      (require ENVIRONMENT_CONFIG) || missing=1 ;;
+    *)
+      echo "$SCRIPT: --environment_type: '$ENVIRONMENT_TYPE' is not DOCKER, EXTERNAL or PROCESS" >&2
+      exit 2 ;;
+  esac
+  [ "$missing" = 0 ] || exit 2
+  into+=(--environment_type="$ENVIRONMENT_TYPE")
+  if [ "$ENVIRONMENT_TYPE" = DOCKER ]; then
+    # Beam's portable runners take the image from --environment_config; its
+    # --sdk_container_image is read by Dataflow only.
+    into+=(--environment_config="$SDK_CONTAINER_IMAGE")
+  else
+    into+=(--environment_config="$ENVIRONMENT_CONFIG")
+  fi
+}
+
+# The job-server jar `make engines` builds, when it is there.
+ENGINES_DIR=${BATCH_PREDICT_ENGINES:-$REPO_DIR/.cache/engines}
+built_jar() {
+  if [ -f "$ENGINES_DIR/$1" ]; then echo "$ENGINES_DIR/$1"; fi
+}
+
 # Runners that run the job on this machine (Beam's names, lower case, without
 # "runner"): every other one submits it to a cluster.
 LOCAL_RUNNERS=" direct fnapi bundlebaseddirect switchingdirect testdirect interactive prism pythonrpcdirect "

@@ -15,8 +15,8 @@ from tf_batch_predict.transforms.records import InstanceBatch, RawChunk, ScoredB
 from tf_batch_predict.transforms.model.score import ScoreBatches
 from tf_batch_predict.transforms.write.shards import WriteJsonlShards, write_predictions
 
-# Beam's local runner with several workers (--direct_num_workers) deals the
-# byte ranges of the input files out to its workers once, round robin, before
+# Beam's local runner with several workers (--direct_num_workers), Flink and
+# Spark deal the byte ranges of the input files out to their workers once, before
 # any is read, and never moves work between them: a worker with a bigger
 # share finishes last while the others wait. With the readers' default of
 # 64 MiB ranges, a file of 80.6 MiB is a range of 64 MiB and one of 16.6 MiB:
@@ -41,14 +41,29 @@ def local_workers(beam_args) -> int:
   return workers or 1
 
 
+def engine_workers(opts) -> int:
+  """How many workers read at once: Beam's local runner's processes, Flink's
+  --parallelism, the threads of Spark's local[N]; 1 where the launcher
+  cannot know (a Spark cluster, Dataflow), which keeps the readers' default
+  ranges."""
+  import re
+  from apache_beam.options.pipeline_options import PipelineOptions
+  if opts.runner == LOCAL_RUNNER:
+    return local_workers(opts.beam_args)
+  beam_opts = PipelineOptions(list(opts.beam_args)).get_all_options()
+  if opts.runner == 'FlinkRunner':
+    return max(beam_opts.get('parallelism') or 1, 1)
+  local = re.fullmatch(r'local\[(\d+|\*)\]', beam_opts.get('spark_master_url') or '')
+  if opts.runner == 'SparkRunner' and local:
+    return multiprocessing.cpu_count() if local[1] == '*' else int(local[1])
+  return 1
+
+
 def range_bytes(config: JobConfig) -> Optional[int]:
   """Bytes per byte range of the text files (JSON Lines, CSV) for this job,
-  or None for the readers' default (every runner but the local one with
-  several workers: remote runners split ranges further while they run)."""
-  opts = config.options
-  if opts.runner != LOCAL_RUNNER:
-    return None
-  workers = local_workers(opts.beam_args)
+  or None for the readers' default: where one worker reads (every byte range
+  goes to some worker once, and stays there)."""
+  workers = engine_workers(config.options)
   if workers < 2:
     return None
   splittable = sum(
