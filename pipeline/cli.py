@@ -334,7 +334,7 @@ def _run(options, lock) -> int:
   except PipelineFailed as e:
     if debug():
       traceback.print_exception(e.__cause__ or e)
-    error(f'the pipeline failed: {e}')
+    error(f'the pipeline failed: {e}; the previous result in {config.output} is left as it was')
     return EXIT_PIPELINE_FAILED
   print(summary.table(job_summary))
   if status != EXIT_OK:

@@ -32,6 +32,9 @@ _BEAM_NOISE = (
     # The runner's side of a worker's data connection that broke (the worker
     # died, or the run is failing): the run's own line says why.
     'Failed to read inputs in the data plane',
+    # Beam's Flink and Spark runners start and stop their Java job server:
+    # the whole command line, twice, at warning level, in every run.
+    'Really starting service at', 'Really destroying service at',
 )
 _FORWARDED = re.compile(r'^Worker: .*? message: "(?P<message>(?:[^"\\]|\\.)*)"')
 
@@ -133,9 +136,17 @@ def configure_logging(level: int = logging.INFO):
     quiet.install()
 
 
+# Java exceptions as Flink's and Spark's job servers report them, wrapped
+# ("...grpc.StatusRuntimeException: ...grpc.StatusRuntimeException: CANCELLED"):
+# each class once, without its package.
+_JAVA_EXCEPTION = re.compile(r'(?:[a-z_][\w$]*\.)+(?P<name>[A-Z][\w$]*(?:Exception|Error)): ')
+
+
 def last_line(error: BaseException) -> str:
   lines = ''.join(traceback.format_exception_only(type(error), error)).strip().splitlines()
-  return lines[-1].strip() if lines else type(error).__name__
+  line = lines[-1].strip() if lines else type(error).__name__
+  line = _JAVA_EXCEPTION.sub(lambda m: m['name'] + ': ', line)
+  return re.sub(r'(\b\w+(?:Exception|Error): )\1+', r'\1', line)
 
 
 @contextlib.contextmanager

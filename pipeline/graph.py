@@ -1,90 +1,15 @@
 """The pipeline graph: named transforms, composed in one place."""
-import multiprocessing
-from typing import Optional
-
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
 
 from tf_batch_predict.pipeline.config import JobConfig
-from tf_batch_predict.pipeline.options import LOCAL_RUNNER
+from tf_batch_predict.pipeline.parallelism import needs_one_scoring_stage, parse_threads, range_bytes
 from tf_batch_predict.transforms.read.coalesce import CoalesceChunks
 from tf_batch_predict.transforms.read.decode import DecodeInstances, InstanceDecoder
 from tf_batch_predict.transforms.write.format import ERRORS_TAG, FormatRecords
-from tf_batch_predict.transforms.read.formats import SPLITTABLE_FORMATS, ReadInstances, input_formats
+from tf_batch_predict.transforms.read.formats import ReadInstances, input_formats
 from tf_batch_predict.transforms.records import InstanceBatch, RawChunk, ScoredBatch
 from tf_batch_predict.transforms.model.score import ScoreBatches
 from tf_batch_predict.transforms.write.shards import WriteJsonlShards, write_predictions
-
-# Beam's local runner with several workers (--direct_num_workers), Flink and
-# Spark deal the byte ranges of the input files out to their workers once, before
-# any is read, and never moves work between them: a worker with a bigger
-# share finishes last while the others wait. With the readers' default of
-# 64 MiB ranges, a file of 80.6 MiB is a range of 64 MiB and one of 16.6 MiB:
-# one of two workers read 79% of it. Ranges are therefore made small enough for
-# each worker to get at least this many (ranges of one size but each file's
-# last; one range more than another worker is then at most a quarter of a
-# worker's work)...
-RANGES_PER_WORKER = 4
-# ...but not smaller than this (every range starts a new file read, and ends
-# with a partial chunk of lines), nor larger than the readers' default range.
-MIN_RANGE_BYTES = 4 << 20
-MAX_RANGE_BYTES = 64 << 20
-
-
-def local_workers(beam_args) -> int:
-  """How many workers Beam's local runner runs the job with (1 unless
-  --direct_num_workers says otherwise; 0 means one per core, as in Beam)."""
-  from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
-  workers = PipelineOptions(list(beam_args)).view_as(DirectOptions).direct_num_workers
-  if workers == 0:
-    return multiprocessing.cpu_count()
-  return workers or 1
-
-
-def engine_workers(opts) -> int:
-  """How many workers read at once: Beam's local runner's processes, Flink's
-  --parallelism, the threads of Spark's local[N]; 1 where the launcher
-  cannot know (a Spark cluster, Dataflow), which keeps the readers' default
-  ranges."""
-  import re
-  from apache_beam.options.pipeline_options import PipelineOptions
-  if opts.runner == LOCAL_RUNNER:
-    return local_workers(opts.beam_args)
-  beam_opts = PipelineOptions(list(opts.beam_args)).get_all_options()
-  if opts.runner == 'FlinkRunner':
-    return max(beam_opts.get('parallelism') or 1, 1)
-  local = re.fullmatch(r'local\[(\d+|\*)\]', beam_opts.get('spark_master_url') or '')
-  if opts.runner == 'SparkRunner' and local:
-    return multiprocessing.cpu_count() if local[1] == '*' else int(local[1])
-  return 1
-
-
-def range_bytes(config: JobConfig) -> Optional[int]:
-  """Bytes per byte range of the text files (JSON Lines, CSV) for this job,
-  or None for the readers' default: where one worker reads (every byte range
-  goes to some worker once, and stays there)."""
-  workers = engine_workers(config.options)
-  if workers < 2:
-    return None
-  splittable = sum(
-      m.size_in_bytes or 0 for kind in SPLITTABLE_FORMATS
-      for m in config.files_by_format.get(kind, ())
-      if CompressionTypes.detect_compression_type(m.path) == CompressionTypes.UNCOMPRESSED)
-  if not splittable:
-    return None
-  share = splittable // (RANGES_PER_WORKER * workers)
-  return max(MIN_RANGE_BYTES, min(MAX_RANGE_BYTES, share))
-
-
-def parse_threads(config: JobConfig) -> Optional[int]:
-  """Threads each worker's parser may use: 1 where Beam's local runner
-  runs several worker processes (each then has about a core: its parser's
-  threads would only compete with the other workers), else None (all the
-  machine's cores, for the one process)."""
-  opts = config.options
-  if opts.runner == LOCAL_RUNNER and local_workers(opts.beam_args) > 1:
-    return 1
-  return None
 
 
 def build(p: beam.Pipeline, config: JobConfig) -> None:
@@ -93,10 +18,12 @@ def build(p: beam.Pipeline, config: JobConfig) -> None:
                           opts.max_instance_bytes, range_size=range_bytes(config),
                           parse_threads=parse_threads(config))
   decoder = InstanceDecoder(signature, formats, opts.key_field, opts.passthrough_fields)
+  chunks = p | 'ReadInstances' >> ReadInstances(config.files_by_format, formats,
+                                                config.unreadable_files)
+  if needs_one_scoring_stage(config):
+    chunks = chunks | 'OneScoringStage' >> beam.Reshuffle()
   records = (
-      p
-      | 'ReadInstances' >> ReadInstances(config.files_by_format, formats,
-                                         config.unreadable_files)
+      chunks
       | 'MergeSmallChunks' >> beam.ParDo(CoalesceChunks(opts.min_batch_size))
           .with_output_types(RawChunk)
       | 'Decode' >> beam.ParDo(DecodeInstances(decoder)).with_output_types(InstanceBatch)

@@ -1,7 +1,8 @@
 """All cores of one machine: with several local workers, each text file is
 cut into byte ranges small enough that every worker gets a share (Beam deals
 ranges out once, round robin); any other run keeps the readers' default."""
-from tf_batch_predict.pipeline import graph
+from tf_batch_predict.pipeline import parallelism
+from tf_batch_predict.transforms.read.formats import input_formats
 from tf_batch_predict.pipeline.config import resolve
 from tf_batch_predict.pipeline.options import parse_args
 from tf_batch_predict.transforms.read.lines import DESIRED_RANGE_SIZE
@@ -17,19 +18,19 @@ def test_ranges_per_worker(model_dir, tmp_path):
   with open(tmp_path / 'big.jsonl', 'wb') as f:
     f.truncate(size)  # only its size matters here
   pattern = str(tmp_path / 'big.jsonl')
-  assert graph.range_bytes(_config(model_dir, pattern)) is None
+  assert parallelism.range_bytes(_config(model_dir, pattern)) is None
   two = _config(model_dir, pattern, '--direct_running_mode=multi_processing',
                 '--direct_num_workers=2')
-  expected = size // (graph.RANGES_PER_WORKER * 2)
-  assert graph.range_bytes(two) == expected < DESIRED_RANGE_SIZE
-  formats = graph.input_formats(two.model.signature, None, (), 1 << 20,
-                                range_size=graph.range_bytes(two))
+  expected = size // (parallelism.RANGES_PER_WORKER * 2)
+  assert parallelism.range_bytes(two) == expected < DESIRED_RANGE_SIZE
+  formats = input_formats(two.model.signature, None, (), 1 << 20,
+                                range_size=parallelism.range_bytes(two))
   assert formats['jsonl'].range_size == formats['csv'].range_size == expected
   # Not smaller than MIN_RANGE_BYTES, however many workers.
   many = _config(model_dir, pattern, '--direct_num_workers=64')
-  assert graph.range_bytes(many) == graph.MIN_RANGE_BYTES
+  assert parallelism.range_bytes(many) == parallelism.MIN_RANGE_BYTES
   # gzip files are read whole: nothing to split.
   with open(tmp_path / 'small.jsonl.gz', 'wb') as f:
     f.truncate(size)
-  assert graph.range_bytes(_config(model_dir, str(tmp_path / 'small.jsonl.gz'),
+  assert parallelism.range_bytes(_config(model_dir, str(tmp_path / 'small.jsonl.gz'),
                                    '--direct_num_workers=2')) is None

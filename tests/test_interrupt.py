@@ -135,7 +135,8 @@ def test_a_worker_process_that_dies_is_one_line_and_keeps_the_previous_result(
            if not line.startswith('INFO ')]
   assert lines == ['batch-predict: error: the pipeline failed: a worker process died (killed '
                    'by SIGKILL, which is also how the kernel ends a process when memory runs '
-                   'out: fewer --direct_num_workers or a smaller --max_batch_size need less)']
+                   'out: fewer --direct_num_workers or a smaller --max_batch_size need less); '
+                   f'the previous result in {out} is left as it was']
   assert snapshot(out) == previous
   assert sorted(os.listdir(out)) == sorted(previous)  # no staging folder, no lock left
   assert not any(_alive(pid) for pid in started)  # the other worker is stopped too

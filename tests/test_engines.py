@@ -1,0 +1,222 @@
+"""The job on real distributed engines: Flink (a cluster inside Beam's job
+server, and a standalone JobManager and TaskManager) and Spark (local[2], and
+a standalone master and worker), started through launch/flink.sh and
+launch/spark.sh with Python workers from a worker pool. Every input format
+at once, byte ranges split over two workers; then workers and task managers
+killed part-way: a complete exact result or a failed run that leaves the
+previous result in place, never duplicates, never a hang."""
+import gzip
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests import cloud, engines
+from tests.helpers import assert_close_across_batches, assert_conserved, read_jsonl, write_lines
+from tests.test_formats import example_bytes, write_tfrecords
+
+ROOT = engines.ROOT
+RUN_SECONDS = 420  # any run past this is a hang
+BIG_LINES = 150_000  # about 9 MB: 3 byte ranges of 4 MiB at parallelism 2
+
+
+def instance(i, prefix):
+  rng = np.random.default_rng(i)
+  return {'id': f'{prefix}{i}', 'features': rng.uniform(-1, 1, 3).round(4).tolist(),
+          'bucket': int(i % 9)}
+
+
+@pytest.fixture(scope='module')
+def mixed_input(tmp_path_factory):
+  """JSON Lines big enough for several byte ranges, 30 small files, gzip,
+  TFRecord and Parquet, with bad records in three formats. Returns
+  (--input patterns, good instances by id, ids of the bad records)."""
+  d = tmp_path_factory.mktemp('mixed')
+  good, bad = [], []
+  lines = []
+  for i in range(BIG_LINES):
+    if i in (777, 75_001):
+      lines.append('{"id": "broken%d", "features": [1, 2' % i)  # invalid JSON: no key
+      bad.append(None)
+      continue
+    x = instance(i, 'big')
+    good.append(x)
+    lines.append(json.dumps(x))
+  lines.append(json.dumps({'id': 'wrongtype', 'features': 'abc', 'bucket': 1}))
+  bad.append('wrongtype')
+  write_lines(str(d / 'big.jsonl'), lines)
+  for f in range(30):
+    xs = [instance(f * 10 + i, 'small') for i in range(10)]
+    good += xs
+    write_lines(str(d / 'small' / f'{f:02d}.jsonl'), [json.dumps(x) for x in xs])
+  xs = [instance(i, 'gz') for i in range(500)]
+  good += xs
+  with gzip.open(d / 'packed.jsonl.gz', 'wt') as f:
+    f.write(''.join(json.dumps(x) + '\n' for x in xs))
+  xs = [instance(i, 'tfr') for i in range(300)]
+  good += xs
+  records = [example_bytes({'id': x['id'], 'features': x['features'], 'bucket': x['bucket']})
+             for x in xs]
+  records.append(b'not an Example')
+  bad.append(None)
+  write_tfrecords(str(d / 'examples.tfrecord'), records)
+  xs = [instance(i, 'pq') for i in range(300)]
+  good += xs
+  pq.write_table(pa.table({'id': [x['id'] for x in xs],
+                           'features': pa.array([x['features'] for x in xs],
+                                                pa.list_(pa.float32())),
+                           'bucket': pa.array([x['bucket'] for x in xs], pa.int64())}),
+                 d / 'table.parquet', row_group_size=50)
+  patterns = ','.join(str(d / p) for p in ('big.jsonl', 'small/*.jsonl', 'packed.jsonl.gz',
+                                          'examples.tfrecord', 'table.parquet'))
+  return patterns, {x['id']: x for x in good}, len(bad)
+
+
+@pytest.fixture(scope='module')
+def expected(model_dir, mixed_input, signature_of):
+  """The model called directly on every good instance, by id."""
+  _, good, _ = mixed_input
+  ids = sorted(good)
+  out = signature_of(model_dir / 'keras', 'serve',
+                     features=np.array([good[i]['features'] for i in ids], np.float32),
+                     bucket=np.array([good[i]['bucket'] for i in ids], np.int64))
+  return ids, out
+
+
+def launch(script, output, model_dir, patterns, pool, *extra, wait=True):
+  cmd = [os.path.join(ROOT, 'launch', script), f'--model={model_dir / "keras"}',
+         '--signature=serve', f'--input={patterns}', f'--output={output}', '--key_field=id',
+         '--max_error_fraction=0.01', '--environment_type=EXTERNAL',
+         f'--environment_config={pool.config}', '--skip_preflight', *extra]
+  env = dict(os.environ, PYTHON=sys.executable)
+  process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+  if not wait:
+    return process
+  return finish(process)
+
+
+def finish(process):
+  """(exit status, stderr); a run past RUN_SECONDS is a hang: killed, failed."""
+  try:
+    _, err = process.communicate(timeout=RUN_SECONDS)
+  except subprocess.TimeoutExpired:
+    os.killpg(process.pid, signal.SIGKILL)
+    process.communicate()
+    pytest.fail(f'the run did not end within {RUN_SECONDS} s')
+  return process.returncode, err
+
+
+def check_complete(output, mixed_input, expected, bad_count):
+  """Every instance exactly once, values as the model's, counts as written."""
+  _, good, _ = mixed_input
+  predictions = read_jsonl(os.path.join(output, 'predictions-*-of-*.jsonl'))
+  errors = read_jsonl(os.path.join(output, 'errors-*-of-*.jsonl'))
+  with open(os.path.join(output, 'summary.json')) as f:
+    summary = json.load(f)
+  assert_conserved(summary, predictions, errors)
+  ids = [p['id'] for p in predictions]
+  assert len(ids) == len(set(ids)), 'duplicate predictions'
+  assert sorted(ids) == expected[0]
+  assert len(errors) == bad_count
+  by_id = {p['id']: p for p in predictions}
+  for name in ('score', 'probs'):
+    assert_close_across_batches([by_id[i][name] for i in expected[0]], expected[1][name],
+                                err_msg=name)
+  return summary
+
+
+def snapshot(output):
+  """Every file of a result folder and a digest of its bytes."""
+  found = {}
+  for name in sorted(os.listdir(output)):
+    with open(os.path.join(output, name), 'rb') as f:
+      found[name] = hashlib.sha256(f.read()).hexdigest()
+  return found
+
+
+def check_outcome(rc, err, output, before, mixed_input, expected, bad_count):
+  """After a fault: a complete exact result, or a failure in one line that
+  left the previous result as it was."""
+  if rc == 0:
+    return check_complete(output, mixed_input, expected, bad_count)
+  last = err.strip().splitlines()[-1]
+  assert 'Traceback' not in err.split('\n')[-3:], err[-3000:]
+  assert last.startswith('batch-predict: ') and len(last) < 600, err[-3000:]
+  assert snapshot(output) == before
+  return None
+
+
+def kill_a_scoring_worker(pool, stop, killed):
+  """Kills (SIGKILL) the first SDK worker that has imported TensorFlow (a
+  worker that scores), 2 s after it appears."""
+  deadline = time.time() + RUN_SECONDS
+  while not stop.is_set() and time.time() < deadline:
+    for pid in pool.worker_pids():
+      if rss_mb(pid) > 300:
+        time.sleep(2)
+        try:
+          os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+          continue
+        killed.append(pid)
+        return
+    time.sleep(0.2)
+
+
+def rss_mb(pid):
+  try:
+    with open(f'/proc/{pid}/status') as f:
+      for line in f:
+        if line.startswith('VmRSS:'):
+          return int(line.split()[1]) / 1024
+  except OSError:
+    pass
+  return 0
+
+
+ENGINES = {
+    'flink': ('flink.sh', ['--flink_master=[local]', '--parallelism=2']),
+    'spark': ('spark.sh', ['--spark_master_url=local[2]']),
+}
+
+
+@pytest.mark.cross_batch
+@pytest.mark.parametrize('engine', sorted(ENGINES))
+def test_every_format_on_two_workers_then_a_worker_killed(
+    engine, model_dir, mixed_input, expected, tmp_path):
+  script, options = ENGINES[engine]
+  patterns, _, bad_count = mixed_input
+  output = tmp_path / 'out'
+  with engines.worker_pool(tmp_path) as pool:
+    rc, err = launch(script, output, model_dir, patterns, pool, *options)
+    assert rc == 0, err[-3000:]
+    summary = check_complete(output, mixed_input, expected, bad_count)
+    assert summary['runner'] == ('FlinkRunner' if engine == 'flink' else 'SparkRunner')
+    # The model is loaded once per Python worker process that scores, not
+    # per bundle (the run has hundreds of chunks).
+    assert 1 <= summary['model_loads'] <= min(2, pool.workers_started())
+    assert summary['batches']['count'] > 10
+    before = snapshot(output)
+
+    # The same job again into the same folder; one scoring worker killed.
+    stop, killed = threading.Event(), []
+    killer = threading.Thread(target=kill_a_scoring_worker, args=(pool, stop, killed))
+    killer.start()
+    try:
+      rc, err = launch(script, output, model_dir, patterns, pool, *options)
+    finally:
+      stop.set()
+      killer.join(10)
+  assert killed, 'no scoring worker was seen to kill'
+  check_outcome(rc, err, output, before, mixed_input, expected, bad_count)
+  print(f'{engine}, a worker killed: exit {rc}: {err.strip().splitlines()[-1]}')
