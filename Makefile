@@ -79,12 +79,14 @@ $(FLINK_DIST)/.fetched: $(STAMP)
 	rm -rf $(ENGINES)/flink.tmp $(FLINK_DIST)/opt $(FLINK_DIST)/plugins
 	touch $@
 
-# Spark's distribution: jars/ as pyspark ships them.
+# Spark's distribution: jars/ as pyspark ships them, and a RELEASE file as a
+# distribution has.
 $(SPARK_DIST)/.fetched: $(STAMP)
 	rm -rf $(SPARK_DIST) $(ENGINES)/spark.tmp && mkdir -p $(ENGINES)/spark.tmp $(SPARK_DIST)
 	$(PY) -m pip download -q --no-deps --no-binary :all: -d $(ENGINES)/spark.tmp pyspark==$(SPARK_VERSION)
 	tar -xzf $(ENGINES)/spark.tmp/pyspark-$(SPARK_VERSION).tar.gz -C $(ENGINES)/spark.tmp pyspark-$(SPARK_VERSION)/deps/jars
 	mv $(ENGINES)/spark.tmp/pyspark-$(SPARK_VERSION)/deps/jars $(SPARK_DIST)/jars
+	echo 'Spark $(SPARK_VERSION) (jars of PyPI pyspark)' > $(SPARK_DIST)/RELEASE
 	rm -rf $(ENGINES)/spark.tmp
 	touch $@
 

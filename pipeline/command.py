@@ -139,12 +139,15 @@ def configure_logging(level: int = logging.INFO):
 # Java exceptions as Flink's and Spark's job servers report them, wrapped
 # ("...grpc.StatusRuntimeException: ...grpc.StatusRuntimeException: CANCELLED"):
 # each class once, without its package.
+_JAVA_FRAME = re.compile(r'\s*(?:at )?[\w$.]+(?:/[\w$.]+)?\.[\w$<>]+\([\w$.]*(?::\d+)?\)$')
 _JAVA_EXCEPTION = re.compile(r'(?:[a-z_][\w$]*\.)+(?P<name>[A-Z][\w$]*(?:Exception|Error)): ')
 
 
 def last_line(error: BaseException) -> str:
   lines = ''.join(traceback.format_exception_only(type(error), error)).strip().splitlines()
   line = lines[-1].strip() if lines else type(error).__name__
+  if any(_JAVA_FRAME.match(l) for l in lines):  # a Java stack trace: its first line says why
+    line = lines[0].strip()
   line = _JAVA_EXCEPTION.sub(lambda m: m['name'] + ': ', line)
   return re.sub(r'(\b\w+(?:Exception|Error): )\1+', r'\1', line)
 

@@ -153,7 +153,10 @@ class FlinkCluster:
         'rest.bind-address': 'localhost', 'rest.port': self.rest_port,
         'taskmanager.host': 'localhost', 'taskmanager.bind-host': 'localhost',
         'taskmanager.numberOfTaskSlots': slots, 'parallelism.default': slots,
-        'jobmanager.memory.process.size': '1024m', 'taskmanager.memory.process.size': '1728m',
+        'jobmanager.memory.process.size': '1024m', 'taskmanager.memory.process.size': '2048m',
+        # Beam's shuffles at parallelism 2 need more than Flink's default 64 MiB
+        # of network buffers ("Insufficient number of network buffers").
+        'taskmanager.memory.network.min': '256m', 'taskmanager.memory.network.max': '256m',
         # A lost TaskManager is noticed in seconds, not Flink's default 50 s.
         'heartbeat.timeout': 8000, 'heartbeat.interval': 2000,
         'taskmanager.data.port': 0, 'taskmanager.rpc.port': '0',
@@ -253,7 +256,10 @@ class SparkCluster:
     return f'spark://127.0.0.1:{self.port}'
 
   def _java(self, main, args, log_name):
-    env = dict(os.environ, SPARK_LOCAL_IP='127.0.0.1', SPARK_WORKER_DIR=self.dir)
+    # The worker builds each executor's command from SPARK_HOME's jars/ (as
+    # Spark's scripts set them: SPARK_HOME, and the Scala version its jars are for).
+    env = dict(os.environ, SPARK_LOCAL_IP='127.0.0.1', SPARK_WORKER_DIR=self.dir,
+               SPARK_HOME=self.dist, SPARK_SCALA_VERSION='2.12')
     return _start(['java', '-Xmx512m', '-cp', os.path.join(self.dist, 'jars', '*'), main, *args],
                   os.path.join(self.dir, log_name), env=env)
 
