@@ -16,15 +16,20 @@
 # The job server: FLINK_JOB_SERVER_JAR, by default the one `make engines` builds
 # (Beam's runner for Flink 1.19, so FLINK_VERSION 1.19: it must match the cluster's
 # Flink version). Without a jar, Beam downloads the job server for FLINK_VERSION.
-# SDK_WORKER_PARALLELISM Python workers run on each task manager (0: one per task slot).
+# SDK_WORKER_PARALLELISM Python workers run on each task manager: give it the task
+# managers' slots (taskmanager.numberOfTaskSlots); by default PARALLELISM for [local]
+# (one task manager with every slot), else 1.
 SCRIPT=launch/flink.sh
 PARAMS=(MODEL INPUT OUTPUT FLINK_MASTER PARALLELISM SDK_WORKER_PARALLELISM ENVIRONMENT_TYPE
         SDK_CONTAINER_IMAGE ENVIRONMENT_CONFIG FLINK_VERSION FLINK_JOB_SERVER_JAR)
 source "$(dirname "$0")/common.sh"
-: "${PARALLELISM:=2}" "${SDK_WORKER_PARALLELISM:=0}" "${ENVIRONMENT_TYPE:=DOCKER}"
+: "${PARALLELISM:=2}" "${ENVIRONMENT_TYPE:=DOCKER}"
 : "${FLINK_VERSION:=1.19}"
 : "${FLINK_JOB_SERVER_JAR:=$(built_jar beam-runners-flink-1.19-job-server-2.62.0.jar)}"
 parse_args "$@"
+if [ -z "${SDK_WORKER_PARALLELISM:-}" ]; then
+  if [ "${FLINK_MASTER:-}" = '[local]' ]; then SDK_WORKER_PARALLELISM=$PARALLELISM; else SDK_WORKER_PARALLELISM=1; fi
+fi
 
 missing=0
 (require MODEL INPUT OUTPUT FLINK_MASTER) || missing=1
