@@ -19,6 +19,8 @@
 # SDK_WORKER_PARALLELISM Python workers run on each task manager: give it the task
 # managers' slots (taskmanager.numberOfTaskSlots); by default PARALLELISM for [local]
 # (one task manager with every slot), else 1.
+# Restarts: a cluster's own configuration (restart-strategy.*) decides; for [local],
+# FLINK_CONF_DIR (default launch/flink-local: up to 3 restarts).
 SCRIPT=launch/flink.sh
 PARAMS=(MODEL INPUT OUTPUT FLINK_MASTER PARALLELISM SDK_WORKER_PARALLELISM ENVIRONMENT_TYPE
         SDK_CONTAINER_IMAGE ENVIRONMENT_CONFIG FLINK_VERSION FLINK_JOB_SERVER_JAR)
@@ -27,6 +29,9 @@ source "$(dirname "$0")/common.sh"
 : "${FLINK_VERSION:=1.19}"
 : "${FLINK_JOB_SERVER_JAR:=$(built_jar beam-runners-flink-1.19-job-server-2.62.0.jar)}"
 parse_args "$@"
+if [ "${FLINK_MASTER:-}" = '[local]' ] && [ -z "${FLINK_CONF_DIR:-}" ]; then
+  export FLINK_CONF_DIR=$LAUNCH_DIR/flink-local  # restarts a failed job (see its config.yaml)
+fi
 if [ -z "${SDK_WORKER_PARALLELISM:-}" ]; then
   if [ "${FLINK_MASTER:-}" = '[local]' ]; then SDK_WORKER_PARALLELISM=$PARALLELISM; else SDK_WORKER_PARALLELISM=1; fi
 fi

@@ -161,6 +161,10 @@ class FlinkCluster:
         'heartbeat.timeout': 8000, 'heartbeat.interval': 2000,
         'taskmanager.data.port': 0, 'taskmanager.rpc.port': '0',
         'blob.server.port': cloud.free_port(), 'io.tmp.dirs': os.path.join(self.dir, 'tmp'),
+        # As a production cluster is set up: a failed job restarts (Flink's
+        # default without checkpointing is never).
+        'restart-strategy.type': 'fixed-delay', 'restart-strategy.fixed-delay.attempts': 3,
+        'restart-strategy.fixed-delay.delay': '2 s',
     }
     with open(os.path.join(self.conf, 'config.yaml'), 'w') as f:
       f.writelines(f'{k}: {v}\n' for k, v in settings.items())
@@ -218,6 +222,13 @@ class FlinkCluster:
     process = self.taskmanagers[-1]
     os.killpg(process.pid, signal.SIGKILL)
     process.wait(10)
+
+  def restarts(self, job_id) -> int:
+    """Failures the job recovered from or failed by (Flink's exception history)."""
+    with contextlib.suppress(OSError, ValueError):
+      return len(_http_json(f'http://{self.master}/jobs/{job_id}/exceptions')
+                 .get('exceptionHistory', {}).get('entries', []))
+    return 0
 
   def jobs(self):
     with contextlib.suppress(OSError, ValueError):
