@@ -34,7 +34,7 @@ def configs(pool):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--scale', type=float, default=0.25,
+  parser.add_argument('--scale', type=float, default=1.0,
                       help='share of run.py\'s instance counts (tabular 2M, MLP 800k)')
   parser.add_argument('--workdir', default='/tmp/batch-predict-bench')
   args = parser.parse_args()
@@ -56,7 +56,9 @@ def main():
                      small['model_load_s'], steady, full['others']))
   print(f'\nWhole commands on {os.cpu_count()} cores, {started}; one run each. Start-up: the '
         f'same command on {bench.CORES_TINY:,} instances (job server, cluster, workers\' '
-        'TensorFlow import and model load included). Steady: extra instances / extra seconds.\n')
+        'TensorFlow import and model load included). Steady: extra instances / extra seconds. '
+        "Others' cores: other processes' CPU use meanwhile (for Flink, its Python workers, "
+        'which the worker pool starts).\n')
   header = ('workload', 'configuration', 'instances', 'seconds', 'start-up s', 'model load s',
             'steady inst/s', 'vs 1 worker', "others' cores")
   print('| ' + ' | '.join(header) + ' |')
