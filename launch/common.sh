@@ -185,6 +185,17 @@ worker_environment() {
   fi
 }
 
+# require VARS... and worker_environment ARRAY together: every problem of both
+# is one line, then exit 2.
+require_with_environment() {
+  local array=$1 missing=0
+  shift
+  (require "$@") || missing=1
+  (worker_environment "$array") || missing=1
+  [ "$missing" = 0 ] || exit 2
+  worker_environment "$array"
+}
+
 # The job-server jar `make engines` builds, when it is there.
 ENGINES_DIR=${BATCH_PREDICT_ENGINES:-$REPO_DIR/.cache/engines}
 built_jar() {

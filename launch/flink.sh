@@ -36,12 +36,8 @@ if [ -z "${SDK_WORKER_PARALLELISM:-}" ]; then
   if [ "${FLINK_MASTER:-}" = '[local]' ]; then SDK_WORKER_PARALLELISM=$PARALLELISM; else SDK_WORKER_PARALLELISM=1; fi
 fi
 
-missing=0
-(require MODEL INPUT OUTPUT FLINK_MASTER) || missing=1
 environment=()
-(worker_environment environment) || missing=1
-[ "$missing" = 0 ] || exit 2
-worker_environment environment
+require_with_environment environment MODEL INPUT OUTPUT FLINK_MASTER
 
 args=(--model="$MODEL" --input="$INPUT" --output="$OUTPUT" --runner=FlinkRunner
       --flink_master="$FLINK_MASTER" --parallelism="$PARALLELISM"

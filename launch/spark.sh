@@ -18,12 +18,8 @@ source "$(dirname "$0")/common.sh"
 : "${SPARK_JOB_SERVER_JAR:=$(built_jar beam-runners-spark-3-job-server-2.62.0.jar)}"
 parse_args "$@"
 
-missing=0
-(require MODEL INPUT OUTPUT SPARK_MASTER_URL) || missing=1
 environment=()
-(worker_environment environment) || missing=1
-[ "$missing" = 0 ] || exit 2
-worker_environment environment
+require_with_environment environment MODEL INPUT OUTPUT SPARK_MASTER_URL
 
 args=(--model="$MODEL" --input="$INPUT" --output="$OUTPUT" --runner=SparkRunner
       --spark_master_url="$SPARK_MASTER_URL" "${environment[@]}")
