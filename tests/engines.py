@@ -241,12 +241,16 @@ class FlinkCluster:
 
 
 @contextlib.contextmanager
-def flink_cluster(work_dir):
-  cluster = FlinkCluster(work_dir)
+def running(cluster):
+  """A FlinkCluster or SparkCluster, started, and stopped at the end."""
   try:
     yield cluster.start()
   finally:
     cluster.stop()
+
+
+def flink_cluster(work_dir):
+  return running(FlinkCluster(work_dir))
 
 
 class SparkCluster:
@@ -304,10 +308,5 @@ class SparkCluster:
       _stop(process)
 
 
-@contextlib.contextmanager
 def spark_cluster(work_dir):
-  cluster = SparkCluster(work_dir)
-  try:
-    yield cluster.start()
-  finally:
-    cluster.stop()
+  return running(SparkCluster(work_dir))
