@@ -140,7 +140,15 @@ def run(config, staging) -> dict:
   ended = time.time()
   if state not in (None, PipelineState.DONE):
     raise PipelineFailed(f'it ended in state {state}')
-  return summary.build(config, summary.counters(result), config.options.runner,
+  counts = summary.counters(result)
+  if not summary.committed_reported(result):
+    # Attempted counts (Spark's): a task the engine ran again is counted
+    # twice, while its outputs were committed once. Count the files instead.
+    _LOG.info('Counting the records written (%s reports attempted counts only)',
+              config.options.runner)
+    with fails_as(f'counting the records written to {staging.path} failed'):
+      counts.update(summary.written_counts(staging.path))
+  return summary.build(config, counts, config.options.runner,
                        ended - started, started=min(_STARTED, started), ended=ended,
                        series=reporter.series())
 

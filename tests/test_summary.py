@@ -118,3 +118,29 @@ def test_summary_of_a_clean_run_has_no_examples_and_reports_worker_settings(mode
   assert summary['errors_first_example'] == {} and summary['incomplete_files'] == []
   assert summary['settings']['direct_running_mode'] == 'multi_threading'
   assert summary['batches']['instances'] == summary['predictions'] == 10
+
+
+def test_written_counts_match_the_committed_counters_in_every_output_format(model_dir,
+                                                                            tmp_path):
+  """The counts a run on Spark takes from its files (Spark reports attempted
+  metrics only) equal the local runner's committed counters, per format."""
+  from tf_batch_predict.pipeline import summary as summaries
+  lines = [json.dumps({'id': f'w{i}', 'features': [i, 1.5, -2], 'bucket': i % 4})
+           for i in range(700)]
+  lines[5] = '{"id": "broken"'  # parse
+  lines[9] = json.dumps({'id': 'w9', 'features': 'abc', 'bucket': 1})  # schema
+  write_lines(str(tmp_path / 'in' / 'a.jsonl'), lines[:400])
+  write_lines(str(tmp_path / 'in' / 'b.jsonl'), lines[400:])
+  for output_format in ('jsonl', 'parquet', 'tfrecord'):
+    out = tmp_path / output_format
+    assert cli.main([f'--model={model_dir / "keras"}', '--signature=serve',
+                     f'--input={tmp_path / "in" / "*.jsonl"}', f'--output={out}',
+                     '--key_field=id', f'--output_format={output_format}',
+                     '--max_error_fraction=1', '--max_batch_size=64']) == 0
+    with open(out / 'summary.json') as f:
+      summary = json.load(f)
+    written = summaries.written_counts(str(out))
+    assert written['predictions'] == summary['predictions'] == 698, output_format
+    assert {c: written[f'errors_{c}'] for c in summary['errors_by_category']} == \
+        summary['errors_by_category'] == {'parse': 1, 'schema': 1, 'model': 0, 'file': 0}
+    assert written['instances_read'] == summary['instances_read'] == 700
