@@ -34,11 +34,20 @@ def require(path: str) -> str:
   return path
 
 
+def die_with_parent():
+  """For subprocess's preexec_fn: the child gets SIGTERM when the test
+  process dies, however it dies (a CI time-out's SIGKILL included), so
+  that no cluster or worker is left behind."""
+  import ctypes
+  ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _start(cmd, log_path, env=None, cwd=ROOT):
   log = open(log_path, 'ab')
   try:
     return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
+                            stdin=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=die_with_parent)
   finally:
     log.close()
 

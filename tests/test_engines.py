@@ -100,7 +100,8 @@ def launch(script, output, model_dir, patterns, pool, *extra, wait=True):
          f'--environment_config={pool.config}', '--skip_preflight', *extra]
   env = dict(os.environ, PYTHON=sys.executable)
   process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+                             stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             preexec_fn=engines.die_with_parent)
   if not wait:
     return process
   return finish(process)
