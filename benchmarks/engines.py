@@ -1,11 +1,12 @@
-"""The job on Flink against Beam's local runner, whole commands timed: Flink
-(`[local]`, workers from a worker pool) at parallelism 1 and 2 against Beam's
-local multi_processing mode with 1 and 2 workers, on the tabular and MLP
+"""The job on Flink and Spark against Beam's local runner, whole commands
+timed: Flink (`[local]`) at parallelism 1 and 2 and Spark with local[1] and
+local[2], workers from a worker pool, against Beam's local multi_processing
+mode with 1 and 2 workers, on the tabular and MLP
 workloads of benchmarks/run.py. Start-up apart: the same command on a few
 thousand instances; steady state: the extra instances of the full run over
 its extra seconds. Prints a Markdown table.
 
-  python benchmarks/engines.py [--scale 0.25] [--workdir /tmp/batch-predict-bench]
+  python benchmarks/engines.py [--scale 0.25] [--only Spark] [--workdir DIR]
 
 Needs `make engines` (the job server). One run per configuration and size.
 """
@@ -24,11 +25,16 @@ def configs(pool):
   flink = ['--runner=FlinkRunner', '--flink_master=[local]', '--environment_type=EXTERNAL',
            f'--environment_config={pool.config}', '--flink_version=1.19',
            f'--flink_job_server_jar={engines.require(engines.FLINK_JOB_SERVER)}']
+  spark = ['--runner=SparkRunner', '--environment_type=EXTERNAL',
+           f'--environment_config={pool.config}',
+           f'--spark_job_server_jar={engines.require(engines.SPARK_JOB_SERVER)}']
   return [
       ('local, multi_processing, 1 worker', bench.multi_processing(1)),
       ('local, multi_processing, 2 workers', bench.multi_processing(2)),
       ('Flink [local], parallelism 1', flink + ['--parallelism=1', '--sdk_worker_parallelism=1']),
       ('Flink [local], parallelism 2', flink + ['--parallelism=2', '--sdk_worker_parallelism=2']),
+      ('Spark local[1]', spark + ['--spark_master_url=local[1]']),
+      ('Spark local[2]', spark + ['--spark_master_url=local[2]']),
   ]
 
 
@@ -37,6 +43,8 @@ def main():
   parser.add_argument('--scale', type=float, default=1.0,
                       help='share of run.py\'s instance counts (tabular 2M, MLP 800k)')
   parser.add_argument('--workdir', default='/tmp/batch-predict-bench')
+  parser.add_argument('--only', default='',
+                      help='run the configurations whose name starts with this (local, Flink, Spark)')
   args = parser.parse_args()
   bench.prepare(args.workdir, 1.0, ('cores',))
   counts = {w: int(bench.WORKERS_INSTANCES[w] * args.scale) for w in ('tabular', 'mlp')}
@@ -48,6 +56,8 @@ def main():
       whole, _, tiny = bench.cores_inputs(args.workdir, workload, count, counts[workload], 0)
       model = os.path.join(args.workdir, f'{workload}-model')
       for name, beam_args in configs(pool):
+        if not name.startswith(args.only):
+          continue
         out = os.path.join(args.workdir, 'out', 'engines')
         small = bench.run_commands(model, [[tiny]], out, beam_args)
         full = bench.run_commands(model, [[whole]], out, beam_args)
@@ -65,7 +75,7 @@ def main():
   print('|' + '---|' * len(header))
   one = {}
   for workload, name, count, seconds, start, load, steady, others in rows:
-    key = (workload, name.split(',')[0])
+    key = (workload, name.split(',')[0].split(' ')[0])
     one.setdefault(key, steady)
     print(f'| {workload} | {name} | {count:,} | {seconds:.1f} | {start:.1f} | '
           f'{"-" if load is None else f"{load:.1f}"} | {steady:,.0f} | '
