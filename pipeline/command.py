@@ -139,7 +139,7 @@ def configure_logging(level: int = logging.INFO):
 # Java exceptions as Flink's and Spark's job servers report them, wrapped
 # ("...grpc.StatusRuntimeException: ...grpc.StatusRuntimeException: CANCELLED"):
 # each class once, without its package.
-_JAVA_FRAME = re.compile(r'\s*(?:at )?[\w$.]+(?:/[\w$.]+)?\.[\w$<>]+\([\w$.]*(?::\d+)?\)$')
+_JAVA_FRAME = re.compile(r'.*\((?:[\w$]+\.(?:java|scala|kt):\d+|Native Method|Unknown Source)\)\s*$')
 _JAVA_EXCEPTION = re.compile(r'(?:[a-z_][\w$]*\.)+(?P<name>[A-Z][\w$]*(?:Exception|Error)): ')
 
 

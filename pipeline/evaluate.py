@@ -779,7 +779,9 @@ def _regression_metrics(p: _Prepared, notes: dict) -> dict:
       warnings.simplefilter('ignore')
       out['r2'] = _number(skm.r2_score(y, y_hat, force_finite=False))
     if out['r2'] is None:
-      notes['r2'] = 'the labels are all equal (no variance to explain)'
+      notes['r2'] = ('the labels are all equal (no variance to explain)'
+                     if np.all(y == y[0]) else
+                     'not a finite number: the labels vary too little next to the errors')
   return out
 
 

@@ -110,9 +110,11 @@ def check_regression(metrics, y, y_hat):
   assert r['rmse'] == pytest.approx(math.sqrt((residual ** 2).sum() / len(y)), rel=1e-9,
                                     abs=1e-12)
   total = ((y - y.mean()) ** 2).sum()
-  if total > 0:
-    assert r['r2'] == pytest.approx(1 - (residual ** 2).sum() / total, rel=1e-9, abs=1e-9)
-  else:
+  with np.errstate(divide='ignore', over='ignore'):
+    r2 = 1 - (residual ** 2).sum() / total if total > 0 else None
+  if r2 is not None and math.isfinite(r2):
+    assert r['r2'] == pytest.approx(r2, rel=1e-9, abs=1e-9)
+  else:  # all labels equal, or too close for a finite R²
     assert r['r2'] is None and metrics['null_reasons']['r2']
   for q in evaluate.QUANTILES:
     assert r['residual_quantiles'][f'{q:g}'] == pytest.approx(
