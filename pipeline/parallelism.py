@@ -1,6 +1,7 @@
 """How the work spreads over an engine's workers: byte-range sizes, parser
 threads, and where Beam's Java job servers need a stage boundary."""
 import multiprocessing
+import re
 from typing import Optional
 
 from apache_beam.io.filesystem import CompressionTypes
@@ -30,7 +31,6 @@ def engine_workers(opts) -> int:
   --parallelism, the threads of Spark's local[N]; 1 where the launcher
   cannot know (a Spark cluster, Dataflow), which keeps the readers' default
   ranges."""
-  import re
   from apache_beam.options.pipeline_options import PipelineOptions
   if opts.runner == LOCAL_RUNNER:
     return local_workers(opts.beam_args)
