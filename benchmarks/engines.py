@@ -61,7 +61,10 @@ def main():
         out = os.path.join(args.workdir, 'out', 'engines')
         small = bench.run_commands(model, [[tiny]], out, beam_args)
         full = bench.run_commands(model, [[whole]], out, beam_args)
-        steady = (full['count'] - small['count']) / max(full['seconds'] - small['seconds'], 1e-9)
+        extra = full['seconds'] - small['seconds']
+        # Start-up varies by seconds between runs: a full run that adds less
+        # than a quarter to it gives no steady rate worth printing.
+        steady = (full['count'] - small['count']) / extra if extra > full['seconds'] / 4 else None
         rows.append((workload, name, full['count'], full['seconds'], small['seconds'],
                      small['model_load_s'], steady, full['others']))
   print(f'\nWhole commands on {os.cpu_count()} cores, {started}; one run each. Start-up: the '
@@ -77,9 +80,11 @@ def main():
   for workload, name, count, seconds, start, load, steady, others in rows:
     key = (workload, name.split(',')[0].split(' ')[0])
     one.setdefault(key, steady)
+    rate = 'not measurable' if steady is None else f'{steady:,.0f}'
+    ratio = f'{steady / one[key]:.2f}x' if steady and one[key] else '-'
     print(f'| {workload} | {name} | {count:,} | {seconds:.1f} | {start:.1f} | '
-          f'{"-" if load is None else f"{load:.1f}"} | {steady:,.0f} | '
-          f'{steady / one[key]:.2f}x | {"-" if others is None else f"{others:.2f}"} |')
+          f'{"-" if load is None else f"{load:.1f}"} | {rate} | {ratio} | '
+          f'{"-" if others is None else f"{others:.2f}"} |')
 
 
 if __name__ == '__main__':
