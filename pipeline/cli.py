@@ -12,6 +12,7 @@ The pipeline writes into a staging folder of the output directory; the
 result replaces the previous one only once complete (pipeline/outputs.py).
 """
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -279,11 +280,11 @@ def _batch_predict(argv: list) -> int:
     lock.release()
 
 
-def check_model(config) -> list:
+def check_model(config) -> tuple:
   """Proves the signature callable (transforms/model/score.py `check_model`)
-  unless --skip_model_check; raises ConfigError. Returns what to log once
-  the run goes ahead, as (level, message): a run that stops says one line
-  only."""
+  unless --skip_model_check; raises ConfigError. Returns (config, notes):
+  the config with the loader the workers use, and what to log once the run
+  goes ahead, as (level, message): a run that stops says one line only."""
   from tf_batch_predict.pipeline.options import ConfigError
   from tf_batch_predict.transforms.model.savedmodel import ModelError
   from tf_batch_predict.transforms.model.score import check_model as load_and_call
@@ -291,21 +292,25 @@ def check_model(config) -> list:
             f'disagrees with the graph, as in older TF1 exports): {note}')
            for note in config.model.signature.graph_shapes_used]
   fixed = config.model.signature.fixed_batch
-  if fixed:
+  if config.model.signature.per_instance:
+    notes.append((logging.INFO, f'Signature {config.model.signature.name} has no batch '
+                  'dimension: the model is called once per instance'))
+  elif fixed:
     notes.append((logging.INFO, f'Signature {config.model.signature.name} fixes the batch '
                   f'dimension at {fixed}: scored in calls of {fixed} rows, the last of '
                   'each batch padded'))
   if config.options.skip_model_check:
-    return notes
+    return config, notes
   try:
-    seconds, warning = load_and_call(config.model)
+    seconds, warning, model = load_and_call(config.model)
   except ModelError as e:
     raise ConfigError(str(e)) from None
+  config = dataclasses.replace(config, model=model)  # the loader the workers use
   if warning:
     notes.append((logging.WARNING, f'Model check: {warning}'))
   notes.append((logging.INFO, f'Model check: loaded {config.model.path} and called signature '
                 f'{config.model.signature.name} on a sample batch in {seconds:.1f} s'))
-  return notes
+  return config, notes
 
 
 def _run(options, lock) -> int:
@@ -317,7 +322,7 @@ def _run(options, lock) -> int:
     if not message:
       lock.check_free()  # a second run stops here, before loading anything
     config = job_config.resolve(options)
-    notes = check_model(config)
+    config, notes = check_model(config)
   except (ConfigError, OSError) as e:
     error(e)
     return EXIT_CONFIG_ERROR

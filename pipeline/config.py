@@ -146,6 +146,11 @@ def resolve(options: JobOptions) -> JobConfig:
                       f'outputs: {", ".join(outputs)}')
   kept = [s for s in model.signature.outputs
           if not options.output_fields or s.name in options.output_fields]
+  unwritable = next((s for s in kept if s.unwritable), None)
+  if unwritable:
+    writable = [s.name for s in kept if not s.unwritable]
+    raise ConfigError(f'--model: {unwritable.unwritable}; leave it out with --output_fields'
+                      + (f'={",".join(writable)}' if writable else ''))
   # Only the outputs written are fetched: an output left out costs nothing,
   # and one the job cannot write (no batch dimension) can be left out.
   model = dataclasses.replace(model, signature=dataclasses.replace(

@@ -262,7 +262,12 @@ def build(config, counts: dict, runner: str, wall_time_s: float,
                          if config.model.version_folder else None),
                 'signature': config.model.signature.name,
                 'tags': list(config.model.tags),
-                'fixed_batch': config.model.signature.fixed_batch},
+                'fixed_batch': config.model.signature.fixed_batch,
+                'per_instance': config.model.signature.per_instance,
+                # 'session': a graph-mode Session, as TF Serving runs models;
+                # 'eager': tf.saved_model.load, for a signature only it runs.
+                'loader': config.model.loader,
+                'op_libraries': list(config.model.signature.op_libraries)},
       'model_loads': counts.get('model_loads', 0),
       'model_load_s': model_load_s(counts),
       'batches': batches(counts),
@@ -327,7 +332,15 @@ def table(summary: dict) -> str:
     rows.append(('input', f'{files} file{"s" if files != 1 else ""}, '
                           f'{size_text(summary["input_bytes"])} ({patterns} pattern'
                           f'{"s" if patterns != 1 else ""})'))
-  rows.append(('model', f'{model["path"]}{version}, signature {model["signature"]}'))
+  how = []
+  if model.get('loader') == 'eager':
+    how.append('loaded with tf.saved_model.load (a graph session cannot run it)')
+  if model.get('op_libraries'):
+    how.append('ops from ' + ', '.join(model['op_libraries']))
+  if model.get('per_instance'):
+    how.append('called once per instance')
+  rows.append(('model', f'{model["path"]}{version}, signature {model["signature"]}'
+               + ''.join(f'; {h}' for h in how)))
   loads = summary['model_loads']
   if summary.get('model_load_s') is not None:
     seconds = summary['model_load_s']

@@ -355,8 +355,8 @@ def test_launch_check_feeds_examples_built_from_the_parsing_spec(model_dir):
     ref = inspect_model(str(model_dir / 'estimator'), ('serve',), signature)
     [examples] = sample_feeds(ref.signature)
     assert examples.shape == (2,) and examples[0] != b''
-    seconds, warning = check_model(ref)
-    assert warning is None and seconds > 0
+    seconds, warning, checked = check_model(ref)
+    assert warning is None and seconds > 0 and checked.loader == 'session'
 
 
 def test_single_example_export_with_unbatched_outputs(tmp_path, signature_of):

@@ -24,7 +24,7 @@ from typing import Optional
 
 from apache_beam.io.filesystems import FileSystems
 
-from tf_batch_predict.transforms.model import example_spec
+from tf_batch_predict.transforms.model import example_spec, op_libraries
 
 # Signature dtypes this job can feed and return, by TF DataType enum name.
 NUMPY_DTYPES = {
@@ -46,10 +46,16 @@ class TensorSpec:
 
   `dtype` is a numpy dtype name or 'string'; `shape` excludes the batch
   dimension, with None for unknown sizes; `shape` is None for unknown rank.
+  An output returned as a tf.RaggedTensor has `ragged_rank` > 0: each
+  instance's value is a list (of lists, for a rank above 1) of any length.
+  An output the job cannot write says why in `unwritable` (it can be left
+  out with --output_fields).
   """
   name: str
   dtype: str
   shape: Optional[tuple]
+  ragged_rank: int = 0
+  unwritable: str = ''
 
   @property
   def fully_defined(self) -> bool:
@@ -58,8 +64,9 @@ class TensorSpec:
   def describe(self) -> str:
     dims = '?' if self.shape is None else ','.join(
         '?' if d is None else str(d) for d in self.shape)
-    return f'{self.name}: {self.dtype}[batch,{dims}]' if dims else (
-        f'{self.name}: {self.dtype}[batch]')
+    ragged = ' (ragged)' if self.ragged_rank else ''
+    return (f'{self.name}: {self.dtype}[batch,{dims}]{ragged}' if dims else
+            f'{self.name}: {self.dtype}[batch]')
 
 
 CLASSIFY_REGRESS = ('tensorflow/serving/classify', 'tensorflow/serving/regress')
@@ -88,6 +95,13 @@ class SignatureSpec:
   # `[None]` tokens): the whole output is the one instance's. Their
   # TensorSpec shape is the full shape.
   unbatched_outputs: tuple = ()
+  # No input has a batch dimension (all are declared `[]`): the signature
+  # is called once per instance, on its own values; every output is then
+  # the instance's whole output (`unbatched_outputs`).
+  per_instance: bool = False
+  # Modules to import before loading the model: the custom op libraries
+  # its graph uses (transforms/model/op_libraries.py).
+  op_libraries: tuple = ()
 
   def input(self, name: str) -> Optional[TensorSpec]:
     return next((s for s in self.inputs if s.name == name), None)
@@ -102,6 +116,10 @@ class ModelRef:
   tags: tuple
   signature: SignatureSpec
   version_folder: Optional[str] = None
+  # How workers load the signature: 'session' (a graph-mode Session, as TF
+  # Serving does) or 'eager' (`tf.saved_model.load`), where the launcher's
+  # check found that only the eager function runs it.
+  loader: str = 'session'
 
 
 def _is_saved_model_dir(path: str) -> bool:
@@ -216,6 +234,30 @@ def _compatible(a: list, b: list) -> bool:
   return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
 
 
+def _composite_spec(name, tensor_info, dtype_names, where) -> tuple:
+  """(TensorSpec, full dims) of a composite tensor (a tf.RaggedTensor, a
+  tf.SparseTensor) in a signature: a ragged output is written as each
+  instance's list; anything else is refused (an input) or unwritable (an
+  output)."""
+  composite = tensor_info.composite_tensor
+  kind = composite.type_spec.type_spec_class_name or 'composite tensor'
+  state = composite.type_spec.type_state.tuple_value.values
+  if (composite.type_spec.type_spec_class_name == 'RaggedTensorSpec' and len(state) >= 3
+      and where.endswith('output') and composite.components):
+    dims = _dims(state[0].tensor_shape_value)
+    dtype_name = dtype_names[composite.components[0].dtype]
+    if dims and dtype_name in NUMPY_DTYPES and state[2].int64_value >= 1:
+      return TensorSpec(name, NUMPY_DTYPES[dtype_name], tuple(dims[1:]),
+                        ragged_rank=int(state[2].int64_value)), dims
+  kind = kind.removesuffix('Spec')
+  if where.endswith('input'):
+    raise ModelError(f'{where} {name!r} is a {kind}; this job feeds dense tensors only '
+                     '(TF Serving does too): export a signature that takes dense inputs')
+  return TensorSpec(name, 'unwritable', None,
+                    unwritable=f'{where} {name!r} is a {kind}, which this job cannot '
+                               'write'), None
+
+
 def _tensor_spec(name, tensor_info, dtype_names, where, nodes, notes) -> tuple:
   """(TensorSpec, full dims with the batch dimension or None).
 
@@ -224,9 +266,14 @@ def _tensor_spec(name, tensor_info, dtype_names, where, nodes, notes) -> tuple:
   used and a line is added to `notes`: the Session runs the graph's tensors
   by name and enforces their shapes, as TF Serving does.
   """
+  if tensor_info.HasField('composite_tensor'):
+    return _composite_spec(name, tensor_info, dtype_names, where)
   # A TF1 variable returned directly is reference-typed (DT_FLOAT_REF); a
   # Session fetches its value, so it is read as its base type.
   dtype_name = dtype_names[tensor_info.dtype].removesuffix('_REF')
+  if dtype_name not in NUMPY_DTYPES and where.endswith('output'):
+    return TensorSpec(name, dtype_name, None, unwritable=(
+        f'{where} {name!r} has dtype {dtype_name}, which this job cannot write')), None
   if dtype_name not in NUMPY_DTYPES:
     raise ModelError(f'{where} {name!r} has dtype {dtype_name}, which this job '
                      f'cannot convert from JSON (supported: '
@@ -291,10 +338,20 @@ def signature_spec(chosen, signature_name: str, model_dir: str) -> SignatureSpec
                                notes)) for k in sorted(sig.outputs)]
   if not inputs:
     raise ModelError(f'{where} takes no inputs; nothing to feed it')
-  fixed_batch = _fixed_batch(where, [(k, dims) for k, _, dims in inputs])
+  scalars = [k for k, _, dims in inputs if dims == []]
+  per_instance = len(scalars) == len(inputs)
+  if scalars and not per_instance:
+    batched = next(k for k, _, dims in inputs if dims != [])
+    raise ModelError(f'{where} input {scalars[0]!r} has no batch dimension (shape []) but '
+                     f'input {batched!r} has one, so instances cannot be batched nor fed '
+                     'one by one: export a signature whose inputs all have a batch dimension')
+  fixed_batch = 1 if per_instance else _fixed_batch(where, [(k, dims) for k, _, dims in inputs])
   inputs = tuple(spec for _, spec, _ in inputs)
   unbatched = ()
-  if fixed_batch == 1:
+  if per_instance:
+    # Each call is one instance's: every output is its whole output.
+    unbatched = tuple(k for k, _, _ in outputs)
+  elif fixed_batch == 1:
     # Only an output declared with a leading 1 is batched: one declared
     # `[None, ...]` or of unknown rank may hold any number of rows (the
     # tokens of a single-example tokenizer), and reading its first
@@ -309,8 +366,13 @@ def signature_spec(chosen, signature_name: str, model_dir: str) -> SignatureSpec
                     and (sig.method_name in CLASSIFY_REGRESS or bool(parse_nodes)))
   features = (example_spec.example_features(chosen.graph_def, parse_nodes)
               if takes_examples else None)
+  try:
+    libraries = op_libraries.needed(chosen.graph_def)
+  except op_libraries.MissingOps as e:
+    raise ModelError(f'--model: {model_dir}: {e}') from None
   return SignatureSpec(signature_name, sig.method_name, inputs, outputs,
-                       takes_examples, features, fixed_batch, tuple(notes), unbatched)
+                       takes_examples, features, fixed_batch, tuple(notes), unbatched,
+                       per_instance, libraries)
 
 
 def inspect_model(path: str, tags: tuple, signature_name: str,
@@ -365,7 +427,17 @@ class SessionSignature:
       self.output_names = [s.name for s in signature.outputs]
       options = config_pb2.CallableOptions()
       options.feed.extend(signature_def.inputs[n].name for n in self.input_names)
-      options.fetch.extend(signature_def.outputs[n].name for n in self.output_names)
+      # A ragged output is fetched as its components (flat values, then
+      # the row splits of each ragged dimension) and put together after.
+      self._ragged = []  # (position of the output, components)
+      for position, name in enumerate(self.output_names):
+        info = signature_def.outputs[name]
+        if info.HasField('composite_tensor'):
+          components = [c.name for c in info.composite_tensor.components]
+          self._ragged.append((position, len(components)))
+          options.fetch.extend(components)
+        else:
+          options.fetch.append(info.name)
       # pylint: disable=protected-access  (the callable API behind
       # Session.make_callable; the public wrapper feeds through a dict and
       # costs ten times more per call)
@@ -389,11 +461,27 @@ class SessionSignature:
   def call(self, arrays: list) -> list:
     """Output arrays (in `output_names` order) for input arrays (in
     `input_names` order); raises what the model raises."""
-    return self._pooled(*arrays)
+    values = self._pooled(*arrays)
+    return self._assembled(values) if self._ragged else values
 
   def call_small(self, arrays: list) -> list:
     """As `call`, for a few instances: runs in the calling thread."""
-    return self._inline(*arrays)
+    values = self._inline(*arrays)
+    return self._assembled(values) if self._ragged else values
+
+  def _assembled(self, values) -> list:
+    """The fetched tensors, each ragged output's components as one array
+    of rows (`ragged_rows`)."""
+    values, outputs = list(values), []
+    ragged = dict(self._ragged)
+    for position in range(len(self.output_names)):
+      count = ragged.get(position)
+      if count is None:
+        outputs.append(values.pop(0))
+      else:
+        components, values = values[:count], values[count:]
+        outputs.append(ragged_rows(components[0], components[1:]))
+    return outputs
 
 
 _open_sessions = weakref.WeakSet()
@@ -427,9 +515,32 @@ class EagerSignature:
 
   def call(self, arrays: list) -> list:
     outputs = self._fn(**dict(zip(self.input_names, arrays)))
-    return [outputs[name].numpy() for name in self.output_names]
+    return [_numpy(outputs[name]) for name in self.output_names]
 
   call_small = call
+
+
+def _numpy(value):
+  """An eager output as numpy: a tf.RaggedTensor as `ragged_rows`."""
+  if hasattr(value, 'nested_row_splits'):
+    return ragged_rows(value.flat_values.numpy(), [s.numpy() for s in value.nested_row_splits])
+  return value.numpy()
+
+
+def ragged_rows(flat_values, nested_splits) -> 'np.ndarray':
+  """A ragged tensor's rows (from its flat values and the row splits of
+  each ragged dimension, outermost first) as a 1-D object array: each row
+  a numpy array for ragged rank 1, a list of such rows for rank 2, and so
+  on. Rows are views of `flat_values`."""
+  import numpy as np
+  rows = flat_values
+  for splits in reversed(nested_splits):
+    bounds = np.asarray(splits).tolist()
+    rows = [rows[start:stop] for start, stop in zip(bounds, bounds[1:])]
+  column = np.empty(len(rows), dtype=object)
+  for i, row in enumerate(rows):
+    column[i] = row
+  return column
 
 
 def _silenced_deprecation():
@@ -446,8 +557,13 @@ def _silenced_deprecation():
 def load_signature_function(model: ModelRef):
   """The model's signature as a SessionSignature, or, when a Session cannot
   load this SavedModel, as an EagerSignature (logged). When neither loads
-  it, raises the Session's error: the loader TF Serving uses says why."""
+  it, raises the Session's error: the loader TF Serving uses says why.
+  With `model.loader == 'eager'`, an EagerSignature straight away. Custom
+  op libraries the model needs are imported first."""
   from tf_batch_predict.transforms.storage import stage_model
+  op_libraries.load(model.signature.op_libraries)
+  if model.loader == 'eager':
+    return EagerSignature(model)
   path = stage_model(model.path)
   try:
     return SessionSignature(path, model.tags, model.signature)

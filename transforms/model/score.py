@@ -25,6 +25,7 @@ are dropped), and an instance of a failing call is tried alone, padded to N.
 `check_model` is the launcher's proof that the signature can run at all: it
 loads it as the workers do and calls it once on a sample batch.
 """
+import dataclasses
 import logging
 import math
 import os
@@ -38,7 +39,9 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from tf_batch_predict.transforms.records import (InstanceBatch, InstanceError, METRICS_NAMESPACE,
                                 MODEL, ScoredBatch)
-from tf_batch_predict.transforms.model.savedmodel import ModelError, ModelRef, load_signature_function
+from tf_batch_predict.transforms.model.savedmodel import (EagerSignature, ModelError, ModelRef,
+                                                          SessionSignature,
+                                                          load_signature_function)
 
 _LOG = logging.getLogger(__name__)
 
@@ -65,8 +68,8 @@ class LoadedSignature:
   """
   def __init__(self, model: ModelRef):
     self._fn = load_signature_function(model)
+    self._signature = model.signature
     self._fixed_batch = model.signature.fixed_batch
-    self._unbatched = _positions(self._fn.output_names, model.signature.unbatched_outputs)
     self._first_use = True
     self._lock = threading.Lock()
     # Fraction of the instances of recent failing batches that failed alone
@@ -112,9 +115,7 @@ class LoadedSignature:
 
   def _score_fixed(self, arrays, size, rows) -> tuple:
     """`score` for a signature that takes exactly `rows` rows per call."""
-    call = self._fn.call_small if rows <= SMALL_CALL_ROWS else self._fn.call
-    if self._unbatched:
-      call = _batching(call, self._unbatched)
+    call = signature_call(self._fn, self._signature, small=rows <= SMALL_CALL_ROWS)
     names = self._fn.output_names
     parts, failures = [], []
     whole = size - size % rows
@@ -324,38 +325,79 @@ def check_model(model: ModelRef) -> tuple:
   `sample_feeds`, so that a model that cannot run stops the job before it
   starts instead of failing every batch. Raises ModelError (one line).
 
-  Returns (seconds, warning or None): InvalidArgumentError on the sample is
-  only a warning, since data-dependent checks in a model (assertions,
-  lookups) may reject zeros and accept real instances.
+  Where the graph-mode Session loads the model but cannot run the
+  signature and `tf.saved_model.load`'s function can (a Keras 3 model saved
+  with `tf.saved_model.save`: its variables are restored only through the
+  object graph), the workers are told to load it that way.
+
+  Returns (seconds, warning or None, the ModelRef the workers load):
+  InvalidArgumentError on the sample is only a warning, since
+  data-dependent checks in a model (assertions, lookups) may reject zeros
+  and accept real instances.
   """
-  import tensorflow as tf
   started = time.time()
   try:
     fn = load_signature_function(model)
   except Exception as e:  # pylint: disable=broad-except
     raise ModelError(f'--model: cannot load {model.path}: {one_line(e)}') from None
-  warning = None
+  warning, error = _sample_call(model, fn)
+  if error is not None and fn.how == SessionSignature.how:
+    try:
+      eager = EagerSignature(model)
+    except Exception:  # pylint: disable=broad-except  (the Session's error says why)
+      eager = None
+    eager_warning, eager_error = _sample_call(model, eager) if eager else (None, error)
+    if eager_error is None:
+      _LOG.warning('Signature %s of %s fails in a graph session (%s); it runs through '
+                   'tf.saved_model.load, which the workers use instead',
+                   model.signature.name, model.path, one_line(error))
+      model, warning, error = dataclasses.replace(model, loader='eager'), eager_warning, None
+  if error is not None:
+    if isinstance(error, OutputRowsError):
+      raise ModelError(f'--model: signature {model.signature.name!r} of {model.path}: '
+                       f'{error}; leave it out with --output_fields')
+    raise ModelError(f'--model: signature {model.signature.name!r} of {model.path} '
+                     f'fails on a sample batch: {one_line(error)}')
+  return time.time() - started, warning, model
+
+
+def _sample_call(model: ModelRef, fn) -> tuple:
+  """(warning, error), either or both None, of one call of a loaded
+  signature on `sample_feeds`; closes a Session (the workers load their
+  own copy)."""
+  import tensorflow as tf
   try:
     arrays = sample_feeds(model.signature)
-    call = fn.call
-    unbatched = _positions(fn.output_names, model.signature.unbatched_outputs)
-    if unbatched:
-      call = _batching(call, unbatched)
-    values = call(arrays)
+    values = signature_call(fn, model.signature)(arrays)
     _check_rows(fn.output_names, values, len(arrays[0]))
   except tf.errors.InvalidArgumentError as e:
-    warning = (f'the model rejects a sample batch of zeros ({one_line(e)}); going on, '
-               'as real instances may pass')
-  except OutputRowsError as e:
-    raise ModelError(f'--model: signature {model.signature.name!r} of {model.path}: {e}; '
-                     'leave it out with --output_fields') from None
+    return (f'the model rejects a sample batch of zeros ({one_line(e)}); going on, '
+            'as real instances may pass'), None
   except Exception as e:  # pylint: disable=broad-except
-    raise ModelError(f'--model: signature {model.signature.name!r} of {model.path} '
-                     f'fails on a sample batch: {one_line(e)}') from None
+    return None, e
   finally:
     if hasattr(fn, 'close'):
-      fn.close()  # the workers load their own copy
-  return time.time() - started, warning
+      fn.close()
+  return None, None
+
+
+def signature_call(fn, signature, small: bool = False):
+  """fn's `call` (or `call_small`) on a batch of the signature's rows:
+  for a signature called per instance, on the one row's own values; with
+  a batch dimension of one added to the outputs that have none."""
+  call = fn.call_small if small else fn.call
+  if signature.per_instance:
+    call = _one_instance(call)
+  unbatched = _positions(fn.output_names, signature.unbatched_outputs)
+  return _batching(call, unbatched) if unbatched else call
+
+
+def _one_instance(call):
+  """`call` on a batch of one row, fed without its batch dimension (a
+  signature whose inputs are declared `[]`)."""
+  def unbatched(arrays):
+    return call([a[0] for a in arrays])
+  return unbatched
 
 
 # The model's batch size is chosen at run time (BatchSizer): it starts at

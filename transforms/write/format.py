@@ -359,16 +359,26 @@ class FormatRecords(beam.DoFn):
   def _column(self, array: np.ndarray, name: str):
     """Something indexable by row, in the output format's convention."""
     output_format = self._layout.output_format
+    spec = self._specs.get(name)
+    ragged = spec is not None and spec.ragged_rank > 0
     if output_format == 'tfrecord':
-      return array  # Examples hold bytes as they are
-    if array.dtype == object:  # tf.string outputs come back as bytes objects
+      # Examples hold bytes as they are, and every value as a flat list.
+      return [_flat(row, spec.dtype) for row in array] if ragged else array
+    if array.dtype == object and not (ragged and spec.dtype != 'string'):
+      # tf.string outputs come back as bytes objects (a ragged one as
+      # arrays of them).
+      rows = [_nested_list(row) for row in array] if ragged else array.tolist()
       if name in self._bytes_outputs:
         if output_format == 'parquet' and name not in self._text_outputs:
-          return array.tolist()  # a binary column
+          return rows  # a binary column
         convert = _b64_json
       else:
         convert = _bytes_json if output_format == 'jsonl' else _bytes_text
-      values = [convert(v) for v in array.tolist()]
+      values = [convert(v) for v in rows]
+    elif ragged:
+      # Each row's numbers: numpy arrays where orjson writes them (floats in
+      # their shortest form, as for dense outputs).
+      values = array if output_format == 'jsonl' else [_nested_list(row) for row in array]
     else:
       values = array if output_format == 'jsonl' else array.tolist()
     if output_format == 'parquet' and name in self._text_outputs:
@@ -438,6 +448,20 @@ class FormatRecords(beam.DoFn):
     self._example(FILE, message)
     return orjson.dumps({'filename': self._relative(path),
                          'error': {'category': FILE, 'message': message}})
+
+
+def _nested_list(row):
+  """A ragged output's row (a numpy array, or a list of rows) as lists."""
+  return row.tolist() if isinstance(row, np.ndarray) else [_nested_list(r) for r in row]
+
+
+def _flat(row, dtype: str) -> np.ndarray:
+  """A ragged output's row as one flat array of its values, in order."""
+  if isinstance(row, np.ndarray):
+    return row.reshape(-1)
+  parts = [_flat(r, dtype) for r in row]
+  return np.concatenate(parts) if parts else np.empty(
+      0, object if dtype == 'string' else dtype)
 
 
 def _output_error(row, error):
