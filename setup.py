@@ -7,6 +7,7 @@ import setuptools
 # many ML repositories use for modules of their own.
 PACKAGE = 'tf_batch_predict'
 FOLDERS = ('pipeline', 'transforms')
+TEXT = 'tensorflow-text>=2.21.0,<2.22'  # the same minor version as tensorflow below
 # An editable install (`make`) maps these folders to the package with an
 # import hook, and setuptools then always warns that folders named like the
 # package could shadow it: none is (there is no folder tf_batch_predict).
@@ -34,7 +35,11 @@ setuptools.setup(
         'matplotlib>=3.11.2,<3.12',
     ],
     extras_require={
-        'test': ['pytest>=9,<10', 'gcp-storage-emulator>=2026.7.19', 'hypothesis>=6.170,<7'],
+        # TensorFlow Text's ops (tokenizers inside SavedModels, as TF Serving
+        # links them): released with TensorFlow's version numbers.
+        'text': [TEXT],
+        'test': ['pytest>=9,<10', 'gcp-storage-emulator>=2026.7.19', 'hypothesis>=6.170,<7',
+                 TEXT],
         # Beam's TF model handler (the benchmark's peer) imports tensorflow_hub,
         # which still needs pkg_resources.
         'bench': ['tensorflow-hub>=0.16.1,<0.17', 'setuptools<81'],

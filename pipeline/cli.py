@@ -55,7 +55,32 @@ def _pipeline_options(config):
   # Imported by each SDK worker at start: see pipeline/quiet.py (first, before
   # anything imports TensorFlow) and transforms/storage.py.
   return PipelineOptions(flags, runner=config.options.runner,
-                         beam_plugins=['tf_batch_predict.pipeline.quiet', *plugins, 'tf_batch_predict.transforms.storage'])
+                         beam_plugins=['tf_batch_predict.pipeline.quiet', *plugins,
+                                       'tf_batch_predict.transforms.storage'],
+                         **_op_library_requirements(config, flags))
+
+
+def _op_library_requirements(config, flags) -> dict:
+  """Beam options that make remote workers install the op libraries the
+  model needs (TF Text), where they install this package from --setup_file:
+  pip installs setup.py's requirements, not its extras. Workers install the
+  pinned versions from PyPI at start (`--requirements_cache=skip`: Beam
+  would otherwise download source packages here, which TF Text has none of).
+  A container image (--sdk_container_image) or the user's own
+  --requirements_file is left as it is."""
+  from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, WorkerOptions
+  from tf_batch_predict.transforms.model import op_libraries
+  beam_options = PipelineOptions(flags)
+  setup = beam_options.view_as(SetupOptions)
+  modules = config.model.signature.op_libraries
+  if (not modules or not setup.setup_file or setup.requirements_file
+      or beam_options.view_as(WorkerOptions).sdk_container_image):
+    return {}
+  import tempfile
+  with tempfile.NamedTemporaryFile('w', prefix='batch-predict-', suffix='-requirements.txt',
+                                   delete=False) as f:
+    f.write(''.join(f'{line}\n' for line in op_libraries.requirements(modules)))
+  return {'requirements_file': f.name, 'requirements_cache': 'skip'}
 
 
 def starts_no_job(options) -> str:

@@ -134,12 +134,21 @@ def _tensor(spec, info, where: str, signature, batched: bool) -> dict:
     if where == 'input' and signature.fixed_batch:
       batch = signature.fixed_batch
     full.insert(0, batch)
-  if where == 'input' and signature.fixed_batch:
+  if where == 'input' and signature.per_instance:
+    batched = False
+    notes.append('no batch dimension: one instance per call')
+  elif where == 'input' and signature.fixed_batch:
     notes.append(f'fixed batch {signature.fixed_batch}')
-  if not batched:
+  if where == 'output' and not batched:
     notes.append("not batched: the one instance's whole output")
+  if spec.ragged_rank:
+    notes.append("ragged: each instance's own list, of any length")
+  if spec.unwritable:
+    notes.append('cannot be written: leave it out with --output_fields')
+  type_text = (_raw_tensor(spec.name, info)['type'] if spec.unwritable
+               else _type_text(spec.dtype, spec.shape, batched))
   return {'name': spec.name, 'dtype': spec.dtype,
-          'type': _type_text(spec.dtype, spec.shape, batched),
+          'type': type_text,
           'shape': full,
           'instance_shape': None if spec.shape is None else list(spec.shape),
           'batched': batched, 'tensor': info.name, 'notes': notes}
@@ -184,7 +193,15 @@ def _signature(model_dir: str, meta_graph, name: str) -> dict:
     return entry
   unbatched = set(spec.unbatched_outputs)
   notes = []
-  if spec.fixed_batch:
+  from tf_batch_predict.transforms.model import op_libraries
+  for library in op_libraries.KNOWN:
+    if library.module in spec.op_libraries:
+      notes.append(f'uses {library.name} ops: {library.module} is installed and is loaded '
+                   'with the model')
+  if spec.per_instance:
+    notes.append('no input has a batch dimension: the job calls the model once per '
+                 'instance, on its own values')
+  elif spec.fixed_batch:
     notes.append(f'fixed batch {spec.fixed_batch}: the job calls the model on exactly '
                  f'{spec.fixed_batch} row{"s" if spec.fixed_batch > 1 else ""} per call, '
                  'as exported')

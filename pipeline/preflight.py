@@ -997,7 +997,7 @@ def main(argv: list) -> int:
   try:
     options = parse_args(argv, require_output=False)
     check_runner(options.runner)
-    config = job_config.resolve(options)
+    config = _checked(job_config.resolve(options))
     report = check(config)
   except (ConfigError, OSError) as e:
     error(e)
@@ -1010,6 +1010,22 @@ def main(argv: list) -> int:
   elif report['verdict'] == 'unchecked':
     _warning(report['exit_reason'])
   return report['exit_status']
+
+
+def _checked(config):
+  """The config with the loader a run's model check chooses (a signature
+  that only `tf.saved_model.load` runs), as the run would score; unchanged
+  with --skip_model_check."""
+  if config.options.skip_model_check:
+    return config
+  import dataclasses
+  from tf_batch_predict.transforms.model.savedmodel import ModelError
+  from tf_batch_predict.transforms.model.score import check_model
+  try:
+    _, _, model = check_model(config.model)
+  except ModelError as e:
+    raise ConfigError(str(e)) from None
+  return dataclasses.replace(config, model=model)
 
 
 def before_run(config) -> int:

@@ -21,6 +21,7 @@ import importlib.util
 class OpLibrary:
   name: str  # as its project names it
   module: str  # the Python module whose import registers the ops
+  distribution: str  # its package on PyPI
   install: str  # what to install where it is missing
   ops: frozenset
   prefixes: tuple = ()  # namespaced op names (`TFText>...`)
@@ -33,7 +34,7 @@ class OpLibrary:
 
 
 TEXT = OpLibrary(
-    name='TensorFlow Text', module='tensorflow_text',
+    name='TensorFlow Text', module='tensorflow_text', distribution='tensorflow-text',
     install="pip install 'tf-batch-predict[text]' (tensorflow-text, versioned as TensorFlow)",
     prefixes=('TFText>',),
     # The ops tensorflow-text 2.21 registers (besides those named TFText>...).
@@ -53,6 +54,7 @@ TEXT = OpLibrary(
 # of it is built for this job's TensorFlow, so it is not one of the extras.
 DECISION_FORESTS = OpLibrary(
     name='TensorFlow Decision Forests', module='tensorflow_decision_forests',
+    distribution='tensorflow-decision-forests',
     install='pip install tensorflow-decision-forests (a release built for this TensorFlow)',
     prefixes=('SimpleML',), ops=frozenset())
 
@@ -118,3 +120,11 @@ def load(modules) -> None:
   """Imports the op libraries (their import registers the ops)."""
   for module in modules:
     importlib.import_module(module)
+
+
+def requirements(modules) -> list:
+  """`package==version` of the installed op libraries among `modules`: what
+  remote workers that install this package from setup.py must install too."""
+  from importlib import metadata
+  return [f'{library.distribution}=={metadata.version(library.distribution)}'
+          for library in KNOWN if library.module in modules]

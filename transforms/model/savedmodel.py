@@ -618,5 +618,8 @@ def dtype_name(tensor_info) -> str:
   """A TensorInfo's dtype as this job names it (`float32`, `string`), else
   as TensorFlow does (`DT_VARIANT`)."""
   from tensorflow.core.framework import types_pb2
+  if tensor_info.HasField('composite_tensor'):  # RaggedTensor, SparseTensor
+    spec = tensor_info.composite_tensor.type_spec.type_spec_class_name
+    return spec.removesuffix('Spec') or 'composite tensor'
   name = types_pb2.DataType.Name(tensor_info.dtype).removesuffix('_REF')
   return NUMPY_DTYPES.get(name, name)

@@ -350,7 +350,7 @@ def check_model(model: ModelRef) -> tuple:
     if eager_error is None:
       _LOG.warning('Signature %s of %s fails in a graph session (%s); it runs through '
                    'tf.saved_model.load, which the workers use instead',
-                   model.signature.name, model.path, one_line(error))
+                   model.signature.name, model.path, one_line(error).split('. ')[0])
       model, warning, error = dataclasses.replace(model, loader='eager'), eager_warning, None
   if error is not None:
     if isinstance(error, OutputRowsError):
