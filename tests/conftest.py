@@ -31,6 +31,14 @@ def model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
+def shape_one_model(tmp_path_factory):
+  """models.build_shape_one_model, built once, for the tests that use it."""
+  path = tmp_path_factory.mktemp('shape_one') / 'model'
+  models.build_shape_one_model(str(path))
+  return path
+
+
+@pytest.fixture(scope='session')
 def signature_of():
   """Calls a model's signature directly, for reference predictions."""
   import tensorflow as tf

@@ -177,6 +177,31 @@ def build_mixed_model(path: str) -> None:
   tf.saved_model.save(module, path, signatures={'serving_default': module.serve})
 
 
+def build_shape_one_model(path: str) -> None:
+  """tf.Module whose inputs are declared [batch, 1], as Keras'
+  `Input(shape=(1,))` declares them. `serving_default`: the only input x
+  float32 -> y = 2 x + 1. `columns`: age float32, count int32, name string
+  -> `age_seen` and `count_seen` (the values fed, as they are) and
+  `name_length` (bytes of name), all [batch, 1]."""
+  import tensorflow as tf
+
+  class ShapeOne(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name='x')])
+    def serve(self, x):
+      return {'y': 2.0 * x + 1.0}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name='age'),
+                                  tf.TensorSpec([None, 1], tf.int32, name='count'),
+                                  tf.TensorSpec([None, 1], tf.string, name='name')])
+    def columns(self, age, count, name):
+      return {'age_seen': tf.identity(age), 'count_seen': tf.identity(count),
+              'name_length': tf.strings.length(name)}
+
+  module = ShapeOne()
+  tf.saved_model.save(module, path, signatures={'serving_default': module.serve,
+                                                'columns': module.columns})
+
+
 # -- models TF Serving serves that are unusual (tests/test_serving_models.py) --
 
 def build_scaled_tf1_model(path: str, scale: float) -> None:

@@ -352,3 +352,127 @@ def test_file_names_are_unique_across_patterns(model_dir, tmp_path, signature_of
   assert errors == []
   assert sorted((p['filename'], p['id']) for p in predictions) == sorted(
       [('d1/part.jsonl', x['id']) for x in xs[:3]] + [('d2/part.jsonl', x['id']) for x in xs[3:]])
+
+
+def test_parquet_scalar_columns_feed_shape_one_inputs_as_other_formats(shape_one_model,
+                                                                       tmp_path):
+  """Inputs declared [batch, 1] (Keras `Input(shape=(1,))`) take a plain
+  scalar column, the layout pandas and Spark write, by the rule JSON Lines
+  and CSV apply to a scalar: the same values, the same errors. Length-1
+  list columns still feed them."""
+  d = tmp_path / 'in'
+  d.mkdir()
+  plain = [  # (id, age, count, name): float64, int64 and string columns
+      ('s0', 79.296875, 3, 'a'), ('s1', 0.1, -7, 'héllo'), ('s2', 1e300, 2 ** 31 - 1, 'e'),
+      ('s3', None, 1, 'x'), ('s4', 2.5, 2 ** 31, 'y')]
+  pq.write_table(pa.table({'id': [r[0] for r in plain],
+                           'age': pa.array([r[1] for r in plain], pa.float64()),
+                           'count': pa.array([r[2] for r in plain], pa.int64()),
+                           'name': pa.array([r[3] for r in plain], pa.string())}),
+                 d / 'plain.parquet')
+  ints = [('i0', 16777217, 5, 'b'), ('i1', -5, 0, 'cd')]  # int64 values for a float32 input
+  pq.write_table(pa.table({'id': [r[0] for r in ints],
+                           'age': pa.array([r[1] for r in ints], pa.int64()),
+                           'count': pa.array([r[2] for r in ints], pa.int32()),
+                           'name': pa.array([r[3].encode() for r in ints], pa.binary())}),
+                 d / 'ints.parquet')
+  pq.write_table(pa.table({'id': ['b0'], 'age': [True], 'count': [1], 'name': ['z']}),
+                 d / 'bools.parquet')
+  pq.write_table(pa.table({'id': ['h0'], 'age': [1.0], 'count': [3.5], 'name': ['z']}),
+                 d / 'halves.parquet')
+  pq.write_table(pa.table({'id': ['l0', 'l1'],
+                           'age': pa.array([[2.5], [1.0, 2.0]], pa.list_(pa.float64())),
+                           'count': pa.array([[4], [4]], pa.list_(pa.int64())),
+                           'name': pa.array([['zz'], ['zz']], pa.list_(pa.string()))}),
+                 d / 'lists.parquet')
+  # The same scalars in JSON Lines and CSV (ids prefixed j and c).
+  rows = plain + ints + [('b0', True, 1, 'z'), ('h0', 1.0, 3.5, 'z')]
+  write_lines(str(d / 'same.jsonl'), [json.dumps({'id': 'j' + i, 'age': a, 'count': c, 'name': n})
+                                      for i, a, c, n in rows])
+  cell = {None: '', True: 'true'}
+  write_lines(str(d / 'same.csv'), ['id,age,count,name'] + [
+      f'c{i},{cell.get(a, a) if not isinstance(a, float) else repr(a)},{c},{n}'
+      for i, a, c, n in rows])
+  predictions, errors, summary = run_job(
+      str(tmp_path / 'out'), f'--model={shape_one_model}', '--signature=columns',
+      f'--input={d}/*', '--key_field=id')
+  assert_conserved(summary, predictions, errors)
+  by_id = {p['id']: p for p in predictions}
+  error_of = {e['id']: e for e in errors}
+  assert sorted([*by_id, *error_of]) == sorted(
+      [p + i for p in ('', 'j', 'c') for i, *_ in rows] + ['l0', 'l1'])
+  # Parquet: values read as 64-bit floats, rounded to float32 (or +-inf).
+  assert by_id['s0']['age_seen'] == [79.296875] and by_id['s0']['count_seen'] == [3]
+  assert np.float32(by_id['s1']['age_seen'][0]) == np.float32(0.1)
+  assert by_id['s1']['name_length'] == [len('héllo'.encode())]
+  assert by_id['s2']['age_seen'] == [None]  # +inf: JSON output writes null
+  assert by_id['s2']['count_seen'] == [2 ** 31 - 1]
+  assert by_id['i0']['age_seen'] == [16777216.0] and by_id['i1']['age_seen'] == [-5.0]
+  assert by_id['l0']['age_seen'] == [2.5] and by_id['l0']['count_seen'] == [4]
+  assert sorted(error_of) == sorted(['b0', 'cb0', 'cs3', 'cs4', 'ch0', 'h0', 'jb0', 'jh0', 'js3',
+                                     'js4', 'l1', 's3', 's4'])
+  assert all(e['error']['category'] == 'schema' for e in errors)
+  assert error_of['s3']['error']['message'] == "missing input field 'age'"
+  assert (error_of['s3']['filename'], error_of['s3']['index']) == ('plain.parquet', 3)
+  assert (error_of['s4']['filename'], error_of['s4']['index']) == ('plain.parquet', 4)
+  assert "input 'count'" in error_of['s4']['error']['message']
+  assert "input 'age'" in error_of['b0']['error']['message']
+  assert "input 'count'" in error_of['h0']['error']['message']
+  assert "shape [1]" in error_of['l1']['error']['message']
+  # The same outcome in every format.
+  for i, *_ in rows:
+    if i in by_id:
+      assert by_id['j' + i] == dict(by_id[i], id='j' + i), i
+      assert by_id['c' + i] == dict(by_id[i], id='c' + i), i
+    else:
+      assert 'j' + i in error_of and 'c' + i in error_of, i
+
+
+def test_parquet_shape_one_columns_take_the_fast_path(shape_one_model, tmp_path):
+  """The columnar path takes the scalar columns (a null row is left to the
+  definition, alone) and gives the definition's arrays."""
+  from tf_batch_predict.transforms.model.savedmodel import inspect_model
+  from tf_batch_predict.transforms.read.decode import InstanceDecoder
+  from tf_batch_predict.transforms.read.formats import input_formats
+  from tf_batch_predict.transforms.records import RawChunk
+  pq.write_table(pa.table({'age': pa.array([0.1, None, 2.0, 1e300], pa.float64()),
+                           'count': pa.array([1, 2, 3, 4], pa.int64()),
+                           'name': pa.array(['a', 'bb', 'c', 'd'], pa.string())}),
+                 tmp_path / 'a.parquet')
+  batch = next(pq.ParquetFile(tmp_path / 'a.parquet').iter_batches())
+  signature = inspect_model(str(shape_one_model), ('serve',), 'columns').signature
+  assert [s.shape for s in signature.inputs] == [(1,)] * 3
+  decoder = InstanceDecoder(signature, input_formats(signature, None, (), 1 << 20))
+
+  def chunk():
+    return RawChunk([('a.parquet', 0)], list(range(batch.num_rows)), batch, kind='parquet')
+
+  fast, exact = decoder.decode(chunk()), decoder.decode(chunk(), use_fast=False)
+  assert fast.fast_rows == 3 and exact.fast_rows == 0
+  for got in (fast, exact):
+    assert [(e.row, e.message) for e in got.errors] == [(1, "missing input field 'age'")]
+    rows = [r for g in got.groups for r in g.rows]
+    feeds = {name: np.concatenate([g.feeds[name] for g in got.groups])
+             for name in ('age', 'count', 'name')}
+    order = np.argsort(rows)
+    assert sorted(rows) == [0, 2, 3]
+    np.testing.assert_array_equal(feeds['age'][order],
+                                  np.array([[0.1], [2.0], [np.inf]], np.float32))
+    assert feeds['age'].dtype == np.float32 and feeds['count'].dtype == np.int32
+    np.testing.assert_array_equal(feeds['count'][order], [[1], [3], [4]])
+    assert feeds['name'][order].tolist() == [[b'a'], [b'c'], [b'd']]
+
+
+def test_parquet_one_element_list_columns_feed_scalar_inputs(model_dir, tmp_path):
+  """The other half of the same rule: a one-element list fits a scalar input,
+  in Parquet as in JSON Lines (test_model_conventions_assets_tuple_outputs_...)."""
+  pq.write_table(pa.table({'age': pa.array([[60.0], [1.5], [1.0, 2.0]], pa.list_(pa.float64())),
+                           'thal': pa.array([['normal'], ['reversible'], ['fixed']],
+                                            pa.list_(pa.string()))}),
+                 tmp_path / 'a.parquet')
+  predictions, errors, _ = run_job(str(tmp_path / 'out'), f'--model={model_dir / "assets"}',
+                                   f'--input={tmp_path / "a.parquet"}')
+  assert sorted((p['index'], p['output_0'], p['output_1']) for p in predictions) == [
+      (0, 121.0, 'NORMAL'), (1, 5.0, 'REVERSIBLE')]
+  assert [(e['index'], e['error']['category']) for e in errors] == [(2, 'schema')]
+  assert "input 'age' expects float32 values of shape []" in errors[0]['error']['message']

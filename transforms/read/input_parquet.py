@@ -5,15 +5,18 @@ job uses, never a whole file in memory. A file that cannot be read (or stops
 being readable part-way) is a file error saying how many rows were read.
 
 Definition (`ParquetFormat.instance`): a row's columns are its fields.
-Inputs of fully defined shape take a column cast with Arrow's safe cast to
-the input's type (no silent truncation: 3.5 does not become an integer,
-300 does not fit int8), nested lists of exactly the input's shape; inputs of
-other shapes take the row's Python values by the shared rules of
-transforms/convert.py. Null is a missing value. Carried values: the value's
-JSON text, 32-bit floats by the shortest text of their 32-bit value, types
-JSON has no value for (dates, decimals) as their text.
+Inputs of fully defined shape take a column by `column_array`: nested lists
+of exactly the input's shape, where, as for JSON values, a one-element list
+fits a scalar input and a scalar fits an input of shape [1]; float inputs
+take numbers read as 64-bit floats, then rounded to the input's type; other
+inputs the values cast with Arrow's safe cast (no silent truncation: 3.5
+does not become an integer, 300 does not fit int8). Inputs of other shapes
+take the row's Python values by the shared rules of transforms/convert.py.
+Null is a missing value. Carried values: the value's JSON text, 32-bit
+floats by the shortest text of their 32-bit value, types JSON has no value
+for (dates, decimals) as their text.
 
-Fast path (`ParquetFormat.fast`): the same cast on whole columns; rows with
+Fast path (`ParquetFormat.fast`): `column_array` on whole columns; rows with
 a null input are left to the definition, and so is the whole batch when a
 cast or a shape check fails for any row.
 
@@ -49,16 +52,6 @@ class _Mismatch(Exception):
   pass
 
 
-def arrow_type(spec):
-  """The Arrow type of a fully defined input, else None."""
-  if not spec.fully_defined:
-    return None
-  arrow = _ARROW_TYPES[spec.dtype]
-  for _ in spec.shape:
-    arrow = pa.list_(arrow)
-  return arrow
-
-
 def _same_kind(arrow, spec) -> bool:
   """Values of a column feed an input only as JSON values would: numbers
   for numeric inputs (not strings, booleans or dates), booleans for bool,
@@ -74,30 +67,63 @@ def _same_kind(arrow, spec) -> bool:
   return pa.types.is_integer(arrow) or pa.types.is_floating(arrow)
 
 
+def _is_list(arrow) -> bool:
+  return (pa.types.is_list(arrow) or pa.types.is_large_list(arrow)
+          or pa.types.is_fixed_size_list(arrow))
+
+
 def column_array(column, spec) -> np.ndarray:
   """A column (or a slice of one) of a fully defined input as an array of
-  shape (rows,) + spec.shape; _Mismatch when any row does not fit."""
+  shape (rows,) + spec.shape; _Mismatch when any row does not fit.
+
+  The shared rules of transforms/convert.py (`convert_value`), on whole
+  columns: a one-element list fits a scalar input and a scalar fits an input
+  of shape [1] (a plain column feeds a `[1]` input as a column of
+  one-element lists would); float inputs take integer or floating values
+  read as 64-bit floats (integers rounded to the nearest, as Python's
+  float() does), then rounded to the input's type (beyond its range:
+  +-inf); other inputs take the column cast with Arrow's safe cast (no
+  silent truncation: 3.5 does not become an integer, 300 does not fit int8)."""
   arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
   if arr.null_count or not _same_kind(arr.type, spec):
     raise _Mismatch
   if pa.types.is_dictionary(arr.type):
     arr = arr.dictionary_decode()
-  if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
-    arr = arr.cast(pa.binary())
-  try:
-    arr = pc.cast(arr, arrow_type(spec))  # safe: no silent truncation
-  except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-    raise _Mismatch from None
   rows = len(arr)
-  for dim in spec.shape:
+  shape = tuple(spec.shape)
+  if shape == (1,) and not _is_list(arr.type):
+    arr = pa.FixedSizeListArray.from_arrays(arr, 1)
+  elif shape == () and _is_list(arr.type):
+    shape = (1,)  # one-element lists, read as such, then taken as scalars
+  for dim in shape:
+    if not _is_list(arr.type):
+      raise _Mismatch
     lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
     if rows and (lengths.min() != dim or lengths.max() != dim):
       raise _Mismatch
     arr = arr.flatten()
     if arr.null_count:
       raise _Mismatch
-  values = arr.to_numpy(zero_copy_only=False)
+  if pa.types.is_dictionary(arr.type):
+    arr = arr.dictionary_decode()
+  try:
+    values = _leaf_values(arr, spec)
+  except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+    raise _Mismatch from None
   return values.reshape((rows,) + tuple(spec.shape))
+
+
+def _leaf_values(arr, spec) -> np.ndarray:
+  """The values of a flat column of the input's kind, by the input's dtype."""
+  if _is_list(arr.type):
+    raise _Mismatch  # nested deeper than the input's shape
+  if spec.dtype == 'string':
+    return pc.cast(arr, pa.binary()).to_numpy(zero_copy_only=False)
+  if np.dtype(spec.dtype).kind == 'f':
+    floats = pc.cast(arr, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
+    with np.errstate(over='ignore'):  # as convert.convert_value
+      return floats.astype(spec.dtype)
+  return pc.cast(arr, _ARROW_TYPES[spec.dtype]).to_numpy(zero_copy_only=False)  # safe
 
 
 def carried_texts(column) -> list:
