@@ -240,7 +240,8 @@ def _composite_spec(name, tensor_info, dtype_names, where) -> tuple:
   instance's list; anything else is refused (an input) or unwritable (an
   output)."""
   composite = tensor_info.composite_tensor
-  kind = composite.type_spec.type_spec_class_name or 'composite tensor'
+  kind = (composite.type_spec.type_spec_class_name or 'composite tensor'
+          if tensor_info.HasField('composite_tensor') else 'SparseTensor')  # coo_sparse
   state = composite.type_spec.type_state.tuple_value.values
   if (composite.type_spec.type_spec_class_name == 'RaggedTensorSpec' and len(state) >= 3
       and where.endswith('output') and composite.components):
@@ -266,7 +267,7 @@ def _tensor_spec(name, tensor_info, dtype_names, where, nodes, notes) -> tuple:
   used and a line is added to `notes`: the Session runs the graph's tensors
   by name and enforces their shapes, as TF Serving does.
   """
-  if tensor_info.HasField('composite_tensor'):
+  if tensor_info.WhichOneof('encoding') in ('composite_tensor', 'coo_sparse'):
     return _composite_spec(name, tensor_info, dtype_names, where)
   # A TF1 variable returned directly is reference-typed (DT_FLOAT_REF); a
   # Session fetches its value, so it is read as its base type.
@@ -342,7 +343,7 @@ def signature_spec(chosen, signature_name: str, model_dir: str) -> SignatureSpec
   per_instance = len(scalars) == len(inputs)
   if scalars and not per_instance:
     batched = next(k for k, _, dims in inputs if dims != [])
-    raise ModelError(f'{where} input {scalars[0]!r} has no batch dimension (shape []) but '
+    raise ModelError(f'--signature: {where} input {scalars[0]!r} has no batch dimension (shape []) but '
                      f'input {batched!r} has one, so instances cannot be batched nor fed '
                      'one by one: export a signature whose inputs all have a batch dimension')
   fixed_batch = 1 if per_instance else _fixed_batch(where, [(k, dims) for k, _, dims in inputs])
@@ -618,7 +619,9 @@ def dtype_name(tensor_info) -> str:
   """A TensorInfo's dtype as this job names it (`float32`, `string`), else
   as TensorFlow does (`DT_VARIANT`)."""
   from tensorflow.core.framework import types_pb2
-  if tensor_info.HasField('composite_tensor'):  # RaggedTensor, SparseTensor
+  if tensor_info.WhichOneof('encoding') == 'coo_sparse':
+    return 'SparseTensor'
+  if tensor_info.HasField('composite_tensor'):  # RaggedTensor
     spec = tensor_info.composite_tensor.type_spec.type_spec_class_name
     return spec.removesuffix('Spec') or 'composite tensor'
   name = types_pb2.DataType.Name(tensor_info.dtype).removesuffix('_REF')
