@@ -30,6 +30,9 @@ VECTOR = signature(('x', 'float32', (3,)))
 SCALAR_STRING = signature(('s', 'string', ()))
 UNKNOWN_RANK = signature(('u', 'float32', None))
 TWO = signature(('a', 'float32', (2,)), ('b', 'string', ()))
+SHAPE_ONE = signature(('x', 'float32', (1,)))  # Keras Input(shape=(1,)): [batch, 1]
+TWO_SHAPE_ONE = signature(('a', 'float32', (1,)), ('b', 'string', (1,)))
+SHAPE_ONE_AND_SCALAR = signature(('x', 'float32', (1,)), ('s', 'string', ()))
 ESTIMATOR_FEATURES = {'age': FeatureSpec('float', True, (1,)),
                       'thal': FeatureSpec('bytes', True, (1,)),
                       'count': FeatureSpec('int64', False, ())}
@@ -59,6 +62,27 @@ B64 = {'b64': 'AAE='}
      [{'a': [1, 2], 'b': 'x', 'id': [7, 8]}]),
     (TWO, {'inputs': {'id': [1, 2], 'p': ['x', 'y']}}, [{'id': 1, 'p': 'x'}, {'id': 2, 'p': 'y'}]),
     (TWO, {'inputs': {'id': 1}}, [{'id': 1}]),
+    # an input of shape [1]: a list of scalars is a batch (each scalar fits [1])
+    (SHAPE_ONE, {'inputs': [2.0, 3.0, 4.0]}, [2.0, 3.0, 4.0]),
+    (SHAPE_ONE, {'inputs': {'x': [2.0, 3.0, 4.0]}}, [{'x': 2.0}, {'x': 3.0}, {'x': 4.0}]),
+    (SHAPE_ONE, {'instances': [2.0, 3.0, 4.0]}, [2.0, 3.0, 4.0]),
+    (SHAPE_ONE, {'inputs': [[2.0], [3.0]]}, [[2.0], [3.0]]),
+    (SHAPE_ONE, {'inputs': 5.0}, [5.0]),
+    (SHAPE_ONE, {'inputs': [5.0]}, [[5.0]]),  # either reading: the same instance
+    (SHAPE_ONE, {'inputs': []}, [[]]),  # one instance's value (a schema error), not no instance
+    (SHAPE_ONE, {'inputs': ['a', 3.0]}, ['a', 3.0]),  # a batch: 'a' fails alone
+    (SHAPE_ONE, {'inputs': {'x': [2.0, 3.0], 'id': [7, 8]}}, [{'x': 2.0, 'id': 7},
+                                                              {'x': 3.0, 'id': 8}]),
+    (SHAPE_ONE, {'inputs': {'x': [5.0], 'id': [7]}}, [{'x': [5.0], 'id': [7]}]),  # ambiguous
+    (TWO_SHAPE_ONE, {'inputs': {'a': [1.0, 2.0], 'b': ['p', 'q']}},
+     [{'a': 1.0, 'b': 'p'}, {'a': 2.0, 'b': 'q'}]),
+    (TWO_SHAPE_ONE, {'inputs': {'a': [1.0], 'b': ['p']}}, [{'a': [1.0], 'b': ['p']}]),
+    (TWO_SHAPE_ONE, {'inputs': {'a': [1.0], 'b': [['p']]}}, [{'a': 1.0, 'b': ['p']}]),
+    (SHAPE_ONE_AND_SCALAR, {'inputs': {'x': [1.0], 's': 'a'}}, [{'x': [1.0], 's': 'a'}]),
+    (SHAPE_ONE_AND_SCALAR, {'inputs': {'x': [1.0, 2.0], 's': ['a', 'b']}},
+     [{'x': 1.0, 's': 'a'}, {'x': 2.0, 's': 'b'}]),
+    (signature(('v', 'float32', (None,))), {'inputs': [1.0, 2.0]}, [[1.0, 2.0]]),
+    (signature(('m', 'float32', (1, 1))), {'inputs': [[1.0, 2.0]]}, [[[1.0, 2.0]]]),
     # serialized Examples by input name; features by name
     (EXAMPLES, {'inputs': {'inputs': [B64]}}, [{'inputs': B64}]),
     (EXAMPLES, {'inputs': B64}, [B64]),
@@ -90,6 +114,11 @@ def test_request_body_forms(sig, body, expected):
      "cannot be split into instances: 'b' holds one instance's value, 'a' a batch"),
     (TWO, {'inputs': {'a': [[1, 2]], 'b': ['x'], 'id': 'k'}}, "'id' holds one instance's value"),
     (TWO, {'inputs': {}}, 'names no input'),
+    (SHAPE_ONE, {'inputs': {'x': [2.0, 3.0], 'id': 'k'}},
+     "'id' holds one instance's value, 'x' a batch"),
+    (SHAPE_ONE_AND_SCALAR, {'inputs': {'x': [1.0, 2.0], 's': 'a'}},
+     "'s' holds one instance's value, 'x' a batch"),
+    (TWO_SHAPE_ONE, {'inputs': {'a': [1.0], 'b': ['p', 'q']}}, 'different batch lengths'),
     (TWO, {'inputs': 5}, 'must hold a batch'),
     (TWO, {'instances': 3}, 'must be a list'),
     (EXAMPLES, {'examples': B64, 'context': {}}, '"examples" must be a list'),
@@ -549,3 +578,33 @@ def test_repeated_field_errors_keep_the_key_and_b64_examples_are_features():
       {'examples': [{'b64': good}]}, EXAMPLES)))
   assert [(e.row, e.message) for e in batch.errors] == [
       (0, "missing required feature 'age' (float, 1 value (shape [1]))")]
+
+
+def test_columnar_scalars_for_a_shape_one_input_end_to_end(shape_one_model, tmp_path):
+  """A model whose only input is declared [batch, 1]: a list of scalars in
+  "inputs" is a batch, as TF Serving reads it (each scalar fits [1]), in
+  the single and the named form, as the same list in "instances" is; each
+  instance located by its position, as other request-file instances are."""
+  d = tmp_path / 'in'
+  d.mkdir()
+  (d / 'columnar.json').write_text(json.dumps({'inputs': [2.0, 3.0, 4.0]}))
+  (d / 'named.json').write_text(json.dumps({'inputs': {'x': [2.0, 3.0, 4.0]}}))
+  (d / 'rows.json').write_text(json.dumps({'instances': [2.0, 3.0, 4.0]}))
+  (d / 'one.json').write_text(json.dumps({'inputs': [5.0]}))
+  (d / 'mixed.json').write_text(json.dumps({'inputs': [6.0, 'a', 7]}))
+  (d / 'keyed.json').write_text(json.dumps({'inputs': {'x': [2.0, 3.0], 'id': 'k'}}))
+  predictions, errors, summary = run_job(str(tmp_path / 'out'), f'--model={shape_one_model}',
+                                         f'--input={d}/*.json')
+  assert_conserved(summary, predictions, errors)
+  got = sorted((p['filename'], p.get('index', -1), p['y']) for p in predictions)
+  assert got == sorted([(name, i, [2 * x + 1]) for name in ('columnar.json', 'named.json',
+                                                            'rows.json')
+                        for i, x in enumerate([2.0, 3.0, 4.0])] +
+                       [('one.json', -1, [11.0]), ('mixed.json', 0, [13.0]),
+                        ('mixed.json', 2, [15.0])])
+  assert all('index' not in p for p in predictions if p['filename'] == 'one.json')
+  assert sorted((e['filename'], e.get('index'), e['error']['category']) for e in errors) == [
+      ('keyed.json', None, 'parse'), ('mixed.json', 1, 'schema')]
+  message = {e['filename']: e['error']['message'] for e in errors}
+  assert "'id' holds one instance's value, 'x' a batch" in message['keyed.json']
+  assert message['mixed.json'] == "input 'x' expects float32 numbers, got \"a\""

@@ -19,12 +19,15 @@ instances, each then what a JSON Lines line holding it would be:
   its input's per-instance rank is ONE instance's value (a number, a string
   or `{"b64": ...}` for a rank-0 input: `{"inputs": {"b64": ...}}`); a
   deeper one is a batch, its leading dimension splitting it into instances.
+  For an input of shape [1], a list of several scalars is a batch too (each
+  scalar fits [1], as in every format; as one instance's value it would
+  not), and a one-element list reads either way (`_reading`).
   A value for a name that is not an input of known rank (the key, a
   passthrough field, a tf.Example feature, an input of unknown rank) is a
   batch when it is a list, one instance's value otherwise, unless the
-  inputs of known rank decide: if they are all one instance's values, the
-  body is one instance and the other values are taken as they are; if they
-  are batches, every value must be a list of the same length. Batches of
+  inputs of known rank decide: if none is a batch, the body is one
+  instance and the other values are taken as they are; if one is, every
+  value must be a list of the same length. Batches of
   different lengths, or one instance's value beside a batch (TF Serving's
   columnar form allows inputs of different leading dimensions), cannot be
   split into instances: an error for the file. `{"b64": ...}` is a binary
@@ -168,28 +171,55 @@ def _columnar(inputs, signature) -> list:
     if not isinstance(inputs, list):
       raise RequestError('"inputs" must hold a batch: a list, or an object of named inputs')
     return inputs
-  if _is_batch(inputs, signature.inputs[0]):
+  if _reading(inputs, signature.inputs[0]) == _BATCH:
     return inputs
-  return [inputs]
+  return [inputs]  # _EITHER: one instance's [v] is the batch [v]'s instance
 
 
-def _is_batch(value, spec) -> bool:
-  """Whether a value for an input is a batch rather than one instance's."""
+# How a columnar value reads for an input: one instance's value, a batch
+# (split on its leading dimension), or either (both readings fit the input).
+_ONE, _BATCH, _EITHER = 'one', 'batch', 'either'
+
+
+def _reading(value, spec) -> str:
+  """_ONE, _BATCH or _EITHER for a value given for an input (`spec`; None
+  for a name that is not an input). A list of scalars for an input of shape
+  [1] is a batch, as TF Serving reads it: each scalar fits [1] (the rule of
+  every format, convert.convert_value), where as one instance's value it
+  would hold more than one; with one element it is either, and gives the
+  same instance both ways. An empty list stays one instance's value (a
+  schema error for it): read as an empty batch it would drop the file
+  without a word. For inputs of other shapes a value as deep as the input's
+  rank is one instance's: a scalar fits no other shape ([None], [2], [1,1]),
+  so only that reading is valid."""
   if spec is None or spec.shape is None:
-    return isinstance(value, list)
-  return _depth(value) > len(spec.shape)
+    return _BATCH if isinstance(value, list) else _ONE
+  depth = _depth(value)
+  if depth > len(spec.shape):
+    return _BATCH
+  if spec.shape == (1,) and depth == 1 and value:
+    return _EITHER if len(value) == 1 else _BATCH
+  return _ONE
 
 
 def _named_columns(inputs, signature) -> list:
   if not inputs:
     raise RequestError('"inputs" names no input')
   # Inputs of known rank decide; other names are batches when they are lists.
-  known = {n: _is_batch(v, signature.input(n)) for n, v in inputs.items()
+  # Where an input reads either way (a one-element list for a [1] input), the
+  # others decide: a batch beside it makes it a batch of one; if none is a
+  # batch, the body is one instance, its other values taken as they are (an
+  # `id` of [7] stays [7]): that case, the only one where both readings fit
+  # and give different instances, keeps the reading of one instance. Still
+  # refused (an error for the file): a batch beside one instance's value (a
+  # list of scalars for a [1] input beside a scalar for a scalar input, or
+  # beside a key that is not a list), and batches of different lengths.
+  known = {n: _reading(v, signature.input(n)) for n, v in inputs.items()
            if signature.input(n) is not None and signature.input(n).shape is not None}
-  if known and not any(known.values()):
+  if known and _BATCH not in known.values():
     return [inputs]  # every input one instance's value: the body is one instance
   batch = {n: isinstance(v, list) for n, v in inputs.items()}
-  batch.update(known)
+  batch.update({n: reading != _ONE for n, reading in known.items()})
   if not any(batch.values()):
     return [inputs]
   singles = sorted(n for n, b in batch.items() if not b)
