@@ -339,7 +339,7 @@ def describe_fields(config, objects, bare, unreadable, seen, empty) -> dict:
   inputs = []
   if signature.takes_examples:
     spec = signature.inputs[0]
-    inputs.append({'input': spec.name, 'type': _tensor_text(spec),
+    inputs.append({'input': spec.name, 'type': _tensor_text(spec, signature.per_instance),
                    'fed': 'a serialized tf.Example: a TFRecord record or a bare value as '
                           f'it is, a field {spec.name!r} as it is, else built from the fields',
                    'field': spec.name, 'present': seen.get(spec.name, 0)})
@@ -353,7 +353,7 @@ def describe_fields(config, objects, bare, unreadable, seen, empty) -> dict:
     used = {s.name for s in signature.inputs}
     feature_rows = []
     for spec in signature.inputs:
-      inputs.append({'input': spec.name, 'type': _tensor_text(spec), 'field': spec.name,
+      inputs.append({'input': spec.name, 'type': _tensor_text(spec, signature.per_instance), 'field': spec.name,
                      'present': seen.get(spec.name, 0),
                      'close_match': None if seen.get(spec.name) else _close(spec.name, seen)})
   carried = []
@@ -379,10 +379,13 @@ def describe_fields(config, objects, bare, unreadable, seen, empty) -> dict:
   }
 
 
-def _tensor_text(spec) -> str:
+def _tensor_text(spec, per_instance: bool = False) -> str:
+  """`float32[batch,3]`; without `batch` for an input fed one instance
+  per call (no batch dimension)."""
   if spec.shape is None:
     return f'{spec.dtype}[batch,...]'
-  return f'{spec.dtype}[{",".join(["batch"] + ["?" if d is None else str(d) for d in spec.shape])}]'
+  batch = [] if per_instance else ['batch']
+  return f'{spec.dtype}[{",".join(batch + ["?" if d is None else str(d) for d in spec.shape])}]'
 
 
 # -- decoding and scoring ------------------------------------------------------------
