@@ -7,18 +7,35 @@ import os
 VOCABULARY = ['[UNK]', 'the', 'cat', 'sat', 'on', 'mat', 'dog', 'ran', 'über', 'straße']
 
 
+WORDPIECES = ['[UNK]', 'the', 'cat', 'sat', 'on', 'mat', 'dog', 'ran', 'run', '##s', '##ning',
+              '##ed', 'walk', 'uber', 'strasse', 'σ', '##ι', '##σ', '##υ', '##φ', '##ο', '.', ',']
+
+
 def build_text_classifier(path: str) -> None:
   """A text classifier with its preprocessing inside, as TF Text's guides
-  export them: case folding and whitespace tokenizing (TF Text ops), a
-  vocabulary lookup (unknown tokens to [UNK]), an embedding averaged over
-  the tokens and a dense layer. Input `text` string[batch]; outputs
-  `score` float32[batch,2] and `tokens` int64[batch] (the token count)."""
+  export them. Signature `serving_default`: case folding and whitespace
+  tokenizing (TF Text ops), a vocabulary lookup (unknown tokens to [UNK]),
+  an embedding averaged over the tokens and a dense layer; input `text`
+  string[batch], outputs `score` float32[batch,2] and `tokens`
+  int64[batch] (the token count). Signature `bert`: BERT's preprocessing
+  (TF Text's BertTokenizer: lower case, accents stripped, punctuation
+  split, wordpieces of a vocabulary file kept as an asset); input `text`,
+  outputs `token_ids` (ragged int64: each text's wordpiece ids) and
+  `score` (the same head over the wordpieces)."""
+  import tempfile
+
   import tensorflow as tf
   import tensorflow_text as text
+
+  vocabulary_file = os.path.join(tempfile.mkdtemp(), 'vocab.txt')
+  with open(vocabulary_file, 'w', encoding='utf-8') as f:
+    f.write(''.join(piece + '\n' for piece in WORDPIECES))
 
   class TextClassifier(tf.Module):
     def __init__(self):
       super().__init__()
+      self.bert_tokenizer = text.BertTokenizer(vocabulary_file, token_out_type=tf.int64,
+                                               lower_case=True)
       self.tokenizer = text.WhitespaceTokenizer()
       self.table = tf.lookup.StaticHashTable(
           tf.lookup.KeyValueTensorInitializer(
@@ -38,8 +55,17 @@ def build_text_classifier(path: str) -> None:
       return {'score': tf.nn.softmax(tf.matmul(mean, self.dense)),
               'tokens': tokens.row_lengths()}
 
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='text')])
+    def bert(self, sentences):
+      ids = self.bert_tokenizer.tokenize(sentences).merge_dims(-2, -1)
+      vectors = tf.gather(self.embedding, ids % len(VOCABULARY))
+      mean = tf.math.divide_no_nan(tf.reduce_sum(vectors, axis=1),
+                                   tf.cast(ids.row_lengths(), tf.float32)[:, None])
+      return {'token_ids': ids, 'score': tf.nn.softmax(tf.matmul(mean, self.dense))}
+
   module = TextClassifier()
-  tf.saved_model.save(module, path, signatures={'serving_default': module.serve})
+  tf.saved_model.save(module, path, signatures={'serving_default': module.serve,
+                                                'bert': module.bert})
 
 
 def build_keras3_subclass(path: str) -> None:
@@ -76,7 +102,10 @@ def build_ragged_outputs(path: str) -> None:
   """Outputs the job writes as each instance's own list: `labels` (string,
   ragged rank 1: the LABELS whose score is above 0.5), `indices` (int32,
   their positions), `chars` (string, ragged rank 2: each label's
-  characters) and `total` (dense float32). Input `scores` float32[batch,4]."""
+  characters), `pairs` (float32 [batch, None, 2]: [position, score] of
+  each), `high` (bool: whether each is above 0.8), `labels_bytes` (the
+  labels, named as TF Serving's convention writes as base64) and `total`
+  (dense float32). Input `scores` float32[batch,4]."""
   import tensorflow as tf
 
   class Labeller(tf.Module):
@@ -87,8 +116,12 @@ def build_ragged_outputs(path: str) -> None:
           tf.broadcast_to(tf.constant(LABELS), tf.shape(scores)), above)
       indices = tf.ragged.boolean_mask(
           tf.broadcast_to(tf.range(4), tf.shape(scores)), above)
+      positions = tf.broadcast_to(tf.range(4, dtype=tf.float32), tf.shape(scores))
       return {'labels': labels, 'indices': indices,
               'chars': tf.strings.unicode_split(labels, 'UTF-8'),
+              'pairs': tf.ragged.boolean_mask(tf.stack([positions, scores], axis=-1), above),
+              'high': tf.ragged.boolean_mask(scores > 0.8, above),
+              'labels_bytes': labels,
               'total': tf.reduce_sum(scores, axis=1)}
 
   module = Labeller()

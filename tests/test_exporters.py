@@ -1,6 +1,7 @@
 """Models as other exporters and libraries build them (tests/models_exporters.py)
 score as the model called directly, or are refused before the run starts
 with one line that names the reason and the fix."""
+import base64
 import glob
 import json
 import os
@@ -85,11 +86,32 @@ def test_tf_text_classifier_scores_as_the_model_does(exported, tmp_path, mode):
   assert_close_across_batches([by_id[x['id']]['score'] for x in instances], expected['score'])
 
 
+@pytest.mark.cross_batch
+def test_bert_preprocessing_with_ragged_wordpiece_ids(exported, tmp_path):
+  """BERT's tokenizer from TF Text (its vocabulary an asset of the
+  SavedModel): each text's wordpiece ids, a list of its own length."""
+  instances = text_input(tmp_path)
+  predictions, errors, _ = run_job(
+      str(tmp_path / 'out'), f'--model={exported / "text"}', '--signature=bert',
+      f'--input={tmp_path}/in/*.jsonl', '--key_field=id', '--max_batch_size=16')
+  assert errors == []
+  expected = direct(exported / 'text', 'bert',
+                    text=np.array([x['text'] for x in instances], object))
+  by_id = {p['id']: p for p in predictions}
+  assert [by_id[x['id']]['token_ids'] for x in instances] == expected['token_ids']
+  # 'ÜBER Straße ran': case folded (ß as ss), accents stripped.
+  assert expected['token_ids'][3] == [exporters.WORDPIECES.index(w)
+                                      for w in ('uber', 'strasse', 'ran')]
+  assert_close_across_batches([by_id[x['id']]['score'] for x in instances], expected['score'])
+
+
 def test_inspect_and_preflight_name_the_op_library(exported, tmp_path, capsys):
   assert inspect.main([f'--model={exported / "text"}', '--json']) == 0
   report = json.loads(capsys.readouterr().out)
-  [signature] = report['meta_graphs'][0]['signatures']
-  assert signature['usable']
+  signatures = {s['name']: s for s in report['meta_graphs'][0]['signatures']}
+  assert sorted(signatures) == ['bert', 'serving_default']
+  signature = signatures['serving_default']
+  assert signature['usable'] and signatures['bert']['usable']
   assert ('uses TensorFlow Text ops: tensorflow_text is installed and is loaded with the '
           'model') in signature['notes']
   text_input(tmp_path)
@@ -121,8 +143,8 @@ def test_ops_of_a_library_not_installed_or_unknown_fail_at_launch(exported, tmp_
     assert err.startswith(f'batch-predict: error: --model: {model}: {expected}'), err
     assert not (tmp_path / 'out' / 'summary.json').exists()
     assert inspect.main([f'--model={model}', '--json']) == 0
-    [signature] = json.loads(capsys.readouterr().out)['meta_graphs'][0]['signatures']
-    assert not signature['usable'] and expected in signature['error']
+    signatures = json.loads(capsys.readouterr().out)['meta_graphs'][0]['signatures']
+    assert all(not s['usable'] and expected in s['error'] for s in signatures)
 
 
 def test_text_ops_listed_are_those_the_installed_library_registers():
@@ -210,12 +232,18 @@ def test_ragged_outputs_are_each_instances_own_list(exported, tmp_path, output_f
     text = lambda b: b.decode('utf-8')  # noqa: E731
     labels = [[text(x) for x in row] for row in expected['labels']]
     chars = [[[text(c) for c in word] for word in row] for row in expected['chars']]
+    # `*_bytes` outputs are base64, as TF Serving writes them.
+    labels_bytes = [[{'b64': base64.b64encode(x).decode()} for x in row]
+                    for row in expected['labels']]
   elif output_format == 'parquet':
     table = pq.read_table(path)
     assert str(table.schema.field('chars').type) == 'list<item: list<item: string>>'
     by_id = {int(r['id']): r for r in table.to_pylist()}
     labels = [[x.decode() for x in row] for row in expected['labels']]
     chars = [[[c.decode() for c in word] for word in row] for row in expected['chars']]
+    labels_bytes = expected['labels']  # a binary column
+    assert str(table.schema.field('pairs').type) == 'list<item: list<item: float>>'
+    assert str(table.schema.field('high').type) == 'list<item: bool>'
   else:
     import tensorflow as tf
     by_id = {}
@@ -225,14 +253,22 @@ def test_ragged_outputs_are_each_instances_own_list(exported, tmp_path, output_f
           'labels': list(feature['labels'].bytes_list.value),
           'indices': list(feature['indices'].int64_list.value),
           'chars': list(feature['chars'].bytes_list.value),
+          'pairs': list(feature['pairs'].float_list.value),
+          'high': [bool(v) for v in feature['high'].int64_list.value],
+          'labels_bytes': list(feature['labels_bytes'].bytes_list.value),
           'total': list(feature['total'].float_list.value)[0]}
-    labels = expected['labels']  # Examples hold each value flat, bytes as they are
+    labels = labels_bytes = expected['labels']  # Examples hold values flat, bytes as they are
     chars = [[c for word in row for c in word] for row in expected['chars']]
   assert sorted(by_id) == list(range(len(scores)))
   for i in range(len(scores)):
     assert by_id[i]['labels'] == labels[i], i
     assert by_id[i]['indices'] == expected['indices'][i], i
     assert by_id[i]['chars'] == chars[i], i
+    assert by_id[i]['labels_bytes'] == labels_bytes[i], i
+    assert by_id[i]['high'] == expected['high'][i], i
+    # Copies of the input's float32 values: equal once read as float32.
+    np.testing.assert_array_equal(np.array(by_id[i]['pairs'], np.float32).reshape(-1, 2),
+                                  np.array(expected['pairs'][i], np.float32).reshape(-1, 2))
   assert_close_across_batches([by_id[i]['total'] for i in range(len(scores))],
                               expected['total'])
 
@@ -242,7 +278,9 @@ def test_ragged_rows_are_the_same_from_a_session_and_from_the_eager_function(exp
                                                             inspect_model)
   ref = inspect_model(str(exported / 'ragged'), ('serve',), 'serving_default')
   assert {s.name: s.ragged_rank for s in ref.signature.outputs} == {
-      'chars': 2, 'indices': 1, 'labels': 1, 'total': 0}
+      'chars': 2, 'high': 1, 'indices': 1, 'labels': 1, 'labels_bytes': 1, 'pairs': 1,
+      'total': 0}
+  assert {s.name: s.shape for s in ref.signature.outputs}['pairs'] == (None, 2)
   scores = ragged_rows()
   session = SessionSignature(ref.path, ref.tags, ref.signature)
   try:
