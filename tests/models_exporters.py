@@ -146,7 +146,9 @@ def build_counter(path: str) -> None:
   """A stateful counter as TF Serving's test models have one: signature
   `incr_counter_by` takes `delta` float32[] (no batch dimension) and returns
   the counter after adding it; `scaled_sum` takes scalar `a` and vector `b`
-  (one without a batch dimension, one with one)."""
+  (one without a batch dimension, one with one); `spell` takes one
+  `sentence` string[] and returns its `words` (string[None]), their
+  `letters` (ragged: a list per word) and their `count` (int32[])."""
   import tensorflow as tf
 
   class Counter(tf.Module):
@@ -163,9 +165,16 @@ def build_counter(path: str) -> None:
     def scaled_sum(self, a, b):
       return {'output': a * b}
 
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string, name='sentence')])
+    def spell(self, sentence):
+      words = tf.strings.split(sentence)
+      return {'words': words, 'letters': tf.strings.unicode_split(words, 'UTF-8'),
+              'count': tf.size(words)}
+
   module = Counter()
   tf.saved_model.save(module, path, signatures={
-      'incr_counter_by': module.incr_counter_by, 'scaled_sum': module.scaled_sum})
+      'incr_counter_by': module.incr_counter_by, 'scaled_sum': module.scaled_sum,
+      'spell': module.spell})
 
 
 def rename_ops(model_dir: str, op: str, new_op: str) -> None:

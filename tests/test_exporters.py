@@ -340,3 +340,28 @@ def test_signature_without_a_batch_dimension_is_called_once_per_instance(exporte
                  "batch dimension (shape []) but input 'b' has one, so instances cannot be "
                  "batched nor fed one by one: export a signature whose inputs all have a "
                  "batch dimension")
+
+
+@pytest.mark.parametrize('output_format', ['jsonl', 'parquet'])
+def test_per_instance_signature_with_ragged_and_vector_outputs(exported, tmp_path,
+                                                               output_format):
+  """Each instance's whole outputs: a vector of any length, a ragged
+  tensor (a list of lists) and a scalar."""
+  from tf_batch_predict.transforms.rejoin import read_outputs
+  sentences = ['the cat sat', '', 'über   straße', 'one', '🐈 x yz']
+  write_lines(str(tmp_path / 'in.jsonl'), [json.dumps({'id': i, 'sentence': s},
+                                                      ensure_ascii=False)
+                                           for i, s in enumerate(sentences)])
+  out = tmp_path / 'out'
+  assert cli.main([f'--model={exported / "counter"}', '--signature=spell', '--key_field=id',
+                   f'--input={tmp_path / "in.jsonl"}', f'--output={out}',
+                   f'--output_format={output_format}']) == 0
+  [path] = glob.glob(str(out / f'predictions-*.{output_format}'))
+  by_id = {int(r['id']): r for r in read_outputs.iter_records(path)}
+  for i, sentence in enumerate(sentences):
+    expected = direct(exported / 'counter', 'spell', sentence=sentence)
+    words = [w.decode() for w in expected['words'].tolist()]
+    assert by_id[i]['words'] == words == sentence.split()
+    assert by_id[i]['letters'] == [[c.decode() for c in w] for w in expected['letters']]
+    assert by_id[i]['letters'] == [list(w) for w in sentence.split()]
+    assert by_id[i]['count'] == len(words)

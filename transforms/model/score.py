@@ -243,7 +243,16 @@ def _batching(call, unbatched):
   def batched(arrays):
     values = list(call(arrays))
     for i in unbatched:
-      values[i] = np.asarray(values[i])[np.newaxis]
+      value = np.asarray(values[i])
+      if value.dtype == object and value.ndim == 1 and value.size and isinstance(
+          value[0], (np.ndarray, list)):
+        # A ragged output's rows (savedmodel.ragged_rows): one row of them.
+        row = np.empty(1, dtype=object)
+        row[0] = list(value)
+        value = row
+      else:
+        value = value[np.newaxis]
+      values[i] = value
     return values
   return batched
 

@@ -450,14 +450,22 @@ class FormatRecords(beam.DoFn):
                          'error': {'category': FILE, 'message': message}})
 
 
+def _holds_rows(row) -> bool:
+  """Whether a ragged output's row is made of rows (a list, or an object
+  array of arrays: the rows of a whole ragged output that is one
+  instance's) rather than of values."""
+  return isinstance(row, list) or (row.dtype == object and row.size > 0
+                                   and isinstance(row.flat[0], (np.ndarray, list)))
+
+
 def _nested_list(row):
   """A ragged output's row (a numpy array, or a list of rows) as lists."""
-  return row.tolist() if isinstance(row, np.ndarray) else [_nested_list(r) for r in row]
+  return [_nested_list(r) for r in row] if _holds_rows(row) else row.tolist()
 
 
 def _flat(row, dtype: str) -> np.ndarray:
   """A ragged output's row as one flat array of its values, in order."""
-  if isinstance(row, np.ndarray):
+  if not _holds_rows(row):
     return row.reshape(-1)
   parts = [_flat(r, dtype) for r in row]
   return np.concatenate(parts) if parts else np.empty(
