@@ -365,3 +365,30 @@ def test_per_instance_signature_with_ragged_and_vector_outputs(exported, tmp_pat
     assert by_id[i]['letters'] == [[c.decode() for c in w] for w in expected['letters']]
     assert by_id[i]['letters'] == [list(w) for w in sentence.split()]
     assert by_id[i]['count'] == len(words)
+
+
+@pytest.mark.cross_batch
+def test_tf_text_model_on_flink(exported, tmp_path):
+  """Flink's Python workers (a worker pool: processes of their own) load
+  TF Text's ops before the model; ragged outputs come back as lists."""
+  from tests import engines
+  instances = text_input(tmp_path)
+  output = tmp_path / 'out'
+  with engines.worker_pool(tmp_path) as pool:
+    process = subprocess.run(
+        [os.path.join(ROOT, 'launch', 'flink.sh'), f'--model={exported / "text"}',
+         '--signature=bert', f'--input={tmp_path}/in/*.jsonl', f'--output={output}',
+         '--key_field=id', '--flink_master=[local]', '--parallelism=2',
+         '--environment_type=EXTERNAL', f'--environment_config={pool.config}',
+         '--skip_preflight'],
+        cwd=ROOT, env=dict(os.environ, PYTHON=sys.executable), capture_output=True,
+        text=True, timeout=420, preexec_fn=engines.die_with_parent)
+  assert process.returncode == 0, process.stderr[-3000:]
+  predictions = [json.loads(line) for path in glob.glob(str(output / 'predictions-*.jsonl'))
+                 for line in open(path, encoding='utf-8')]
+  expected = direct(exported / 'text', 'bert',
+                    text=np.array([x['text'] for x in instances], object))
+  by_id = {p['id']: p for p in predictions}
+  assert sorted(by_id) == sorted(x['id'] for x in instances)
+  assert [by_id[x['id']]['token_ids'] for x in instances] == expected['token_ids']
+  assert_close_across_batches([by_id[x['id']]['score'] for x in instances], expected['score'])
