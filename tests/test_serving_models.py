@@ -319,8 +319,8 @@ def test_sample_call_rejected_with_invalid_argument_only_warns(serving_models, t
 
 def test_unknown_op_stops_the_job_at_launch_in_one_line(serving_models, tmp_path, capsys):
   """The real command: one line naming the op, exit 2, no lock or staging
-  folder; with --skip_model_check the workers fail instead (exit 1), and
-  nothing is left behind either."""
+  folder, also with --skip_model_check (the op is found in the graph
+  without loading the model)."""
   # The stale export: a run that goes ahead would also warn about its
   # shapes; one that stops says only why.
   broken = tmp_path / 'broken'
@@ -336,12 +336,14 @@ def test_unknown_op_stops_the_job_at_launch_in_one_line(serving_models, tmp_path
   lines = [l for l in proc.stderr.splitlines() if l.strip() and not TF_CHATTER.match(l)]
   assert proc.returncode == cli.EXIT_CONFIG_ERROR, proc.stderr
   assert len(lines) == 1, lines
-  assert lines[0].startswith(f'batch-predict: error: --model: cannot load {broken}: ')
-  assert "Op type not registered 'NoSuchOp'" in lines[0]
+  assert lines[0] == (f'batch-predict: error: --model: {broken}: the model uses ops this '
+                      'TensorFlow does not have (NoSuchOp): they come from a custom op library; '
+                      'serve it with a build that links that library (known here: TensorFlow '
+                      'Text, TensorFlow Decision Forests)')
   assert leftovers(out) == [] and not (out / 'summary.json').exists()
   rc = cli.main([*args, '--skip_model_check'])
   err = capsys.readouterr().err
-  assert rc == cli.EXIT_PIPELINE_FAILED and "Op type not registered 'NoSuchOp'" in err
+  assert rc == cli.EXIT_CONFIG_ERROR and err == lines[0] + '\n'
   assert leftovers(out) == [] and not (out / 'summary.json').exists()
 
 
