@@ -87,12 +87,28 @@ def build_keras3_subclass(path: str) -> None:
 
   model = Regressor()
   model(tf.zeros([1, 3]))
-  for i, weight in enumerate(model.weights):  # weights that do not depend on the seed
-    weight.assign(tf.reshape(tf.cast(tf.range(tf.size(weight)), tf.float32) * (0.05 + i / 50)
-                             - 0.3, weight.shape))
+  _fixed_weights(model)
   serve = tf.function(lambda inputs: model(inputs),
                       input_signature=[tf.TensorSpec([None, 3], tf.float32, name='inputs')])
   tf.saved_model.save(model, path, signatures={'serving_default': serve})
+
+
+def build_keras3_export(path: str) -> None:
+  """The same layers and weights as build_keras3_subclass, exported with
+  Keras 3's model.export (which a graph-mode Session runs)."""
+  import keras
+  model = keras.Sequential([keras.Input((3,), name='inputs'),
+                            keras.layers.Dense(8, activation='relu'), keras.layers.Dense(2)])
+  _fixed_weights(model)
+  model.export(path, verbose=False)
+
+
+def _fixed_weights(model) -> None:
+  """Weights that do not depend on the seed (kernels and biases in order)."""
+  import tensorflow as tf
+  for i, weight in enumerate(model.weights):
+    weight.assign(tf.reshape(tf.cast(tf.range(tf.size(weight)), tf.float32) * (0.05 + i / 50)
+                             - 0.3, weight.shape))
 
 
 LABELS = [b'alpha', b'b', b'', b'delta\xc3\xa9']

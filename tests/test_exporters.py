@@ -203,6 +203,15 @@ def test_keras3_subclass_saved_with_tf_saved_model_save(exported, tmp_path):
   assert np.abs(expected).max() > 0.5  # weights that do something
   by_id = {p['id']: p['output_0'] for p in predictions}
   assert_close_across_batches([by_id[i] for i in range(len(rows))], expected)
+  # The same layers and weights exported with model.export run in a
+  # Session, with the same results.
+  exporters.build_keras3_export(str(tmp_path / 'export'))
+  predictions, errors, summary = run_job(
+      str(tmp_path / 'out2'), f'--model={tmp_path / "export"}',
+      f'--input={tmp_path / "in.jsonl"}', '--key_field=id')
+  assert errors == [] and summary['model']['loader'] == 'session'
+  by_id = {p['id']: p['output_0'] for p in predictions}
+  assert_close_across_batches([by_id[i] for i in range(len(rows))], expected)
 
 
 def ragged_rows():
