@@ -22,6 +22,8 @@ the same instances, already arrays, in calls of the batch size the job
 settled on (256 where it did not say).
 """
 import argparse
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -72,15 +74,17 @@ def arrays(name, path):
 def run_job(model, signature, data, out):
   from tf_batch_predict.pipeline import cli
   shutil.rmtree(out, ignore_errors=True)
-  rc = cli.main([f'--model={model}', f'--signature={signature}', f'--input={data}',
-                 f'--output={out}', '--key_field=id', '--log_level=warning'])
+  with contextlib.redirect_stdout(io.StringIO()):  # its summary table
+    rc = cli.main([f'--model={model}', f'--signature={signature}', f'--input={data}',
+                   f'--output={out}', '--key_field=id', '--log_level=warning'])
   assert rc == 0, rc
   with open(os.path.join(out, 'summary.json')) as f:
     return json.load(f)
 
 
 def model_alone(model, signature, feeds, batch):
-  """Seconds of the signature's calls as a worker makes them."""
+  """(seconds of the signature's calls as a worker makes them, the rows
+  of each call, the loader)."""
   from tf_batch_predict.transforms.model.savedmodel import inspect_model, load_signature_function
   from tf_batch_predict.transforms.model.score import check_model, signature_call
   _, _, ref = check_model(inspect_model(model, ('serve',), signature))
@@ -92,7 +96,7 @@ def model_alone(model, signature, feeds, batch):
   started = time.perf_counter()
   for start in range(0, count, rows):
     call([f[start:start + rows] for f in feeds])
-  return time.perf_counter() - started, ref.loader
+  return time.perf_counter() - started, rows, ref.loader
 
 
 def main():
@@ -125,7 +129,7 @@ def main():
     assert summary['predictions'] == count, summary['predictions']
     batch = (summary.get('batches') or {}).get('size', {}).get('mean') or 256
     batch = 1 << max(0, int(round(np.log2(batch))))
-    alone, loader = model_alone(os.path.join(models, model), signature, arrays(name, data), batch)
+    alone, batch, loader = model_alone(os.path.join(models, model), signature, arrays(name, data), batch)
     job = summary['pipeline_wall_time_s']
     rows.append((label, count, loader, batch, job, alone))
   print(f'Models of other exporters ({started}, {os.cpu_count()} cores; one run each)\n')
