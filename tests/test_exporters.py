@@ -122,6 +122,23 @@ def test_inspect_and_preflight_name_the_op_library(exported, tmp_path, capsys):
   assert report['sample']['scored'] == report['sample']['instances'] > 0
 
 
+def test_preflight_scores_as_the_run_does(exported, tmp_path, capsys):
+  """The Keras 3 subclass through the loader a run would choose, and the
+  per-instance counter with its input shown without a batch dimension."""
+  write_lines(str(tmp_path / 'k.jsonl'), [json.dumps({'id': i, 'inputs': [i, 1.0, -2.0]})
+                                          for i in range(5)])
+  write_lines(str(tmp_path / 'c.jsonl'), [json.dumps({'id': i, 'delta': i}) for i in range(5)])
+  for model, data, extra in (('keras3', 'k.jsonl', []),
+                             ('counter', 'c.jsonl', ['--signature=incr_counter_by'])):
+    assert preflight.main([f'--model={exported / model}', f'--input={tmp_path / data}',
+                           '--key_field=id', '--json', *extra]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report['verdict'] == 'ok', report
+    assert report['sample']['scored'] == 5
+  [delta] = report['fields']['inputs']
+  assert delta['type'] == 'float32[]'
+
+
 def test_ops_of_a_library_not_installed_or_unknown_fail_at_launch(exported, tmp_path, capsys):
   """A model whose ops come from a library that is not installed (TF
   Decision Forests' names here) or from none known: one line naming the ops
