@@ -76,10 +76,12 @@ def _op_library_requirements(config, flags) -> dict:
   if (not modules or not setup.setup_file or setup.requirements_file
       or beam_options.view_as(WorkerOptions).sdk_container_image):
     return {}
+  import atexit
   import tempfile
   with tempfile.NamedTemporaryFile('w', prefix='batch-predict-', suffix='-requirements.txt',
                                    delete=False) as f:
     f.write(''.join(f'{line}\n' for line in op_libraries.requirements(modules)))
+  atexit.register(lambda: os.path.exists(f.name) and os.remove(f.name))  # staged by then
   return {'requirements_file': f.name, 'requirements_cache': 'skip'}
 
 
