@@ -72,7 +72,8 @@ def build_keras3_subclass(path: str) -> None:
   """A keras.Model subclass saved with tf.saved_model.save (the export of
   many older tutorials): the SavedModel's variables are restored only
   through its object graph, which a graph-mode Session does not read. Input
-  `inputs` float32[batch,3], output `output_0` float32[batch,2]."""
+  `inputs` float32[batch,3], output `output_0` float32[batch,2]; signature
+  `guarded` the same, failing for a first feature that is not positive."""
   import keras
   import tensorflow as tf
 
@@ -88,9 +89,18 @@ def build_keras3_subclass(path: str) -> None:
   model = Regressor()
   model(tf.zeros([1, 3]))
   _fixed_weights(model)
-  serve = tf.function(lambda inputs: model(inputs),
-                      input_signature=[tf.TensorSpec([None, 3], tf.float32, name='inputs')])
-  tf.saved_model.save(model, path, signatures={'serving_default': serve})
+  spec = [tf.TensorSpec([None, 3], tf.float32, name='inputs')]
+  serve = tf.function(lambda inputs: model(inputs), input_signature=spec)
+
+  def guarded(inputs):
+    """Refuses a batch whose first feature is not positive before reading
+    any variable (so the launch check's batch of zeros fails first)."""
+    check = tf.debugging.assert_positive(inputs[:, 0], message='first feature must be positive')
+    with tf.control_dependencies([check]):
+      return {'output_0': model(tf.identity(inputs))}
+
+  tf.saved_model.save(model, path, signatures={
+      'serving_default': serve, 'guarded': tf.function(guarded, input_signature=spec)})
 
 
 def build_keras3_export(path: str) -> None:

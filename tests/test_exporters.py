@@ -220,6 +220,21 @@ def test_keras3_subclass_saved_with_tf_saved_model_save(exported, tmp_path):
   assert np.abs(expected).max() > 0.5  # weights that do something
   by_id = {p['id']: p['output_0'] for p in predictions}
   assert_close_across_batches([by_id[i] for i in range(len(rows))], expected)
+  # A signature that fails on the launch check's zeros before it reads a
+  # variable; and workers that choose a loader without the check.
+  for extra in (['--signature=guarded'], ['--skip_model_check']):
+    predictions, errors, summary = run_job(
+        str(tmp_path / 'out3'), f'--model={exported / "keras3"}',
+        f'--input={tmp_path / "in.jsonl"}', '--key_field=id', *extra)
+    failing = [i for i, row in enumerate(rows) if row[0] <= 0] if extra[0].endswith(
+        'guarded') else []
+    assert sorted(e['id'] for e in errors) == failing
+    assert all('first feature must be positive' in e['error']['message'] for e in errors)
+    assert all(e['error']['message'].startswith('InvalidArgumentError: assertion failed')
+               for e in errors), errors[:1]
+    by_id = {p['id']: p['output_0'] for p in predictions}
+    kept = [i for i in range(len(rows)) if i not in failing]
+    assert_close_across_batches([by_id[i] for i in kept], expected[kept])
   # The same layers and weights exported with model.export run in a
   # Session, with the same results.
   exporters.build_keras3_export(str(tmp_path / 'export'))

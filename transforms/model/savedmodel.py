@@ -422,7 +422,6 @@ class SessionSignature:
     try:
       with graph.as_default(), _silenced_deprecation():
         meta_graph = tf.compat.v1.saved_model.load(self._session, list(tags), path)
-      graph.finalize()
       signature_def = meta_graph.signature_def[signature.name]
       self.input_names = [s.name for s in signature.inputs]
       self.output_names = [s.name for s in signature.outputs]
@@ -439,6 +438,9 @@ class SessionSignature:
           options.fetch.extend(components)
         else:
           options.fetch.append(info.name)
+      with graph.as_default():
+        _check_variables_restored(self._session, graph, list(options.fetch))
+      graph.finalize()
       # pylint: disable=protected-access  (the callable API behind
       # Session.make_callable; the public wrapper feeds through a dict and
       # costs ten times more per call)
@@ -483,6 +485,42 @@ class SessionSignature:
         components, values = values[:count], values[count:]
         outputs.append(ragged_rows(components[0], components[1:]))
     return outputs
+
+
+class VariablesNotRestored(RuntimeError):
+  """The TF1 loader left resource variables of the model unrestored."""
+
+
+def _check_variables_restored(session, graph, fetches) -> None:
+  """Raises VariablesNotRestored where a resource variable that the
+  fetches depend on holds no value after the TF1 loader's restore: a
+  SavedModel whose variables are restored only through its object graph (a
+  Keras 3 model saved with `tf.saved_model.save`) loads into a Session, but
+  every call that reads such a variable fails (`Could not find variable`),
+  and a sample call cannot always show it (an assertion may fail first).
+  Only the fetches' variables: such graphs may also hold unrestored copies
+  that no signature uses (Keras 3's `model.export`)."""
+  import tensorflow as tf
+  handles, seen = [], set()
+  pending = [graph.get_tensor_by_name(name).op for name in fetches]
+  while pending:
+    op = pending.pop()
+    if op.name in seen:
+      continue
+    seen.add(op.name)
+    if op.type == 'VarHandleOp':
+      handles.append(op.outputs[0])
+    pending.extend(t.op for t in op.inputs)
+    pending.extend(op.control_inputs)
+  if not handles:
+    return
+  states = session.run([tf.raw_ops.VarIsInitializedOp(resource=h) for h in handles])
+  missing = [h.op.get_attr('shared_name').decode('utf-8', 'replace') or h.op.name
+             for h, restored in zip(handles, states) if not restored]
+  if missing:
+    raise VariablesNotRestored(
+        f'{len(missing)} of {len(handles)} variables hold no value in a graph session '
+        f'({", ".join(missing[:3])}{", ..." if len(missing) > 3 else ""})')
 
 
 _open_sessions = weakref.WeakSet()

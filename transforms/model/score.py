@@ -361,6 +361,8 @@ def check_model(model: ModelRef) -> tuple:
                    'tf.saved_model.load, which the workers use instead',
                    model.signature.name, model.path, one_line(error).split('. ')[0])
       model, warning, error = dataclasses.replace(model, loader='eager'), eager_warning, None
+  if fn.how == EagerSignature.how:  # only tf.saved_model.load loads it
+    model = dataclasses.replace(model, loader='eager')
   if error is not None:
     if isinstance(error, OutputRowsError):
       raise ModelError(f'--model: signature {model.signature.name!r} of {model.path}: '
