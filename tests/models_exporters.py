@@ -92,12 +92,15 @@ def build_keras3_subclass(path: str) -> None:
   spec = [tf.TensorSpec([None, 3], tf.float32, name='inputs')]
   serve = tf.function(lambda inputs: model(inputs), input_signature=spec)
 
-  def guarded(inputs):
-    """Refuses a batch whose first feature is not positive before reading
-    any variable (so the launch check's batch of zeros fails first)."""
+  def checked(inputs):
     check = tf.debugging.assert_positive(inputs[:, 0], message='first feature must be positive')
     with tf.control_dependencies([check]):
-      return {'output_0': model(tf.identity(inputs))}
+      return tf.identity(inputs)
+
+  # Refuses a first feature that is not positive (the launch check's zeros
+  # too); a lambda, as many exports write it: an eager error then names
+  # the function first.
+  guarded = lambda inputs: {'output_0': model(checked(inputs))}  # noqa: E731
 
   tf.saved_model.save(model, path, signatures={
       'serving_default': serve, 'guarded': tf.function(guarded, input_signature=spec)})

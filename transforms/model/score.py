@@ -286,6 +286,8 @@ def _check_rows(names, values, size):
 
 _NODE_SUFFIX = re.compile(
     r'\s*\[\[(?:\{\{function_node [^}]*\}\})*\{\{node .*?\}\}\]\]|\s*\[Op:[^\]]*\]')
+# Eager calls name the function first: `{{function_node __inference_...}} reason`.
+_FUNCTION_PREFIX = re.compile(r'^(?:\{\{function_node [^}]*\}\}\s*)+')
 
 
 def one_line(error: Exception) -> str:
@@ -295,7 +297,7 @@ def one_line(error: Exception) -> str:
   for line in reversed(text.splitlines()):
     if '[[' in line or '[Op:' in line:
       line = _NODE_SUFFIX.sub('', line)
-    line = line.strip()
+    line = _FUNCTION_PREFIX.sub('', line.strip())
     if line:
       return f'{type(error).__name__}: {line}'
   return type(error).__name__
