@@ -28,6 +28,8 @@ import numbers
 
 from apache_beam.io.filesystems import FileSystems
 
+from tf_batch_predict.pipeline.summary import how_model_ran
+
 _LOG = logging.getLogger(__name__)
 
 REPORT_NAME = 'report.html'
@@ -483,7 +485,8 @@ def _counts(summary: dict) -> list:
           ('files incomplete', summary.get('files_incomplete')),
           ('input', f'{_n(summary.get("input_files"))} files, '
                     f'{_n(summary.get("input_bytes"))} bytes'),
-          ('model', f'{model.get("path")}{version}, signature {model.get("signature")}'),
+          ('model', f'{model.get("path")}{version}, signature {model.get("signature")}'
+                    + ''.join(f'; {h}' for h in how_model_ran(model))),
           ('model loads', summary.get('model_loads')),
           ('model load (s, mean)', summary.get('model_load_s')),
           ('runner', summary.get('runner')),

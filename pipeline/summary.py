@@ -307,6 +307,19 @@ def _short(text: str, width: int = 100) -> str:
   return text if len(text) <= width else text[:width - 3] + '...'
 
 
+def how_model_ran(model: dict) -> list:
+  """What was unusual about how the model was loaded and called, from
+  summary.json's `model` (the table and report.html say it)."""
+  how = []
+  if model.get('loader') == 'eager':
+    how.append('loaded with tf.saved_model.load (a graph session cannot run it)')
+  if model.get('op_libraries'):
+    how.append('ops from ' + ', '.join(model['op_libraries']))
+  if model.get('per_instance'):
+    how.append('called once per instance')
+  return how
+
+
 def table(summary: dict) -> str:
   model = summary['model']
   version = (f' (version {model["version"]}, folder {model.get("version_folder")})'
@@ -332,15 +345,8 @@ def table(summary: dict) -> str:
     rows.append(('input', f'{files} file{"s" if files != 1 else ""}, '
                           f'{size_text(summary["input_bytes"])} ({patterns} pattern'
                           f'{"s" if patterns != 1 else ""})'))
-  how = []
-  if model.get('loader') == 'eager':
-    how.append('loaded with tf.saved_model.load (a graph session cannot run it)')
-  if model.get('op_libraries'):
-    how.append('ops from ' + ', '.join(model['op_libraries']))
-  if model.get('per_instance'):
-    how.append('called once per instance')
   rows.append(('model', f'{model["path"]}{version}, signature {model["signature"]}'
-               + ''.join(f'; {h}' for h in how)))
+               + ''.join(f'; {h}' for h in how_model_ran(model))))
   loads = summary['model_loads']
   if summary.get('model_load_s') is not None:
     seconds = summary['model_load_s']

@@ -158,14 +158,16 @@ def build_ragged_outputs(path: str) -> None:
 
 
 def build_sparse_output(path: str) -> None:
-  """An output the job cannot write (a tf.SparseTensor, `positive`) beside
-  one it can (`doubled`). Input `x` float32[batch,3]."""
+  """Outputs the job cannot write (a tf.SparseTensor, `positive`; a ragged
+  bfloat16 tensor, `halves`) beside one it can (`doubled`). Input `x`
+  float32[batch,3]."""
   import tensorflow as tf
 
   class Sparse(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name='x')])
     def serve(self, x):
-      return {'positive': tf.sparse.from_dense(tf.nn.relu(x)), 'doubled': x * 2.0}
+      return {'positive': tf.sparse.from_dense(tf.nn.relu(x)), 'doubled': x * 2.0,
+              'halves': tf.ragged.boolean_mask(tf.cast(x / 2, tf.bfloat16), x > 0)}
 
   module = Sparse()
   tf.saved_model.save(module, path, signatures={'serving_default': module.serve})

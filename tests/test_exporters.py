@@ -216,6 +216,8 @@ def test_keras3_subclass_saved_with_tf_saved_model_save(exported, tmp_path):
       str(tmp_path / 'out'), f'--model={exported / "keras3"}',
       f'--input={tmp_path / "in.jsonl"}', '--key_field=id')
   assert errors == [] and summary['model']['loader'] == 'eager'
+  with open(tmp_path / 'out' / 'report.html', encoding='utf-8') as f:
+    assert 'loaded with tf.saved_model.load (a graph session cannot run it)' in f.read()
   expected = direct(exported / 'keras3', inputs=np.array(rows, np.float32))['output_0']
   assert np.abs(expected).max() > 0.5  # weights that do something
   by_id = {p['id']: p['output_0'] for p in predictions}
@@ -344,6 +346,10 @@ def test_sparse_output_is_refused_unless_left_out(exported, tmp_path, capsys):
   args = [f'--model={exported / "sparse"}', f'--input={tmp_path / "in.jsonl"}',
           f'--output={tmp_path / "out"}', '--key_field=id']
   assert one_line_error(capsys, args) == (
+      "batch-predict: error: --model: signature 'serving_default' output 'halves' (a "
+      "RaggedTensor) has dtype DT_BFLOAT16, which this job cannot write; leave it out with "
+      "--output_fields=doubled")
+  assert one_line_error(capsys, [*args, '--output_fields=doubled,positive']) == (
       "batch-predict: error: --model: signature 'serving_default' output 'positive' is a "
       "SparseTensor, which this job cannot write; leave it out with "
       "--output_fields=doubled")

@@ -247,7 +247,11 @@ def _composite_spec(name, tensor_info, dtype_names, where) -> tuple:
       and where.endswith('output') and composite.components):
     dims = _dims(state[0].tensor_shape_value)
     dtype_name = dtype_names[composite.components[0].dtype]
-    if dims and dtype_name in NUMPY_DTYPES and state[2].int64_value >= 1:
+    if dtype_name not in NUMPY_DTYPES:
+      return TensorSpec(name, dtype_name, None, unwritable=(
+          f'{where} {name!r} (a RaggedTensor) has dtype {dtype_name}, which this job cannot '
+          'write')), None
+    if dims and state[2].int64_value >= 1:
       return TensorSpec(name, NUMPY_DTYPES[dtype_name], tuple(dims[1:]),
                         ragged_rank=int(state[2].int64_value)), dims
   kind = kind.removesuffix('Spec')

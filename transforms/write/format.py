@@ -472,9 +472,16 @@ def _flat(row, dtype: str) -> np.ndarray:
       0, object if dtype == 'string' else dtype)
 
 
+_logged_output_error = False
+
+
 def _output_error(row, error):
   from tf_batch_predict.transforms.records import InstanceError  # pylint: disable=import-outside-toplevel
-  _LOG.warning('A prediction could not be written', exc_info=True)
+  global _logged_output_error  # pylint: disable=global-statement
+  if not _logged_output_error:  # once per worker: each record says why
+    _logged_output_error = True
+    _LOG.warning('A prediction could not be written (each such instance is an error '
+                 'record; this is the first)', exc_info=True)
   return InstanceError(row, MODEL, f'the prediction cannot be written: '
                                    f'{type(error).__name__}: {str(error)[:300]}')
 
