@@ -86,11 +86,11 @@ def model_alone(model, signature, feeds, batch):
   """(seconds of the signature's calls as a worker makes them, the rows
   of each call, the loader)."""
   from tf_batch_predict.transforms.model.savedmodel import inspect_model, load_signature_function
-  from tf_batch_predict.transforms.model.score import check_model, signature_call
+  from tf_batch_predict.transforms.model.score import SMALL_CALL_ROWS, check_model, signature_call
   _, _, ref = check_model(inspect_model(model, ('serve',), signature))
   fn = load_signature_function(ref)
-  call = signature_call(fn, ref.signature)
   rows = ref.signature.fixed_batch or batch
+  call = signature_call(fn, ref.signature, small=rows <= SMALL_CALL_ROWS)  # as workers do
   count = len(feeds[0])
   call([f[:rows] for f in feeds])  # the first call's one-time costs
   started = time.perf_counter()
