@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -192,12 +193,21 @@ def run_and_promote(config, run_id: str) -> tuple:
     job_summary = run(config, staging)
     status, reason = exit_status(job_summary, config.options.max_error_fraction)
     job_summary.update(exit_status=status, exit_reason=reason)
+    # Too many errors never replace a good result (a misspelt option would
+    # otherwise leave yesterday's predictions replaced by today's errors):
+    # the run's outputs go next to it, to OUTPUT/failed-run.
+    previous = outputs.good_result(config.output) if status == EXIT_TOO_MANY_ERRORS else None
+    if previous:
+      job_summary['set_aside_in'] = f'{config.output}/{outputs.FAILED_RUN_NAME}'
     with fails_as('moving the outputs into place failed',
                    f'; without {config.output}/summary.json the directory holds no '
                    'complete result: run again'):
       summary.write(job_summary, staging.path)
       report.write_quietly(job_summary, staging.path)  # never fails the run
-      staging.promote()
+      if previous:
+        staging.set_aside()
+      else:
+        staging.promote()
   finally:
     staging.discard()
   return status, job_summary
@@ -374,9 +384,38 @@ def _run(options, lock) -> int:
   except PipelineFailed as e:
     if debug():
       traceback.print_exception(e.__cause__ or e)
+    stopped = early_stop(e)
+    if stopped:
+      error(f'{stopped}; nothing was written: the previous result in {config.output} is '
+            'left as it was')
+      return EXIT_TOO_MANY_ERRORS
     error(f'the pipeline failed: {e}; the previous result in {config.output} is left as it was')
     return EXIT_PIPELINE_FAILED
   print(summary.table(job_summary))
-  if status != EXIT_OK:
+  if status != EXIT_OK and job_summary.get('set_aside_in'):
+    error(f'{job_summary["exit_reason"]}; the previous result in {config.output} (complete, '
+          f'exit status 0) is kept; this run\'s outputs are in {job_summary["set_aside_in"]}')
+  elif status != EXIT_OK:
     error(f'{job_summary["exit_reason"]}; the outputs are in {config.output}')
   return status
+
+
+def early_stop(failure: BaseException) -> str:
+  """The early stop's line (transforms/write/format.py `_watch`) where the
+  pipeline failed for one, found in whatever the runner reported (a Python
+  traceback as text, a Java exception quoting it); else ''."""
+  from tf_batch_predict.transforms.write.format import EARLY_STOP_MARK
+  texts, seen = [], set()
+  while failure is not None and id(failure) not in seen:
+    seen.add(id(failure))
+    texts.append(''.join(traceback.format_exception_only(type(failure), failure)))
+    failure = failure.__cause__ or failure.__context__
+  for text in texts:
+    at = text.find(EARLY_STOP_MARK)
+    if at >= 0:
+      line = text[at + len(EARLY_STOP_MARK):].splitlines()[0].strip()
+      # Runners add their own suffixes: Beam's ` [while running 'Format/...']`,
+      # a quoted message's closing quote.
+      line = re.sub(r"\s*\[while running .*$", '', line)
+      return 'stopped early: ' + re.sub(r"""(\\n|['"]\s*\]?)*$""", '', line).strip()
+  return ''

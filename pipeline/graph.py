@@ -29,8 +29,8 @@ def build(p: beam.Pipeline, config: JobConfig) -> None:
       | 'Decode' >> beam.ParDo(DecodeInstances(decoder)).with_output_types(InstanceBatch)
       | 'Score' >> ScoreBatches(config.model, opts.max_batch_size, opts.share_model)
           .with_output_types(ScoredBatch)
-      | 'Format' >> beam.ParDo(FormatRecords(config.layout, formats)).with_outputs(
-          ERRORS_TAG, main='predictions'))
+      | 'Format' >> beam.ParDo(FormatRecords(config.layout, formats, opts.early_stop_after))
+          .with_outputs(ERRORS_TAG, main='predictions'))
   _ = records.predictions | 'WritePredictions' >> write_predictions(
       f'{config.output}/predictions', config.layout)
   _ = records[ERRORS_TAG] | 'WriteErrors' >> WriteJsonlShards(f'{config.output}/errors')

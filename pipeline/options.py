@@ -19,6 +19,9 @@ DEFAULT_MAX_INSTANCE_BYTES = 4 << 20  # as transforms.lines.DEFAULT_MAX_INSTANCE
 MAX_INSTANCE_BYTES_LIMIT = 1 << 30
 # The most errors per instance read with which a run still exits 0.
 DEFAULT_MAX_ERROR_FRACTION = 0.1
+# A run stops when a worker's first this many instances all fail alike:
+# more than a burst of bad lines, little next to the inputs worth a batch job.
+DEFAULT_EARLY_STOP_AFTER = 10_000
 # Beam's DirectRunner first tries to download the Prism runner binary; the
 # FnApiRunner is what it falls back to, so the local default goes straight
 # there and never touches the network.
@@ -63,6 +66,9 @@ class JobOptions:
   # Seconds between progress log lines when stderr is not a terminal; 0: no
   # progress output (pipeline/progress.py).
   progress_interval: float = 30.0
+  # A worker whose first N instances all fail with the same message stops
+  # the run (exit status 3); 0: never (transforms/write/format.py `_watch`).
+  early_stop_after: int = 0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -218,6 +224,13 @@ def _parser() -> argparse.ArgumentParser:
                       help='most failed instances per instance read for exit status 0; '
                            'above it the outputs are still written, and the exit status '
                            'is 3')
+  checks.add_argument('--early_stop_after', type=int, default=DEFAULT_EARLY_STOP_AFTER,
+                      metavar='N',
+                      help='stop the run (exit status 3, nothing written) when the first N '
+                           'instances a worker reads all fail with the same message: a '
+                           'misspelt --key_field or input name, the wrong model. One '
+                           'prediction or another message, and the worker never stops. 0: '
+                           'never; so with --max_error_fraction=1')
   checks.add_argument('--preflight', action='store_true',
                       help='before the run, read a sample of the input, decode and '
                            'score it here, print what was found, and stop if none of it '
@@ -296,6 +309,8 @@ def parse_args(argv, require_output: bool = True) -> JobOptions:
                       'between 0 and 1')
   if known.max_instance_bytes < 1:
     raise ConfigError('--max_instance_bytes must be at least 1')
+  if known.early_stop_after < 0:
+    raise ConfigError('--early_stop_after must be 0 (never) or more')
   if known.preflight_instances < 1:
     raise ConfigError('--preflight_instances must be at least 1')
   if not known.progress_interval >= 0:
@@ -340,7 +355,8 @@ def parse_args(argv, require_output: bool = True) -> JobOptions:
       beam_args=tuple(rest), runner=runner, model_version=model_version,
       skip_model_check=known.skip_model_check, preflight=known.preflight,
       preflight_instances=known.preflight_instances,
-      progress_interval=known.progress_interval)
+      progress_interval=known.progress_interval,
+      early_stop_after=0 if known.max_error_fraction >= 1 else known.early_stop_after)
 
 
 def check_runner(runner: str) -> None:

@@ -41,6 +41,9 @@ LOCK_NAME = '.lock'
 STAGING_PREFIX = '.staging-'
 BEAM_TEMP_PREFIX = 'beam-temp-'
 SUMMARY_NAME = 'summary.json'
+# Where a run that ends with too many errors leaves its outputs when the
+# directory holds a good previous result (Staging.set_aside).
+FAILED_RUN_NAME = 'failed-run'
 # The shards of a result; every format, so that a run replaces whatever the
 # previous one wrote.
 SHARD_PATTERNS = ('predictions-*-of-*.jsonl', 'predictions-*-of-*.parquet',
@@ -499,6 +502,21 @@ def _remove_folder(path: str) -> None:
     FileSystems.delete(files)
 
 
+def good_result(output: str) -> Optional[dict]:
+  """The summary of the result in `output` where it is complete and
+  within its error share (exit status 0), else None."""
+  import json
+  path = f'{output}/{SUMMARY_NAME}'
+  try:
+    if not FileSystems.exists(path):
+      return None
+    with FileSystems.open(path) as f:
+      summary = json.loads(f.read())
+  except (OSError, BeamIOError, ValueError):
+    return None
+  return summary if isinstance(summary, dict) and summary.get('exit_status') == 0 else None
+
+
 class Staging:
   """`OUTPUT/.staging-RUN_ID`: where a run's pipeline writes."""
   def __init__(self, output: str, run_id: str, shard_patterns=SHARD_PATTERNS):
@@ -543,7 +561,22 @@ class Staging:
       FileSystems.rename(shards, promoted)
     FileSystems.rename([staged_summary], [summary])
     self.discard()
+    _remove_folder(f'{self.output}/{FAILED_RUN_NAME}')  # an older failure, now outdated
     return promoted
+
+  def set_aside(self) -> str:
+    """Moves the staged outputs (shards, summary.json, report.html) to
+    OUTPUT/failed-run, replacing what an earlier failed run left there,
+    and leaves the previous result as it is; returns the folder."""
+    target = f'{self.output}/{FAILED_RUN_NAME}'
+    _remove_folder(target)
+    files = _match(self.path, ['*'])
+    if is_local(target):
+      os.makedirs(target, exist_ok=True)
+    if files:
+      FileSystems.rename(files, [f'{target}/{f.rsplit("/", 1)[-1]}' for f in files])
+    self.discard()
+    return target
 
   def discard(self) -> None:
     try:

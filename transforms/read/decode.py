@@ -17,6 +17,7 @@ generated input).
 """
 import dataclasses
 import logging
+import time
 from typing import Callable, Optional
 
 import apache_beam as beam
@@ -98,6 +99,19 @@ class _Read(beam.PTransform):
     chunks = self._format.read(files)
     chunks.element_type = RawChunk  # so that Beam codes them with RecordCoder
     return chunks
+
+
+def did_you_mean(name: str, fields) -> str:
+  """` (did you mean 'id'?)` where the instance lacks field `name` and has
+  one spelt alike (another case, a typo); '' otherwise (also where the
+  field is there and null)."""
+  if name in fields:
+    return ''
+  import difflib
+  others = [f for f in fields if isinstance(f, str)]
+  close = [f for f in others if f.lower() == name.lower()] or difflib.get_close_matches(
+      name, others, n=1, cutoff=0.75)
+  return f' (did you mean {close[0]!r}?)' if close else ''
 
 
 class InstanceDecoder:
@@ -196,7 +210,8 @@ class InstanceDecoder:
         raise convert.SchemaError(f'field {repeated[0]!r} is given more than once')
       if self.key_field and fields.get(self.key_field) is None:
         carried[self.key_field][row] = None
-        raise convert.SchemaError(f'missing key field {self.key_field!r}')
+        raise convert.SchemaError(f'missing key field {self.key_field!r}'
+                                  f'{did_you_mean(self.key_field, fields)}')
     elif self.key_field:
       raise convert.SchemaError(f'missing key field {self.key_field!r} (the instance '
                                 'is not an object of fields)')
@@ -214,7 +229,8 @@ class InstanceDecoder:
     arrays = []
     for spec in self.inputs:
       if fields.get(spec.name) is None:
-        raise convert.SchemaError(f'missing input field {spec.name!r}')
+        raise convert.SchemaError(f'missing input field {spec.name!r}'
+                                  f'{did_you_mean(spec.name, fields)}')
       arrays.append(instance.convert(fields[spec.name], spec))
     return arrays
 
@@ -268,6 +284,9 @@ class DecodeInstances(beam.DoFn):
     self._decoder = decoder
     self._read = Metrics.counter(METRICS_NAMESPACE, 'instances_read')
     self._blank = Metrics.counter(METRICS_NAMESPACE, 'blank_lines')
+    # Time spent decoding, per chunk (summed over workers: summary.json
+    # `stages`, pipeline/summary.py).
+    self._time = Metrics.counter(METRICS_NAMESPACE, 'time_decode_us')
 
   def process(self, chunk: RawChunk):
     self._read.inc(len(chunk))
@@ -277,7 +296,10 @@ class DecodeInstances(beam.DoFn):
     progress.add_chunk(len(chunk), chunk.stored_bytes, chunk.skipped_bytes,
                        len(chunk.file_errors))
     if len(chunk) or chunk.file_errors:
-      yield self._decoder.decode(chunk)
+      started = time.perf_counter()
+      decoded = self._decoder.decode(chunk)
+      self._time.inc(int((time.perf_counter() - started) * 1e6))
+      yield decoded
 
   def finish_bundle(self):
     progress.flush()  # a local worker process's figures, for the launcher

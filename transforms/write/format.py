@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import re
+import time
 
 import apache_beam as beam
 import numpy as np
@@ -22,6 +23,8 @@ from tf_batch_predict.transforms.file_patterns import literal_folder, name_text,
 from tf_batch_predict.transforms.records import CATEGORIES, FILE, MODEL, METRICS_NAMESPACE, ScoredBatch
 
 ERRORS_TAG = 'errors'
+# The text that marks an early stop in whatever error the runner reports.
+EARLY_STOP_MARK = 'batch-predict stopped early:'
 _LOG = logging.getLogger(__name__)
 OUTPUT_FORMATS = ('jsonl', 'parquet', 'tfrecord')
 MAX_RAW_BYTES = 8192
@@ -155,12 +158,17 @@ class FormatRecords(beam.DoFn):
   about one record can raise out of this step: a prediction that cannot be
   written becomes an error record of its own.
   """
-  def __init__(self, layout: OutputLayout, formats: dict):
+  def __init__(self, layout: OutputLayout, formats: dict, early_stop_after: int = 0):
     self._layout = layout
     self._formats = formats  # input kind -> InputFormat, for raw records
+    # A worker whose first `early_stop_after` instances all fail with the
+    # same message stops the run (0: never): see `_watch`.
+    self._early_stop_after = early_stop_after
+    self._alike = None  # (category, message, count) while every instance failed alike
     self._predicted = Metrics.counter(METRICS_NAMESPACE, 'predictions')
     self._failed = {c: Metrics.counter(METRICS_NAMESPACE, f'errors_{c}') for c in CATEGORIES}
     self._files_incomplete = Metrics.counter(METRICS_NAMESPACE, 'files_incomplete')
+    self._time = Metrics.counter(METRICS_NAMESPACE, 'time_format_us')
     self._incomplete_paths = Metrics.string_set(METRICS_NAMESPACE, 'incomplete_files')
     # One error message of each category, the first this instance writes
     # (the summary shows one example per category).
@@ -188,18 +196,47 @@ class FormatRecords(beam.DoFn):
         layout.output_format != 'parquet' or set(self._specs) >= set(layout.output_names)))
 
   def process(self, scored: ScoredBatch):
+    started = time.perf_counter()
     errors = list(scored.errors)
+    if self._early_stop_after and self._alike != ():
+      self._watch(scored, errors)
     encoded = self._columnar(scored)
     if encoded is columnar.Declined:
       encoded = self._encode_exact(scored, errors)
-    if encoded is not None:
-      yield encoded
     lines = [self._error_line(scored.batch, e) for e in errors]
     lines += [self._file_error_line(path, message)
               for path, message in scored.batch.chunk.file_errors]
+    # Time spent formatting, per element (summary.json `stages`).
+    self._time.inc(int((time.perf_counter() - started) * 1e6))
+    if encoded is not None:
+      yield encoded
     if lines:
       progress.add(progress.ERRORS, len(lines))
       yield beam.pvalue.TaggedOutput(ERRORS_TAG, b'\n'.join(lines))
+
+  def _watch(self, scored, errors) -> None:
+    """Stops the run (raises EarlyStop) once the first `early_stop_after`
+    instances this worker formats have all failed with one and the same
+    message: a misspelt --key_field, inputs the model does not have, the
+    wrong model for the data. Such a run would fail every instance and end
+    with exit status 3 after hours. One prediction, or a second message,
+    ends the watch (`_alike = ()`): a burst of bad lines in a healthy run
+    never stops it, however long."""
+    if any(len(rows) for rows, _ in scored.results):
+      self._alike = ()
+      return
+    for e in errors:
+      if self._alike is None:
+        self._alike = (e.category, e.message, 0)
+      category, message, count = self._alike
+      if (e.category, e.message) != (category, message):
+        self._alike = ()
+        return
+      self._alike = (category, message, count + 1)
+    if self._alike and self._alike[2] >= self._early_stop_after:
+      category, message, count = self._alike
+      raise EarlyStop(f'{EARLY_STOP_MARK} the first {count:,} instances a worker read all '
+                      f'failed with the same {category} error: {message}')
 
   def finish_bundle(self):
     progress.flush()  # a local worker process's figures, for the launcher
@@ -456,6 +493,10 @@ def _holds_rows(row) -> bool:
   instance's) rather than of values."""
   return isinstance(row, list) or (row.dtype == object and row.size > 0
                                    and isinstance(row.flat[0], (np.ndarray, list)))
+
+
+class EarlyStop(RuntimeError):
+  """A worker's first instances all failed alike: the run stops."""
 
 
 def _nested_list(row):
