@@ -19,6 +19,7 @@ joined, `# comments` dropped. Synopses are checked too: `[--opt=X]` is read as `
 A broken line fails the test with its file and line number.
 """
 import functools
+import glob
 import os
 import pathlib
 import re
@@ -245,12 +246,17 @@ def _on_demo(args, demo, work):
       value = str(demo / QUICK_START[value])
     elif value.startswith('/tmp/'):
       value = str(work / value[len('/tmp/'):])
-    elif name in ('--model', '--input', '--labels', '--joined', '--predictions') and value:
-      if re.search(r'[A-Z]{2,}|\.\.\.|://', value) or not (work / value.split('*')[0]).parent.exists():
-        return None
     if re.search(r'://|\.\.\.|^[A-Z_]{3,}$', value):
       return None
     out.append(f'{name}{sep}{value}' if name else value)
+  # Only lines whose model and inputs are the demo's run (the predictions: a run's above).
+  for arg in out:
+    name, _, value = arg.partition('=')
+    if name in ('--model', '--predictions') and not (work / value).exists():
+      return None
+    if name in ('--input', '--labels', '--joined') and not any(
+        glob.glob(str(work / p.strip())) for p in value.split(',')):
+      return None
   return out
 
 
