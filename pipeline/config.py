@@ -155,11 +155,15 @@ def resolve(options: JobOptions) -> JobConfig:
   # and one the job cannot write (no batch dimension) can be left out.
   model = dataclasses.replace(model, signature=dataclasses.replace(
       model.signature, outputs=tuple(kept)))
+  # --scalar_outputs: a [1] output per instance is written as its value.
+  squeezed = tuple(s.name for s in kept if options.scalar_outputs and s.shape == (1,)
+                   and not s.ragged_rank)
+  specs = tuple(dataclasses.replace(s, shape=()) if s.name in squeezed else s for s in kept)
   layout = OutputLayout(
       key_field=options.key_field, passthrough_fields=options.passthrough_fields,
       output_names=output_names([s.name for s in kept], carried),
       input_base=common_base(patterns),
-      output_format=options.output_format, output_specs=tuple(kept),
+      output_format=options.output_format, output_specs=specs, squeezed=squeezed,
       position_fields=tuple(sorted({POSITION_FIELDS[k] for k in files_by_format})))
   return JobConfig(
       options=dataclasses.replace(options, output=_absolute(options.output)),

@@ -69,6 +69,8 @@ class JobOptions:
   # A worker whose first N instances all fail with the same message stops
   # the run (exit status 3); 0: never (transforms/write/format.py `_watch`).
   early_stop_after: int = 0
+  # Outputs of shape [1] per instance written as their one value.
+  scalar_outputs: bool = False
 
 
 class _Parser(argparse.ArgumentParser):
@@ -224,6 +226,10 @@ def _parser() -> argparse.ArgumentParser:
                       help='most failed instances per instance read for exit status 0; '
                            'above it the outputs are still written, and the exit status '
                            'is 3')
+  outputs.add_argument('--scalar_outputs', action='store_true',
+                      help='write an output of shape [1] per instance (a Keras Dense(1), '
+                           '[batch, 1]) as its one value, 0.57, instead of a one-element '
+                           'list, [0.57] (the form TF Serving returns)')
   checks.add_argument('--early_stop_after', type=int, default=DEFAULT_EARLY_STOP_AFTER,
                       metavar='N',
                       help='stop the run (exit status 3, nothing written) when the first N '
@@ -356,7 +362,8 @@ def parse_args(argv, require_output: bool = True) -> JobOptions:
       skip_model_check=known.skip_model_check, preflight=known.preflight,
       preflight_instances=known.preflight_instances,
       progress_interval=known.progress_interval,
-      early_stop_after=0 if known.max_error_fraction >= 1 else known.early_stop_after)
+      early_stop_after=0 if known.max_error_fraction >= 1 else known.early_stop_after,
+      scalar_outputs=known.scalar_outputs)
 
 
 def check_runner(runner: str) -> None:

@@ -131,6 +131,7 @@ class OutputLayout:
   output_format: str = 'jsonl'
   output_specs: tuple = ()  # TensorSpecs of the outputs kept (Parquet schema)
   position_fields: tuple = ('offset',)  # of the input kinds in the job
+  squeezed: tuple = ()  # outputs of shape [1] written as their one value
 
   def parquet_schema(self) -> pa.Schema:
     if self.key_field:
@@ -197,6 +198,8 @@ class FormatRecords(beam.DoFn):
 
   def process(self, scored: ScoredBatch):
     started = time.perf_counter()
+    if self._layout.squeezed:
+      scored = _squeezed(scored, self._layout.squeezed)
     errors = list(scored.errors)
     if self._early_stop_after and self._alike != ():
       self._watch(scored, errors)
@@ -493,6 +496,14 @@ def _holds_rows(row) -> bool:
   instance's) rather than of values."""
   return isinstance(row, list) or (row.dtype == object and row.size > 0
                                    and isinstance(row.flat[0], (np.ndarray, list)))
+
+
+def _squeezed(scored: ScoredBatch, names) -> ScoredBatch:
+  """The batch with the outputs `names` ([rows, 1]) as [rows] (views)."""
+  results = [(rows, {k: v.reshape(v.shape[0]) if k in names and v.ndim == 2 and v.shape[1] == 1
+                     else v for k, v in outputs.items()})
+             for rows, outputs in scored.results]
+  return dataclasses.replace(scored, results=results)
 
 
 class EarlyStop(RuntimeError):
