@@ -125,10 +125,65 @@ def batches(counts: dict):
   size = counts.get('model_batch_size')
   if not isinstance(size, dict):
     return None
+  latencies = histogram(counts, BATCH_LATENCY_BUCKET, 'us', 1e-3)
   return {'count': size['count'], 'instances': size['sum'], 'size': _stats(size),
           'latency_ms': _stats(counts.get('model_batch_latency_micro_secs'), 1e-3, 3),
           'size_histogram': histogram(counts, BATCH_SIZE_BUCKET),
-          'latency_ms_histogram': histogram(counts, BATCH_LATENCY_BUCKET, 'us', 1e-3)}
+          'latency_ms_histogram': latencies,
+          # Per model call, from the histogram: each the upper bound of the
+          # bucket that holds the percentile (the latency is at most that).
+          'latency_ms_percentiles': percentiles(latencies)}
+
+
+PERCENTILES = (50, 95, 99)
+
+
+def percentiles(buckets: list) -> dict:
+  """{'p50': le, 'p95': le, 'p99': le} of a histogram ([{le, count}]): the
+  upper bound of the bucket that holds the value of that rank (the
+  ceil(p% of n)-th smallest); None where the histogram is empty."""
+  total = sum(b['count'] for b in buckets)
+  if not total:
+    return None
+  result = {}
+  for p in PERCENTILES:
+    rank = max(1, -(-total * p // 100))
+    seen = 0
+    for b in buckets:
+      seen += b['count']
+      if seen >= rank:
+        result[f'p{p}'] = b['le']
+        break
+  return result
+
+
+# Time counters of the job's steps, in microseconds summed over workers
+# (each counted per chunk or per batch): decoding (transforms/read/decode.py),
+# scoring (transforms/model/score.py: each element's whole call; the model
+# calls alone are `model_batch_latency_micro_secs`), formatting the records
+# (transforms/write/format.py) and writing them to files
+# (transforms/write/shards.py). Reading the files' bytes happens in the
+# readers, interleaved with decoding by the runner, and is not timed apart.
+STAGE_COUNTERS = (('decode', 'time_decode_us'), ('score', 'time_score_us'),
+                  ('format', 'time_format_us'), ('write', 'time_write_us'))
+
+
+def stages(counts: dict):
+  """{'seconds': {stage: s}, 'share': {stage: fraction of their sum},
+  'model_calls_s': s}: time in the job's steps, summed over workers (so
+  more than the wall time where workers run side by side); None where the
+  runner reported none of them."""
+  found = {name: counts.get(counter) for name, counter in STAGE_COUNTERS}
+  if not any(isinstance(v, int) and v for v in found.values()):
+    return None
+  seconds = {name: round((v if isinstance(v, int) else 0) / 1e6, 6)
+             for name, v in found.items()}
+  total = sum(seconds.values())
+  calls = counts.get('model_batch_latency_micro_secs')
+  return {'seconds': seconds,
+          'share': {name: round(v / total, 4) if total else 0.0
+                    for name, v in seconds.items()},
+          'model_calls_s': round(calls['sum'] / 1e6, 3) if isinstance(calls, dict) else None}
 
 
 def run_inference(counts: dict):
@@ -267,11 +322,23 @@ def build(config, counts: dict, runner: str, wall_time_s: float,
                 # 'session': a graph-mode Session, as TF Serving runs models;
                 # 'eager': tf.saved_model.load, for a signature only it runs.
                 'loader': config.model.loader,
-                'op_libraries': list(config.model.signature.op_libraries)},
+                'op_libraries': list(config.model.signature.op_libraries),
+                # The signature's inputs (shape without the batch dimension,
+                # None where unknown), and for a signature of serialized
+                # tf.Examples the features its parsing spec names (kind).
+                'inputs': [{'name': t.name, 'dtype': t.dtype,
+                            'shape': None if t.shape is None else list(t.shape)}
+                           for t in config.model.signature.inputs],
+                'takes_examples': config.model.signature.takes_examples,
+                'example_features': (
+                    {name: getattr(f, 'kind', None)
+                     for name, f in sorted(config.model.signature.example_features.items())}
+                    if config.model.signature.example_features else None)},
       'model_loads': counts.get('model_loads', 0),
       'model_load_s': model_load_s(counts),
       'batches': batches(counts),
       'run_inference': run_inference(counts),
+      'stages': stages(counts),
       'input_files': (sum(len(f) for f in config.files_by_format.values())
                       + len(config.unreadable_files)),
       'input_bytes': sum(e['bytes'] for e in input_entries),

@@ -8,6 +8,7 @@ built never fails the run."""
 import json
 import logging
 import os
+import re
 import sys
 import time
 
@@ -31,18 +32,57 @@ COUNTS = """Array.from(document.querySelector('table').rows).map(
 EXAMPLES = """Array.from(document.querySelectorAll('section[data-category]')).map(s => [
   s.dataset.category, Array.from(s.querySelectorAll('pre.example')).map(p => p.textContent)])"""
 HEADINGS = "Array.from(document.querySelectorAll('h2')).map(h => h.textContent)"
-SECTIONS = ['Counts', 'Inputs', 'Settings', 'Throughput over time', 'Model batches', 'Errors',
-            'Outputs']
+# Texts of a chart that run into each other or out of it (none may), per figure.
+OVERLAPS = """Array.from(document.querySelectorAll('figure')).map(f => {
+  const svg = f.querySelector('svg'), width = svg.viewBox.baseVal.width;
+  const boxes = Array.from(svg.querySelectorAll('text')).map(t => {
+    const b = t.getBBox(); return [b.x, b.y, b.x + b.width, b.y + b.height, t.textContent]; });
+  const bad = [];
+  boxes.forEach((a, i) => {
+    if (a[0] < -0.5 || a[2] > width + 0.5) bad.push(['outside', a[4]]);
+    boxes.slice(i + 1).forEach(b => {
+      if (a[0] < b[2] - 0.5 && b[0] < a[2] - 0.5 && a[1] < b[3] - 0.5 && b[1] < a[3] - 0.5)
+        bad.push([a[4], b[4]]); }); });
+  return [f.dataset.chart + ':' + (f.dataset.field || ''), bad]; })"""
+# The lines of the cumulative chart: how each is drawn (each must differ).
+LINE_LOOKS = """Array.from(document.querySelectorAll('figure[data-chart=cumulative] polyline')).map(
+  l => { const s = getComputedStyle(l);
+         return [l.dataset.line, s.strokeWidth + ' ' + s.strokeDasharray + ' ' + s.stroke]; })"""
+TABLE = """(name) => Array.from(document.querySelectorAll('table[data-table=' + name + '] tr')).slice(1)
+  .map(r => Array.from(r.cells).map(c => c.textContent))"""
+STAGES = f"({TABLE})('stages')"
+PERCENTILES = f"({TABLE})('percentiles')"
+MESSAGES = f"({TABLE})('messages')"
+INPUT_TABLE = f"({TABLE})('inputs')"
+SHADE = """Array.from(document.querySelectorAll('figure[data-chart=cumulative] rect.shade')).map(
+  r => r.getAttribute('width'))"""
+SECTIONS = ['Counts', 'Inputs', 'Settings', 'Throughput over time', 'Time by step',
+            'Model batches', 'Errors', 'Input features', 'Outputs']
+EXTRA = {'overlaps': OVERLAPS, 'line_looks': LINE_LOOKS, 'stages': STAGES,
+         'percentiles': PERCENTILES, 'messages': MESSAGES, 'inputs': INPUT_TABLE,
+         'shade': SHADE}
 
 
-def _render(path):
-  page = browser.render(path, evaluate=[FIGURES, COUNTS, EXAMPLES, HEADINGS])
+def _render(path, extra: dict = None):
+  """(page, figures, counts, examples), and where `extra` is given a dict
+  of what it asked (the EXTRA expressions it names)."""
+  asked = list(extra or ())
+  page = browser.render(path, evaluate=[FIGURES, COUNTS, EXAMPLES, HEADINGS]
+                        + [EXTRA[name] for name in asked])
   assert page.errors == [], page.errors
   assert page.requests == [], page.requests  # self-contained: nothing fetched
-  figures, counts, examples, headings = page.values
+  figures, counts, examples, headings = page.values[:4]
   assert headings == SECTIONS
   assert all(f['width'] > 0 for f in figures)  # the charts are laid out
+  # No text of a chart runs into another (axis titles, tick labels, keys).
+  found = dict(zip(asked, page.values[4:]))
+  if extra is not None:
+    extra.update(found)
   return page, figures, dict(counts), dict(examples)
+
+
+def _no_overlaps(overlaps):
+  assert [(chart, bad) for chart, bad in overlaps if bad] == []
 
 
 def _charts(figures, kind):
@@ -85,7 +125,47 @@ def test_report_of_a_run_matches_its_summary(model_dir, tmp_path):
   assert latencies[-1]['le'] >= batches['latency_ms']['max']
   assert [b['le'] for b in sizes] == sorted(b['le'] for b in sizes)
 
-  page, figures, counts, examples = _render(path)
+  # Percentiles per model call, in the summary: the upper bound of the
+  # bucket holding the value of that rank.
+  percentiles = batches['latency_ms_percentiles']
+  ranked = [b['le'] for b in latencies for _ in range(b['count'])]
+  assert percentiles == {f'p{p}': ranked[-(-len(ranked) * p // 100) - 1] for p in (50, 95, 99)}
+  # Time by step: each step timed, the model calls within the scoring.
+  stages = summary['stages']
+  assert set(stages['seconds']) == {'decode', 'score', 'format', 'write'}
+  assert all(v > 0 for v in stages['seconds'].values()), stages
+  assert abs(sum(stages['share'].values()) - 1) < 0.01
+  assert 0 < stages['model_calls_s'] <= stages['seconds']['score']
+
+  extra = dict.fromkeys(EXTRA)
+  page, figures, counts, examples = _render(path, extra)
+  _no_overlaps(extra['overlaps'])
+  # The read line is drawn unlike the predicted one (it is not hidden under it).
+  looks = dict(extra['line_looks'])
+  assert len(set(looks.values())) == 3, looks
+  # The time axis starts when the command did: the start-up is shaded.
+  assert len(extra['shade']) == 1 and float(extra['shade'][0]) > 0
+  assert [r[0] for r in extra['stages']] == ['read and decode', 'score (the model)',
+                                             'format the records', 'write the files']
+  assert [r[0] for r in extra['percentiles']] == ['p50', 'p95', 'p99']
+  assert [float(r[1]) for r in extra['percentiles']] == [percentiles[f'p{p}']
+                                                         for p in (50, 95, 99)]
+  # The most frequent messages: numbers and quoted texts as placeholders,
+  # every error record counted once.
+  messages = {(r[1], r[2].split('example')[0]): int(r[0].replace(',', ''))
+              for r in extra['messages']}
+  assert sum(messages.values()) == len(errors)
+  assert messages[('schema', "input '…' expects shape [N] per instance, got [N]")] == 15
+  # The input's fields: every instance of the sample (all 600 lines; one is
+  # no JSON), each numbers' count and quantiles.
+  inputs = {r[0]: r[1:] for r in extra['inputs']}
+  assert sorted(inputs) == ['bucket', 'features']
+  given, missing, values, count = (int(v.replace(',', '')) for v in inputs['features'][:4])
+  assert (given, missing) == (599, 0) and values == count == 599 * 3 - 15
+  assert inputs['bucket'][:2] == ['599', '0']
+  [features_chart] = [f for f in _charts(figures, 'input') if f['field'] == 'features']
+  assert sum(features_chart['bars']) == values
+  assert 'A sample of 599 instances (at most 10,000)' in page.dom
   # The counts table says what the summary says.
   assert counts['instances read'] == f'{summary["instances_read"]:,}'
   assert counts['predictions'] == f'{summary["predictions"]:,}'
@@ -156,7 +236,7 @@ def test_report_of_the_demo_run_renders(tmp_path):
   page, figures, counts, examples = _render(path)
   assert counts['instances read'] == f'{summary["instances_read"]:,}'
   assert {f['chart'] for f in figures} == {'rate', 'cumulative', 'batch-sizes',
-                                           'batch-latencies', 'output'}
+                                           'batch-latencies', 'output', 'input'}
   [churn] = _charts(figures, 'output')
   assert churn['field'] == 'churn_probability'
   assert sum(churn['bars']) == min(summary['predictions'], report.SAMPLE_PREDICTIONS)
@@ -230,3 +310,142 @@ def test_the_browser_check_sees_errors_and_requests(tmp_path):
   for expected in ('console.error: boom', 'ReferenceError: undefinedThing',
                    'https://example.com/x.css', 'missing.png'):
     assert expected in text, rendered.errors
+
+
+def _check_page_at_scale(path, summary):
+  """What a page must be at any scale: small, self-contained, every chart
+  laid out with no text running into another, the read line seen beside
+  the predicted one, the start-up shaded, each section there."""
+  assert 0 < path.stat().st_size < MAX_PAGE_BYTES
+  extra = dict.fromkeys(EXTRA)
+  page, figures, counts, _ = _render(path, extra)
+  _no_overlaps(extra['overlaps'])
+  assert counts['instances read'] == f'{summary["instances_read"]:,}'
+  if summary.get('throughput'):
+    assert len(set(dict(extra['line_looks']).values())) == 3
+  return page, figures, extra
+
+
+def test_report_of_ten_instances(model_dir, tmp_path):
+  write_lines(str(tmp_path / 'in.jsonl'), keras_lines('t', 10))
+  out = tmp_path / 'out'
+  predictions, errors, summary = run_job(
+      str(out), *keras_args(model_dir, tmp_path / 'in.jsonl'), '--progress_interval=0')
+  assert len(predictions) == 10 and errors == []
+  page, figures, extra = _check_page_at_scale(out / 'report.html', summary)
+  assert extra['messages'] == []
+  assert [r[:4] for r in extra['inputs']] == [['bucket', '10', '0', '10'],
+                                              ['features', '10', '0', '30']]
+  assert 'A sample of 10 instances' in page.dom
+
+
+def _synthetic_million(tmp_path):
+  """A summary of a 1,000,000-instance run made by summary.py's own
+  functions from counters such a run reports, with small shard and input
+  files beside it: the report's whole code path (report.write) at the
+  figures of that scale, without scoring a million instances."""
+  from tf_batch_predict.pipeline import summary as summaries
+  from tf_batch_predict.transforms.model.score import (BATCH_LATENCY_BUCKET,
+                                                       BATCH_SIZE_BUCKET, bucket)
+  read, failed = 1_000_000, 12_346
+  out = tmp_path / 'out'
+  out.mkdir()
+  # Error records: more than the report reads, with messages that differ
+  # only in their numbers and quoted texts.
+  with open(out / 'errors-00000-of-00001.jsonl', 'w') as f:
+    for i in range(report.ERROR_RECORDS_READ + 2000):
+      if i % 3:
+        error = {'category': 'schema',
+                 'message': f"input 'age' expects float32 numbers, got \"x{i}\""}
+      else:
+        error = {'category': 'parse', 'message': f'invalid JSON: Expecting value at '
+                                                 f'character {i % 97}'}
+      f.write(json.dumps({'id': f'e{i}', 'error': error, 'raw': 'x' * (i % 500)}) + '\n')
+  with open(out / 'predictions-00000-of-00001.jsonl', 'w') as f:
+    for i in range(3000):
+      f.write(json.dumps({'id': f'p{i}', 'churn_probability': [(i * 7919 % 1000) / 1000]})
+              + '\n')
+  inputs = tmp_path / 'in'
+  inputs.mkdir()
+  cities = ['Lyon', 'Paris', 'Nantes', 'Lille']
+  for part in range(3):
+    with open(inputs / f'part-{part}.jsonl', 'w') as f:
+      for i in range(6000):
+        record = {'id': f'{part}-{i}', 'age': 18 + (i * 31) % 70, 'city': cities[i % 4]}
+        if i % 50 == 0:
+          del record['age']
+        f.write(json.dumps(record) + '\n')
+  batches = 1_000_000 // 512
+  counts = {'model_batch_size': {'sum': read - failed, 'count': batches, 'min': 100,
+                                 'max': 4096},
+            'model_batch_latency_micro_secs': {'sum': 4_000 * batches, 'count': batches,
+                                               'min': 900, 'max': 250_000},
+            f'{BATCH_SIZE_BUCKET}{bucket(512)}': batches - 10,
+            f'{BATCH_SIZE_BUCKET}{bucket(100)}': 5, f'{BATCH_SIZE_BUCKET}{bucket(4096)}': 5,
+            f'{BATCH_LATENCY_BUCKET}{bucket(3500, 64)}us': batches - 60,
+            f'{BATCH_LATENCY_BUCKET}{bucket(40_000, 64)}us': 50,
+            f'{BATCH_LATENCY_BUCKET}{bucket(250_000, 64)}us': 10,
+            'time_decode_us': 41_000_000, 'time_score_us': 160_000_000,
+            'time_format_us': 22_000_000, 'time_write_us': 9_000_000}
+  samples = [[0.0, 0, 0, 0]]
+  for second in range(1, 301):
+    done = min(read, second * 3400)
+    samples.append([float(second), done, done - done * failed // read, done * failed // read])
+  samples[-1] = [300.0, read, read - failed, failed]
+  summary = {
+      'instances_read': read, 'predictions': read - failed, 'errors': failed,
+      'errors_by_category': {'parse': failed // 3, 'schema': failed - failed // 3, 'model': 0,
+                             'file': 0},
+      'errors_first_example': {}, 'blank_lines_skipped': 0, 'files_incomplete': 0,
+      'incomplete_files': [],
+      'model': {'path': '/models/churn/1', 'version': 1, 'signature': 'serving_default',
+                'inputs': [{'name': 'age', 'dtype': 'float32', 'shape': []},
+                           {'name': 'city', 'dtype': 'string', 'shape': []}],
+                'takes_examples': False, 'example_features': None},
+      'model_loads': 2, 'model_load_s': 0.4,
+      'batches': summaries.batches(counts), 'stages': summaries.stages(counts),
+      'input_files': 3, 'input_bytes': 123_456_789,
+      'inputs': [{'pattern': str(inputs / '*.jsonl'), 'files': 3, 'bytes': 123_456_789}],
+      'output': str(out), 'runner': 'FnApiRunner',
+      'settings': {'key_field': 'id', 'passthrough_fields': [], 'input_format': 'auto',
+                   'output_format': 'jsonl', 'output_fields': ['churn_probability'],
+                   'max_instance_bytes': 4 << 20},
+      'started_at': '2026-12-07T04:00:00.000Z', 'ended_at': '2026-12-07T04:05:12.500Z',
+      'total_wall_time_s': 312.5, 'pipeline_wall_time_s': 300.0, 'wall_time_s': 300.0,
+      'instances_per_s': 3333.3,
+      'throughput': {'columns': ['elapsed_s', 'instances_read', 'predictions', 'errors'],
+                     'samples': samples},
+      'exit_status': 0, 'exit_reason': 'completed'}
+  return summary, out
+
+
+def test_report_of_a_million_instances(tmp_path):
+  summary, out = _synthetic_million(tmp_path)
+  started = time.monotonic()
+  path = report.write(summary, str(out))
+  assert time.monotonic() - started < 10  # bounded reads: a huge run costs a small one's
+  page, figures, extra = _check_page_at_scale(out / 'report.html', summary)
+  assert summary['batches']['latency_ms_percentiles'] == {'p50': 3.584, 'p95': 3.584,
+                                                          'p99': 40.96}
+  assert [r[2] for r in extra['stages']] == ['17.7%', '69.0%', '9.5%', '3.9%']
+  # The messages: over the first ERROR_RECORDS_READ records only, said so.
+  messages = [(r[1], r[2].split('example')[0], int(r[0].replace(',', '')))
+              for r in extra['messages']]
+  assert messages[0] == ('schema', "input '…' expects float32 numbers, got '…'", 6666)
+  assert messages[1] == ('parse', 'invalid JSON: Expecting value at character N', 3334)
+  assert sum(m[2] for m in messages) == report.ERROR_RECORDS_READ
+  assert 'at most 10,000 are read' in page.dom
+  # The input: a sample of INPUT_SAMPLE_INSTANCES, spread over the files.
+  inputs = {r[0]: r for r in extra['inputs']}
+  assert sorted(inputs) == ['age', 'city']
+  given, missing = (int(v.replace(',', '')) for v in inputs['age'][1:3])
+  assert given + missing == report.INPUT_SAMPLE_INSTANCES and 190 <= missing <= 210
+  top = dict(re.findall(r'(\w+) \(([\d,]+)\)', inputs['city'][-1]))
+  assert sorted(top) == sorted(['Lyon', 'Paris', 'Nantes', 'Lille'])
+  assert sum(int(c.replace(',', '')) for c in top.values()) == report.INPUT_SAMPLE_INSTANCES
+  assert 'A sample of 10,000 instances (at most 10,000)' in page.dom
+  assert {f['field'] for f in _charts(figures, 'input')} == {'age'}
+  [churn] = _charts(figures, 'output')
+  assert sum(churn['bars']) == report.SAMPLE_PREDICTIONS
+  # Six- and seven-digit tick labels, clear of the axis titles (checked above).
+  assert '1,000,000' in page.dom and path.endswith('report.html')
