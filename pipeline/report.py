@@ -2,21 +2,30 @@
 
 Written next to summary.json in the staging folder (pipeline/cli.py
 `run_and_promote`) and promoted with it. It holds the summary's counts and
-settings, throughput over time (the local runner's series, pipeline/
-progress.py; remote runners have none and the page says so), histograms of
-the model batches' sizes and latencies (the bucket counters of
-transforms/model/score.py, via the summary), the error categories with a few
-example records each (from the first records of the staged error files),
-and a histogram of each numeric output (from the first SAMPLE_PREDICTIONS
-predictions of the staged prediction files). Reads are bounded: a huge
-result costs what a small one does.
+settings; throughput over time from the command's start (the local
+runner's series, pipeline/progress.py, shifted by the start-up, which is
+shaded; remote runners have none and the page says so); the time in each
+step (decode, score, format, write: summary.json `stages`, the job's
+per-chunk time counters summed over workers); the model calls' latency
+percentiles (bucket upper bounds) and histograms of the model batches'
+sizes and latencies (the bucket counters of transforms/model/score.py, via
+the summary); the error categories with a few example records each and the
+most frequent messages (numbers and quoted texts normalized) with counts
+and one example each, from the first ERROR_RECORDS_READ records of the
+staged error files; each input field of a bounded sample of the input
+(INPUT_SAMPLE_INSTANCES instances read by the job's own readers, as
+preflight reads them: counts, missing values, quantiles and a histogram of
+numbers, the most frequent texts); and a histogram of each numeric output
+(from the first SAMPLE_PREDICTIONS predictions of the staged prediction
+files). Reads are bounded: a huge result costs what a small one does
+(about 0.3 s with every bound reached, measured here).
 
 Viewable offline: inline CSS and inline SVG, no script, no link, nothing
 fetched. The charts are hand-written SVG rather than matplotlib because
 every run pays for this page: measured here (2 cores), importing
 matplotlib.pyplot takes ~0.8 s and each histogram as a PNG 30-80 ms and
 ~7 KB of base64 (as SVG ~14 KB); the whole page of the demo run, reading
-included, takes ~20 ms and ~20 KB this way.
+and the input's sample included, takes ~70 ms and ~40 KB this way.
 
 Nothing here may fail a run: `write_quietly` logs one warning line instead.
 """
@@ -235,16 +244,23 @@ class InputSample:
   files: int = 0  # files read
   files_matched: int = 0
   cut: str = ''  # why the sample stopped short, where it did
+  # The fields are those the sample shows (the first MAX_INPUT_FIELDS
+  # seen), not the model's inputs by name.
+  seen_fields: bool = False
   failed: list = dataclasses.field(default_factory=list)  # (path, reason) not sampled
 
 
 def _described_fields(summary: dict) -> list:
   """The fields an instance gives the model: its inputs by name, or for a
-  signature of serialized tf.Examples the features of its parsing spec."""
+  signature of serialized tf.Examples the features of its parsing spec;
+  [] where the summary does not say (a signature of Examples whose
+  features the graph does not tell: then the fields the sample shows)."""
   model = summary.get('model') or {}
   features = model.get('example_features')
   if features:
     return list(features)
+  if model.get('takes_examples'):
+    return []
   return [i['name'] for i in model.get('inputs') or [] if i.get('name')]
 
 
@@ -286,6 +302,7 @@ def input_sample(summary: dict) -> InputSample:
   from tf_batch_predict.transforms.read.sampling import SampleLimits
   names = _described_fields(summary)
   sample = InputSample([FieldSample(n) for n in names[:MAX_INPUT_FIELDS]])
+  sample.seen_fields = not names and bool((summary.get('model') or {}).get('takes_examples'))
   settings = summary.get('settings') or {}
   requested = settings.get('input_format') or 'auto'
   files, seen = [], set()
@@ -303,7 +320,7 @@ def input_sample(summary: dict) -> InputSample:
         seen.add(m.path)
         files.append(m)
   sample.files_matched = len(files)
-  if not files or not sample.fields:
+  if not files or not (sample.fields or sample.seen_fields):
     return sample
   formats = _sample_formats(summary)
   per_file = max(1 << 20, min(4 << 20, INPUT_SAMPLE_BYTES // min(len(files), INPUT_SAMPLE_FILES)))
@@ -332,6 +349,9 @@ def input_sample(summary: dict) -> InputSample:
     sample.files += 1
     for chunk in read.chunks:
       _describe_chunk(formats[chunk.kind], chunk, by_name, sample)
+  if sample.seen_fields:  # a field first seen late was missing before
+    for field in sample.fields:
+      field.missing = sample.instances - field.present
   return sample
 
 
@@ -352,6 +372,11 @@ def _describe_chunk(fmt, chunk, by_name: dict, sample: InputSample) -> None:
     fields = instance.fields
     if fields is None:  # a bare value: the single input's
       fields = {single: instance.value} if single else {}
+    elif sample.seen_fields:
+      for name in fields:
+        if name not in by_name and len(by_name) < MAX_INPUT_FIELDS:
+          by_name[name] = FieldSample(name)
+          sample.fields.append(by_name[name])
     for name, field in by_name.items():
       value = fields.get(name)
       if value is not None:
@@ -880,7 +905,7 @@ def _outputs(fields: dict, sampled: int) -> str:
 def _input_fields(summary: dict, sample) -> str:
   if sample is None:
     return '<p class="note">The input could not be sampled.</p>'
-  if not sample.fields:
+  if not sample.fields and not sample.seen_fields:
     return '<p class="note">The summary names no model input to describe.</p>'
   if not sample.instances:
     return ('<p class="note">No instance could be read from the input for a sample'
@@ -896,12 +921,16 @@ def _input_fields(summary: dict, sample) -> str:
              else '') + '. A list counts each of its values (numbers: the first '
           f'{_n(INPUT_VALUES_PER_FIELD)} per field).'
           + (f' The first {MAX_INPUT_FIELDS} fields; {_n(more)} more are not shown.'
-             if more > 0 else '') + '</p>')
+             if more > 0 else '')
+          + (' The model takes serialized tf.Examples whose features its graph does not '
+             f'name: these are the fields the sample shows (the first {MAX_INPUT_FIELDS}).'
+             if sample.seen_fields else '') + '</p>')
   rows, charts = [], []
   for field in sample.fields:
     q = quantiles(field.numbers)
     h = histogram(field.numbers) if field.numbers else None
-    top = ', '.join(f'{t} ({_n(c)})' for t, c in field.texts.most_common(TOP_TEXTS))
+    top = ', '.join(f'{t} ({_n(c)})' for t, c in sorted(
+        field.texts.items(), key=lambda item: (-item[1], item[0]))[:TOP_TEXTS])
     if field.other_texts or len(field.texts) > TOP_TEXTS:
       top += f'; {_n(len(field.texts) - min(TOP_TEXTS, len(field.texts)))}' + (
           '+' if field.other_texts else '') + ' other values'

@@ -449,3 +449,36 @@ def test_report_of_a_million_instances(tmp_path):
   assert sum(churn['bars']) == report.SAMPLE_PREDICTIONS
   # Six- and seven-digit tick labels, clear of the axis titles (checked above).
   assert '1,000,000' in page.dom and path.endswith('report.html')
+
+
+def test_input_fields_of_tfrecord_examples_and_csv(model_dir, tmp_path):
+  """The sample is read by each format's own reader: TFRecords of
+  tf.Examples (the features of the graph's parsing spec) and CSV (cells
+  that are numbers counted as numbers, an empty cell as missing)."""
+  from tests.test_formats import example_bytes, write_tfrecords
+  records = [example_bytes({'age': float(20 + i), 'thal': 'fixed' if i % 2 else 'normal',
+                            **({'count': i} if i % 3 else {})}) for i in range(30)]
+  write_tfrecords(str(tmp_path / 'in.tfrecord'), records)
+  out = tmp_path / 'out'
+  predictions, errors, summary = run_job(
+      str(out), f'--model={model_dir / "estimator"}', f'--input={tmp_path / "in.tfrecord"}',
+      '--progress_interval=0')
+  assert len(predictions) == 30 and errors == []
+  assert summary['model']['takes_examples'] and sorted(summary['model']['example_features']) \
+      == ['age', 'count', 'thal']
+  _, _, extra = _check_page_at_scale(out / 'report.html', summary)
+  inputs = {r[0]: r[1:] for r in extra['inputs']}
+  assert inputs['age'][:4] == ['30', '0', '30', '30'] and inputs['age'][4] == '20'
+  assert inputs['count'][:2] == ['20', '10']
+  assert inputs['thal'][-1] == 'fixed (15), normal (15)'
+
+  lines = ['id,features,bucket'] + [f'c{i},"[{i}, 1.5, -2]",{i % 4 if i % 5 else ""}'
+                                    for i in range(20)]
+  write_lines(str(tmp_path / 'in.csv'), lines)
+  out = tmp_path / 'csv'
+  predictions, errors, summary = run_job(
+      str(out), *keras_args(model_dir, tmp_path / 'in.csv'), '--progress_interval=0',
+      '--max_error_fraction=1')
+  _, _, extra = _check_page_at_scale(out / 'report.html', summary)
+  inputs = {r[0]: r[1:] for r in extra['inputs']}
+  assert inputs['bucket'][:4] == ['16', '4', '16', '16']

@@ -80,6 +80,19 @@ def test_summary_can_be_checked_against_the_run(model_dir, tmp_path, capsys):
   assert batches['count'] >= math.ceil(scored / 16)
   assert batches['size']['mean'] == round(scored / batches['count'], 1)
   assert 0 < batches['latency_ms']['min'] <= batches['latency_ms']['max']
+  # Latency percentiles per model call: bucket upper bounds of the histogram.
+  percentiles = batches['latency_ms_percentiles']
+  bounds = [b['le'] for b in batches['latency_ms_histogram']]
+  assert percentiles['p50'] <= percentiles['p95'] <= percentiles['p99'] <= bounds[-1]
+  assert all(v in bounds for v in percentiles.values())
+  # Time by step, summed over workers: the model calls are within the scoring.
+  stages = summary['stages']
+  assert set(stages['seconds']) == {'decode', 'score', 'format', 'write'}
+  assert all(v > 0 for v in stages['seconds'].values()), stages
+  assert 0 < stages['model_calls_s'] <= stages['seconds']['score']
+  # The signature's inputs, for the report's description of the input.
+  assert [i['name'] for i in summary['model']['inputs']] == ['x']
+  assert summary['model']['takes_examples'] is False
   # RunInference's own figures are per element (a chunk, scored in such batches).
   assert summary['run_inference']['elements'] <= batches['count']
   assert summary['model_loads'] == 1 and summary['model_load_s'] > 0
