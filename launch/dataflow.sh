@@ -5,7 +5,7 @@
 #   launch/dataflow.sh --project=P --region=us-central1 --temp_location=gs://B/tmp \
 #     --model=gs://B/model --input='gs://B/in/*.jsonl' --output=gs://B/out [job options]
 # GPU workers: add --dataflow_service_options='worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver'
-# with a GPU machine type and a container that has CUDA (see README).
+# with a GPU machine type and a container that has CUDA (see docs/running.md).
 SCRIPT=launch/dataflow.sh
 PARAMS=(MODEL INPUT OUTPUT PROJECT REGION TEMP_LOCATION STAGING_LOCATION MACHINE_TYPE
         MAX_WORKERS SERVICE_ACCOUNT NETWORK SUBNETWORK JOB_NAME SETUP_FILE

@@ -15,7 +15,7 @@ figures a user watches travel on a channel of their own:
   as `PID.json`, at most once a second and at the end of each bundle. A
   process with neither (a remote worker) counts nothing: on remote runners
   the same figures are Beam metrics of the namespace `batch_predict`
-  (`instances_read`, `predictions`, `errors_parse`, ..., see the README).
+  (`instances_read`, `predictions`, `errors_parse`, ..., see docs/outputs.md).
 - Launcher side (`Reporter`): a thread sums the tallies every second and
   shows them: on a terminal one line rewritten in place, cleared at the end;
   otherwise an INFO line of the `pipeline.progress` logger every

@@ -5,7 +5,7 @@ Each rule is written once, as a function of one value. Per-instance (exact)
 decoding calls these functions; the fast paths in the format modules apply
 the same functions, or numpy/pyarrow operations that accept a subset of what
 they accept and give the same result on it, to many instances at once. The
-README's "What an instance means" is the prose of this module.
+docs/instances.md is the prose of this module.
 
 The rules, in short:
 - float inputs take numbers (integers or decimals, NaN and +-Infinity), read

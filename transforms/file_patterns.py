@@ -8,7 +8,7 @@ are matched here, once, by the definition below; Beam's file systems only
 list (under the pattern's literal prefix) and open files by their exact
 names, and nothing downstream treats a matched path as a pattern.
 
-The definition (README, `--input`):
+The definition (docs/command.md, `--input`):
 - `*`: any characters but `/`; `?`: one character but `/`; `[abc]`, `[a-z]`,
   `[!abc]`: one character of (not of) the set, never `/`;
 - `**`: any characters, `/` included; `**/` at the start of a path
