@@ -175,6 +175,19 @@ def _flags(tags, signature_name: str) -> str:
   return ' '.join(flags)
 
 
+def _registry_at_hand() -> bool:
+  """Whether to check the graph's ops against TensorFlow's op registry:
+  only where TensorFlow is imported already (a program that calls
+  `describe`, the tests). The command itself imports no TensorFlow, whose
+  import costs seconds and most of a gigabyte, for a report read from the
+  proto: it then names the ops of the libraries it knows (TF Text, TF
+  Decision Forests: transforms/model/op_libraries.py's lists, and whether
+  each is installed), but not the ops of another custom library, which
+  only the registry can tell from TensorFlow's own. A run checks them all
+  before it starts (exit status 2), as does `batch-predict preflight`."""
+  return 'tensorflow' in sys.modules
+
+
 def _signature(model_dir: str, meta_graph, name: str) -> dict:
   from tf_batch_predict.transforms.model import savedmodel
   tags = tuple(meta_graph.meta_info_def.tags)
@@ -182,7 +195,8 @@ def _signature(model_dir: str, meta_graph, name: str) -> dict:
   entry = {'name': name, 'method': signature_def.method_name,
            'default': name == DEFAULT_SIGNATURE, 'flags': _flags(tags, name)}
   try:
-    spec = savedmodel.signature_spec(meta_graph, name, model_dir)
+    spec = savedmodel.signature_spec(meta_graph, name, model_dir,
+                                     check_registry=_registry_at_hand())
   except savedmodel.ModelError as e:
     entry.update(
         usable=False, error=str(e), takes_examples=None, fixed_batch=None,

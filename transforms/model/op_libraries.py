@@ -92,10 +92,17 @@ def _listed(ops) -> str:
   return ', '.join(ops[:3]) + (f' and {len(ops) - 3} more' if len(ops) > 3 else '')
 
 
-def needed(graph_def) -> tuple:
+def needed(graph_def, check_registry: bool = True) -> tuple:
   """The modules to import before loading a model with this graph, in
   KNOWN's order. Raises MissingOps where a library is not installed or an
-  op belongs to no library known here and TensorFlow lacks it."""
+  op belongs to no library known here and TensorFlow lacks it.
+
+  Only the second check needs TensorFlow (its op registry), and imports
+  it. `check_registry=False` leaves it out: the libraries of KNOWN are
+  still told by the static lists above, without TensorFlow, but an op of
+  another custom library goes unnoticed. `batch-predict inspect` does
+  that where TensorFlow is not imported yet (pipeline/inspect.py); a run
+  always checks, and refuses such a model before it starts."""
   ops = graph_ops(graph_def)
   modules = []
   for library in KNOWN:
@@ -107,7 +114,7 @@ def needed(graph_def) -> tuple:
                        f'{library.module} is not installed: {library.install}')
     modules.append(library.module)
     ops -= owned
-  unknown = ops - _registered_ops()
+  unknown = (ops - _registered_ops()) if check_registry else set()
   if unknown:
     raise MissingOps(f'the model uses ops this TensorFlow does not have ({_listed(unknown)}): '
                      'they come from a custom op library; serve it with a build that '

@@ -11,9 +11,12 @@ Keras 3, `tf.keras.models.load_model` loads neither, which is also why Beam's
 stock `TFModelHandlerNumpy` loader is not used.)
 
 TensorFlow is imported inside functions only: importing it costs seconds.
+Reading the proto (signatures, what `batch-predict inspect` shows) imports
+none of it (`_tf_protos`).
 """
 import atexit
 import dataclasses
+import functools
 import gc
 import logging
 import os
@@ -318,10 +321,12 @@ def read_signature(model_dir: str, tags: tuple, signature_name: str) -> Signatur
   return signature_spec(chosen, signature_name, model_dir)
 
 
-def signature_spec(chosen, signature_name: str, model_dir: str) -> SignatureSpec:
-  """One signature of a MetaGraph (`model_dir` only names it in errors)."""
-  from tensorflow.core.framework import types_pb2
-
+def signature_spec(chosen, signature_name: str, model_dir: str,
+                   check_registry: bool = True) -> SignatureSpec:
+  """One signature of a MetaGraph (`model_dir` only names it in errors).
+  `check_registry=False` leaves out the check of the graph's ops against
+  TensorFlow's op registry, which imports TensorFlow
+  (op_libraries.needed)."""
   tags = tuple(chosen.meta_info_def.tags)
   signatures = chosen.signature_def
   available = callable_signatures(chosen)
@@ -333,7 +338,7 @@ def signature_spec(chosen, signature_name: str, model_dir: str) -> SignatureSpec
     raise ModelError(f'--signature: no signature {signature_name!r}; available: '
                      f'{", ".join(available)}; pass --signature=NAME')
   sig = signatures[signature_name]
-  dtype_names = {v: k for k, v in types_pb2.DataType.items()}
+  dtype_names = {v.number: v.name for v in _tf_protos().data_type.values}
   where = f'signature {signature_name!r}'
   nodes = {n.name: n for n in chosen.graph_def.node}
   notes = []
@@ -372,7 +377,7 @@ def signature_spec(chosen, signature_name: str, model_dir: str) -> SignatureSpec
   features = (example_spec.example_features(chosen.graph_def, parse_nodes)
               if takes_examples else None)
   try:
-    libraries = op_libraries.needed(chosen.graph_def)
+    libraries = op_libraries.needed(chosen.graph_def, check_registry=check_registry)
   except op_libraries.MissingOps as e:
     raise ModelError(f'--model: {model_dir}: {e}') from None
   return SignatureSpec(signature_name, sig.method_name, inputs, outputs,
@@ -626,12 +631,14 @@ def load_signature_function(model: ModelRef):
 
 def read_saved_model(model_dir: str):
   """(SavedModel proto, path of the file read): saved_model.pb, else
-  saved_model.pbtxt."""
+  saved_model.pbtxt. The proto is an instance of `_tf_protos().SavedModel`
+  (TensorFlow's own message definitions, read without importing
+  TensorFlow)."""
   from google.protobuf import message, text_format
-  from tensorflow.core.protobuf import saved_model_pb2
 
+  protos = _tf_protos()
   pb_path = FileSystems.join(model_dir, 'saved_model.pb')
-  saved_model = saved_model_pb2.SavedModel()
+  saved_model = protos.SavedModel()
   try:
     if FileSystems.exists(pb_path):
       with FileSystems.open(pb_path) as f:
@@ -639,7 +646,8 @@ def read_saved_model(model_dir: str):
     else:
       pb_path = FileSystems.join(model_dir, 'saved_model.pbtxt')
       with FileSystems.open(pb_path) as f:
-        text_format.Parse(f.read().decode('utf-8'), saved_model)
+        text_format.Parse(f.read().decode('utf-8'), saved_model,
+                          descriptor_pool=protos.pool)
   except (message.DecodeError, text_format.ParseError, UnicodeDecodeError):
     raise ModelError(f'--model: {pb_path} is not a readable SavedModel proto') from None
   return saved_model, pb_path
@@ -660,11 +668,83 @@ def declared_dims(tensor_info) -> Optional[list]:
 def dtype_name(tensor_info) -> str:
   """A TensorInfo's dtype as this job names it (`float32`, `string`), else
   as TensorFlow does (`DT_VARIANT`)."""
-  from tensorflow.core.framework import types_pb2
   if tensor_info.WhichOneof('encoding') == 'coo_sparse':
     return 'SparseTensor'
   if tensor_info.HasField('composite_tensor'):  # RaggedTensor
     spec = tensor_info.composite_tensor.type_spec.type_spec_class_name
     return spec.removesuffix('Spec') or 'composite tensor'
-  name = types_pb2.DataType.Name(tensor_info.dtype).removesuffix('_REF')
+  name = _tf_protos().data_type.values_by_number[tensor_info.dtype].name.removesuffix('_REF')
   return NUMPY_DTYPES.get(name, name)
+
+
+# -- TensorFlow's protos, without importing TensorFlow ---------------------------
+
+# The protos read_saved_model needs, and those they import, each in the
+# installed TensorFlow's generated module of that name (`..._pb2.py`).
+_SAVED_MODEL_PROTO = 'tensorflow/core/protobuf/saved_model.proto'
+
+
+@dataclasses.dataclass(frozen=True)
+class _Protos:
+  pool: object  # a google.protobuf DescriptorPool of their own
+  SavedModel: type  # pylint: disable=invalid-name  (the message class)
+  data_type: object  # the EnumDescriptor of tensorflow.DataType
+
+
+@functools.lru_cache(maxsize=None)
+def _tf_protos() -> _Protos:
+  """TensorFlow's SavedModel message definitions, as the installed
+  TensorFlow holds them, in a descriptor pool of their own.
+
+  Importing any `tensorflow.*` module (`tensorflow.core.protobuf.
+  saved_model_pb2` too) runs tensorflow/__init__.py: seconds and most of a
+  gigabyte, for a command that only reads a proto (`inspect`, the launcher's
+  checks). Each generated module holds its .proto file's descriptor as one
+  serialized FileDescriptorProto (the argument of `AddSerializedFile`): it
+  is read from the module's source as data (nothing of TensorFlow runs),
+  with those of the files it imports, into a private pool, whose messages
+  parse a SavedModel exactly as TensorFlow's classes do (the same
+  definitions; tests/test_startup.py compares them). Messages of this pool
+  are not TensorFlow's classes: they are for reading, never handed to
+  TensorFlow."""
+  import ast
+  import importlib
+  import importlib.util
+  from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+  spec = importlib.util.find_spec('tensorflow')  # finds it; runs nothing
+  if spec is None or not spec.submodule_search_locations:
+    raise ModelError('reading a SavedModel needs TensorFlow, which is not installed')
+  root = os.path.dirname(list(spec.submodule_search_locations)[0])
+  pool = descriptor_pool.DescriptorPool()
+  added = set()
+
+  def serialized(proto_file: str) -> bytes:
+    if proto_file.startswith('google/protobuf/'):  # protobuf's own well-known types
+      module = importlib.import_module(
+          proto_file.removesuffix('.proto').replace('/', '.') + '_pb2')
+      return module.DESCRIPTOR.serialized_pb
+    path = os.path.join(root, proto_file.removesuffix('.proto') + '_pb2.py')
+    with open(path, 'rb') as f:
+      tree = ast.parse(f.read(), path)
+    for node in ast.walk(tree):
+      if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+          and node.func.attr == 'AddSerializedFile' and len(node.args) == 1
+          and isinstance(node.args[0], ast.Constant)
+          and isinstance(node.args[0].value, bytes)):
+        return node.args[0].value
+    raise ImportError(f'{path} holds no serialized descriptor of {proto_file}')
+
+  def add(proto_file: str) -> None:
+    if proto_file in added:
+      return
+    data = serialized(proto_file)
+    for dependency in descriptor_pb2.FileDescriptorProto.FromString(data).dependency:
+      add(dependency)
+    pool.AddSerializedFile(data)
+    added.add(proto_file)
+
+  add(_SAVED_MODEL_PROTO)
+  return _Protos(pool=pool,
+                 SavedModel=message_factory.GetMessageClass(
+                     pool.FindMessageTypeByName('tensorflow.SavedModel')),
+                 data_type=pool.FindEnumTypeByName('tensorflow.DataType'))

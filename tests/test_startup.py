@@ -1,0 +1,154 @@
+"""Start-up: `batch-predict inspect`, `--help` (of the job and of each
+command) and configuration mistakes found before the model is loaded import
+no TensorFlow (seconds and most of a gigabyte). Each command runs as users
+run it, in its own process (`python -X importtime -m tf_batch_predict.pipeline
+...`), on the real test models (tests/models.py); the import log it writes
+says whether any `tensorflow` module was imported.
+
+The SavedModel proto is read with TensorFlow's own message definitions taken
+from its generated modules without running them (transforms/model/
+savedmodel.py `_tf_protos`): they must parse every test model exactly as
+TensorFlow's classes do."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tf_batch_predict.pipeline import inspect
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_IMPORT_LINE = re.compile(r'^import time:\s+\S+ \|\s+\S+ \|(?P<indent>\s*)(?P<module>\S+)\s*$')
+
+
+def _command(*args) -> tuple:
+  """(exit status, stdout, stderr without the import log, modules imported)
+  of `batch-predict ARGS` in a process of its own."""
+  env = dict(os.environ, PYTHONPATH=ROOT, COLUMNS='100')
+  env.pop('BATCH_PREDICT_DEBUG', None)
+  proc = subprocess.run(
+      [sys.executable, '-X', 'importtime', '-m', 'tf_batch_predict.pipeline', *args],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+  modules, other = [], []
+  for line in proc.stderr.splitlines():
+    match = _IMPORT_LINE.match(line)
+    if match:
+      modules.append(match['module'])
+    elif not line.startswith('import time:'):
+      other.append(line)
+  assert 'tf_batch_predict.pipeline.cli' in modules  # the log is what it seems
+  return proc.returncode, proc.stdout, '\n'.join(other), modules
+
+
+def _tensorflow(modules) -> list:
+  return [m for m in modules if m == 'tensorflow' or m.startswith('tensorflow.')
+          or m.startswith(('tensorflow_text', 'keras', 'tf_keras'))]
+
+
+@pytest.mark.parametrize('model', ['keras', 'estimator', 'tf1', 'versioned', 'ragged',
+                                   'mixed'])
+def test_inspect_imports_no_tensorflow_and_says_the_same(model_dir, model, capsys):
+  """The command's output, text and --json, is the same as where TensorFlow
+  is imported (this process: inspect then also checks the ops against
+  TensorFlow's registry)."""
+  path = str(model_dir / model)
+  for extra in ([], ['--json']):
+    rc, out, err, modules = _command('inspect', f'--model={path}', *extra)
+    assert rc == 0 and err == '', err
+    assert _tensorflow(modules) == []
+    assert inspect.main([f'--model={path}', *extra]) == 0
+    assert out == capsys.readouterr().out
+  assert json.loads(out)['meta_graphs'][0]['signatures']
+
+
+def test_inspect_names_tf_text_ops_without_tensorflow(tmp_path, capsys):
+  """A TF Text model: the library is told from the op names alone, as the
+  run does (transforms/model/op_libraries.py), without importing it."""
+  from tests import models_exporters as exporters
+  path = str(tmp_path / 'text')
+  exporters.build_text_classifier(path)
+  rc, out, err, modules = _command('inspect', f'--model={path}')
+  assert rc == 0 and err == '', err
+  assert _tensorflow(modules) == []
+  assert ('note: uses TensorFlow Text ops: tensorflow_text is installed and is loaded with '
+          'the model') in out
+  assert inspect.main([f'--model={path}']) == 0
+  assert out == capsys.readouterr().out
+
+
+def test_inspect_mistakes_import_no_tensorflow(model_dir):
+  for args, expected in (
+      ([f'--model={model_dir}/nothing-here'], f'--model: {model_dir}/nothing-here does not '
+                                              'exist'),
+      ([f'--model={model_dir}/keras', '--tag=gpu'], '--tag: the SavedModel has no tag set '
+                                                    '"gpu"; available: "serve"'),
+      ([f'--model={model_dir}/keras', '--model_version=x'], "--model_version: 'x' is not a "
+                                                            'version number')):
+    rc, out, err, modules = _command('inspect', *args)
+    assert (rc, out, err) == (2, '', f'batch-predict: error: {expected}')
+    assert _tensorflow(modules) == []
+
+
+@pytest.mark.parametrize('command', [[], ['inspect'], ['preflight'], ['join'], ['evaluate']])
+def test_help_imports_no_tensorflow(command):
+  rc, out, err, modules = _command(*command, '--help')
+  assert rc == 0 and err == '' and 'batch-predict' in out.splitlines()[0], err
+  assert _tensorflow(modules) == []
+
+
+def test_configuration_mistakes_import_no_tensorflow(model_dir, tmp_path):
+  """Mistakes found before the model is loaded: one line, exit status 2,
+  and no TensorFlow (the model's proto is read for a signature's name)."""
+  data = tmp_path / 'in.jsonl'
+  data.write_text('{"features": [1.0, 2.0, 3.0], "bucket": 1}\n')
+  model = f'--model={model_dir / "keras"}'
+  run = [model, f'--input={data}', f'--output={tmp_path / "out"}']
+  for args, expected in (
+      ([model, f'--input={tmp_path}/missing/*.jsonl', f'--output={tmp_path / "out"}'],
+       f'--input: {tmp_path}/missing/*.jsonl matches no file'),
+      ([*run, '--output_format=xml'],
+       "argument --output_format: invalid choice: 'xml' (choose from 'jsonl', 'parquet', "
+       "'tfrecord')"),
+      ([*run, '--max_batch_size=0'], '--min_batch_size and --max_batch_size must be at '
+                                     'least 1'),
+      ([*run, '--log_level=loud'], "--log_level: 'loud' is not one of debug, info, warning, "
+                                   'error'),
+      ([*run, '--signature=nope'], "--signature: no signature 'nope'; available: serve, "
+                                   'serving_default; pass --signature=NAME'),
+      ([f'--model={tmp_path / "no-model"}', *run[1:]],
+       f'--model: {tmp_path / "no-model"} does not exist')):
+    rc, out, err, modules = _command(*args)
+    assert (rc, out, err) == (2, '', f'batch-predict: error: {expected}')
+    assert _tensorflow(modules) == []
+  assert not (tmp_path / 'out' / 'summary.json').exists()
+
+
+def test_protos_read_without_tensorflow_parse_as_tensorflow_does(model_dir, tmp_path):
+  """Every test model, saved_model.pb and as saved_model.pbtxt, parsed by
+  the job's reader and by TensorFlow's own SavedModel class: the same
+  message, field for field."""
+  from google.protobuf import text_format
+  from tensorflow.core.protobuf import saved_model_pb2
+  from tf_batch_predict.transforms.model import savedmodel
+  paths = sorted(p.parent for p in model_dir.glob('**/saved_model.pb'))
+  assert len(paths) >= 8
+  for number, path in enumerate(paths):
+    data = (path / 'saved_model.pb').read_bytes()
+    theirs = saved_model_pb2.SavedModel.FromString(data)
+    ours, read = savedmodel.read_saved_model(str(path))
+    assert read.endswith('saved_model.pb') and type(ours) is not type(theirs)
+    assert ours.SerializeToString(deterministic=True) == theirs.SerializeToString(
+        deterministic=True), path
+    assert text_format.MessageToString(ours) == text_format.MessageToString(theirs), path
+    as_text = tmp_path / str(number)
+    as_text.mkdir()
+    (as_text / 'saved_model.pbtxt').write_text(text_format.MessageToString(theirs))
+    ours, read = savedmodel.read_saved_model(str(as_text))
+    assert read.endswith('saved_model.pbtxt')
+    assert ours.SerializeToString(deterministic=True) == theirs.SerializeToString(
+        deterministic=True), path
+  from tensorflow.core.framework import types_pb2
+  data_type = savedmodel._tf_protos().data_type  # pylint: disable=protected-access
+  assert {v.name: v.number for v in data_type.values} == dict(types_pb2.DataType.items())
