@@ -133,13 +133,17 @@ def test_early_stop_option_values(model_dir, big_input, tmp_path, capsys):
   assert lines == ['batch-predict: error: --early_stop_after must be 0 (never) or more']
 
 
-def test_misspelt_key_stops_early_on_flink(model_dir, big_input, tmp_path):
+@pytest.mark.parametrize('script, engine', [
+    ('flink.sh', ['--flink_master=[local]', '--parallelism=2']),
+    ('spark.sh', ['--spark_master_url=local[2]'])])
+def test_misspelt_key_stops_early_on_flink_and_spark(model_dir, big_input, tmp_path, script,
+                                                     engine):
   from tests import engines
   with engines.worker_pool(tmp_path) as pool:
     process = subprocess.run(
-        [os.path.join(ROOT, 'launch', 'flink.sh'), f'--model={model_dir / "keras"}',
+        [os.path.join(ROOT, 'launch', script), f'--model={model_dir / "keras"}',
          '--signature=serve', f'--input={big_input}/*.jsonl', f'--output={tmp_path / "out"}',
-         '--key_field=ID', '--flink_master=[local]', '--parallelism=2',
+         '--key_field=ID', *engine,
          '--environment_type=EXTERNAL', f'--environment_config={pool.config}',
          '--skip_preflight'],
         cwd=ROOT, env=dict(os.environ, PYTHON=sys.executable), capture_output=True,
