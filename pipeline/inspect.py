@@ -390,9 +390,10 @@ def main(argv=None) -> int:
     return EXIT_CONFIG_ERROR
   except SystemExit as e:  # --help
     return e.code if isinstance(e.code, int) else EXIT_OK
-  from tf_batch_predict.transforms import storage
-  storage.use_anonymous_credentials_for_emulator()
-  from tf_batch_predict.transforms.model.savedmodel import ModelError
+  from tf_batch_predict.transforms.model.savedmodel import ModelError, is_local
+  if not is_local(args.model):  # (a local model is read without Beam's file systems)
+    from tf_batch_predict.transforms import storage
+    storage.use_anonymous_credentials_for_emulator()
   version = args.model_version
   try:
     if version is not None:

@@ -58,6 +58,9 @@ def test_inspect_imports_no_tensorflow_and_says_the_same(model_dir, model, capsy
     rc, out, err, modules = _command('inspect', f'--model={path}', *extra)
     assert rc == 0 and err == '', err
     assert _tensorflow(modules) == []
+    # Nor Beam, for a local model (a second more: transforms/model/savedmodel.py
+    # `_LocalFiles`).
+    assert [m for m in modules if m.startswith('apache_beam')] == []
     assert inspect.main([f'--model={path}', *extra]) == 0
     assert out == capsys.readouterr().out
   assert json.loads(out)['meta_graphs'][0]['signatures']
@@ -152,3 +155,30 @@ def test_protos_read_without_tensorflow_parse_as_tensorflow_does(model_dir, tmp_
   from tensorflow.core.framework import types_pb2
   data_type = savedmodel._tf_protos().data_type  # pylint: disable=protected-access
   assert {v.name: v.number for v in data_type.values} == dict(types_pb2.DataType.items())
+
+
+def test_local_version_folders_are_found_as_file_patterns_finds_them(tmp_path):
+  """A local TF Serving base directory is listed without Beam
+  (savedmodel._local_candidates) exactly as transforms/file_patterns.py
+  matches `BASE/*/saved_model.pb*`: hidden and zero-padded folders, linked
+  folders followed, a folder reached twice listed once, broken links,
+  nothing deeper."""
+  from apache_beam.io.filesystems import FileSystems
+  from tf_batch_predict.transforms import file_patterns
+  from tf_batch_predict.transforms.model import savedmodel
+  base = tmp_path / 'b[1]'
+  for folder, name in (('1', 'saved_model.pb'), ('02', 'saved_model.pbtxt'),
+                       ('.3', 'saved_model.pb'), ('x/4', 'saved_model.pb'),
+                       ('5', 'saved_model.pbx'), ('../other/7', 'saved_model.pb')):
+    (base / folder).mkdir(parents=True, exist_ok=True)
+    (base / folder / name).write_bytes(b'')
+  (base / '7').symlink_to('../other/7')
+  (base / '11').symlink_to('1')
+  (base / '8').symlink_to('.')
+  (base / '9').mkdir()
+  (base / '9' / 'saved_model.pb').symlink_to(tmp_path / 'nothing')
+  for path in (str(base), str(base) + '/', str(base / '1'), str(tmp_path / 'missing')):
+    expected = [m.path for m in file_patterns.match(
+        FileSystems.join(file_patterns.escape(path), '*', 'saved_model.pb*'))]
+    assert savedmodel._local_candidates(path) == expected, path  # pylint: disable=protected-access
+  assert savedmodel.version_folders(str(base)) == {1: ['1'], 2: ['02'], 7: ['7'], 9: ['9']}

@@ -25,8 +25,6 @@ import sys
 import weakref
 from typing import Optional
 
-from apache_beam.io.filesystems import FileSystems
-
 from tf_batch_predict.transforms.model import example_spec, op_libraries
 
 # Signature dtypes this job can feed and return, by TF DataType enum name.
@@ -125,19 +123,52 @@ class ModelRef:
   loader: str = 'session'
 
 
+def is_local(path: str) -> bool:
+  """Whether `path` names a file of this machine (no scheme such as gs://):
+  transforms/file_patterns.py's `is_local`, which imports Beam."""
+  return not re.match(r'^[a-z][a-z0-9+.-]*://', path)
+
+
+class _LocalFiles:
+  """The calls of Beam's FileSystems that reading a SavedModel's proto
+  makes, for a path of this machine, made as Beam's LocalFileSystem makes
+  them (os.path.join, os.path.exists, io.open; no SavedModel file has a
+  compressed file's extension), without importing Beam: a second of
+  `batch-predict inspect`. Other paths go through Beam's file systems."""
+  join = staticmethod(os.path.join)
+  exists = staticmethod(os.path.exists)
+
+  @staticmethod
+  def open(path: str):
+    return open(path, 'rb')  # pylint: disable=consider-using-with
+
+
+def _files(path: str):
+  """_LocalFiles for a local path, else Beam's FileSystems."""
+  if is_local(path):
+    return _LocalFiles
+  from apache_beam.io.filesystems import FileSystems
+  return FileSystems
+
+
 def _is_saved_model_dir(path: str) -> bool:
-  return any(
-      FileSystems.exists(FileSystems.join(path, name))
-      for name in ('saved_model.pb', 'saved_model.pbtxt'))
+  files = _files(path)
+  return any(files.exists(files.join(path, name))
+             for name in ('saved_model.pb', 'saved_model.pbtxt'))
 
 
 def _is_keras_file(path: str) -> bool:
   """A file of Keras's own formats: .keras (Keras 3, a zip archive) or HDF5
   (.h5, Keras 2's `model.save`), told by its first bytes."""
-  from apache_beam.io.filesystem import CompressionTypes
   try:
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-      head = f.read(8)
+    if is_local(path):
+      with open(path, 'rb') as f:
+        head = f.read(8)
+    else:
+      from apache_beam.io.filesystem import CompressionTypes
+      from apache_beam.io.filesystems import FileSystems
+      with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        head = f.read(8)
   except Exception:  # pylint: disable=broad-except  (a directory, or unreadable)
     return False
   return head == b'\x89HDF\r\n\x1a\n' or (head.startswith(b'PK\x03\x04')
@@ -148,10 +179,14 @@ def version_folders(base: str) -> dict:
   """Version number -> names of the folders of a TF Serving base directory
   that hold a SavedModel (`1`, `07`, `00000123`: TF Serving reads the name
   as a number, so `7` and `007` are both version 7)."""
-  from tf_batch_predict.transforms import file_patterns
   try:  # the base's own name is no pattern
-    candidates = [m.path for m in file_patterns.match(
-        FileSystems.join(file_patterns.escape(base), '*', 'saved_model.pb*'))]
+    if is_local(base):
+      candidates = _local_candidates(base)
+    else:
+      from apache_beam.io.filesystems import FileSystems
+      from tf_batch_predict.transforms import file_patterns
+      candidates = [m.path for m in file_patterns.match(
+          FileSystems.join(file_patterns.escape(base), '*', 'saved_model.pb*'))]
   except Exception:  # a missing directory matches nothing
     candidates = []
   folders = {}
@@ -163,6 +198,35 @@ def version_folders(base: str) -> dict:
         and os.path.basename(candidate) in ('saved_model.pb', 'saved_model.pbtxt')):
       folders.setdefault(int(name), set()).add(name)
   return {number: sorted(names) for number, names in folders.items()}
+
+
+def _local_candidates(base: str) -> list:
+  """The paths that file_patterns.match(`escape(base)/*/saved_model.pb*`)
+  gives for a local base directory (which imports Beam), by the same walk:
+  linked folders followed, a folder reached again listed once, under the
+  first of its names in sorted order; a folder that cannot be listed
+  raises (OSError)."""
+  top = base if base.endswith('/') else base + '/'
+  if not os.path.isdir(top):
+    return []
+
+  def failed(error):
+    raise error
+
+  found, seen = [], set()
+  for folder, folders, names in os.walk(top, onerror=failed, followlinks=True):
+    folders.sort()
+    info = os.stat(folder)
+    if (info.st_dev, info.st_ino) in seen:
+      folders[:] = []
+      continue
+    seen.add((info.st_dev, info.st_ino))
+    below = folder[len(top):].lstrip('/')
+    if below:  # a folder of the base: its files, none below it
+      folders[:] = []
+      found.extend(f'{top}{below}/{name}' for name in names
+                   if name.startswith('saved_model.pb'))
+  return sorted(found)
 
 
 def resolve_model_dir(path: str, version: Optional[int] = None) -> tuple:
@@ -178,9 +242,10 @@ def resolve_model_dir(path: str, version: Optional[int] = None) -> tuple:
       raise ModelError(f'--model_version: {path} is a SavedModel, not a TF Serving '
                        'base directory of versions; leave --model_version out')
     return path, None, None
+  files = _files(path)
   folders = version_folders(path)
   if not folders:
-    if not FileSystems.exists(path):
+    if not files.exists(path):
       raise ModelError(f'--model: {path} does not exist')
     if _is_keras_file(path):
       raise ModelError(
@@ -200,7 +265,7 @@ def resolve_model_dir(path: str, version: Optional[int] = None) -> tuple:
   if len(names) > 1:
     raise ModelError(f'{option}: {path} holds version {version} twice, in folders '
                      f'{" and ".join(names)}; remove or rename one of them')
-  return FileSystems.join(path, names[0]), version, names[0]
+  return files.join(path, names[0]), version, names[0]
 
 
 def _dims(shape_proto) -> Optional[list]:
@@ -637,15 +702,16 @@ def read_saved_model(model_dir: str):
   from google.protobuf import message, text_format
 
   protos = _tf_protos()
-  pb_path = FileSystems.join(model_dir, 'saved_model.pb')
+  files = _files(model_dir)
+  pb_path = files.join(model_dir, 'saved_model.pb')
   saved_model = protos.SavedModel()
   try:
-    if FileSystems.exists(pb_path):
-      with FileSystems.open(pb_path) as f:
+    if files.exists(pb_path):
+      with files.open(pb_path) as f:
         saved_model.ParseFromString(f.read())
     else:
-      pb_path = FileSystems.join(model_dir, 'saved_model.pbtxt')
-      with FileSystems.open(pb_path) as f:
+      pb_path = files.join(model_dir, 'saved_model.pbtxt')
+      with files.open(pb_path) as f:
         text_format.Parse(f.read().decode('utf-8'), saved_model,
                           descriptor_pool=protos.pool)
   except (message.DecodeError, text_format.ParseError, UnicodeDecodeError):
