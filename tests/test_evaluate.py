@@ -101,6 +101,66 @@ def check_classification(metrics, y_true, y_pred, k, scores=None):
     assert c['roc_auc'] == pytest.approx(auc, rel=1e-9)
 
 
+def check_calibration(calibration, confidence, outcome):
+  """Bins of width 0.1 (1.0 in the last): counts, means, the weighted gap."""
+  confidence, outcome = np.asarray(confidence, np.float64), np.asarray(outcome, bool)
+  gap = 0.0
+  for i, row in enumerate(calibration['bins']):
+    inside = (confidence >= i / 10) & ((confidence < (i + 1) / 10) | (i == 9))
+    assert row['count'] == inside.sum()
+    if inside.any():
+      assert row['mean_predicted'] == pytest.approx(confidence[inside].mean(), rel=1e-9)
+      assert row['observed'] == pytest.approx(outcome[inside].mean(), rel=1e-9)
+      gap += inside.sum() * abs(confidence[inside].mean() - outcome[inside].mean())
+    else:
+      assert row['mean_predicted'] is None and row['observed'] is None
+  assert sum(r['count'] for r in calibration['bins']) == len(confidence)
+  assert calibration['expected_calibration_error'] == pytest.approx(gap / len(confidence),
+                                                                    rel=1e-9, abs=1e-12)
+
+
+def direct_average_precision(positive, score):
+  """sum over the distinct scores, highest first, of (recall gained) x
+  precision at `score >= t`."""
+  positive = np.asarray(positive, bool)
+  total, recall_before = 0.0, 0.0
+  for t in np.unique(score)[::-1]:
+    chosen = score >= t
+    tp = (chosen & positive).sum()
+    recall = tp / positive.sum()
+    total += (recall - recall_before) * tp / chosen.sum()
+    recall_before = recall
+  return total
+
+
+def check_binary_extras(metrics, y, score, exact_ap=True):
+  """The threshold sweep, average precision and calibration of a binary
+  classifier's positive-class probability `score`."""
+  c = metrics['classification']
+  y, score = np.asarray(y, bool), np.asarray(score, np.float64)
+  thresholds = [r['threshold'] for r in c['threshold_sweep']['rows']]
+  assert set(evaluate.SWEEP_THRESHOLDS) <= set(thresholds)
+  for row in c['threshold_sweep']['rows']:
+    chosen = score >= row['threshold']
+    tp, predicted, support = (chosen & y).sum(), chosen.sum(), y.sum()
+    assert row['predicted_positive'] == predicted and row['true_positive'] == tp
+    assert row['precision'] == (pytest.approx(tp / predicted, rel=1e-12) if predicted
+                                else None)
+    assert row['recall'] == pytest.approx(tp / support, rel=1e-12)
+    assert row['f1'] == pytest.approx(2 * tp / (predicted + support), rel=1e-12)
+  best = c['threshold_sweep']['best_f1']
+  fine = [2 * ((score >= t) & y).sum() / ((score >= t).sum() + y.sum())
+          for t in evaluate.FINE_THRESHOLDS]
+  assert best['f1'] == pytest.approx(max(fine), rel=1e-12)
+  if exact_ap:
+    expected = direct_average_precision(y, score)
+  else:
+    from sklearn.metrics import average_precision_score
+    expected = average_precision_score(y, score)
+  assert c['average_precision'] == pytest.approx(expected, rel=1e-9)
+  check_calibration(c['calibration'], score, y)
+
+
 def check_regression(metrics, y, y_hat):
   r = metrics['regression']
   y, y_hat = np.asarray(y, np.float64), np.asarray(y_hat, np.float64)
@@ -134,11 +194,23 @@ def png_size(data: bytes):
   return struct.unpack('>II', data[16:24])
 
 
-def check_report(path, images):
-  """Self-contained: no script, nothing fetched, `images` small inline PNGs."""
+BINARY_CHARTS = ['roc', 'pr', 'thresholds', 'scores', 'scores', 'calibration']
+MAX_PAGE_BYTES = 200_000
+
+
+def check_report(path, images, charts=()):
+  """Self-contained: no script, nothing fetched, `images` small inline PNGs,
+  the SVG charts `charts` (their data-chart kinds, in order), the run
+  report's style."""
   with open(path) as f:
     page = f.read()
-  assert '<script' not in page and 'http://' not in page and 'https://' not in page
+  assert len(page.encode()) < MAX_PAGE_BYTES
+  text = page.replace('xmlns="http://www.w3.org/2000/svg"', '')  # (the SVG's namespace)
+  assert '<script' not in text and 'http://' not in text and 'https://' not in text
+  from tf_batch_predict.pipeline import report
+  assert report._CSS in page  # one style with the run's report.html
+  assert [part.split('"', 1)[0] for part in page.split('<figure data-chart="')[1:]] == list(
+      charts)
   pngs = [base64.b64decode(part.split('"', 1)[0])
           for part in page.split('src="data:image/png;base64,')[1:]]
   assert len(pngs) == images
@@ -208,7 +280,8 @@ def test_binary_classifier_of_a_real_job(demo_job, tmp_path):
   assert rc == 0
   check_classification(strict_json(tmp_path / 't' / 'metrics.json'), y,
                        (score >= 0.55).astype(int), 2, score)
-  check_report(tmp_path / 'report.html', images=3)
+  check_binary_extras(metrics, y, score)
+  check_report(tmp_path / 'report.html', images=0, charts=BINARY_CHARTS)
 
 
 def test_regressor_of_a_real_job(demo_job, tmp_path):
@@ -223,20 +296,171 @@ def test_regressor_of_a_real_job(demo_job, tmp_path):
   check_report(tmp_path / 'report.html', images=3)
 
 
-def test_report_renders_in_a_browser(demo_job, tmp_path):
+# What the browser checks read from a rendered report.
+FIGURES = """Array.from(document.querySelectorAll('figure[data-chart]')).map(f => ({
+  chart: f.dataset.chart, width: f.querySelector('svg').getBoundingClientRect().width,
+  lines: f.querySelectorAll('polyline').length,
+  bars: Array.from(f.querySelectorAll('rect.bar')).map(r => Number(r.dataset.count))}))"""
+# Texts of a chart that run into each other or out of it (none may), per figure.
+OVERLAPS = """Array.from(document.querySelectorAll('figure[data-chart]')).map(f => {
+  const svg = f.querySelector('svg'), width = svg.viewBox.baseVal.width;
+  const boxes = Array.from(svg.querySelectorAll('text')).map(t => {
+    const b = t.getBBox(); return [b.x, b.y, b.x + b.width, b.y + b.height, t.textContent]; });
+  const bad = [];
+  boxes.forEach((a, i) => {
+    if (a[0] < -0.5 || a[2] > width + 0.5) bad.push(['outside', a[4]]);
+    boxes.slice(i + 1).forEach(b => {
+      if (a[0] < b[2] - 0.5 && b[0] < a[2] - 0.5 && a[1] < b[3] - 0.5 && b[1] < a[3] - 0.5)
+        bad.push([a[4], b[4]]); }); });
+  return [f.dataset.chart, bad]; }).filter(x => x[1].length)"""
+IMAGES = '[...document.images].map(i => [i.complete, i.naturalWidth, i.naturalHeight])'
+TABLES = 'document.querySelectorAll("table").length'
+HEADER = """[document.querySelector('h1').textContent,
+  Array.from(document.querySelectorAll('a')).map(a => a.getAttribute('href'))]"""
+SLICES = """Array.from(document.querySelectorAll('table.slices tr')).slice(1).map(
+  r => [r.cells[0].textContent, r.cells[1].textContent])"""
+
+
+def render_report(path):
+  """The report in headless Chromium: loaded with no error, nothing
+  fetched, its charts laid out with no text running into another, its
+  images decoded. Returns (figures, images, tables, header, slices)."""
   from tests import browser
-  output, _, _ = demo_job
-  assert evaluate.main([f'--joined={output}/predictions-*.jsonl', '--label_field=label',
-                        '--prediction_field=churn_probability',
-                        f'--output={tmp_path}']) == 0
-  page = browser.render(tmp_path / 'report.html', evaluate=[
-      '[...document.images].map(i => [i.complete, i.naturalWidth, i.naturalHeight])',
-      'document.querySelectorAll("table").length'])
+  page = browser.render(path, evaluate=[FIGURES, OVERLAPS, IMAGES, TABLES, HEADER, SLICES])
   assert page.errors == [] and page.requests == []
-  images, tables = page.values
-  assert len(images) == 3 and tables >= 4
+  figures, overlaps, images, tables, header, slices = page.values
+  assert overlaps == []
+  assert all(f['width'] > 0 for f in figures)
   assert all(complete and 0 < width <= 600 and 0 < height <= 800
              for complete, width, height in images)
+  return figures, images, tables, header, slices
+
+
+def test_report_renders_in_a_browser(demo_job, tmp_path):
+  output, predictions, _ = demo_job
+  assert evaluate.main([f'--joined={output}/predictions-*.jsonl', '--label_field=label',
+                        '--prediction_field=churn_probability', '--slice_by=label',
+                        f'--output={tmp_path}']) == 0
+  figures, images, tables, (title, links), slices = render_report(tmp_path / 'report.html')
+  assert [f['chart'] for f in figures] == BINARY_CHARTS and images == [] and tables >= 8
+  assert [f['lines'] for f in figures if f['chart'] != 'scores'] == [2, 2, 3, 2]
+  # The score histograms hold every pair, once.
+  assert sum(sum(f['bars']) for f in figures if f['chart'] == 'scores') == len(predictions)
+  # The model and the run: a link to the run's report, relative to ours.
+  assert title == f'Evaluation of model {os.path.dirname(output)}/model, version 1'
+  assert links == [os.path.relpath(os.path.join(output, 'report.html'), tmp_path)]
+  assert os.path.exists(os.path.join(tmp_path, links[0]))
+  labels = [p['label'] for p in predictions]
+  assert sorted(slices) == sorted([['false', f'{labels.count(False):,}'],
+                                   ['true', f'{labels.count(True):,}']])
+  # A regression's plots are images.
+  assert evaluate.main([f'--joined={output}/predictions-*.jsonl', '--label_field=target',
+                        '--prediction_field=churn_probability',
+                        f'--output={tmp_path / "r"}']) == 0
+  figures, images, tables, _, _ = render_report(tmp_path / 'r' / 'report.html')
+  assert figures == [] and len(images) == 3 and tables >= 4
+
+
+def test_slices_by_a_field_of_the_labels(demo_job, tmp_path):
+  """--slice_by with --predictions/--labels (the join): a field of the
+  labels' files; the 20 most frequent values, then one "other"."""
+  output, predictions, _ = demo_job
+  root = os.path.dirname(output)
+  assert evaluate.main([f'--predictions={output}', f'--labels={root}/instances/*.jsonl',
+                        '--label_field=label', '--prediction_field=churn_probability',
+                        '--slice_by=age', f'--output={tmp_path}']) == 0
+  metrics = strict_json(tmp_path / 'metrics.json')
+  run = metrics['inputs']['run']
+  assert run['model']['version'] == 1 and run['model']['signature'] == 'serving_default'
+  assert os.path.normpath(os.path.join(tmp_path, run['report'])) == os.path.join(
+      output, 'report.html')
+  instances = {}
+  with open(os.path.join(root, 'instances', 'part-0.jsonl')) as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+      except ValueError:
+        continue
+      instances[row['id']] = row
+  by_key = {p['id']: p for p in predictions}
+  age = {key: instances[key]['age'] for key in by_key}
+  counts = {}
+  for value in age.values():
+    counts[str(value)] = counts.get(str(value), 0) + 1
+  ranked = sorted(counts, key=lambda v: (-counts[v], v))
+  sliced = metrics['slices']
+  assert sliced['field'] == 'age' and sliced['distinct_values'] == len(counts)
+  assert [r['value'] for r in sliced['slices'][:20]] == ranked[:20]
+  assert [r['count'] for r in sliced['slices'][:20]] == [counts[v] for v in ranked[:20]]
+  other = sliced['slices'][20]
+  assert other['value'] is None and other['values'] == len(counts) - 20
+  assert other['count'] == sum(counts[v] for v in ranked[20:])
+  for row in sliced['slices']:
+    keys = [k for k in by_key if (str(age[k]) == row['value'] if row['value'] is not None
+                                  else str(age[k]) in ranked[20:])]
+    y = np.array([by_key[k]['label'] for k in keys])
+    score = np.array([by_key[k]['churn_probability'][0] for k in keys])
+    assert row['accuracy'] == pytest.approx(((score >= 0.5) == y).mean(), rel=1e-12)
+    if 0 < y.sum() < len(y):
+      assert row['roc_auc'] == pytest.approx(direct_auc(y, score), rel=1e-9)
+    else:
+      assert row['roc_auc'] is None
+  # A field that no row holds is a configuration mistake.
+  assert evaluate.main([f'--joined={output}/predictions-*.jsonl', '--label_field=label',
+                        '--prediction_field=churn_probability', '--slice_by=agee',
+                        f'--output={tmp_path / "x"}']) == 2
+
+
+def write_joined(path, n, seed=0, segments=50):
+  """n joined rows of a binary classifier's JSON output, built here: a
+  boolean label, a [score] prediction and a `segment` field; returns
+  (labels, scores, segments)."""
+  rng = np.random.default_rng(seed)
+  y = rng.random(n) < 0.3
+  score = np.clip(y * 0.25 + rng.random(n) * 0.75, 0, 1).round(4)
+  segment = rng.integers(0, segments, n)
+  with open(path, 'w') as f:
+    f.writelines(f'{{"id": "k{i}", "label": {"true" if a else "false"}, '
+                 f'"churn_probability": [{b!r}], "segment": "s{c}"}}\n'
+                 for i, (a, b, c) in enumerate(zip(y.tolist(), score.tolist(),
+                                                   segment.tolist())))
+  return y, score, segment
+
+
+@pytest.mark.parametrize('n', [10, 1_000_000])
+def test_report_at_10_and_a_million_pairs(tmp_path, n):
+  """The command on n pairs (a file built here): the metrics against a
+  direct computation, a small page that renders."""
+  path = tmp_path / 'joined.jsonl'
+  y, score, segment = write_joined(path, n, seed=n % 97)
+  out = tmp_path / 'evaluation'
+  assert evaluate.main([f'--joined={path}', '--label_field=label',
+                        '--prediction_field=churn_probability', '--slice_by=segment',
+                        f'--output={out}']) == 0
+  metrics = strict_json(out / 'metrics.json')
+  if n <= 10_000:  # (the direct AUC compares every pair of pairs)
+    check_classification(metrics, y.astype(int), (score >= 0.5).astype(int), 2, score)
+  assert metrics['counts']['evaluated'] == n
+  check_binary_extras(metrics, y, score, exact_ap=n <= 10_000)
+  sliced = metrics['slices']
+  assert sum(r['count'] for r in sliced['slices']) == n
+  assert len(sliced['slices']) == min(21, len(set(segment.tolist())))
+  for row in sliced['slices'][:20]:
+    inside = segment == int(row['value'][1:])
+    assert row['count'] == inside.sum()
+    assert row['accuracy'] == pytest.approx(((score[inside] >= 0.5) == y[inside]).mean(),
+                                            rel=1e-12)
+  if n > 10_000:
+    from sklearn.metrics import roc_auc_score
+    assert metrics['classification']['roc_auc'] == pytest.approx(roc_auc_score(y, score),
+                                                                  rel=1e-9)
+  page = check_report(out / 'report.html', images=0,
+                      charts=BINARY_CHARTS if 0 < y.sum() < n else ['calibration'])
+  figures, images, tables, _, slices = render_report(out / 'report.html')
+  assert sum(int(count.replace(',', '')) for _, count in slices) == n
+  if 0 < y.sum() < n:
+    assert sum(sum(f['bars']) for f in figures if f['chart'] == 'scores') == n
+  assert len(page) < MAX_PAGE_BYTES
 
 
 # -- synthetic data ---------------------------------------------------------------
@@ -260,7 +484,11 @@ def test_multiclass_score_vectors(tmp_path):
   for i, row in enumerate(metrics['classification']['per_class']):
     assert row['roc_auc'] == pytest.approx(direct_auc(y == i, probs[:, i]), rel=1e-9)
   assert strict_json(tmp_path / 'metrics.json') == json.loads(json.dumps(metrics))
-  check_report(tmp_path / 'report.html', images=3)
+  # Score histograms and ROC curves per class (PNG), top-class calibration (SVG).
+  check_report(tmp_path / 'report.html', images=2, charts=['calibration'])
+  calibration = metrics['classification']['calibration']
+  assert 'top' in calibration['of']
+  check_calibration(calibration, probs.max(axis=1), probs.argmax(axis=1) == y)
   # Logits are scores but not probabilities: AUC yes, log loss null with a reason.
   metrics = evaluate.compute(y.tolist(), logits.tolist())
   assert metrics['classification']['log_loss'] is None
@@ -287,7 +515,7 @@ def test_class_name_labels(tmp_path):
   metrics = evaluate.evaluate(labels, predicted, str(tmp_path))
   assert metrics['classification']['classes'] == names
   check_classification(metrics, y, probs.argmax(axis=1), 3)
-  check_report(tmp_path / 'report.html', images=1)  # the confusion matrix only
+  check_report(tmp_path / 'report.html', images=0)  # the confusion matrix: a table
   # Binary scores with two class names: the second one is the positive class.
   binary = rng.random(n) < 0.4
   score = np.clip(binary * 0.3 + rng.random(n) * 0.7, 0, 1)
@@ -407,7 +635,7 @@ def test_write_outputs_replaces_the_previous_result(tmp_path):
   metrics = evaluate.compute([0, 1, 1, 0], [0.2, 0.8, 0.4, 0.1])
   evaluate.write_outputs(metrics, [0, 1, 1, 0], [0.2, 0.8, 0.4, 0.1], str(tmp_path))
   assert strict_json(tmp_path / 'metrics.json') == json.loads(json.dumps(metrics))
-  check_report(tmp_path / 'report.html', images=3)
+  check_report(tmp_path / 'report.html', images=0, charts=BINARY_CHARTS)
   assert sorted(os.listdir(tmp_path)) == ['metrics.json', 'report.html']
 
 
