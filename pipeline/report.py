@@ -297,6 +297,7 @@ def input_sample(summary: dict) -> InputSample:
   them: transforms/read/formats.py `sample_file`) from up to
   INPUT_SAMPLE_FILES files spread over the input, within
   INPUT_SAMPLE_BYTES and INPUT_SAMPLE_SECONDS."""
+  from tf_batch_predict.pipeline.config import special_file_reason
   from tf_batch_predict.transforms import file_patterns
   from tf_batch_predict.transforms.read.formats import detect_format, sample_file
   from tf_batch_predict.transforms.read.sampling import SampleLimits
@@ -316,7 +317,9 @@ def input_sample(summary: dict) -> InputSample:
       sample.failed.append((pattern, f'cannot list: {type(e).__name__}'))
       continue
     for m in matched:
-      if m.path not in seen:
+      # The run set aside what is not a regular file (opening a named pipe
+      # waits for a writer forever): so does the sample.
+      if m.path not in seen and special_file_reason(m.path) is None:
         seen.add(m.path)
         files.append(m)
   sample.files_matched = len(files)
