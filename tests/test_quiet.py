@@ -106,20 +106,21 @@ def test_a_normal_run_prints_our_lines_only(model_dir, instances, tmp_path):
 
 def test_a_configuration_mistake_is_one_line_even_after_loading_tensorflow(model_dir, instances,
                                                                            tmp_path):
-  # The signature is looked up in the SavedModel: TensorFlow is imported first.
-  args = [f'--model={model_dir / "keras"}', '--signature=nope', f'--input={instances}',
-          f'--output={tmp_path / "out"}']
+  # The outputs are checked after the model's ops were checked against
+  # TensorFlow's registry: TensorFlow is imported first.
+  args = [f'--model={model_dir / "keras"}', '--signature=serve', '--output_fields=nope',
+          f'--input={instances}', f'--output={tmp_path / "out"}']
   rc, lines = run(*args)
   assert rc == 2 and lines == [
-      "batch-predict: error: --signature: no signature 'nope'; available: serve, "
-      'serving_default; pass --signature=NAME'], lines
+      "batch-predict: error: --output_fields: the signature has no output 'nope'; outputs: "
+      'probs, score'], lines
   rc, lines = run(*args, '--log_level=loud')
   assert rc == 2 and lines == [
       "batch-predict: error: --log_level: 'loud' is not one of debug, info, warning, error"]
   # Debugging shows TensorFlow's own lines too, the error line last.
   for debug_args, env in (([], {'BATCH_PREDICT_DEBUG': '1'}), (['--log_level=debug'], {})):
     rc, lines = run(*args, *debug_args, **env)
-    assert rc == 2 and lines[-1].startswith("batch-predict: error: --signature: no signature")
+    assert rc == 2 and lines[-1].startswith("batch-predict: error: --output_fields: the ")
     assert any(TF_CHATTER.match(line) for line in lines), lines
 
 
