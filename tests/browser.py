@@ -56,6 +56,23 @@ class BrowserError(Exception):
   """Chromium could not be started or did not answer in time."""
 
 
+# Per chart (a figure with an SVG), the texts that run into each other or
+# out of it: [chart:field, [[text, text] or ['outside', text], ...]] of the
+# charts with any; [] when none does. Evaluated in the page (render).
+TEXT_OVERLAPS = """Array.from(document.querySelectorAll('figure'))
+  .filter(f => f.querySelector('svg')).map(f => {
+  const svg = f.querySelector('svg'), width = svg.viewBox.baseVal.width;
+  const boxes = Array.from(svg.querySelectorAll('text')).map(t => {
+    const b = t.getBBox(); return [b.x, b.y, b.x + b.width, b.y + b.height, t.textContent]; });
+  const bad = [];
+  boxes.forEach((a, i) => {
+    if (a[0] < -0.5 || a[2] > width + 0.5) bad.push(['outside', a[4]]);
+    boxes.slice(i + 1).forEach(b => {
+      if (a[0] < b[2] - 0.5 && b[0] < a[2] - 0.5 && a[1] < b[3] - 0.5 && b[1] < a[3] - 0.5)
+        bad.push([a[4], b[4]]); }); });
+  return [f.dataset.chart + ':' + (f.dataset.field || ''), bad]; }).filter(x => x[1].length)"""
+
+
 def chromium():
   """The Chromium binary, or None."""
   given = os.environ.get('CHROMIUM')

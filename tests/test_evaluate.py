@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tf_batch_predict.pipeline import evaluate
+from tests import browser
 from tests.helpers import run_job
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -301,18 +302,7 @@ FIGURES = """Array.from(document.querySelectorAll('figure[data-chart]')).map(f =
   chart: f.dataset.chart, width: f.querySelector('svg').getBoundingClientRect().width,
   lines: f.querySelectorAll('polyline').length,
   bars: Array.from(f.querySelectorAll('rect.bar')).map(r => Number(r.dataset.count))}))"""
-# Texts of a chart that run into each other or out of it (none may), per figure.
-OVERLAPS = """Array.from(document.querySelectorAll('figure[data-chart]')).map(f => {
-  const svg = f.querySelector('svg'), width = svg.viewBox.baseVal.width;
-  const boxes = Array.from(svg.querySelectorAll('text')).map(t => {
-    const b = t.getBBox(); return [b.x, b.y, b.x + b.width, b.y + b.height, t.textContent]; });
-  const bad = [];
-  boxes.forEach((a, i) => {
-    if (a[0] < -0.5 || a[2] > width + 0.5) bad.push(['outside', a[4]]);
-    boxes.slice(i + 1).forEach(b => {
-      if (a[0] < b[2] - 0.5 && b[0] < a[2] - 0.5 && a[1] < b[3] - 0.5 && b[1] < a[3] - 0.5)
-        bad.push([a[4], b[4]]); }); });
-  return [f.dataset.chart, bad]; }).filter(x => x[1].length)"""
+OVERLAPS = browser.TEXT_OVERLAPS
 IMAGES = '[...document.images].map(i => [i.complete, i.naturalWidth, i.naturalHeight])'
 TABLES = 'document.querySelectorAll("table").length'
 HEADER = """[document.querySelector('h1').textContent,
@@ -325,7 +315,7 @@ def render_report(path):
   """The report in headless Chromium: loaded with no error, nothing
   fetched, its charts laid out with no text running into another, its
   images decoded. Returns (figures, images, tables, header, slices)."""
-  from tests import browser
+
   page = browser.render(path, evaluate=[FIGURES, OVERLAPS, IMAGES, TABLES, HEADER, SLICES])
   assert page.errors == [] and page.requests == []
   figures, overlaps, images, tables, header, slices = page.values

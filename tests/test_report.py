@@ -32,18 +32,7 @@ COUNTS = """Array.from(document.querySelector('table').rows).map(
 EXAMPLES = """Array.from(document.querySelectorAll('section[data-category]')).map(s => [
   s.dataset.category, Array.from(s.querySelectorAll('pre.example')).map(p => p.textContent)])"""
 HEADINGS = "Array.from(document.querySelectorAll('h2')).map(h => h.textContent)"
-# Texts of a chart that run into each other or out of it (none may), per figure.
-OVERLAPS = """Array.from(document.querySelectorAll('figure')).map(f => {
-  const svg = f.querySelector('svg'), width = svg.viewBox.baseVal.width;
-  const boxes = Array.from(svg.querySelectorAll('text')).map(t => {
-    const b = t.getBBox(); return [b.x, b.y, b.x + b.width, b.y + b.height, t.textContent]; });
-  const bad = [];
-  boxes.forEach((a, i) => {
-    if (a[0] < -0.5 || a[2] > width + 0.5) bad.push(['outside', a[4]]);
-    boxes.slice(i + 1).forEach(b => {
-      if (a[0] < b[2] - 0.5 && b[0] < a[2] - 0.5 && a[1] < b[3] - 0.5 && b[1] < a[3] - 0.5)
-        bad.push([a[4], b[4]]); }); });
-  return [f.dataset.chart + ':' + (f.dataset.field || ''), bad]; })"""
+OVERLAPS = browser.TEXT_OVERLAPS
 # The lines of the cumulative chart: how each is drawn (each must differ).
 LINE_LOOKS = """Array.from(document.querySelectorAll('figure[data-chart=cumulative] polyline')).map(
   l => { const s = getComputedStyle(l);
