@@ -9,7 +9,8 @@ from tf_batch_predict.pipeline.options import ConfigError, JobOptions
 from tf_batch_predict.transforms.write.format import LOCATION_FIELDS, OutputLayout, common_base, output_names
 from tf_batch_predict.transforms.read.formats import detect_format
 from tf_batch_predict.transforms.records import POSITION_FIELDS
-from tf_batch_predict.transforms.model.savedmodel import ModelError, ModelRef, inspect_model
+from tf_batch_predict.transforms.model.savedmodel import (ModelError, ModelRef, check_ops,
+                                                          inspect_model)
 from tf_batch_predict.transforms import file_patterns
 from tf_batch_predict.transforms.file_patterns import is_local
 
@@ -129,8 +130,10 @@ def resolve(options: JobOptions) -> JobConfig:
   files_by_format = group_by_format(files, options.input_format)
   files_by_format, unreadable = set_aside_special_files(files_by_format)
   try:
+    # The op registry check imports TensorFlow: it comes after the
+    # configuration checks that can be made without it (check_ops below).
     model = inspect_model(_absolute(options.model), options.tags, options.signature,
-                          options.model_version)
+                          options.model_version, check_registry=False)
   except ModelError as e:
     raise ConfigError(str(e)) from None
   carried = ([options.key_field] if options.key_field else list(LOCATION_FIELDS))
@@ -151,6 +154,10 @@ def resolve(options: JobOptions) -> JobConfig:
     writable = [s.name for s in kept if not s.unwritable]
     raise ConfigError(f'--model: {unwritable.unwritable}; leave it out with --output_fields'
                       + (f'={",".join(writable)}' if writable else ''))
+  try:
+    model = check_ops(model)
+  except ModelError as e:
+    raise ConfigError(str(e)) from None
   # Only the outputs written are fetched: an output left out costs nothing,
   # and one the job cannot write (no batch dimension) can be left out.
   model = dataclasses.replace(model, signature=dataclasses.replace(

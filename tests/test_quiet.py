@@ -15,6 +15,7 @@ import pytest
 
 from tf_batch_predict.pipeline import cli, quiet
 from tf_batch_predict.pipeline.options import ConfigError
+from tests import models_exporters as exporters
 from tests.helpers import write_lines
 from tests.test_runs import ROOT, TF_CHATTER, keras_args, keras_lines
 
@@ -106,21 +107,26 @@ def test_a_normal_run_prints_our_lines_only(model_dir, instances, tmp_path):
 
 def test_a_configuration_mistake_is_one_line_even_after_loading_tensorflow(model_dir, instances,
                                                                            tmp_path):
-  # The outputs are checked after the model's ops were checked against
-  # TensorFlow's registry: TensorFlow is imported first.
-  args = [f'--model={model_dir / "keras"}', '--signature=serve', '--output_fields=nope',
-          f'--input={instances}', f'--output={tmp_path / "out"}']
+  # An op this TensorFlow lacks is found in its registry: TensorFlow is
+  # imported first (with its start-up lines, kept from the user).
+  model = tmp_path / 'custom-op'
+  shutil.copytree(model_dir / 'keras', model)
+  exporters.rename_ops(str(model), 'MatMul', 'MyCompanyMatMul')
+  args = [f'--model={model}', '--signature=serve', f'--input={instances}',
+          f'--output={tmp_path / "out"}']
+  expected = (f'batch-predict: error: --model: {model}: the model uses ops this TensorFlow '
+              'does not have (MyCompanyMatMul): they come from a custom op library; serve it '
+              'with a build that links that library (known here: TensorFlow Text, TensorFlow '
+              'Decision Forests)')
   rc, lines = run(*args)
-  assert rc == 2 and lines == [
-      "batch-predict: error: --output_fields: the signature has no output 'nope'; outputs: "
-      'probs, score'], lines
+  assert rc == 2 and lines == [expected], lines
   rc, lines = run(*args, '--log_level=loud')
   assert rc == 2 and lines == [
       "batch-predict: error: --log_level: 'loud' is not one of debug, info, warning, error"]
   # Debugging shows TensorFlow's own lines too, the error line last.
   for debug_args, env in (([], {'BATCH_PREDICT_DEBUG': '1'}), (['--log_level=debug'], {})):
     rc, lines = run(*args, *debug_args, **env)
-    assert rc == 2 and lines[-1].startswith("batch-predict: error: --output_fields: the ")
+    assert rc == 2 and lines[-1] == expected
     assert any(TF_CHATTER.match(line) for line in lines), lines
 
 

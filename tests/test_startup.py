@@ -103,7 +103,8 @@ def test_help_imports_no_tensorflow(command):
 
 def test_configuration_mistakes_import_no_tensorflow(model_dir, tmp_path):
   """Mistakes found before the model is loaded: one line, exit status 2,
-  and no TensorFlow (the model's proto is read for a signature's name)."""
+  and no TensorFlow (the model's proto is read for its signature; its ops
+  are checked against TensorFlow's registry only after these checks)."""
   data = tmp_path / 'in.jsonl'
   data.write_text('{"features": [1.0, 2.0, 3.0], "bucket": 1}\n')
   model = f'--model={model_dir / "keras"}'
@@ -120,6 +121,12 @@ def test_configuration_mistakes_import_no_tensorflow(model_dir, tmp_path):
                                    'error'),
       ([*run, '--signature=nope'], "--signature: no signature 'nope'; available: serve, "
                                    'serving_default; pass --signature=NAME'),
+      # Found once the signature is read: still before TensorFlow's op
+      # registry is consulted.
+      ([*run, '--signature=serve', '--output_fields=nope'],
+       "--output_fields: the signature has no output 'nope'; outputs: probs, score"),
+      ([*run, '--key_field=id', '--passthrough_fields=id'],
+       "--passthrough_fields: 'id' is already written as the key or location field"),
       ([f'--model={tmp_path / "no-model"}', *run[1:]],
        f'--model: {tmp_path / "no-model"} does not exist')):
     rc, out, err, modules = _command(*args)

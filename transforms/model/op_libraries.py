@@ -100,9 +100,24 @@ def needed(graph_def, check_registry: bool = True) -> tuple:
   Only the second check needs TensorFlow (its op registry), and imports
   it. `check_registry=False` leaves it out: the libraries of KNOWN are
   still told by the static lists above, without TensorFlow, but an op of
-  another custom library goes unnoticed. `batch-predict inspect` does
-  that where TensorFlow is not imported yet (pipeline/inspect.py); a run
-  always checks, and refuses such a model before it starts."""
+  another custom library goes unnoticed (`check_registered` of
+  `unowned(graph_def)` does it later). `batch-predict inspect` does that
+  where TensorFlow is not imported yet (pipeline/inspect.py); a run
+  checks after its cheap configuration checks, and refuses such a model
+  before it starts."""
+  modules, ops = _owned(graph_def)
+  if check_registry:
+    check_registered(ops)
+  return modules
+
+
+def unowned(graph_def) -> tuple:
+  """The graph's op types that no library of KNOWN owns: TensorFlow's own
+  ops, or a custom library's (`check_registered` tells)."""
+  return tuple(sorted(_owned(graph_def)[1]))
+
+
+def _owned(graph_def) -> tuple:
   ops = graph_ops(graph_def)
   modules = []
   for library in KNOWN:
@@ -114,13 +129,18 @@ def needed(graph_def, check_registry: bool = True) -> tuple:
                        f'{library.module} is not installed: {library.install}')
     modules.append(library.module)
     ops -= owned
-  unknown = (ops - _registered_ops()) if check_registry else set()
+  return tuple(modules), ops
+
+
+def check_registered(ops) -> None:
+  """Raises MissingOps naming the ops of `ops` that this TensorFlow lacks
+  (imports TensorFlow)."""
+  unknown = set(ops) - _registered_ops()
   if unknown:
     raise MissingOps(f'the model uses ops this TensorFlow does not have ({_listed(unknown)}): '
                      'they come from a custom op library; serve it with a build that '
                      'links that library (known here: '
                      + ', '.join(library.name for library in KNOWN) + ')')
-  return tuple(modules)
 
 
 def load(modules) -> None:

@@ -103,6 +103,9 @@ class SignatureSpec:
   # Modules to import before loading the model: the custom op libraries
   # its graph uses (transforms/model/op_libraries.py).
   op_libraries: tuple = ()
+  # Op types not yet checked against TensorFlow's registry (read with
+  # check_registry=False): `check_ops` checks them.
+  unchecked_ops: tuple = ()
 
   def input(self, name: str) -> Optional[TensorSpec]:
     return next((s for s in self.inputs if s.name == name), None)
@@ -371,7 +374,8 @@ def _fixed_batch(where: str, inputs: list) -> Optional[int]:
   return next(iter(fixed.values()), None)
 
 
-def read_signature(model_dir: str, tags: tuple, signature_name: str) -> SignatureSpec:
+def read_signature(model_dir: str, tags: tuple, signature_name: str,
+                   check_registry: bool = True) -> SignatureSpec:
   """Reads one signature from the SavedModel proto, as `saved_model_cli show`
   does; unknown tag sets and signatures name the available ones."""
   saved_model, _ = read_saved_model(model_dir)
@@ -383,7 +387,7 @@ def read_signature(model_dir: str, tags: tuple, signature_name: str) -> Signatur
     available = ['"' + ','.join(m.meta_info_def.tags) + '"' for m in meta_graphs]
     raise ModelError(f'--tag: the SavedModel has no tag set '
                      f'"{",".join(tags)}"; available: {", ".join(available)}')
-  return signature_spec(chosen, signature_name, model_dir)
+  return signature_spec(chosen, signature_name, model_dir, check_registry)
 
 
 def signature_spec(chosen, signature_name: str, model_dir: str,
@@ -445,16 +449,35 @@ def signature_spec(chosen, signature_name: str, model_dir: str,
     libraries = op_libraries.needed(chosen.graph_def, check_registry=check_registry)
   except op_libraries.MissingOps as e:
     raise ModelError(f'--model: {model_dir}: {e}') from None
+  unchecked = () if check_registry else op_libraries.unowned(chosen.graph_def)
   return SignatureSpec(signature_name, sig.method_name, inputs, outputs,
                        takes_examples, features, fixed_batch, tuple(notes), unbatched,
-                       per_instance, libraries)
+                       per_instance, libraries, unchecked)
 
 
 def inspect_model(path: str, tags: tuple, signature_name: str,
-                  version: Optional[int] = None) -> ModelRef:
+                  version: Optional[int] = None, check_registry: bool = True) -> ModelRef:
+  """The model and its signature, from the SavedModel proto. With
+  `check_registry=False` TensorFlow is not imported, and `check_ops` does
+  the check that needs it later (a configuration mistake found first then
+  costs no TensorFlow import)."""
   model_dir, version, folder = resolve_model_dir(path, version)
   return ModelRef(model_dir, version, tuple(tags),
-                  read_signature(model_dir, tuple(tags), signature_name), folder)
+                  read_signature(model_dir, tuple(tags), signature_name, check_registry),
+                  folder)
+
+
+def check_ops(model: ModelRef) -> ModelRef:
+  """The model once its unchecked ops are known to this TensorFlow; raises
+  ModelError naming those it lacks (imports TensorFlow)."""
+  if not model.signature.unchecked_ops:
+    return model
+  try:
+    op_libraries.check_registered(model.signature.unchecked_ops)
+  except op_libraries.MissingOps as e:
+    raise ModelError(f'--model: {model.path}: {e}') from None
+  return dataclasses.replace(model, signature=dataclasses.replace(
+      model.signature, unchecked_ops=()))
 
 
 def load_signature(model: ModelRef):
