@@ -122,7 +122,19 @@ def set_aside_special_files(files_by_format: dict) -> tuple:
   return {kind: group for kind, group in kept.items() if group}, unreadable
 
 
+def _check_column_types(options: JobOptions) -> None:
+  if options.parquet_column_types and options.output_format != 'parquet':
+    raise ConfigError('--parquet_column_types: only for --output_format=parquet (JSON Lines '
+                      'keeps every value as read; tf.Examples hold integers as int64)')
+  carried = ((options.key_field,) if options.key_field else ()) + options.passthrough_fields
+  stray = next((f for f, _ in options.parquet_column_types if f not in carried), None)
+  if stray is not None:
+    raise ConfigError(f'--parquet_column_types: {stray!r} is not the --key_field or one of '
+                      'the --passthrough_fields (outputs have the types of the signature)')
+
+
 def resolve(options: JobOptions) -> JobConfig:
+  _check_column_types(options)
   patterns = tuple(_absolute(p) for p in options.inputs)
   if options.output:  # preflight may have none
     check_outside_inputs(patterns, _absolute(options.output))
@@ -166,9 +178,16 @@ def resolve(options: JobOptions) -> JobConfig:
   squeezed = tuple(s.name for s in kept if options.scalar_outputs and s.shape == (1,)
                    and not s.ragged_rank)
   specs = tuple(dataclasses.replace(s, shape=()) if s.name in squeezed else s for s in kept)
+  names = output_names([s.name for s in kept], carried)
+  typed = tuple((f, t) for f, t in options.parquet_column_types if t != 'string')
+  for field, _ in typed:
+    if f'{field}_text' in carried or f'{field}_text' in names.values():
+      raise ConfigError(f'--parquet_column_types: the column {field}_text, for the values of '
+                        f'{field!r} that are not of its type, would have the name of another '
+                        'field; rename that field or leave --parquet_column_types out')
   layout = OutputLayout(
       key_field=options.key_field, passthrough_fields=options.passthrough_fields,
-      output_names=output_names([s.name for s in kept], carried),
+      output_names=names, carried_types=typed,
       input_base=common_base(patterns),
       output_format=options.output_format, output_specs=specs, squeezed=squeezed,
       position_fields=tuple(sorted({POSITION_FIELDS[k] for k in files_by_format})))

@@ -1635,17 +1635,25 @@ def _read_file(pairs, path, fmt, label_field, prediction_field) -> None:
   from apache_beam.io.filesystems import CompressionTypes, FileSystems
   if fmt == 'parquet':
     import pyarrow.parquet as pq
+
+    from tf_batch_predict.transforms.rejoin import read_outputs
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
       parquet = pq.ParquetFile(f)
       names = parquet.schema_arrow.names
-      columns = [c for c in dict.fromkeys((label_field, prediction_field, 'error',
-                                           'error_output', pairs.slice_field))
-                 if c is not None and c in names]
-      pairs.fields_seen.update(names[:100])
+      wanted = [c for c in dict.fromkeys((label_field, prediction_field, 'error',
+                                          'error_output', pairs.slice_field))
+                if c is not None and c in names]
+      # A typed carried field's values that are not of its type are in its
+      # text column (--parquet_column_types).
+      texts = {field: column for field, column in
+               read_outputs.text_columns(parquet.schema_arrow).items() if field in wanted}
+      columns = wanted + list(texts.values())
+      pairs.fields_seen.update(n for n in names[:100] if n not in texts.values())
       for batch in parquet.iter_batches(columns=columns or None, batch_size=65536):
         values = batch.to_pydict() if columns else {}
         for i in range(batch.num_rows):
-          pairs.add_row({c: values[c][i] for c in columns}, label_field, prediction_field)
+          row = read_outputs.fold_text_columns({c: values[c][i] for c in columns}, texts)
+          pairs.add_row(row, label_field, prediction_field)
     return
   # Python's gzip module rather than Beam's decompressing reader, which
   # stops silently where a gzip stream is cut short.

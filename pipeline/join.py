@@ -161,7 +161,8 @@ def resolve(argv) -> JoinPlan:
                     if record != name)
   layout = JoinLayout(key_field=key_field, passthrough_fields=tuple(passthrough),
                       output_format=prediction_format, input_base=common_base(patterns),
-                      renamed_outputs=renamed)
+                      renamed_outputs=renamed, carried_types=tuple(
+                          _setting(summary, 'parquet_column_types', {}).items()))
   return JoinPlan(inputs=patterns, predictions=predictions,
                   output=job_config._absolute(output), files_by_format=files_by_format,
                   formats=formats, layout=layout,

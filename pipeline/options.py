@@ -72,6 +72,9 @@ class JobOptions:
   early_stop_after: int = 0
   # Outputs of shape [1] per instance written as their one value.
   scalar_outputs: bool = False
+  # (field, type) of carried fields written to typed Parquet columns, each
+  # but string with a FIELD_text column for the values not of the type.
+  parquet_column_types: tuple = ()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -81,6 +84,23 @@ class _Parser(argparse.ArgumentParser):
 
 def _csv(text):
   return tuple(part.strip() for part in text.split(',') if part.strip())
+
+
+def _column_types(items) -> tuple:
+  """(field, type) of each FIELD:TYPE of --parquet_column_types."""
+  from tf_batch_predict.transforms.convert import CARRIED_TYPES
+  pairs = []
+  for item in items:
+    field, colon, column_type = item.rpartition(':')
+    if not colon or not field:
+      raise ConfigError(f'--parquet_column_types: {item!r} is not FIELD:TYPE')
+    if column_type not in CARRIED_TYPES:
+      raise ConfigError(f'--parquet_column_types: {column_type!r} ({field}) is not one of '
+                        f'{", ".join(CARRIED_TYPES)}')
+    if any(f == field for f, _ in pairs):
+      raise ConfigError(f'--parquet_column_types: {field!r} is given twice')
+    pairs.append((field, column_type))
+  return tuple(pairs)
 
 
 def _patterns(text):
@@ -231,6 +251,12 @@ def _parser() -> argparse.ArgumentParser:
                       help='write an output of shape [1] per instance (a Keras Dense(1), '
                            '[batch, 1]) as its one value, 0.57, instead of a one-element '
                            'list, [0.57] (the form TF Serving returns)')
+  outputs.add_argument('--parquet_column_types', default=(), type=_csv,
+                       metavar='FIELD:TYPE[,FIELD:TYPE]',
+                       help='Parquet column types of key and passthrough fields: int64, '
+                            'float64, bool or string (the default). A value that is not '
+                            'exactly of its type is null there, and its text is in the '
+                            'column FIELD_text')
   checks.add_argument('--early_stop_after', type=int, default=DEFAULT_EARLY_STOP_AFTER,
                       metavar='N',
                       help='stop the run (exit status 3, nothing written) when the first N '
@@ -344,6 +370,7 @@ def parse_args(argv, require_output: bool = True) -> JobOptions:
   if known.max_instance_bytes > MAX_INSTANCE_BYTES_LIMIT:
     raise ConfigError(f'--max_instance_bytes: at most {MAX_INSTANCE_BYTES_LIMIT} '
                       f'({MAX_INSTANCE_BYTES_LIMIT >> 30} GiB)')
+  column_types = _column_types(known.parquet_column_types)
   model_version = known.model_version
   if model_version is not None:
     if not re.fullmatch(r'[0-9]+', model_version.strip()):
@@ -366,7 +393,8 @@ def parse_args(argv, require_output: bool = True) -> JobOptions:
       preflight_instances=known.preflight_instances,
       progress_interval=known.progress_interval,
       early_stop_after=0 if known.max_error_fraction >= 1 else known.early_stop_after,
-      scalar_outputs=known.scalar_outputs)
+      scalar_outputs=known.scalar_outputs,
+      parquet_column_types=column_types)
 
 
 def check_runner(runner: str) -> None:

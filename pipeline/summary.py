@@ -246,6 +246,7 @@ def settings(config) -> dict:
       'input_format': o.input_format, 'formats': sorted(kinds),
       'output_format': o.output_format,
       'output_fields': [s.name for s in signature.outputs],
+      'parquet_column_types': dict(o.parquet_column_types),
       'min_batch_size': o.min_batch_size, 'max_batch_size': o.max_batch_size,
       'max_instance_bytes': o.max_instance_bytes,
       'max_error_fraction': o.max_error_fraction,

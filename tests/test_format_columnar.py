@@ -42,8 +42,10 @@ _STRINGS = st.one_of(
                      '""', '"\\ud800"', '"x\ty"', '"\U0001f600"', '"null"']))
 _NUMBERS = st.one_of(
     st.integers(-2**70, 2**70).map(str), st.integers(-5, 5).map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
     st.sampled_from(['9223372036854775807', '-9223372036854775808', '9223372036854775808',
-                     '-0', '1.50', '1e400', '-0.0', '2.5e-324', '0', '12345678901234567890']))
+                     '-0', '1.50', '1e400', '-0.0', '2.5e-324', '0', '12345678901234567890',
+                     '0.1', '1E2', '0.10000000000000000001', '007', '"42"', '"True"']))
 _SCALARS = st.one_of(_STRINGS, _NUMBERS, st.sampled_from(['true', 'false', 'null']))
 TEXTS = st.recursive(_SCALARS, lambda inner: st.one_of(
     st.lists(inner, max_size=3).map(lambda v: '[' + ','.join(v) + ']'),
@@ -133,9 +135,16 @@ def scored_batches(draw):
   results = [(rows, draw(outputs(specs, len(rows)))) for rows in groups]
   errors = [InstanceError(r, 'model', 'failed') for r in range(n) if r not in scored_rows]
   batch = InstanceBatch(chunk, texts, [FeedGroup(rows, {}) for rows in groups], errors)
+  # Typed Parquet columns of carried fields (--parquet_column_types).
+  carried_types = ()
+  if output_format == 'parquet' and draw(st.booleans()):
+    typed = (carried[:1] if keyed else []) + list(passthrough)
+    carried_types = tuple((f, draw(st.sampled_from(['int64', 'float64', 'bool'])))
+                          for f in typed if draw(st.booleans()))
   layout = OutputLayout(key_field, passthrough, output_names(names, carried + list(passthrough)),
                         '/in/', output_format, tuple(specs),
-                        position_fields=tuple(sorted({'offset', chunk.position_field})))
+                        position_fields=tuple(sorted({'offset', chunk.position_field})),
+                        carried_types=carried_types)
   return layout, ScoredBatch(batch, results, errors)
 
 

@@ -22,6 +22,7 @@ The rules, in short:
 """
 import base64
 import binascii
+import decimal
 import math
 import re
 from typing import Optional
@@ -447,3 +448,42 @@ def carried_as_text(text: Optional[bytes]) -> Optional[str]:
   if text is None or text == b'null':
     return None
   return orjson.loads(text) if text[:1] == b'"' else text.decode('utf-8')
+
+
+# The types a carried field's Parquet column may be given (--parquet_column_types).
+CARRIED_TYPES = ('string', 'int64', 'float64', 'bool')
+_INTEGER_TEXT = re.compile(r'-?(?:0|[1-9][0-9]{0,18})')
+_NUMBER_TEXT = re.compile(r'-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?')
+_BOOL_TEXTS = {'true': True, 'false': False, 'True': True, 'False': False}
+
+
+def typed_carried(text: Optional[bytes], column_type: str) -> tuple:
+  """(value, text) of a carried value in a typed column: (the value, None)
+  where its text (`carried_as_text`: a string's own text, CSV's cells) is
+  exactly a value of the type; else (None, that text), so that nothing is
+  rounded or reinterpreted. Null is (None, None).
+
+  - int64: an integer written without a sign on zero, leading zeros, a
+    fraction or an exponent, within int64's range: `42`, `-7`.
+  - float64: a number whose decimal value the nearest float64 holds in its
+    shortest form: `0.1`, `1e2`, `3`, but not `0.10000000000000000001`
+    (more digits than float64 keeps), `1e400` or NaN.
+  - bool: true or false (and Python's True or False, as pandas writes CSV).
+  - string: the text itself (the default column)."""
+  shown = carried_as_text(text)
+  if shown is None or column_type == 'string':
+    return shown, None
+  if column_type == 'bool':
+    if shown in _BOOL_TEXTS:
+      return _BOOL_TEXTS[shown], None
+  elif column_type == 'int64':
+    if _INTEGER_TEXT.fullmatch(shown) and shown != '-0' and -2**63 <= int(shown) < 2**63:
+      return int(shown), None
+  elif column_type == 'float64':
+    if _NUMBER_TEXT.fullmatch(shown):
+      value = float(shown)
+      if math.isfinite(value) and decimal.Decimal(repr(value)) == decimal.Decimal(shown):
+        return value, None
+  else:
+    raise ValueError(f'unknown column type {column_type!r}')
+  return None, shown

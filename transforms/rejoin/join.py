@@ -24,7 +24,7 @@ import apache_beam as beam
 import orjson
 from apache_beam.metrics import Metrics
 
-from tf_batch_predict.transforms.convert import carried_as_text, carried_text
+from tf_batch_predict.transforms.convert import carried_as_text, carried_text, typed_carried
 from tf_batch_predict.transforms.file_patterns import printable
 from tf_batch_predict.transforms.write.format import (_b64_json, _carried_feature_value, output_names, raw_fields,
                                relative_name)
@@ -62,6 +62,8 @@ class JoinLayout:
   # output (format.output_names); other non-carried fields are outputs of
   # their own name.
   renamed_outputs: tuple = ()
+  # The run's --parquet_column_types: (field, type) of typed carried columns.
+  carried_types: tuple = ()
 
   @property
   def carried(self) -> tuple:
@@ -71,10 +73,15 @@ class JoinLayout:
 
   def stored_key(self, text: Optional[bytes]):
     """A key's JSON text as the predictions file holds it (JSON Lines: the
-    text; Parquet: a string column; TFRecord: an int64 or a text feature)."""
+    text; Parquet: a string column, or a typed one; TFRecord: an int64 or a
+    text feature)."""
     if text is None or text == b'null':
       return None
     if self.output_format == 'parquet':
+      column_type = dict(self.carried_types).get(self.key_field)
+      if column_type:  # as read_outputs folds the typed column and its texts
+        value, shown = typed_carried(text, column_type)
+        return shown if value is None else value
       return carried_as_text(text)
     if self.output_format == 'tfrecord':
       return _carried_feature_value(text)

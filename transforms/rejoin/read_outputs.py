@@ -6,7 +6,10 @@ files (JSON Lines), local or in a bucket.
   (json_values.parse_json), so numbers keep their texts (JsonFloat) and
   integers their exact value: `convert.carried_text` gives back the text
   the job wrote.
-- Parquet: `pyarrow` rows (`to_pylist`), one row group at a time.
+- Parquet: `pyarrow` rows (`to_pylist`), one row group at a time. A
+  carried field in a typed column (--parquet_column_types) is read as one
+  field again: its value, or where that is null, the text its FIELD_text
+  column holds (`fold_text_columns`).
 - TFRecord: each Example's features as lists of values, bytes decoded as
   UTF-8 where they are text (the job writes text as UTF-8 bytes).
 """
@@ -114,10 +117,34 @@ def _parquet(path: str) -> Iterator[dict]:
   with FileSystems.open(path) as f:
     try:
       parquet = pq.ParquetFile(f)
+      texts = text_columns(parquet.schema_arrow)
       for batch in parquet.iter_batches(batch_size=8192):
-        yield from batch.to_pylist()
+        for record in batch.to_pylist():
+          yield fold_text_columns(record, texts)
     except Exception as e:  # pylint: disable=broad-except  (pyarrow's many errors)
       raise OutputReadError(f'{path}: {e}') from None
+
+
+def text_columns(schema) -> dict:
+  """{typed carried field: its text column} of a predictions file's Parquet
+  schema (transforms/write/format.py TEXT_COLUMNS_KEY); {} for others."""
+  from tf_batch_predict.transforms.write.format import TEXT_COLUMNS_KEY
+  metadata = schema.metadata or {}
+  if TEXT_COLUMNS_KEY not in metadata:
+    return {}
+  texts = json.loads(metadata[TEXT_COLUMNS_KEY])
+  return {field: column for field, column in texts.items()
+          if field in schema.names and column in schema.names}
+
+
+def fold_text_columns(record: dict, texts: dict) -> dict:
+  """The record with each typed field's text column folded into it: the
+  text where the typed value is null (a value not of the type)."""
+  for field, column in texts.items():
+    text = record.pop(column, None)
+    if text is not None and record.get(field) is None:
+      record[field] = text
+  return record
 
 
 def _text(value):

@@ -18,7 +18,7 @@ from apache_beam.metrics import Metrics
 
 from tf_batch_predict.transforms.write import format_columnar as columnar
 from tf_batch_predict.transforms import progress
-from tf_batch_predict.transforms.convert import bytes_json, carried_as_text
+from tf_batch_predict.transforms.convert import bytes_json, carried_as_text, typed_carried
 from tf_batch_predict.transforms.file_patterns import literal_folder, name_text, printable
 from tf_batch_predict.transforms.records import CATEGORIES, FILE, MODEL, METRICS_NAMESPACE, ScoredBatch
 
@@ -29,6 +29,9 @@ _LOG = logging.getLogger(__name__)
 OUTPUT_FORMATS = ('jsonl', 'parquet', 'tfrecord')
 MAX_RAW_BYTES = 8192
 LOCATION_FIELDS = ('filename', 'offset', 'index')
+# Parquet schema metadata: {typed carried field: the column of its texts}.
+TEXT_COLUMNS_KEY = b'tf_batch_predict.text_columns'
+_ARROW_CARRIED = {'int64': pa.int64(), 'float64': pa.float64(), 'bool': pa.bool_()}
 # numpy arrays and scalars are written by orjson in C, floats in shortest form.
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 _NUMPY_TO_ARROW = {'float16': pa.float16(), 'float32': pa.float32(), 'float64': pa.float64(),
@@ -132,13 +135,24 @@ class OutputLayout:
   output_specs: tuple = ()  # TensorSpecs of the outputs kept (Parquet schema)
   position_fields: tuple = ('offset',)  # of the input kinds in the job
   squeezed: tuple = ()  # outputs of shape [1] written as their one value
+  # (field, type) of carried fields in typed Parquet columns, other than
+  # string (--parquet_column_types); each has a text column.
+  carried_types: tuple = ()
+
+  def text_column(self, field: str) -> str:
+    """The column of a typed field's values that are not of its type."""
+    return f'{field}_text'
 
   def parquet_schema(self) -> pa.Schema:
-    if self.key_field:
-      fields = [(self.key_field, pa.string())]
-    else:
-      fields = [('filename', pa.string())] + [(f, pa.int64()) for f in self.position_fields]
-    fields += [(f, pa.string()) for f in self.passthrough_fields]
+    types = dict(self.carried_types)
+    fields = [] if self.key_field else (
+        [('filename', pa.string())] + [(f, pa.int64()) for f in self.position_fields])
+    for field in ((self.key_field,) if self.key_field else ()) + self.passthrough_fields:
+      if field in types:
+        fields += [(field, _ARROW_CARRIED[types[field]]),
+                   (self.text_column(field), pa.string())]
+      else:
+        fields.append((field, pa.string()))
     for spec in self.output_specs:
       if spec.shape is None:
         arrow = pa.string()  # unknown rank: the value's JSON text
@@ -148,7 +162,11 @@ class OutputLayout:
         for _ in spec.shape:
           arrow = pa.list_(arrow)
       fields.append((self.output_names[spec.name], arrow))
-    return pa.schema(fields)
+    metadata = None
+    if types:
+      metadata = {TEXT_COLUMNS_KEY: json.dumps(
+          {f: self.text_column(f) for f in types}).encode()}
+    return pa.schema(fields, metadata=metadata)
 
 
 class FormatRecords(beam.DoFn):
@@ -181,6 +199,7 @@ class FormatRecords(beam.DoFn):
     self._bytes_outputs = set()  # `*_bytes` string outputs: always base64 in JSON
     self._names = {}  # file path -> relative name, per worker
     self._specs = {}  # output name -> TensorSpec
+    self._types = dict(layout.carried_types)  # typed Parquet columns
     self._columnar_ok = False  # the columnar path may write this layout
 
   def setup(self):
@@ -338,11 +357,22 @@ class FormatRecords(beam.DoFn):
                                    allow_null=output_format == 'parquet')
       if output_format == 'jsonl':
         fields.append((field, texts))
+      elif field in self._types:
+        fields += self._typed_columns(field, texts.to_pylist())
       elif output_format == 'parquet':
         fields.append((field, columnar.carried_strings(texts, carried_as_text)))
       else:
         fields.append((field, _carried_features(texts)))
     return fields
+
+  def _typed_columns(self, field, texts) -> list:
+    """(column name, column) of a typed carried field: the values of its
+    type, and the texts of the others (`typed_carried`, the definition,
+    per value: carried fields are few and short)."""
+    column_type = self._types[field]
+    pairs = [typed_carried(t, column_type) for t in texts]
+    return [(field, pa.array([v for v, _ in pairs], _ARROW_CARRIED[column_type])),
+            (self._layout.text_column(field), pa.array([t for _, t in pairs], pa.string()))]
 
   def _encode(self, records, batch, errors):
     """The prediction records in the output format; a record that cannot be
@@ -436,12 +466,14 @@ class FormatRecords(beam.DoFn):
 
   def _carried(self, batch, row) -> dict:
     layout = self._layout
-    if layout.key_field:
-      record = {layout.key_field: self._carried_value(batch.carried[layout.key_field][row])}
-    else:
-      record = self._location(batch.chunk, row)
-    for field in layout.passthrough_fields:
-      record[field] = self._carried_value(batch.carried[field][row])
+    record = {} if layout.key_field else self._location(batch.chunk, row)
+    for field in ((layout.key_field,) if layout.key_field else ()) + layout.passthrough_fields:
+      text = batch.carried[field][row]
+      if field in self._types:
+        record[field], record[layout.text_column(field)] = typed_carried(
+            text, self._types[field])
+      else:
+        record[field] = self._carried_value(text)
     return record
 
   def _relative(self, path) -> str:
