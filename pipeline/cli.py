@@ -298,13 +298,18 @@ def _sigterm_raises():
 
 
 def _batch_predict(argv: list) -> int:
+  from tf_batch_predict.pipeline.options import ConfigError, check_runner, parse_args
+  try:
+    # First: --help and mistakes in the options themselves need no Beam.
+    options = parse_args(argv)
+  except ConfigError as e:
+    error(e)
+    return EXIT_CONFIG_ERROR
   from tf_batch_predict.transforms import storage
   storage.use_anonymous_credentials_for_emulator()
   from tf_batch_predict.pipeline import outputs
-  from tf_batch_predict.pipeline.options import ConfigError, check_runner, parse_args
 
   try:
-    options = parse_args(argv)
     check_runner(options.runner)
     output = outputs.prepare(options.output)
   except ConfigError as e:

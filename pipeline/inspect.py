@@ -390,7 +390,8 @@ def main(argv=None) -> int:
     return EXIT_CONFIG_ERROR
   except SystemExit as e:  # --help
     return e.code if isinstance(e.code, int) else EXIT_OK
-  from tf_batch_predict.transforms.model.savedmodel import ModelError, is_local
+  from tf_batch_predict.transforms.model.savedmodel import ModelError
+  from tf_batch_predict.transforms.file_patterns import is_local
   if not is_local(args.model):  # (a local model is read without Beam's file systems)
     from tf_batch_predict.transforms import storage
     storage.use_anonymous_credentials_for_emulator()

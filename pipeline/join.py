@@ -433,6 +433,9 @@ def run(plan: JoinPlan, run_id: str) -> dict:
 
 
 def main(argv) -> int:
+  if any(a in ('-h', '--help') for a in argv):
+    _parser().print_help()
+    return 0
   from tf_batch_predict.pipeline import outputs
   from tf_batch_predict.pipeline.command import (EXIT_CONFIG_ERROR, EXIT_PIPELINE_FAILED,
                                                 PipelineFailed, error)
@@ -440,9 +443,6 @@ def main(argv) -> int:
   from tf_batch_predict.pipeline.options import ConfigError
   from tf_batch_predict.transforms import storage
   storage.use_anonymous_credentials_for_emulator()
-  if any(a in ('-h', '--help') for a in argv):
-    _parser().print_help()
-    return 0
   try:
     plan = resolve(argv)
     check_runner(plan.runner)

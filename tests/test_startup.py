@@ -95,10 +95,11 @@ def test_inspect_mistakes_import_no_tensorflow(model_dir):
 
 
 @pytest.mark.parametrize('command', [[], ['inspect'], ['preflight'], ['join'], ['evaluate']])
-def test_help_imports_no_tensorflow(command):
+def test_help_imports_no_tensorflow_nor_beam(command):
   rc, out, err, modules = _command(*command, '--help')
   assert rc == 0 and err == '' and 'batch-predict' in out.splitlines()[0], err
   assert _tensorflow(modules) == []
+  assert [m for m in modules if m.split('.')[0] == 'apache_beam'] == []
 
 
 def test_configuration_mistakes_import_no_tensorflow(model_dir, tmp_path):
@@ -166,10 +167,10 @@ def test_protos_read_without_tensorflow_parse_as_tensorflow_does(model_dir, tmp_
 
 def test_local_version_folders_are_found_as_file_patterns_finds_them(tmp_path):
   """A local TF Serving base directory is listed without Beam
-  (savedmodel._local_candidates) exactly as transforms/file_patterns.py
-  matches `BASE/*/saved_model.pb*`: hidden and zero-padded folders, linked
-  folders followed, a folder reached twice listed once, broken links,
-  nothing deeper."""
+  (file_patterns.local_paths) exactly as file_patterns.match matches
+  `BASE/*/saved_model.pb*`: hidden and zero-padded folders, linked folders
+  followed, a folder reached twice listed once, broken links, nothing
+  deeper."""
   from apache_beam.io.filesystems import FileSystems
   from tf_batch_predict.transforms import file_patterns
   from tf_batch_predict.transforms.model import savedmodel
@@ -185,7 +186,6 @@ def test_local_version_folders_are_found_as_file_patterns_finds_them(tmp_path):
   (base / '9').mkdir()
   (base / '9' / 'saved_model.pb').symlink_to(tmp_path / 'nothing')
   for path in (str(base), str(base) + '/', str(base / '1'), str(tmp_path / 'missing')):
-    expected = [m.path for m in file_patterns.match(
-        FileSystems.join(file_patterns.escape(path), '*', 'saved_model.pb*'))]
-    assert savedmodel._local_candidates(path) == expected, path  # pylint: disable=protected-access
+    pattern = FileSystems.join(file_patterns.escape(path), '*', 'saved_model.pb*')
+    assert file_patterns.local_paths(pattern) == [m.path for m in file_patterns.match(pattern)]
   assert savedmodel.version_folders(str(base)) == {1: ['1'], 2: ['02'], 7: ['7'], 9: ['9']}

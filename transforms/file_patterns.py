@@ -17,14 +17,16 @@ The definition (docs/command.md, `--input`):
 - every other character matches itself (`\\`, `{`, `}`, spaces, quotes,
   line breaks); `[*]`, `[?]` and `[[]` match `*`, `?` and `[` (`escape`).
   Names starting with `.` are matched like any other.
+
+Beam is imported where a file system of its is used (a bucket, metadata
+of a match): matching the paths of this machine (`local_paths`) needs
+none, so that `--help`, `inspect` and early configuration mistakes do not
+pay a second for it.
 """
 import os
 import posixpath
 import re
 import stat
-
-from apache_beam.io.filesystem import FileMetadata
-from apache_beam.io.filesystems import FileSystems
 
 
 _WILDCARD = re.compile(r'[*?\[]')
@@ -168,11 +170,21 @@ def is_folder(path: str) -> bool:
     return False
 
 
+def local_paths(pattern: str) -> list:
+  """The paths `match` gives for a pattern of this machine, sorted, without
+  importing Beam."""
+  return sorted(_local_paths(pattern, compile_pattern(pattern)))
+
+
 def _local_files(pattern: str, regex) -> list:
+  return [_local_metadata(path) for path in _local_paths(pattern, regex)]
+
+
+def _local_paths(pattern: str, regex) -> list:
   if not has_wildcards(pattern):
     if pattern.endswith('/') or os.path.isdir(pattern) or not os.path.lexists(pattern):
       return []
-    return [_local_metadata(pattern)]
+    return [pattern]
   _, top, end = _literal(pattern)  # top: '' for a relative pattern without a folder
   rest = pattern[end:]
   # Folders below `top` the pattern can reach: all with `**`, else as many
@@ -203,11 +215,13 @@ def _local_files(pattern: str, regex) -> list:
     for name in names:
       path = top + (f'{below}/{name}' if below else name)
       if regex.match(path):
-        files.append(_local_metadata(path))
+        files.append(path)
   return files
 
 
-def _local_metadata(path: str) -> FileMetadata:
+def _local_metadata(path: str):
+  """Beam's FileMetadata of a local path, as its LocalFileSystem gives it."""
+  from apache_beam.io.filesystem import FileMetadata
   try:
     info = os.stat(path)
   except OSError:  # a broken link: a file error when read
@@ -220,6 +234,7 @@ def _list(prefix: str):
   """FileMetadata of everything under a remote prefix. Beam lists only as
   part of matching a pattern, which cannot quote a wildcard; its file
   systems' `_list` is that listing, under a literal prefix."""
+  from apache_beam.io.filesystems import FileSystems
   filesystem = FileSystems.get_filesystem(prefix)
   if filesystem.has_dirs():  # listed by folder: the prefix's own
     scheme, rest = prefix.split('://', 1)
@@ -228,6 +243,7 @@ def _list(prefix: str):
 
 
 def _remote_files(pattern: str, regex) -> list:
+  from apache_beam.io.filesystems import FileSystems
   if not has_wildcards(pattern):
     filesystem = FileSystems.get_filesystem(pattern)
     if pattern.endswith('/') or not filesystem.exists(pattern):
@@ -243,6 +259,7 @@ def size_of(path: str):
   try:
     if is_local(path):
       return os.stat(path).st_size
+    from apache_beam.io.filesystems import FileSystems
     return FileSystems.get_filesystem(path).metadata(path).size_in_bytes
   except Exception:  # pylint: disable=broad-except  (gone, or not allowed)
     return None

@@ -26,6 +26,8 @@ import weakref
 from typing import Optional
 
 from tf_batch_predict.transforms.model import example_spec, op_libraries
+from tf_batch_predict.transforms import file_patterns
+from tf_batch_predict.transforms.file_patterns import is_local
 
 # Signature dtypes this job can feed and return, by TF DataType enum name.
 NUMPY_DTYPES = {
@@ -126,12 +128,6 @@ class ModelRef:
   loader: str = 'session'
 
 
-def is_local(path: str) -> bool:
-  """Whether `path` names a file of this machine (no scheme such as gs://):
-  transforms/file_patterns.py's `is_local`, which imports Beam."""
-  return not re.match(r'^[a-z][a-z0-9+.-]*://', path)
-
-
 class _LocalFiles:
   """The calls of Beam's FileSystems that reading a SavedModel's proto
   makes, for a path of this machine, made as Beam's LocalFileSystem makes
@@ -183,11 +179,11 @@ def version_folders(base: str) -> dict:
   that hold a SavedModel (`1`, `07`, `00000123`: TF Serving reads the name
   as a number, so `7` and `007` are both version 7)."""
   try:  # the base's own name is no pattern
-    if is_local(base):
-      candidates = _local_candidates(base)
+    if is_local(base):  # without Beam
+      candidates = file_patterns.local_paths(
+          os.path.join(file_patterns.escape(base), '*', 'saved_model.pb*'))
     else:
       from apache_beam.io.filesystems import FileSystems
-      from tf_batch_predict.transforms import file_patterns
       candidates = [m.path for m in file_patterns.match(
           FileSystems.join(file_patterns.escape(base), '*', 'saved_model.pb*'))]
   except Exception:  # a missing directory matches nothing
@@ -201,35 +197,6 @@ def version_folders(base: str) -> dict:
         and os.path.basename(candidate) in ('saved_model.pb', 'saved_model.pbtxt')):
       folders.setdefault(int(name), set()).add(name)
   return {number: sorted(names) for number, names in folders.items()}
-
-
-def _local_candidates(base: str) -> list:
-  """The paths that file_patterns.match(`escape(base)/*/saved_model.pb*`)
-  gives for a local base directory (which imports Beam), by the same walk:
-  linked folders followed, a folder reached again listed once, under the
-  first of its names in sorted order; a folder that cannot be listed
-  raises (OSError)."""
-  top = base if base.endswith('/') else base + '/'
-  if not os.path.isdir(top):
-    return []
-
-  def failed(error):
-    raise error
-
-  found, seen = [], set()
-  for folder, folders, names in os.walk(top, onerror=failed, followlinks=True):
-    folders.sort()
-    info = os.stat(folder)
-    if (info.st_dev, info.st_ino) in seen:
-      folders[:] = []
-      continue
-    seen.add((info.st_dev, info.st_ino))
-    below = folder[len(top):].lstrip('/')
-    if below:  # a folder of the base: its files, none below it
-      folders[:] = []
-      found.extend(f'{top}{below}/{name}' for name in names
-                   if name.startswith('saved_model.pb'))
-  return sorted(found)
 
 
 def resolve_model_dir(path: str, version: Optional[int] = None) -> tuple:
