@@ -193,6 +193,66 @@ def test_bare_values_fast_path_is_the_definition(values):
   assert_same_batches(fast, decoder.decode(jsonl_chunk(lines), use_fast=False))
 
 
+# Nested lists: a [2, 3] float input and a [2, 2, 2] int input (28x28
+# images and the like), by the per-line path's exact shape check.
+NESTED = SignatureSpec('serving_default', 'tensorflow/serving/predict',
+                       (TensorSpec('img', 'float32', (2, 3)), TensorSpec('m', 'int32', (2, 2, 2))),
+                       (TensorSpec('y', 'float32', ()),))
+CLEAN_NUMBERS = st.one_of(st.integers(-1000, 1000).map(str),
+                          st.floats(allow_nan=False, allow_infinity=False).map(repr))
+HOSTILE_LEAVES = st.one_of(NUMBERS, st.sampled_from(
+    ['true', 'null', '"1"', '[]', '[1]', '[[]]', '{}', '2147483648', '-2147483649']))
+
+
+def _nested(draw, shape, leaves):
+  """A list of `shape`, mostly; sometimes a row too short or long, a leaf
+  where a list belongs (or the reverse), an empty list more; leaves mostly
+  plain numbers, sometimes hostile values."""
+  if not shape:
+    return draw(HOSTILE_LEAVES) if draw(st.integers(0, 40)) == 0 else draw(leaves)
+  size = shape[0]
+  odd = draw(st.integers(0, 40))
+  if odd == 0:
+    size += draw(st.sampled_from([-1, 1]))
+  if odd == 1 and len(shape) > 1:
+    return draw(leaves)  # a leaf where a list belongs
+  items = [_nested(draw, shape[1:], leaves) for _ in range(max(size, 0))]
+  if odd == 2:
+    items.insert(draw(st.integers(0, len(items))), '[]')
+  if odd == 3 and items:  # a list moved into a neighbour: the same count of numbers
+    i = draw(st.integers(0, len(items) - 1))
+    items[i] = _array([items[i]])
+  return _array(items)
+
+
+@st.composite
+def nested_lines(draw):
+  img = _nested(draw, (2, 3), CLEAN_NUMBERS)
+  m = _nested(draw, (2, 2, 2), st.integers(-5, 5).map(str))
+  key = draw(st.one_of(st.integers(0, 10 ** 6).map(str), STRINGS,
+                       st.sampled_from(['"[["', '"a[b]"', '"]["'])))
+  fields = [('id', key), ('img', img), ('m', m)]
+  if draw(st.integers(0, 7)) == 0:
+    fields.append(('note', draw(st.sampled_from(['"[]"', '[1, 2]', '[[0]]']))))
+  order = draw(st.permutations(fields))
+  separator = draw(st.sampled_from([',', ', ', ' ,\t']))
+  return ('{' + separator.join(f'"{k}": {v}' for k, v in order) + '}').encode(
+      'utf-8', 'surrogatepass')
+
+
+@settings(max_examples=60, **SETTINGS)
+@given(st.lists(nested_lines(), min_size=40, max_size=40))
+def test_nested_lists_fast_path_is_the_definition(lines):
+  decoder = decoder_for(NESTED, key_field='id')
+  plain = [b'{"id": %d, "img": [[1, 2.5, -3], [0, 1e2, 7]], "m": [[[1, 2], [3, 4]], '
+           b'[[5, 6], [7, -8]]]}' % i for i in range(4)]
+  lines = plain[:2] + lines + plain[2:]
+  fast = decoder.decode(jsonl_chunk(lines))
+  assert_same_batches(fast, decoder.decode(jsonl_chunk(lines), use_fast=False))
+  assert len(fast) + len(fast.errors) == len(lines)
+  assert fast.fast_rows >= len(plain)
+
+
 # -- CSV ---------------------------------------------------------------------
 
 CSV_HEADER = ('id', 'a', 'b', 'c', 'd', 'note')

@@ -171,9 +171,7 @@ def _extract(parser, line, extractors, carriers, decoder):
       if decoder.single is not None and names == {'b64'} and decoder.single.dtype == 'string':
         raise _Defer
       get = doc.get
-      # Each vector input holds one '['; any other means nesting may hide in
-      # one (simdjson's buffers flatten nested arrays).
-      nested = line.count(b'[') != len(extractors.vectors)
+      nested = line.count(b'[') != extractors.brackets
       row_values = [extract(get(spec.name), nested) for spec, extract, _ in extractors]
       # Scalar float inputs, the many narrow fields of tabular data, at once:
       # each a JSON number (int or float), never a bool, string or null.
@@ -182,7 +180,7 @@ def _extract(parser, line, extractors, carriers, decoder):
         raise _Defer
       row_texts = [carry(get(field), line) for field, carry in carriers]
     elif decoder.single is not None and not carriers:
-      nested = line.count(b'[') != len(extractors.vectors)
+      nested = line.count(b'[') != extractors.brackets
       if extractors.scalar_floats:
         if type(doc) not in _NUMBER_TYPES:  # pylint: disable=unidiomatic-typecheck
           raise _Defer
@@ -202,14 +200,16 @@ def _plan(decoder):
     return None
   extractors = _Extractors()
   for spec in decoder.inputs:
-    if not spec.fully_defined or len(spec.shape) > 1:
+    if not spec.fully_defined:
       return None
+    if len(spec.shape) > 1 and (spec.dtype == 'string' or np.dtype(spec.dtype).kind == 'b'):
+      return None  # nested lists of strings or booleans: the definition's
     if spec.shape == () and spec.dtype != 'string' and np.dtype(spec.dtype).kind == 'f':
       extractors.scalar_floats.append(spec)
     else:
       extractors.append(_input_extractor(spec))
   extractors.scalar_float_names = [s.name for s in extractors.scalar_floats]
-  extractors.vectors = [s for s in decoder.inputs if s.shape]
+  extractors.brackets = sum(_arrays_in(s.shape) for s in decoder.inputs if s.shape)
   carriers = [(field, _carrier(field == decoder.key_field)) for field in decoder.carried]
   return extractors, carriers
 
@@ -221,7 +221,39 @@ class _Extractors(list):
     super().__init__()
     self.scalar_floats = []
     self.scalar_float_names = []
-    self.vectors = []
+    # The '[' of a line whose input values are lists of exactly their
+    # shapes (and nothing else holds a '['): any other count means that a
+    # list may hide in a list (simdjson's buffers flatten nested lists).
+    self.brackets = 0
+
+
+def _arrays_in(shape) -> int:
+  """How many JSON arrays a value of this shape is written with: 1 for
+  [n], 1 + 28 for [28, 28]."""
+  arrays, count = 1, 1
+  for size in shape[:-1]:
+    count *= size
+    arrays += count
+  return arrays
+
+
+def _of_shape(value, shape) -> bool:
+  """Whether a simdjson Array whose flattened numbers are as many as the
+  shape holds is nested exactly as the shape: each list at each depth of
+  the size there (a number in place of a list, or a list in place of a
+  number, fails). Lists of the last depth are only counted: the caller's
+  flattened size, equal to the shape's, then rules out a list inside."""
+  if len(value) != shape[0]:
+    return False
+  if len(shape) == 2:
+    try:
+      return set(map(len, value)) <= {shape[1]}
+    except TypeError:  # a number where a list belongs
+      return False
+  for item in value:
+    if type(item) is not simdjson.Array or not _of_shape(item, shape[1:]):  # pylint: disable=unidiomatic-typecheck
+      return False
+  return True
 
 
 _NUMBER_TYPES = frozenset((int, float))
@@ -281,19 +313,18 @@ def _input_extractor(spec):
           raise _Defer
         return value
       return spec, extract, lambda column: _to_float(np.array(column, np.float64), dtype)
-    size = spec.shape[0]
+    shape, size = spec.shape, int(np.prod(spec.shape))
 
     def extract(value, nested=False):
-      if type(value) is not simdjson.Array or len(value) != size:  # pylint: disable=unidiomatic-typecheck
+      if type(value) is not simdjson.Array or len(value) != shape[0]:  # pylint: disable=unidiomatic-typecheck
         raise _Defer
       flat = np.frombuffer(value.as_buffer(of_type='d'), np.float64)
       if flat.size != size:
         raise _Defer
-      if nested:
-        _no_nested(value)
+      _check_nesting(value, shape, nested)
       return flat
     return spec, extract, lambda column: _to_float(
-        np.concatenate(column).reshape((len(column), size)), dtype)
+        np.concatenate(column).reshape((len(column),) + shape), dtype)
 
   info = np.iinfo(dtype)
   if spec.shape == ():
@@ -302,21 +333,40 @@ def _input_extractor(spec):
         raise _Defer
       return value
     return spec, extract, lambda column: np.array(column, dtype=dtype)
-  size = spec.shape[0]
+  shape, size = spec.shape, int(np.prod(spec.shape))
 
   def extract(value, nested=False):
-    if type(value) is not simdjson.Array or len(value) != size:  # pylint: disable=unidiomatic-typecheck
+    if type(value) is not simdjson.Array or len(value) != shape[0]:  # pylint: disable=unidiomatic-typecheck
       raise _Defer
     ints = np.frombuffer(value.as_buffer(of_type='i'), np.int64)  # larger integers defer
     if ints.size != size:
       raise _Defer
-    if nested:
-      _no_nested(value)
+    _check_nesting(value, shape, nested)
     if dtype != np.int64 and size and (ints.min() < info.min or ints.max() > info.max):
       raise _Defer
     return ints
   return spec, extract, lambda column: np.concatenate(column).reshape(
-      (len(column), size)).astype(dtype)
+      (len(column),) + shape).astype(dtype)
+
+
+def _check_nesting(value, shape, nested) -> None:
+  """Defers a value whose lists are not nested exactly as `shape` (its
+  flattened numbers already counted as many as the shape holds). The lists
+  the shape has are checked; a list more (inside a list of the last depth,
+  an empty one too) adds a '[' to the line: only where the line's count
+  says so (`nested`) are the last lists searched for one."""
+  if len(shape) > 1 and not _of_shape(value, shape):
+    raise _Defer
+  if nested:
+    _no_nested_below(value, len(shape))
+
+
+def _no_nested_below(value, depth) -> None:
+  if depth == 1:
+    _no_nested(value)
+    return
+  for item in value:
+    _no_nested_below(item, depth - 1)
 
 
 def _to_float(values: np.ndarray, dtype) -> np.ndarray:
