@@ -46,6 +46,11 @@ against the clean (d) run ("time / clean (d)": how many times longer):
 A second table times (d) on the tabular instances stored as CSV, Parquet
 and TFRecord (tf.Example) files.
 
+Another ('mlp_formats') times (d) on the MLP's images as 28x28 nested
+lists (a model of the same layers behind a Flatten), as Parquet
+(`list<float>` of 784) and as TFRecord (`float_list` of 784), against the
+flat JSON Lines run.
+
 A third ('fixed_batch') times (d) through two exports of one Keras model
 (same layers, same weights): inputs of shape [None] (any batch) and of shape
 [1] (a fixed batch of one, as TF2 exports of a single-example function
@@ -101,7 +106,7 @@ A sixth ('wide', only by name; meant for a GPU, runs on CPU at small
 `x` 512 floats): (d) the job and (a) the model alone at (d)'s batch size,
 and (d)/(a).
 
-  --only mlp,tabular,failures,formats,fixed_batch,cores,workers,wide
+  --only mlp,tabular,failures,formats,mlp_formats,fixed_batch,cores,workers,wide
                     runs only those parts (default: the first five;
                     'failures': the clean (d) tabular run and the two rows
                     above). E.g. --only workers; --only wide --scale 0.01
@@ -130,12 +135,13 @@ WORKLOADS = {'mlp': 100_000, 'tabular': 2_000_000, 'wide': 200_000}
 # The workloads whose one input is a list of floats: (input name, width).
 LIST_INPUTS = {'mlp': ('pixels', 784), 'wide': ('x', 512)}
 WIDE_UNITS = 4096  # the wide model: 3 Dense layers of this many units
-PARTS = ('mlp', 'tabular', 'failures', 'formats', 'fixed_batch', 'cores', 'workers', 'wide')
+PARTS = ('mlp', 'tabular', 'failures', 'formats', 'mlp_formats', 'fixed_batch', 'cores',
+         'workers', 'wide')
 # 'cores' takes 20-30 minutes and 'workers' about 5 (whole commands, repeated
 # until quiet), 'wide' is for a GPU: run them by name (--only cores).
-DEFAULT_PARTS = ('mlp', 'tabular', 'failures', 'formats', 'fixed_batch')
+DEFAULT_PARTS = ('mlp', 'tabular', 'failures', 'formats', 'mlp_formats', 'fixed_batch')
 # The parts that need each workload's model and data.
-NEEDED_BY = {'mlp': {'mlp', 'fixed_batch', 'cores', 'workers'},
+NEEDED_BY = {'mlp': {'mlp', 'mlp_formats', 'fixed_batch', 'cores', 'workers'},
              'tabular': {'tabular', 'failures', 'formats', 'fixed_batch', 'cores', 'workers'},
              'wide': {'wide'}}
 # The main table's configurations per workload part, in the order they run
@@ -158,6 +164,16 @@ def build_mlp(path):
   import keras
   pixels = keras.Input(shape=(784,), name='pixels')
   hidden = keras.layers.Dense(128, activation='relu')(pixels)
+  probs = keras.layers.Dense(10, activation='softmax', name='probs')(hidden)
+  keras.Model({'pixels': pixels}, {'probs': probs}).export(
+      path, format='tf_saved_model', verbose=False)
+
+
+def build_mlp_nested(path):
+  """The MLP's layers on images given as 28x28 nested lists."""
+  import keras
+  pixels = keras.Input(shape=(28, 28), name='pixels')
+  hidden = keras.layers.Dense(128, activation='relu')(keras.layers.Flatten()(pixels))
   probs = keras.layers.Dense(10, activation='softmax', name='probs')(hidden)
   keras.Model({'pixels': pixels}, {'probs': probs}).export(
       path, format='tf_saved_model', verbose=False)
@@ -290,6 +306,32 @@ def write_other_formats(jsonl_path, stem):
       f.write(tfrecord_frame(example.SerializeToString()))
 
 
+def write_mlp_formats(jsonl_path, stem):
+  """The MLP's images as 28x28 nested lists (JSON Lines), Parquet
+  (`list<float>` of 784) and TFRecord (`float_list` of 784)."""
+  import orjson
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  from tf_batch_predict.transforms.write.shards import tfrecord_frame
+  from tensorflow.core.example import example_pb2
+  with open(jsonl_path, 'rb') as f:
+    rows = [orjson.loads(line) for line in f]
+  with open(stem + '-28x28.jsonl', 'wb') as f:
+    f.writelines(orjson.dumps({'id': r['id'], 'pixels': [r['pixels'][i:i + 28]
+                                                         for i in range(0, 784, 28)]}) + b'\n'
+                 for r in rows)
+  pq.write_table(pa.table({'id': pa.array([r['id'] for r in rows], pa.int64()),
+                           'pixels': pa.array([r['pixels'] for r in rows],
+                                              pa.list_(pa.float32()))}),
+                 stem + '.parquet', row_group_size=65536)
+  with open(stem + '.tfrecord', 'wb') as f:
+    for r in rows:
+      example = example_pb2.Example()
+      example.features.feature['id'].int64_list.value.append(r['id'])
+      example.features.feature['pixels'].float_list.value.extend(r['pixels'])
+      f.write(tfrecord_frame(example.SerializeToString()))
+
+
 def prepare(workdir, scale, parts):
   os.makedirs(workdir, exist_ok=True)
   for workload, count in WORKLOADS.items():
@@ -306,6 +348,12 @@ def prepare(workdir, scale, parts):
     stem = data[:-len('.jsonl')]
     if workload == 'tabular' and 'formats' in parts and not os.path.exists(stem + '.tfrecord'):
       write_other_formats(data, stem)
+    if workload == 'mlp' and 'mlp_formats' in parts:
+      if not os.path.exists(stem + '.tfrecord'):
+        write_mlp_formats(data, stem)
+      nested = os.path.join(workdir, 'mlp-28x28-model')
+      if not os.path.exists(nested):
+        build_mlp_nested(nested)
     if 'fixed_batch' in parts:
       dynamic = os.path.join(workdir, f'{workload}-dynamic-batch-model')
       if not os.path.exists(dynamic):
@@ -660,6 +708,8 @@ def main():
       configs = MAIN_CONFIGS[workload]
     elif workload == 'tabular' and set(parts) & {'failures', 'formats'}:
       configs = ['d']  # the reference for the failure rows and the format table
+    elif workload == 'mlp' and 'mlp_formats' in parts:
+      configs = ['d']  # the reference for the MLP's format table
     else:
       continue
     count = int(count * args.scale)
@@ -723,6 +773,8 @@ def main():
     counts = {w: instances.get(w, int(n * args.scale)) for w, n in WORKERS_INSTANCES.items()}
     workers_table(args.workdir, args.scale, args.workers or 2, counts, args.rounds,
                   args.max_rounds, args.quiet)
+  if 'mlp_formats' in parts:
+    mlp_formats_table(args.workdir, args.scale, clean_d['mlp'])
   if 'formats' not in parts:
     return
   count = int(WORKLOADS['tabular'] * args.scale)
@@ -737,6 +789,31 @@ def main():
                   os.path.join(args.workdir, 'out', f'tabular-d-{extension}'))
     print(f'| {extension} | {r["count"]:,} | {r["seconds"]:.1f} | {r["rate"]:,.0f} | '
           f'{r["peak_mb"]:,.0f} | {r["rate"] / jsonl_rate:.2f}x |')
+
+
+def mlp_formats_table(workdir, scale, flat):
+  """(d) on the MLP's images as 28x28 nested lists, Parquet and TFRecord,
+  against the flat JSON Lines run (`flat`)."""
+  stem = os.path.join(workdir, f'mlp-{int(WORKLOADS["mlp"] * scale)}')
+  runs = [('JSON Lines, 784 numbers (flat)', flat)]
+  for label, model, data, name in (
+      ('JSON Lines, 28x28 nested lists', 'mlp-28x28-model', stem + '-28x28.jsonl', 'nested'),
+      ('Parquet, list<float> of 784', 'mlp-model', stem + '.parquet', 'parquet'),
+      ('TFRecord, float_list of 784', 'mlp-model', stem + '.tfrecord', 'tfrecord')):
+    runs.append((label, run_child('d', 'mlp', os.path.join(workdir, model), data,
+                                  os.path.join(workdir, 'out', f'mlp-d-{name}'))))
+  print()
+  print('| (d) this job, MLP images as | instances | seconds | inst/s | peak MiB | vs flat |')
+  print('|---|---|---|---|---|---|')
+  for label, r in runs:
+    print(f'| {label} | {r["count"]:,} | {r["seconds"]:.1f} | {r["rate"]:,.0f} | '
+          f'{r["peak_mb"]:,.0f} | {r["rate"] / flat["rate"]:.2f}x |')
+  nested = runs[1][1]['rate']
+  print()
+  print(f'Nested lists: flat / nested = {flat["rate"] / nested:.2f}x (target <= 1.2x: '
+        f'{"met" if flat["rate"] / nested <= 1.2 else "NOT met"}); Parquet and TFRecord '
+        'at least the JSON Lines rate: '
+        + ('met' if min(r['rate'] for _, r in runs[2:]) >= flat['rate'] else 'NOT met') + '.')
 
 
 def _counts_text(counts):
