@@ -43,9 +43,18 @@ for the file naming both). A body holds one of "instances", "inputs" or
 "examples". A file with one instance gives one record without an index;
 with several, each has its index (its position in the body's list or
 batch). A body that is not valid is one `parse` error record for the file.
-There is no fast path: request files are small, and decoding is per
-instance.
 
+A file of more than STREAM_MIN_BYTES whose body is `{..., "instances":
+[...], ...}` is read as a stream of its instances (`_instances_layout`,
+`_streamed_chunks`), in memory bounded by a few blocks whatever its size:
+a first pass finds the elements of "instances" (json_structure.py) and has
+simdjson validate them, a block at a time, and the definition parse the
+rest of the body with "instances" emptied; only then does a second pass
+hand the elements on, each as a JSON Lines line is (its fast paths and its
+definition: an element of "instances" means what a line holding it means).
+Anything else (another body, an element simdjson rejects, a body that is
+not valid) is read whole, as above, so that what it means and its error
+messages are the definition's. Smaller files are read whole too.
 A sample (`sample_request_file`, for batch-predict preflight): the file read
 by ReadJsonRequests where it is small enough, else the first elements of its
 "instances", its start scanned and parsed by the same definition.
@@ -55,17 +64,28 @@ import time
 from typing import Optional
 
 import apache_beam as beam
+import numpy as np
+import simdjson
 
 from tf_batch_predict.transforms.convert import SchemaError, carried_text, short
 from tf_batch_predict.transforms.read.decode import InputFormat
-from tf_batch_predict.transforms.read.input_jsonl import json_instance
+from tf_batch_predict.transforms.read.input_jsonl import JsonLinesFormat, json_instance
+from tf_batch_predict.transforms.read.json_structure import (CLOSE, COLON, COMMA, OPEN,
+                                                             StructureScanner)
 from tf_batch_predict.transforms.json_values import _DECODER, JsonObject, _object, parse_json
 from tf_batch_predict.transforms.read.lines import BLOCK_SIZE, fault_reason, open_input
 from tf_batch_predict.transforms.read.sampling import FileSample, first_records, is_gzip
-from tf_batch_predict.transforms.records import JSON, RawChunk
+from tf_batch_predict.transforms.records import JSON, Lines, RawChunk
 from tf_batch_predict.transforms.model.savedmodel import SignatureSpec
 
 MAX_INSTANCES_PER_CHUNK = 4096
+# Request files larger than this are streamed where their body allows it.
+STREAM_MIN_BYTES = 4 << 20
+STREAM_BLOCK_BYTES = 4 << 20  # read and validated at a time
+# What lies before and after the "instances" array of a streamed body, at
+# most (the definition parses it whole).
+STREAM_OUTSIDE_BYTES = 1 << 20
+_WHITESPACE = b' \t\n\r'
 # A request file is read whole: at most this many times --max_instance_bytes.
 REQUEST_FILE_INSTANCES = 64
 _BODY_FIELDS = ('instances', 'inputs', 'examples')
@@ -244,16 +264,29 @@ def _columnar_row(inputs, i):
 
 
 class ReadJsonRequests(beam.DoFn):
-  """FileMetadata -> RawChunks of parsed instances."""
+  """FileMetadata -> RawChunks of parsed instances, or of the instances'
+  texts (records.Lines) where the file is streamed."""
+  stream_min_bytes = STREAM_MIN_BYTES
+
   def __init__(self, signature: SignatureSpec, max_bytes: int):
     self._signature = signature
     self._max_bytes = max_bytes
 
   def process(self, metadata):
-    # The file is read whole: its chunks carry its stored size (for the
-    # progress output, transforms/progress.py), in proportion to their
-    # instances; a file that cannot be read, as bytes that could not be.
+    # Chunks carry the file's stored size (for the progress output,
+    # transforms/progress.py), in proportion to their instances; a file
+    # that cannot be read, as bytes that could not be.
     path, size = metadata.path, metadata.size_in_bytes or 0
+    if self.stream_min_bytes <= size <= self._max_bytes:
+      layout = None
+      try:
+        with open_input(path) as f:
+          layout = _instances_layout(f, self._signature, self._max_bytes)
+      except Exception:  # pylint: disable=broad-except  (read whole below, which reports it)
+        pass
+      if layout is not None:
+        yield from self._streamed(path, layout, size)
+        return
     if size > self._max_bytes:
       yield RawChunk([(path, 0)], [None], [b''], kind=JSON, read_errors={0: (
           f'the request file is {metadata.size_in_bytes} bytes, more than '
@@ -293,6 +326,18 @@ class ReadJsonRequests(beam.DoFn):
     if not count:
       yield RawChunk([(path, 0)], [], [], kind=JSON, stored_bytes=size)
 
+  def _streamed(self, path, layout, size):
+    done = 0  # instances handed on: a fault after them is a file error
+    try:
+      with open_input(path) as f:
+        for chunk in _streamed_chunks(f, path, layout, size):
+          done += len(chunk)
+          yield chunk
+    except Exception as e:  # pylint: disable=broad-except
+      yield RawChunk([(path, 0)], [], [], kind=JSON, file_errors=[
+          (path, f'reading failed after {done} instances: {fault_reason(e)}')],
+                     skipped_bytes=size - size * done // layout.count)
+
 
 class JsonRequestFormat(InputFormat):
   kind = JSON
@@ -300,16 +345,25 @@ class JsonRequestFormat(InputFormat):
   def __init__(self, signature: SignatureSpec, max_instance_bytes: int):
     self._signature = signature
     self._max_bytes = REQUEST_FILE_INSTANCES * max_instance_bytes
+    # Streamed instances are what JSON Lines lines holding them are.
+    self._lines = JsonLinesFormat(max_instance_bytes)
 
   def read(self, files):
     return (files | beam.Reshuffle()
             | beam.ParDo(ReadJsonRequests(self._signature, self._max_bytes)))
+
+  def fast(self, chunk, rows, decoder):
+    if not isinstance(chunk.records, Lines):
+      return None  # parsed values: decoded per instance
+    return self._lines.fast(chunk, rows, decoder)
 
   def sample(self, metadata, quota, limits):
     return sample_request_file(metadata, quota, self._signature, self._max_bytes, limits)
 
   def instance(self, chunk, row):
     record = chunk.records[row]
+    if isinstance(chunk.records, Lines):  # a streamed instance's text
+      return json_instance(parse_json(record))
     if isinstance(record, NotAnExample):
       raise SchemaError(f'an element of "examples" must be an object of features, got '
                         f'{short(record.value)}')
@@ -319,6 +373,11 @@ class JsonRequestFormat(InputFormat):
 
   def raw(self, chunk, row) -> bytes:
     record = chunk.records[row]
+    if isinstance(chunk.records, Lines):  # as the value read whole is written
+      try:
+        record = parse_json(record)
+      except (ValueError, RecursionError):
+        return record
     if isinstance(record, NotAnExample):
       record = record.value
     if isinstance(record, bytes):
@@ -327,6 +386,164 @@ class JsonRequestFormat(InputFormat):
       return carried_text(record, repeated_ok=True)
     except (ValueError, TypeError, RecursionError):
       return repr(record).encode('utf-8', 'replace')
+
+
+# -- streamed request files ----------------------------------------------------------
+
+class _Layout:
+  """Where a streamed body's instances are: the "instances" array's '[' and
+  ']', and cut points [(position of a separator, instances before it)] at
+  which the second pass starts a block, outside any string."""
+  def __init__(self, array_open: int, array_close: int, cuts: list, count: int):
+    self.array_open, self.array_close, self.cuts, self.count = (
+        array_open, array_close, cuts, count)
+
+
+def _instances_layout(f, signature: SignatureSpec, max_bytes: int) -> Optional[_Layout]:
+  """The first pass over a request file: its layout where its body is an
+  object with an "instances" array of at least two elements that simdjson
+  accepts, and the rest of the body (that array emptied) is small and a
+  valid body by the definition; else None (the file is then read whole)."""
+  head = f.read(STREAM_BLOCK_BYTES)
+  skip = 3 if head.startswith(b'\xef\xbb\xbf') else 0
+  scanner = StructureScanner()
+  positions, kinds, depths = scanner.feed(head)
+  array_open = _array_open(head, skip, positions.tolist(), kinds.tolist(), depths.tolist())
+  if array_open is None:
+    return None
+  prefix = head[skip:array_open]
+  parser = simdjson.Parser()
+  cuts, count = [], 0
+  pending = bytearray(head[array_open + 1:])  # the bytes after the last separator validated
+  pending_at = array_open + 1  # the position of pending[0]
+  array_close = None
+  read = len(head)
+  after = positions > array_open
+  events = (positions[after], kinds[after], depths[after])
+  while True:
+    block_positions, block_kinds, block_depths = events
+    closes = np.flatnonzero((block_kinds == CLOSE) & (block_depths == 1))
+    if len(closes):
+      array_close = int(block_positions[closes[0]])
+    commas = block_positions[(block_kinds == COMMA) & (block_depths == 2)]
+    if array_close is not None:
+      commas = commas[commas < array_close]
+    end = array_close if array_close is not None else (int(commas[-1]) if len(commas) else None)
+    if end is not None:
+      text = bytes(pending[:end - pending_at])
+      elements = len(commas) + (1 if array_close is not None else 0)
+      if array_close is not None and not count and not len(commas) and not text.strip(
+          _WHITESPACE):
+        elements = 0  # "instances": []
+      if elements and not _valid_elements(parser, text, elements):
+        return None
+      count += elements
+      if array_close is None:
+        cuts.append((end, count))
+        del pending[:end + 1 - pending_at]
+        pending_at = end + 1
+    if array_close is not None:
+      break
+    if read > max_bytes:
+      return None
+    block = f.read(STREAM_BLOCK_BYTES)
+    if not block:
+      return None  # the array never closes: not valid JSON
+    pending += block
+    read += len(block)
+    events = scanner.feed(block)
+  suffix = bytes(pending[array_close + 1 - pending_at:]) + f.read(STREAM_OUTSIDE_BYTES + 1)
+  if len(prefix) + len(suffix) > STREAM_OUTSIDE_BYTES or count < 2:
+    return None
+  try:
+    body = parse_json(prefix + b'[]' + suffix)
+    if not (isinstance(body, dict) and 'instances' in body) or split_request(body, signature):
+      return None
+  except (ValueError, RecursionError):  # not a valid body: read whole, which says why
+    return None
+  return _Layout(array_open, array_close, cuts, count)
+
+
+def _array_open(head: bytes, skip: int, positions, kinds, depths) -> Optional[int]:
+  """The position of the "instances" array's '[' where the body is an
+  object that has it within STREAM_OUTSIDE_BYTES; else None."""
+  if not positions or kinds[0] != OPEN or head[positions[0]:positions[0] + 1] != b'{' or (
+      head[skip:positions[0]].strip(_WHITESPACE)):
+    return None
+  separator = positions[0]
+  for position, kind, depth in zip(positions[1:], kinds[1:], depths[1:]):
+    if position > STREAM_OUTSIDE_BYTES or depth == 0:
+      return None
+    if kind == COMMA and depth == 1:
+      separator = position
+    elif kind == COLON and depth == 1:
+      try:
+        key = parse_json(head[separator + 1:position])
+      except ValueError:
+        return None
+      if key == 'instances':
+        start = len(head) - len(head[position + 1:].lstrip(_WHITESPACE))
+        return start if head[start:start + 1] == b'[' else None
+  return None
+
+
+def _valid_elements(parser, text: bytes, count: int) -> bool:
+  """Whether `text` is `count` JSON values separated by commas, each one
+  simdjson accepts, nested as deep as they are in the body (in an object's
+  array)."""
+  try:
+    doc = parser.parse(b'{"":[' + text + b']}')
+    try:
+      return len(doc['']) == count
+    finally:
+      doc = None  # the parser reuses its buffer: no proxy may outlive the parse
+  except (ValueError, TypeError, KeyError, RuntimeError, IndexError, OverflowError,
+          UnicodeDecodeError):
+    return False
+
+
+def _skip(f, count: int) -> None:
+  while count > 0:
+    skipped = len(f.read(min(count, STREAM_BLOCK_BYTES)))
+    if not skipped:
+      raise OSError('the file changed while it was read')
+    count -= skipped
+
+
+def _streamed_chunks(f, path: str, layout: _Layout, size: int):
+  """The second pass: RawChunks of the instances' texts (records.Lines; a
+  line break inside an instance, whitespace there, read as a space),
+  indexed by their position in "instances"."""
+  bounds = [(layout.array_open, 0)] + layout.cuts + [(layout.array_close, layout.count)]
+  buffer, buffer_at = b'', 0  # buffer holds the file from buffer_at on
+  for (start, first), (end, last) in zip(bounds[:-1], bounds[1:]):
+    drop = start + 1 - buffer_at  # what lies before this block is done with
+    if drop >= len(buffer):
+      _skip(f, drop - len(buffer))
+      buffer = b''
+    else:
+      buffer = buffer[drop:]
+    buffer_at = start + 1
+    while buffer_at + len(buffer) < end:
+      block = f.read(max(STREAM_BLOCK_BYTES, end - buffer_at - len(buffer)))
+      if not block:
+        raise OSError('the file changed while it was read')
+      buffer += block
+    text = buffer[:end - buffer_at]
+    positions, kinds, depths = StructureScanner(depth=2).feed(text)
+    separators = positions[(kinds == COMMA) & (depths == 2)]
+    if len(separators) != last - first - 1:
+      raise OSError('the file changed while it was read')
+    edges = [-1] + separators.tolist() + [len(text)]
+    elements = [text[a + 1:b].strip(_WHITESPACE) for a, b in zip(edges[:-1], edges[1:])]
+    if b'\n' in text or b'\r' in text:
+      elements = [e.replace(b'\n', b' ').replace(b'\r', b' ') for e in elements]
+    for at in range(0, len(elements), MAX_INSTANCES_PER_CHUNK):
+      part = elements[at:at + MAX_INSTANCES_PER_CHUNK]
+      index = first + at
+      yield RawChunk([(path, 0)], list(range(index, index + len(part))), Lines.of(part),
+                     kind=JSON, stored_bytes=(size * (index + len(part)) // layout.count
+                                              - size * index // layout.count))
 
 
 # -- a sample: the first instances of a file -----------------------------------------
