@@ -46,6 +46,10 @@ against the clean (d) run ("time / clean (d)": how many times longer):
 A second table times (d) on the tabular instances stored as CSV, Parquet
 and TFRecord (tf.Example) files.
 
+Another ('request_file') times (d) on REQUEST_INSTANCES tabular instances
+in one TF Serving request file (`{"instances": [...]}`, about 200 MB)
+against the same instances as JSON Lines, with peak memory.
+
 Another ('mlp_formats') times (d) on the MLP's images as 28x28 nested
 lists (a model of the same layers behind a Flatten), as Parquet
 (`list<float>` of 784) and as TFRecord (`float_list` of 784), against the
@@ -106,7 +110,8 @@ A sixth ('wide', only by name; meant for a GPU, runs on CPU at small
 `x` 512 floats): (d) the job and (a) the model alone at (d)'s batch size,
 and (d)/(a).
 
-  --only mlp,tabular,failures,formats,mlp_formats,fixed_batch,cores,workers,wide
+  --only mlp,tabular,failures,formats,mlp_formats,request_file,fixed_batch,cores,workers,
+         wide
                     runs only those parts (default: the first five;
                     'failures': the clean (d) tabular run and the two rows
                     above). E.g. --only workers; --only wide --scale 0.01
@@ -135,14 +140,16 @@ WORKLOADS = {'mlp': 100_000, 'tabular': 2_000_000, 'wide': 200_000}
 # The workloads whose one input is a list of floats: (input name, width).
 LIST_INPUTS = {'mlp': ('pixels', 784), 'wide': ('x', 512)}
 WIDE_UNITS = 4096  # the wide model: 3 Dense layers of this many units
-PARTS = ('mlp', 'tabular', 'failures', 'formats', 'mlp_formats', 'fixed_batch', 'cores',
-         'workers', 'wide')
+PARTS = ('mlp', 'tabular', 'failures', 'formats', 'mlp_formats', 'request_file',
+         'fixed_batch', 'cores', 'workers', 'wide')
 # 'cores' takes 20-30 minutes and 'workers' about 5 (whole commands, repeated
 # until quiet), 'wide' is for a GPU: run them by name (--only cores).
-DEFAULT_PARTS = ('mlp', 'tabular', 'failures', 'formats', 'mlp_formats', 'fixed_batch')
+DEFAULT_PARTS = ('mlp', 'tabular', 'failures', 'formats', 'mlp_formats', 'request_file',
+                 'fixed_batch')
 # The parts that need each workload's model and data.
 NEEDED_BY = {'mlp': {'mlp', 'mlp_formats', 'fixed_batch', 'cores', 'workers'},
-             'tabular': {'tabular', 'failures', 'formats', 'fixed_batch', 'cores', 'workers'},
+             'tabular': {'tabular', 'failures', 'formats', 'request_file', 'fixed_batch', 'cores',
+                         'workers'},
              'wide': {'wide'}}
 # The main table's configurations per workload part, in the order they run
 # ((d) first: (a), (b), (c) and (e) run at the batch size the job chose).
@@ -153,6 +160,9 @@ MAIN_CONFIGS = {'mlp': ('d', 'a', 'a256', 'b', 'c', 'e'),
 # --instances): the workload's data repeated or cut to this many.
 CORES_INSTANCES = {'tabular': 2_000_000, 'mlp': 400_000}
 WORKERS_INSTANCES = {'tabular': 2_000_000, 'mlp': 800_000}
+# The 'request_file' part: this many tabular instances (times --scale) in one
+# TF Serving request file (about 200 MB) and, the same, as JSON Lines.
+REQUEST_INSTANCES = 1_190_000
 CORES_TINY = 4096  # instances of the 'cores' and 'workers' parts' start-up run
 BAD_EVERY = 1000  # one bad line in this many, in the "0.1% bad lines" row
 WRITE_ROWS = 65_536  # (e): lines formatted and written at a time
@@ -332,6 +342,20 @@ def write_mlp_formats(jsonl_path, stem):
       f.write(tfrecord_frame(example.SerializeToString()))
 
 
+def write_request_file(jsonl_path, count, request_path, lines_path):
+  """The first `count` lines of `jsonl_path` as one request body,
+  `{"instances": [...]}` (an instance per line), and as JSON Lines."""
+  with open(jsonl_path, 'rb') as f, open(request_path + '.tmp', 'wb') as body, \
+      open(lines_path + '.tmp', 'wb') as lines:
+    body.write(b'{"instances": [\n')
+    for i, line in zip(range(count), f):
+      body.write((b',\n' if i else b'') + line.rstrip(b'\n'))
+      lines.write(line)
+    body.write(b'\n]}\n')
+  os.rename(request_path + '.tmp', request_path)
+  os.rename(lines_path + '.tmp', lines_path)
+
+
 def prepare(workdir, scale, parts):
   os.makedirs(workdir, exist_ok=True)
   for workload, count in WORKLOADS.items():
@@ -348,6 +372,11 @@ def prepare(workdir, scale, parts):
     stem = data[:-len('.jsonl')]
     if workload == 'tabular' and 'formats' in parts and not os.path.exists(stem + '.tfrecord'):
       write_other_formats(data, stem)
+    if workload == 'tabular' and 'request_file' in parts:
+      request = os.path.join(workdir, f'tabular-request-{int(REQUEST_INSTANCES * scale)}')
+      if not os.path.exists(request + '.json'):
+        write_request_file(data, int(REQUEST_INSTANCES * scale), request + '.json',
+                           request + '.jsonl')
     if workload == 'mlp' and 'mlp_formats' in parts:
       if not os.path.exists(stem + '.tfrecord'):
         write_mlp_formats(data, stem)
@@ -775,6 +804,8 @@ def main():
                   args.max_rounds, args.quiet)
   if 'mlp_formats' in parts:
     mlp_formats_table(args.workdir, args.scale, clean_d['mlp'])
+  if 'request_file' in parts:
+    request_file_table(args.workdir, args.scale)
   if 'formats' not in parts:
     return
   count = int(WORKLOADS['tabular'] * args.scale)
@@ -814,6 +845,30 @@ def mlp_formats_table(workdir, scale, flat):
         f'{"met" if flat["rate"] / nested <= 1.2 else "NOT met"}); Parquet and TFRecord '
         'at least the JSON Lines rate: '
         + ('met' if min(r['rate'] for _, r in runs[2:]) >= flat['rate'] else 'NOT met') + '.')
+
+
+def request_file_table(workdir, scale):
+  """(d) on one request file of REQUEST_INSTANCES tabular instances against
+  the same instances as JSON Lines."""
+  stem = os.path.join(workdir, f'tabular-request-{int(REQUEST_INSTANCES * scale)}')
+  model = os.path.join(workdir, 'tabular-model')
+  runs = [(label, run_child('d', 'tabular', model, stem + extension,
+                            os.path.join(workdir, 'out', f'tabular-d-request{extension}')))
+          for label, extension in (('JSON Lines', '.jsonl'),
+                                   ('one request file {"instances": [...]}', '.json'))]
+  size = os.path.getsize(stem + '.json')
+  print()
+  print(f'| (d) this job, tabular instances in | instances | seconds | inst/s | peak MiB '
+        f'| vs JSON Lines |')
+  print('|---|---|---|---|---|---|')
+  for label, r in runs:
+    print(f'| {label} | {r["count"]:,} | {r["seconds"]:.1f} | {r["rate"]:,.0f} | '
+          f'{r["peak_mb"]:,.0f} | {r["rate"] / runs[0][1]["rate"]:.2f}x |')
+  ratio = runs[1][1]['rate'] / runs[0][1]['rate']
+  print()
+  print(f'Request file ({size / 2**20:,.0f} MiB): {ratio:.2f}x the JSON Lines rate (target '
+        f'>= 0.5x: {"met" if ratio >= 0.5 else "NOT met"}); peak '
+        f'{runs[1][1]["peak_mb"]:,.0f} MiB.')
 
 
 def _counts_text(counts):

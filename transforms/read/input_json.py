@@ -85,7 +85,13 @@ STREAM_BLOCK_BYTES = 4 << 20  # read and validated at a time
 # What lies before and after the "instances" array of a streamed body, at
 # most (the definition parses it whole).
 STREAM_OUTSIDE_BYTES = 1 << 20
+# Separators the first pass keeps for the second, at most (4 bytes each);
+# beyond, the second pass finds them again.
+STREAM_SEPARATORS_KEPT = 16 << 20
 _WHITESPACE = b' \t\n\r'
+_SPACE, _TAB, _LF, _CR = ord(' '), ord('\t'), ord('\n'), ord('\r')
+_IS_SPACE = np.zeros(256, bool)
+_IS_SPACE[[_SPACE, _TAB, _LF]] = True  # in an element's line: carriage returns are spaces
 # A request file is read whole: at most this many times --max_instance_bytes.
 REQUEST_FILE_INSTANCES = 64
 _BODY_FIELDS = ('instances', 'inputs', 'examples')
@@ -394,9 +400,13 @@ class _Layout:
   """Where a streamed body's instances are: the "instances" array's '[' and
   ']', and cut points [(position of a separator, instances before it)] at
   which the second pass starts a block, outside any string."""
-  def __init__(self, array_open: int, array_close: int, cuts: list, count: int):
+  def __init__(self, array_open: int, array_close: int, cuts: list, count: int,
+               separators: list):
     self.array_open, self.array_close, self.cuts, self.count = (
         array_open, array_close, cuts, count)
+    # Per block, the separators between its elements (uint32, from the
+    # block's start) as the first pass found them; None: found again.
+    self.separators = separators
 
 
 def _instances_layout(f, signature: SignatureSpec, max_bytes: int) -> Optional[_Layout]:
@@ -413,7 +423,7 @@ def _instances_layout(f, signature: SignatureSpec, max_bytes: int) -> Optional[_
     return None
   prefix = head[skip:array_open]
   parser = simdjson.Parser()
-  cuts, count = [], 0
+  cuts, count, separators, kept = [], 0, [], 0
   pending = bytearray(head[array_open + 1:])  # the bytes after the last separator validated
   pending_at = array_open + 1  # the position of pending[0]
   array_close = None
@@ -438,6 +448,10 @@ def _instances_layout(f, signature: SignatureSpec, max_bytes: int) -> Optional[_
       if elements and not _valid_elements(parser, text, elements):
         return None
       count += elements
+      inner = commas[:-1] if array_close is None else commas
+      kept += len(inner)
+      separators.append((inner - pending_at).astype(np.uint32)
+                        if kept <= STREAM_SEPARATORS_KEPT else None)
       if array_close is None:
         cuts.append((end, count))
         del pending[:end + 1 - pending_at]
@@ -461,7 +475,7 @@ def _instances_layout(f, signature: SignatureSpec, max_bytes: int) -> Optional[_
       return None
   except (ValueError, RecursionError):  # not a valid body: read whole, which says why
     return None
-  return _Layout(array_open, array_close, cuts, count)
+  return _Layout(array_open, array_close, cuts, count, separators)
 
 
 def _array_open(head: bytes, skip: int, positions, kinds, depths) -> Optional[int]:
@@ -516,7 +530,7 @@ def _streamed_chunks(f, path: str, layout: _Layout, size: int):
   indexed by their position in "instances"."""
   bounds = [(layout.array_open, 0)] + layout.cuts + [(layout.array_close, layout.count)]
   buffer, buffer_at = b'', 0  # buffer holds the file from buffer_at on
-  for (start, first), (end, last) in zip(bounds[:-1], bounds[1:]):
+  for (start, first), (end, last), found in zip(bounds[:-1], bounds[1:], layout.separators):
     drop = start + 1 - buffer_at  # what lies before this block is done with
     if drop >= len(buffer):
       _skip(f, drop - len(buffer))
@@ -530,20 +544,46 @@ def _streamed_chunks(f, path: str, layout: _Layout, size: int):
         raise OSError('the file changed while it was read')
       buffer += block
     text = buffer[:end - buffer_at]
-    positions, kinds, depths = StructureScanner(depth=2).feed(text)
-    separators = positions[(kinds == COMMA) & (depths == 2)]
+    if found is not None:
+      separators = found.astype(np.int64)
+    else:
+      positions, kinds, depths = StructureScanner(depth=2).feed(text)
+      separators = positions[(kinds == COMMA) & (depths == 2)]
     if len(separators) != last - first - 1:
       raise OSError('the file changed while it was read')
-    edges = [-1] + separators.tolist() + [len(text)]
-    elements = [text[a + 1:b].strip(_WHITESPACE) for a, b in zip(edges[:-1], edges[1:])]
-    if b'\n' in text or b'\r' in text:
-      elements = [e.replace(b'\n', b' ').replace(b'\r', b' ') for e in elements]
-    for at in range(0, len(elements), MAX_INSTANCES_PER_CHUNK):
-      part = elements[at:at + MAX_INSTANCES_PER_CHUNK]
+    lines = _element_lines(text, separators)
+    for at in range(0, len(lines), MAX_INSTANCES_PER_CHUNK):
+      part = lines[at:at + MAX_INSTANCES_PER_CHUNK]
       index = first + at
-      yield RawChunk([(path, 0)], list(range(index, index + len(part))), Lines.of(part),
+      yield RawChunk([(path, 0)], list(range(index, index + len(part))), part,
                      kind=JSON, stored_bytes=(size * (index + len(part)) // layout.count
                                               - size * index // layout.count))
+
+
+def _element_lines(text: bytes, separators: np.ndarray) -> Lines:
+  """The elements of an array's part `text` (separated at `separators`) as
+  records.Lines: each separator becomes the line feed between two lines,
+  and a line break inside an element, whitespace there, a space."""
+  data = bytearray(text)
+  array = np.frombuffer(data, np.uint8)
+  array[(array == _LF) | (array == _CR)] = _SPACE
+  array[separators] = _LF
+  starts = np.concatenate([[0], separators + 1]).astype(np.int64)
+  ends = np.concatenate([separators, [len(text)]]).astype(np.int64)
+  # Whitespace around each element (none is empty: validated) is trimmed a
+  # byte a round, for all at once; past a few rounds, by a search.
+  for _ in range(8):
+    leading = _IS_SPACE[array[starts]]
+    trailing = _IS_SPACE[array[ends - 1]]
+    if not (leading.any() or trailing.any()):
+      break
+    starts[leading] += 1
+    ends[trailing] -= 1
+  else:
+    visible = np.flatnonzero(~_IS_SPACE[array])
+    starts = visible[np.searchsorted(visible, starts)]
+    ends = visible[np.searchsorted(visible, ends) - 1] + 1
+  return Lines(bytes(data), starts, ends)
 
 
 # -- a sample: the first instances of a file -----------------------------------------

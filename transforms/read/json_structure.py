@@ -13,7 +13,8 @@ so a text this misreads (it is not valid JSON) is never split by it.
 """
 import numpy as np
 
-_QUOTE, _BACKSLASH = ord('"'), ord('\\')
+_QUOTE, _BACKSLASH, _COMMA, _COLON = ord('"'), ord('\\'), ord(','), ord(':')
+_BRACKETS, _BRACES = (ord('['), ord(']')), (ord('{'), ord('}'))
 OPEN, CLOSE, COMMA, COLON = 1, 2, 3, 4
 _KINDS = np.zeros(256, np.uint8)
 _KINDS[[ord('['), ord('{')]] = OPEN
@@ -39,30 +40,37 @@ class StructureScanner:
     COLON) and the depth after each."""
     data = np.frombuffer(block, np.uint8)
     n = len(data)
-    quotes = np.flatnonzero(data == _QUOTE)
-    has_backslash = self._backslashes or np.any(data == _BACKSLASH)
-    if len(quotes) and has_backslash:
-      # A quote after an odd run of backslashes is inside a string.
-      not_backslash = np.where(data != _BACKSLASH, np.arange(n, dtype=np.int64), -1)
-      last = np.maximum.accumulate(not_backslash)  # the last other byte at or before i
-      before = quotes - 1
-      last_before = np.where(before >= 0, last[np.maximum(before, 0)], -1)
-      run = np.where(last_before >= 0, before - last_before, before + 1 + self._backslashes)
-      quotes = quotes[run % 2 == 0]
-    if has_backslash and n:
+    # The quotes and structural characters (comparisons: faster than a
+    # lookup table), then only those are looked at.
+    marks = ((data == _QUOTE) | (data == _COMMA) | (data == _COLON) | (data == _BRACKETS[0])
+             | (data == _BRACKETS[1]) | (data == _BRACES[0]) | (data == _BRACES[1]))
+    if self._backslashes or (n and block.find(b'\\') >= 0):
+      at = np.flatnonzero(data == _QUOTE)
+      if len(at):
+        # A quote after an odd run of backslashes is inside a string.
+        not_backslash = np.where(data != _BACKSLASH, np.arange(n, dtype=np.int64), -1)
+        last = np.maximum.accumulate(not_backslash)  # the last other byte at or before i
+        before = at - 1
+        last_before = np.where(before >= 0, last[np.maximum(before, 0)], -1)
+        run = np.where(last_before >= 0, before - last_before, before + 1 + self._backslashes)
+        marks[at[run % 2 == 1]] = False
       other_from_end = data[::-1] != _BACKSLASH
       trailing = int(np.argmax(other_from_end)) if other_from_end.any() else n
       self._backslashes = trailing + (self._backslashes if trailing == n else 0)
-    kinds_all = _KINDS[data]
-    found = np.flatnonzero(kinds_all)
-    before_quotes = np.searchsorted(quotes, found)
-    outside = (before_quotes + int(self.in_string)) % 2 == 0
-    found = found[outside]
-    kinds = kinds_all[found]
+    marked = np.flatnonzero(marks)
+    chars = data[marked]
+    quotes = chars == _QUOTE
+    # Quotes so far, modulo 256 (a uint8 sum wraps): its parity tells
+    # whether a character lies in a string.
+    parity = np.cumsum(quotes, dtype=np.uint8)
+    outside = ((parity + np.uint8(self.in_string)) & 1 == 0) & ~quotes
+    found = marked[outside]
+    kinds = _KINDS[chars[outside]]
     depths = self.depth + np.cumsum(_DELTA[kinds])
     if len(depths):
       self.depth = int(depths[-1])
-    self.in_string = bool((int(self.in_string) + len(quotes)) % 2)
-    positions = found.astype(np.int64) + self.offset
+    if len(parity):
+      self.in_string = bool((int(self.in_string) + int(parity[-1])) % 2)
+    positions = found + self.offset
     self.offset += n
     return positions, kinds, depths
