@@ -469,6 +469,8 @@ def _instances_layout(f, signature: SignatureSpec, max_bytes: int) -> Optional[_
   suffix = bytes(pending[array_close + 1 - pending_at:]) + f.read(STREAM_OUTSIDE_BYTES + 1)
   if len(prefix) + len(suffix) > STREAM_OUTSIDE_BYTES or count < 2:
     return None
+  if array_close + 1 + len(suffix) > max_bytes:
+    return None  # larger than allowed once decompressed: read whole, which says so
   try:
     body = parse_json(prefix + b'[]' + suffix)
     if not (isinstance(body, dict) and 'instances' in body) or split_request(body, signature):
