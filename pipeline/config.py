@@ -3,6 +3,7 @@ is a SavedModel with the signature and tags asked for, the options fit it."""
 import dataclasses
 import os
 import stat
+from typing import Optional
 
 from tf_batch_predict.pipeline.outputs import check_outside_inputs
 from tf_batch_predict.pipeline.options import ConfigError, JobOptions
@@ -24,6 +25,9 @@ class JobConfig:
   # Matched files that are not regular files (pipes, devices, sockets):
   # (path, format, reason); each is a file error record, never opened.
   unreadable_files: tuple = ()
+  # The work units to read (transforms/read/units.py); None: every unit of
+  # the files. A resumed run reads those its stopped run left.
+  units: Optional[list] = None
 
   @property
   def output(self) -> str:

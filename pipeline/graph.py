@@ -2,11 +2,12 @@
 import apache_beam as beam
 
 from tf_batch_predict.pipeline.config import JobConfig
-from tf_batch_predict.pipeline.parallelism import needs_one_scoring_stage, parse_threads, range_bytes
+from tf_batch_predict.pipeline.parallelism import parse_threads, work_units
 from tf_batch_predict.transforms.read.coalesce import CoalesceChunks
 from tf_batch_predict.transforms.read.decode import DecodeInstances, InstanceDecoder
 from tf_batch_predict.transforms.write.format import ERRORS_TAG, FormatRecords
-from tf_batch_predict.transforms.read.formats import ReadInstances, input_formats
+from tf_batch_predict.transforms.read.formats import input_formats
+from tf_batch_predict.transforms.read.units import ReadInstances
 from tf_batch_predict.transforms.records import InstanceBatch, RawChunk, ScoredBatch
 from tf_batch_predict.transforms.model.score import ScoreBatches
 from tf_batch_predict.transforms.write.shards import WriteJsonlShards, write_predictions
@@ -15,15 +16,11 @@ from tf_batch_predict.transforms.write.shards import WriteJsonlShards, write_pre
 def build(p: beam.Pipeline, config: JobConfig) -> None:
   opts, signature = config.options, config.model.signature
   formats = input_formats(signature, opts.key_field, opts.passthrough_fields,
-                          opts.max_instance_bytes, range_size=range_bytes(config),
-                          parse_threads=parse_threads(config))
+                          opts.max_instance_bytes, parse_threads=parse_threads(config))
   decoder = InstanceDecoder(signature, formats, opts.key_field, opts.passthrough_fields)
-  chunks = p | 'ReadInstances' >> ReadInstances(config.files_by_format, formats,
-                                                config.unreadable_files)
-  if needs_one_scoring_stage(config):
-    chunks = chunks | 'OneScoringStage' >> beam.Reshuffle()
   records = (
-      chunks
+      p
+      | 'ReadInstances' >> ReadInstances(work_units(config), formats)
       | 'MergeSmallChunks' >> beam.ParDo(CoalesceChunks(opts.min_batch_size))
           .with_output_types(RawChunk)
       | 'Decode' >> beam.ParDo(DecodeInstances(decoder)).with_output_types(InstanceBatch)

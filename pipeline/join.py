@@ -234,14 +234,17 @@ def build(p, plan: JoinPlan, output_dir: str) -> None:
   import apache_beam as beam
 
   from tf_batch_predict.transforms.rejoin import join as rejoin
-  from tf_batch_predict.transforms.read.formats import ReadInstances
+  from tf_batch_predict.transforms.read import units
+  from tf_batch_predict.transforms.read.formats import SPLITTABLE_FORMATS
+  from tf_batch_predict.transforms.read.lines import DESIRED_RANGE_SIZE
   from tf_batch_predict.transforms.write.shards import WriteJsonlShards
 
   layout = plan.layout
   instances = (
       p
-      | 'ReadInstances' >> ReadInstances(plan.files_by_format, plan.formats,
-                                         plan.unreadable_files)
+      | 'ReadInstances' >> units.ReadInstances(units.plan(
+          plan.files_by_format, {kind: DESIRED_RANGE_SIZE for kind in SPLITTABLE_FORMATS},
+          plan.unreadable_files), plan.formats)
       | 'InstanceRows' >> beam.ParDo(rejoin.InstanceRows(plan.formats, layout)).with_outputs(
           'file_faults', main='rows'))
   predictions = _read_outputs(p, 'Predictions', plan.prediction_files)

@@ -1,5 +1,5 @@
-"""How the work spreads over an engine's workers: byte-range sizes, parser
-threads, and where Beam's Java job servers need a stage boundary."""
+"""How the work spreads over an engine's workers: work units (byte ranges)
+and parser threads."""
 import multiprocessing
 import re
 from typing import Optional
@@ -8,7 +8,9 @@ from apache_beam.io.filesystem import CompressionTypes
 
 from tf_batch_predict.pipeline.config import JobConfig
 from tf_batch_predict.pipeline.options import LOCAL_RUNNER
+from tf_batch_predict.transforms.read import units
 from tf_batch_predict.transforms.read.formats import SPLITTABLE_FORMATS
+from tf_batch_predict.transforms.read.lines import DESIRED_RANGE_SIZE
 
 # Beam's local runner with several workers (--direct_num_workers), Flink and
 # Spark deal the byte ranges of the input files out to their workers once, before
@@ -78,23 +80,12 @@ def local_workers(beam_args) -> int:
   return workers or 1
 
 
-# Runners whose job server is Beam's Java one: its fuser copies the steps
-# after a Flatten into the stage of each Flatten input, and the copies of one
-# step then report their counters under the same name: Flink's job server
-# keeps one copy's values (summary counts too low by the other formats'
-# instances). A Reshuffle after the read's Flatten makes one stage of them.
-JAVA_JOB_SERVER_RUNNERS = ('FlinkRunner', 'SparkRunner')
-
-
-def needs_one_scoring_stage(config: JobConfig) -> bool:
-  """Whether the job reads more than one format on a Java job server (see
-  JAVA_JOB_SERVER_RUNNERS); a local run would only pay for the shuffle."""
-  opts = config.options
-  java = opts.runner in JAVA_JOB_SERVER_RUNNERS or (
-      opts.runner == 'PortableRunner' and beam_option(opts, 'job_endpoint') != 'embed')
-  return java and sum(1 for files in config.files_by_format.values() if files) > 1
-
-
-def beam_option(opts, name):
-  from apache_beam.options.pipeline_options import PipelineOptions
-  return PipelineOptions(list(opts.beam_args)).get_all_options().get(name)
+def work_units(config: JobConfig) -> list:
+  """The job's work units (transforms/read/units.py): text files in ranges
+  of `range_bytes`, or the readers' default where one worker reads; those
+  the config names where it names them (a resumed run's)."""
+  if config.units is not None:
+    return config.units
+  size = range_bytes(config) or DESIRED_RANGE_SIZE
+  return units.plan(config.files_by_format, {kind: size for kind in SPLITTABLE_FORMATS},
+                    config.unreadable_files)

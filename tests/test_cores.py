@@ -2,7 +2,6 @@
 cut into byte ranges small enough that every worker gets a share (Beam deals
 ranges out once, round robin); any other run keeps the readers' default."""
 from tf_batch_predict.pipeline import parallelism
-from tf_batch_predict.transforms.read.formats import input_formats
 from tf_batch_predict.pipeline.config import resolve
 from tf_batch_predict.pipeline.options import parse_args
 from tf_batch_predict.transforms.read.lines import DESIRED_RANGE_SIZE
@@ -23,9 +22,11 @@ def test_ranges_per_worker(model_dir, tmp_path):
                 '--direct_num_workers=2')
   expected = size // (parallelism.RANGES_PER_WORKER * 2)
   assert parallelism.range_bytes(two) == expected < DESIRED_RANGE_SIZE
-  formats = input_formats(two.model.signature, None, (), 1 << 20,
-                                range_size=parallelism.range_bytes(two))
-  assert formats['jsonl'].range_size == formats['csv'].range_size == expected
+  units = parallelism.work_units(two)
+  assert [(u.start, u.stop) for u in units] == [
+      (start, min(start + expected, size)) for start in range(0, size, expected)]
+  assert [(u.start, u.stop) for u in parallelism.work_units(_config(model_dir, pattern))] == [
+      (0, size)]
   # Not smaller than MIN_RANGE_BYTES, however many workers.
   many = _config(model_dir, pattern, '--direct_num_workers=64')
   assert parallelism.range_bytes(many) == parallelism.MIN_RANGE_BYTES

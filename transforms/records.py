@@ -168,6 +168,12 @@ class RawChunk:
   # carry bytes only (the end of a range after its last full chunk).
   stored_bytes: int = 0
   skipped_bytes: int = 0
+  # The work units (transforms/read/units.py) these records come from:
+  # (first row, first of `file_errors`, unit id), in row order; and for each
+  # unit whose last chunk this is, the number of output records the unit
+  # makes in all (its instances and file errors).
+  units: list = dataclasses.field(default_factory=list)
+  unit_ends: dict = dataclasses.field(default_factory=dict)
 
   def __len__(self):
     return len(self.positions)
@@ -197,7 +203,17 @@ class RawChunk:
         {**self.read_errors, **{base + r: e for r, e in other.read_errors.items()}},
         self.file_errors + other.file_errors,
         {**self.unread_sizes, **{base + r: n for r, n in other.unread_sizes.items()}},
-        self.stored_bytes + other.stored_bytes, self.skipped_bytes + other.skipped_bytes)
+        self.stored_bytes + other.stored_bytes, self.skipped_bytes + other.skipped_bytes,
+        self.units + [(base + row, len(self.file_errors) + error, unit)
+                      for row, error, unit in other.units],
+        {**self.unit_ends, **other.unit_ends})
+
+  def unit_spans(self) -> list:
+    """(unit id, first row, end row, first file error, end file error) of
+    each unit these records come from, in row order."""
+    bounds = self.units + [(len(self), len(self.file_errors), None)]
+    return [(unit, row, bounds[i + 1][0], error, bounds[i + 1][1])
+            for i, (row, error, unit) in enumerate(self.units)]
 
 
 def _concatenated(records, more):

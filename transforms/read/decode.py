@@ -70,12 +70,11 @@ class InputFormat:
   fast = None
   binary_records = False  # error records show them as base64
 
-  def read(self, files):
-    """A PCollection of FileMetadata -> one of RawChunks."""
+  def read_unit(self, metadata, offsets):
+    """The RawChunks of one work unit (transforms/read/units.py): the file's
+    records in byte range `offsets` (OffsetRange; a format that reads whole
+    files gets the whole file)."""
     raise NotImplementedError
-
-  def read_transform(self) -> beam.PTransform:
-    return _Read(self)
 
   def sample(self, metadata, quota: int, limits):
     """The first `quota` instances of one file, read as `read` reads it,
@@ -88,17 +87,6 @@ class InputFormat:
   def raw(self, chunk: RawChunk, row: int) -> bytes:
     """The record as read, for its error record."""
     return chunk.records[row]
-
-
-class _Read(beam.PTransform):
-  def __init__(self, fmt: InputFormat):
-    super().__init__()
-    self._format = fmt
-
-  def expand(self, files):
-    chunks = self._format.read(files)
-    chunks.element_type = RawChunk  # so that Beam codes them with RecordCoder
-    return chunks
 
 
 def did_you_mean(name: str, fields) -> str:

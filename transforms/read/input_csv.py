@@ -25,8 +25,7 @@ import pyarrow.compute as pc
 
 from tf_batch_predict.transforms import convert
 from tf_batch_predict.transforms.read.decode import FastRows, Instance, InputFormat
-from tf_batch_predict.transforms.read.lines import (DESIRED_RANGE_SIZE, ReadLineChunks,
-                                                    sample_lines)
+from tf_batch_predict.transforms.read.lines import read_line_range, sample_lines
 from tf_batch_predict.transforms.records import CSV
 
 _SPECIAL_FLOAT_TEXTS = pa.array(sorted(convert.SPECIAL_FLOATS))
@@ -55,16 +54,11 @@ def split_row(line: bytes, header: tuple) -> list:
 
 class CsvFormat(InputFormat):
   kind = CSV
-  # Bytes per byte range a file is split into, where transforms/read/formats.py
-  # sets it for a job; None: the reader's default.
-  range_size = None
-
   def __init__(self, max_instance_bytes: int):
     self._max_instance_bytes = max_instance_bytes
 
-  def read(self, files):
-    return files | ReadLineChunks(CSV, self._max_instance_bytes, header_reader=read_header,
-                                  desired_range_size=self.range_size or DESIRED_RANGE_SIZE)
+  def read_unit(self, metadata, offsets):
+    return read_line_range(CSV, self._max_instance_bytes, read_header, metadata, offsets)
 
   def sample(self, metadata, quota, limits):
     """The first `quota` rows of a file, as `read` reads them (lines.py)."""

@@ -63,7 +63,6 @@ import re
 import time
 from typing import Optional
 
-import apache_beam as beam
 import numpy as np
 import simdjson
 
@@ -269,7 +268,7 @@ def _columnar_row(inputs, i):
   return row
 
 
-class ReadJsonRequests(beam.DoFn):
+class ReadJsonRequests:
   """FileMetadata -> RawChunks of parsed instances, or of the instances'
   texts (records.Lines) where the file is streamed."""
   stream_min_bytes = STREAM_MIN_BYTES
@@ -354,9 +353,8 @@ class JsonRequestFormat(InputFormat):
     # Streamed instances are what JSON Lines lines holding them are.
     self._lines = JsonLinesFormat(max_instance_bytes)
 
-  def read(self, files):
-    return (files | beam.Reshuffle()
-            | beam.ParDo(ReadJsonRequests(self._signature, self._max_bytes)))
+  def read_unit(self, metadata, offsets):  # pylint: disable=unused-argument  (whole files)
+    return ReadJsonRequests(self._signature, self._max_bytes).process(metadata)
 
   def fast(self, chunk, rows, decoder):
     if not isinstance(chunk.records, Lines):

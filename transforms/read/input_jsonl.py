@@ -27,8 +27,7 @@ import simdjson
 
 from tf_batch_predict.transforms.read.decode import FastRows, Instance, InputFormat
 from tf_batch_predict.transforms.json_values import parse_json
-from tf_batch_predict.transforms.read.lines import (DESIRED_RANGE_SIZE, ReadLineChunks,
-                                                    sample_lines)
+from tf_batch_predict.transforms.read.lines import read_line_range, sample_lines
 from tf_batch_predict.transforms.records import JSONL, Lines, TextColumn
 
 
@@ -51,10 +50,6 @@ def json_instance(value) -> Instance:
 
 class JsonLinesFormat(InputFormat):
   kind = JSONL
-  # Bytes per byte range a file is split into, where transforms/read/formats.py
-  # sets it for a job; None: the reader's default.
-  range_size = None
-
   def __init__(self, max_instance_bytes: int):
     self._max_instance_bytes = max_instance_bytes
     self._local = threading.local()  # simdjson parsers are not thread-safe
@@ -76,9 +71,8 @@ class JsonLinesFormat(InputFormat):
     a machine's cores are shared among worker processes)."""
     self._columnar.threads = threads
 
-  def read(self, files):
-    return files | ReadLineChunks(JSONL, self._max_instance_bytes,
-                                  desired_range_size=self.range_size or DESIRED_RANGE_SIZE)
+  def read_unit(self, metadata, offsets):
+    return read_line_range(JSONL, self._max_instance_bytes, None, metadata, offsets)
 
   def sample(self, metadata, quota, limits):
     """The first `quota` lines of a file, as `read` reads them (lines.py)."""

@@ -24,7 +24,6 @@ A sample (`sample_parquet`, for batch-predict preflight): the first rows of
 a file, the columns the job reads, opened as ReadParquetBatches opens it
 (`open_parquet`); the row count from the file's metadata.
 """
-import apache_beam as beam
 import numpy as np
 import orjson
 import pyarrow as pa
@@ -156,7 +155,7 @@ def open_parquet(f, columns) -> tuple:
   return parquet, None if columns is None else [c for c in columns if c in names]
 
 
-class ReadParquetBatches(beam.DoFn):
+class ReadParquetBatches:
   """FileMetadata -> RawChunks holding one RecordBatch each; positions are
   row indexes within the file."""
   def __init__(self, columns=None):
@@ -218,8 +217,8 @@ class ParquetFormat(InputFormat):
   def __init__(self, columns=None):
     self._columns = columns
 
-  def read(self, files):
-    return files | beam.Reshuffle() | beam.ParDo(ReadParquetBatches(self._columns))
+  def read_unit(self, metadata, offsets):  # pylint: disable=unused-argument  (whole files)
+    return ReadParquetBatches(self._columns).process(metadata)
 
   def sample(self, metadata, quota, limits):  # pylint: disable=unused-argument
     # Rows, not bytes: the file's metadata locates them, so no byte budget.

@@ -30,7 +30,6 @@ records of a file, read by `read_tfrecords` within a byte budget.
 """
 import struct
 
-import apache_beam as beam
 import google_crc32c
 import numpy as np
 
@@ -91,7 +90,7 @@ def read_tfrecords(f, max_bytes: int):
     offset += 16 + length
 
 
-class ReadTFRecords(beam.DoFn):
+class ReadTFRecords:
   """FileMetadata -> RawChunks of serialized records, indexed per file."""
   def __init__(self, max_bytes: int):
     self._max_bytes = max_bytes
@@ -195,8 +194,8 @@ class TFRecordFormat(InputFormat):
   def __init__(self, max_instance_bytes: int):
     self._max_instance_bytes = max_instance_bytes
 
-  def read(self, files):
-    return files | beam.Reshuffle() | beam.ParDo(ReadTFRecords(self._max_instance_bytes))
+  def read_unit(self, metadata, offsets):  # pylint: disable=unused-argument  (whole files)
+    return ReadTFRecords(self._max_instance_bytes).process(metadata)
 
   def sample(self, metadata, quota, limits):
     return sample_tfrecords(metadata, quota, self._max_instance_bytes, limits)

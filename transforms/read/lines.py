@@ -13,9 +13,9 @@ Beam's `ReadFromText` emits one element per line, and Beam costs about 15 us
 per element per step: more than decoding a small instance. This reader emits
 chunks of up to `chunk_lines` lines or `chunk_bytes` bytes, each line with
 its byte offset, so every later step pays Beam's cost once per chunk.
-Splitting files into byte ranges and the reshuffle that spreads ranges
-over workers are Beam's (`file_ranges.ReadFileRanges`, which reads each
-matched file by its exact name); only the line splitting is ours. (CSV
+Files are split into byte ranges before the run (transforms/read/units.py,
+with Beam's OffsetRange); each range is read here by the file's exact name
+(Beam's `ReadAllFiles` would match the name again as a pattern). (CSV
 fields with embedded line breaks are therefore not supported.)
 
 Reading is columnar: each read of READ_SIZE bytes is searched for line
@@ -48,12 +48,10 @@ error that says how far reading got.
 preflight) with this reader, within a byte budget.
 """
 import dataclasses
-import functools
 import gzip
 import time
 from typing import Optional
 
-import apache_beam as beam
 import numpy as np
 from apache_beam.io import filebasedsource
 from apache_beam.io.filesystem import CompressionTypes
@@ -62,12 +60,11 @@ from apache_beam.io.range_trackers import OffsetRangeTracker
 
 from tf_batch_predict.transforms.read.sampling import ByteBudget, FileSample
 from tf_batch_predict.transforms.file_patterns import size_of
-from tf_batch_predict.transforms.read.file_ranges import ReadFileRanges
 from tf_batch_predict.transforms.records import Lines, RawChunk
 
 BLOCK_SIZE = 1 << 20
 READ_SIZE = 8 << 20  # bytes per read of the columnar reader (most chunks within one)
-DESIRED_RANGE_SIZE = 64 << 20
+DESIRED_RANGE_SIZE = 64 << 20  # bytes per work unit of a JSON Lines or CSV file (units.py)
 CHUNK_LINES = 16384
 CHUNK_BYTES = 4 << 20
 DEFAULT_MAX_INSTANCE_BYTES = 4 << 20
@@ -618,19 +615,12 @@ def _chunk_source(kind, chunk_lines, chunk_bytes, max_instance_bytes, header_rea
                          header_reader)
 
 
-class ReadLineChunks(beam.PTransform):
-  """FileMetadata of JSONL or CSV files (`kind`) -> RawChunks of lines."""
-  def __init__(self, kind: str, max_instance_bytes: int = DEFAULT_MAX_INSTANCE_BYTES,
-               header_reader=None, chunk_lines: int = CHUNK_LINES,
-               chunk_bytes: int = CHUNK_BYTES,
-               desired_range_size: int = DESIRED_RANGE_SIZE):
-    super().__init__()
-    self._source = functools.partial(_chunk_source, kind, chunk_lines, chunk_bytes,
-                                     max_instance_bytes, header_reader)
-    self._desired_range_size = desired_range_size
-
-  def expand(self, files):
-    return files | ReadFileRanges(self._source, self._desired_range_size)
+def read_line_range(kind: str, max_instance_bytes: int, header_reader, metadata, offsets):
+  """The RawChunks of the lines that start in byte range `offsets` of a
+  JSON Lines or CSV file (`header_reader`: CSV's)."""
+  source = _chunk_source(kind, CHUNK_LINES, CHUNK_BYTES, max_instance_bytes, header_reader,
+                         metadata.path)
+  return source.read_records(metadata.path, offsets.new_tracker())
 
 
 # -- a sample: the beginning of a file ----------------------------------------------
