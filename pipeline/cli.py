@@ -105,7 +105,7 @@ def build_template(config, message: str) -> str:
   import apache_beam as beam
   from tf_batch_predict.pipeline import graph
   p = beam.Pipeline(options=_pipeline_options(config))
-  graph.build(p, config)
+  graph.build(p, config, collect=True)
   p.run()
   return message
 
@@ -141,7 +141,8 @@ def run(config, staging) -> dict:
   import apache_beam as beam
   from apache_beam.runners.runner import PipelineState
 
-  from tf_batch_predict.pipeline import graph, progress, summary
+  from tf_batch_predict.pipeline import graph, parallelism, progress, summary
+  config = dataclasses.replace(config, units=parallelism.work_units(config))
   staged = dataclasses.replace(
       config, options=dataclasses.replace(config.options, output=staging.path))
   watched = progress.watched_here(config.options)
@@ -170,13 +171,11 @@ def run(config, staging) -> dict:
   if state not in (None, PipelineState.DONE):
     raise PipelineFailed(f'it ended in state {state}')
   counts = summary.counters(result)
-  if not summary.committed_reported(result):
-    # Attempted counts (Spark's): a task the engine ran again is counted
-    # twice, while its outputs were committed once. Count the files instead.
-    _LOG.info('Counting the records written (%s reports attempted counts only)',
-              config.options.runner)
-    with fails_as(f'counting the records written to {staging.path} failed'):
-      counts.update(summary.written_counts(staging.path))
+  # The counts of the records are those of the units committed (each once,
+  # whatever tasks an engine ran again; its metrics may count those twice).
+  from tf_batch_predict.transforms.write import units
+  with fails_as(f'collecting the outputs in {staging.path} failed'):
+    counts.update(units.collect(staging.path, [u.id for u in config.units], config.layout))
   return summary.build(config, counts, config.options.runner,
                        ended - started, started=min(_STARTED, started), ended=ended,
                        series=reporter.series())

@@ -146,7 +146,7 @@ def test_killed_runs_never_destroy_the_previous_result(model_dir, big_input, tmp
   assert err.startswith(f'batch-predict: error: --output: {out} is in use by another run '
                         f'(pid {run.pid} on host {socket.gethostname()}, started 20')
   assert len(err.splitlines()) == 1
-  assert wait_for(lambda: staged_files(out, 'beam-temp-*/*'), run)
+  assert wait_for(lambda: staged_files(out, 'units/*'), run)
   kill(run)
   assert snapshot(out) == baseline
   assert leftovers(out)  # a stale lock and a staging folder with partial shards

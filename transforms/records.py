@@ -170,8 +170,8 @@ class RawChunk:
   skipped_bytes: int = 0
   # The work units (transforms/read/units.py) these records come from:
   # (first row, first of `file_errors`, unit id), in row order; and for each
-  # unit whose last chunk this is, the number of output records the unit
-  # makes in all (its instances and file errors).
+  # unit whose last chunk this is, its totals: `records`, the output records
+  # it makes (its instances and file errors), and `blank_lines`.
   units: list = dataclasses.field(default_factory=list)
   unit_ends: dict = dataclasses.field(default_factory=dict)
 

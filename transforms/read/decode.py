@@ -283,7 +283,7 @@ class DecodeInstances(beam.DoFn):
     # are read: the runner may read far ahead of decoding.
     progress.add_chunk(len(chunk), chunk.stored_bytes, chunk.skipped_bytes,
                        len(chunk.file_errors))
-    if len(chunk) or chunk.file_errors:
+    if len(chunk) or chunk.file_errors or chunk.unit_ends:  # a unit's end is written
       started = time.perf_counter()
       decoded = self._decoder.decode(chunk)
       self._time.inc(int((time.perf_counter() - started) * 1e6))

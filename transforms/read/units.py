@@ -85,27 +85,27 @@ class ReadUnits(beam.DoFn):
     if unit.error:
       chunk = RawChunk([(unit.path, 0)], [], [], kind=unit.kind,
                        file_errors=[(unit.path, unit.error)])
-      yield self._tagged(chunk, unit, True, 1)
+      yield self._tagged(chunk, unit, {'records': 1, 'blank_lines': 0})
       return
     _report_lineage(unit.path)
-    records, last = 0, None
+    end, last = {'records': 0, 'blank_lines': 0}, None
     chunks = self._formats[unit.kind].read_unit(
         FileMetadata(unit.path, unit.size), OffsetRange(unit.start, unit.stop))
     for chunk in chunks:
       if last is not None:
         yield last
-      records += len(chunk) + len(chunk.file_errors)
-      last = self._tagged(chunk, unit, False, 0)
+      end['records'] += len(chunk) + len(chunk.file_errors)
+      end['blank_lines'] += chunk.blank_lines
+      last = self._tagged(chunk, unit)
     if last is None:  # a range that holds no line start: nothing to write, but done
-      last = self._tagged(RawChunk([(unit.path, 0)], [], Lines(), kind=JSONL), unit, False, 0)
-    last.unit_ends[unit.id] = records
-    yield last
+      last = self._tagged(RawChunk([(unit.path, 0)], [], Lines(), kind=JSONL), unit)
+    yield self._tagged(last, unit, end)
 
   @staticmethod
-  def _tagged(chunk: RawChunk, unit: Unit, end: bool, records: int) -> RawChunk:
+  def _tagged(chunk: RawChunk, unit: Unit, end: dict = None) -> RawChunk:
     chunk.units = [(0, 0, unit.id)]
-    if end:
-      chunk.unit_ends = {unit.id: records}
+    if end is not None:
+      chunk.unit_ends = {unit.id: end}
     return chunk
 
 
