@@ -55,6 +55,12 @@ lists (a model of the same layers behind a Flatten), as Parquet
 (`list<float>` of 784) and as TFRecord (`float_list` of 784), against the
 flat JSON Lines run.
 
+Another ('resume') runs whole commands on the tabular data cut into
+RESUME_FILES files: one uninterrupted run, then a run whose process group is
+killed (SIGKILL) once half of the files' work units are committed, then the
+same command with --resume; it reports each one's pipeline time and
+start-up (the summary's total wall time less the pipeline's).
+
 A third ('fixed_batch') times (d) through two exports of one Keras model
 (same layers, same weights): inputs of shape [None] (any batch) and of shape
 [1] (a fixed batch of one, as TF2 exports of a single-example function
@@ -141,15 +147,15 @@ WORKLOADS = {'mlp': 100_000, 'tabular': 2_000_000, 'wide': 200_000}
 LIST_INPUTS = {'mlp': ('pixels', 784), 'wide': ('x', 512)}
 WIDE_UNITS = 4096  # the wide model: 3 Dense layers of this many units
 PARTS = ('mlp', 'tabular', 'failures', 'formats', 'mlp_formats', 'request_file',
-         'fixed_batch', 'cores', 'workers', 'wide')
+         'resume', 'fixed_batch', 'cores', 'workers', 'wide')
 # 'cores' takes 20-30 minutes and 'workers' about 5 (whole commands, repeated
 # until quiet), 'wide' is for a GPU: run them by name (--only cores).
 DEFAULT_PARTS = ('mlp', 'tabular', 'failures', 'formats', 'mlp_formats', 'request_file',
-                 'fixed_batch')
+                 'resume', 'fixed_batch')
 # The parts that need each workload's model and data.
 NEEDED_BY = {'mlp': {'mlp', 'mlp_formats', 'fixed_batch', 'cores', 'workers'},
-             'tabular': {'tabular', 'failures', 'formats', 'request_file', 'fixed_batch', 'cores',
-                         'workers'},
+             'tabular': {'tabular', 'failures', 'formats', 'request_file', 'resume',
+                         'fixed_batch', 'cores', 'workers'},
              'wide': {'wide'}}
 # The main table's configurations per workload part, in the order they run
 # ((d) first: (a), (b), (c) and (e) run at the batch size the job chose).
@@ -163,6 +169,9 @@ WORKERS_INSTANCES = {'tabular': 2_000_000, 'mlp': 800_000}
 # The 'request_file' part: this many tabular instances (times --scale) in one
 # TF Serving request file (about 200 MB) and, the same, as JSON Lines.
 REQUEST_INSTANCES = 1_190_000
+# The 'resume' part: the tabular data in this many files (a work unit each),
+# a run killed once half of them are committed, then resumed.
+RESUME_FILES = 8
 CORES_TINY = 4096  # instances of the 'cores' and 'workers' parts' start-up run
 BAD_EVERY = 1000  # one bad line in this many, in the "0.1% bad lines" row
 WRITE_ROWS = 65_536  # (e): lines formatted and written at a time
@@ -806,6 +815,8 @@ def main():
     mlp_formats_table(args.workdir, args.scale, clean_d['mlp'])
   if 'request_file' in parts:
     request_file_table(args.workdir, args.scale)
+  if 'resume' in parts:
+    resume_table(args.workdir, args.scale)
   if 'formats' not in parts:
     return
   count = int(WORKLOADS['tabular'] * args.scale)
@@ -869,6 +880,66 @@ def request_file_table(workdir, scale):
   print(f'Request file ({size / 2**20:,.0f} MiB): {ratio:.2f}x the JSON Lines rate (target '
         f'>= 0.5x: {"met" if ratio >= 0.5 else "NOT met"}); peak '
         f'{runs[1][1]["peak_mb"]:,.0f} MiB.')
+
+
+def resume_table(workdir, scale):
+  """An uninterrupted run, a run killed half-way and its --resume: whole
+  commands on the tabular data in RESUME_FILES files."""
+  import glob
+  import signal
+  count = int(WORKLOADS['tabular'] * scale)
+  folder = os.path.join(workdir, f'tabular-{count}-in-{RESUME_FILES}-files')
+  if not os.path.isdir(folder):
+    with open(os.path.join(workdir, f'tabular-{count}.jsonl'), 'rb') as f:
+      lines = f.readlines()
+    os.makedirs(folder + '.tmp', exist_ok=True)
+    share = -(-len(lines) // RESUME_FILES)
+    for i in range(RESUME_FILES):
+      with open(os.path.join(folder + '.tmp', f'part-{i}.jsonl'), 'wb') as f:
+        f.writelines(lines[i * share:(i + 1) * share])
+    os.rename(folder + '.tmp', folder)
+  outputs = {name: os.path.join(workdir, 'out', f'resume-{name}') for name in ('full', 'cut')}
+  for path in outputs.values():
+    shutil.rmtree(path, ignore_errors=True)
+
+  def command(output, *extra):
+    return [sys.executable, '-m', 'tf_batch_predict.pipeline',
+            f'--model={os.path.join(workdir, "tabular-model")}',
+            f'--input={os.path.join(folder, "*.jsonl")}', f'--output={output}', '--key_field=id',
+            '--progress_interval=0', *extra]
+
+  def summary_of(output):
+    with open(os.path.join(output, 'summary.json')) as f:
+      return json.load(f)
+
+  quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+  subprocess.run(command(outputs['full']), check=True, **quiet)
+  full = summary_of(outputs['full'])
+  killed = subprocess.Popen(command(outputs['cut']), start_new_session=True, **quiet)
+  half = RESUME_FILES // 2
+  committed = lambda: len(glob.glob(os.path.join(outputs['cut'], '.staging-*', 'units', '*.json')))
+  while committed() < half and killed.poll() is None:
+    time.sleep(0.01)
+  os.killpg(killed.pid, signal.SIGKILL)
+  killed.wait()
+  kept = committed()
+  subprocess.run(command(outputs['cut'], '--resume'), check=True, **quiet)
+  resumed = summary_of(outputs['cut'])
+  print()
+  print(f'| run ({count:,} tabular instances in {RESUME_FILES} files) | instances scored | '
+        'pipeline s | start-up s | pipeline vs the uninterrupted run |')
+  print('|---|---|---|---|---|')
+  for label, s, scored in (
+      ('uninterrupted', full, full['instances_read']),
+      (f'resumed after a SIGKILL with {kept} of {RESUME_FILES} units committed', resumed,
+       resumed['instances_read'] - resumed['resumed']['instances'])):
+    print(f'| {label} | {scored:,} | {s["pipeline_wall_time_s"]:.1f} | '
+          f'{s["total_wall_time_s"] - s["pipeline_wall_time_s"]:.1f} | '
+          f'{s["pipeline_wall_time_s"] / full["pipeline_wall_time_s"]:.2f}x |')
+  ratio = resumed['pipeline_wall_time_s'] / full['pipeline_wall_time_s']
+  print()
+  print(f'Resumed pipeline: {ratio:.2f}x the uninterrupted one (target <= 0.6x: '
+        f'{"met" if ratio <= 0.6 else "NOT met"}).')
 
 
 def _counts_text(counts):

@@ -133,16 +133,16 @@ def _worker_deaths_reported(beam_args, stderr_filter):
   return workers.deaths_reported(stderr_filter, show_tracebacks=debug())
 
 
-def run(config, staging) -> dict:
-  """Runs the pipeline into the staging folder, showing its progress, and
-  returns the summary; raises PipelineFailed."""
+def run(config, staging, all_units) -> dict:
+  """Runs the pipeline on config.units into the staging folder, showing
+  its progress, and returns the summary of the units `all_units` committed
+  there; raises PipelineFailed."""
   import dataclasses
 
   import apache_beam as beam
   from apache_beam.runners.runner import PipelineState
 
-  from tf_batch_predict.pipeline import graph, parallelism, progress, summary
-  config = dataclasses.replace(config, units=parallelism.work_units(config))
+  from tf_batch_predict.pipeline import graph, progress, resume, summary
   staged = dataclasses.replace(
       config, options=dataclasses.replace(config.options, output=staging.path))
   watched = progress.watched_here(config.options)
@@ -175,7 +175,8 @@ def run(config, staging) -> dict:
   # whatever tasks an engine ran again; its metrics may count those twice).
   from tf_batch_predict.transforms.write import units
   with fails_as(f'collecting the outputs in {staging.path} failed'):
-    counts.update(units.collect(staging.path, [u.id for u in config.units], config.layout))
+    counts.update(units.collect(staging.path, all_units, config.layout,
+                                resume.result_settings(config)))
   return summary.build(config, counts, config.options.runner,
                        ended - started, started=min(_STARTED, started), ended=ended,
                        series=reporter.series())
@@ -183,34 +184,107 @@ def run(config, staging) -> dict:
 
 def run_and_promote(config, run_id: str) -> tuple:
   """(exit status, summary): the pipeline's result replaces the previous
-  one in the output directory only once complete."""
-  from tf_batch_predict.pipeline import outputs, report, summary
-  staging = outputs.Staging(config.output, run_id)
-  try:
-    with fails_as(f'removing what killed runs left in {config.output} failed'):
-      staging.clear_leftovers()
-    job_summary = run(config, staging)
-    status, reason = exit_status(job_summary, config.options.max_error_fraction)
-    job_summary.update(exit_status=status, exit_reason=reason)
-    # Too many errors never replace a good result (a misspelt option would
-    # otherwise leave yesterday's predictions replaced by today's errors):
-    # the run's outputs go next to it, to OUTPUT/failed-run.
-    previous = outputs.good_result(config.output) if status == EXIT_TOO_MANY_ERRORS else None
-    if previous:
-      job_summary['set_aside_in'] = f'{config.output}/{outputs.FAILED_RUN_NAME}'
-    with fails_as('moving the outputs into place failed',
-                   f'; without {config.output}/summary.json the directory holds no '
-                   'complete result: run again'):
-      summary.write(job_summary, staging.path)
-      report.write_quietly(job_summary, staging.path)  # never fails the run
-      if previous:
-        staging.set_aside()
+  one in the output directory only once complete. With --resume, the run
+  stopped in the output directory is continued; with --incremental, the
+  records of unchanged input files are kept from its result (either raises
+  ConfigError where that does not fit this command)."""
+  from tf_batch_predict.pipeline import outputs, parallelism, report, resume, summary
+  from tf_batch_predict.pipeline.options import ConfigError
+  stopped = resume.find_stopped(config.output, config) if config.options.resume else None
+  changes = None  # --incremental's
+  staging = outputs.Staging(config.output, stopped.run_id if stopped else run_id)
+  with fails_as(f'removing what killed runs left in {config.output} failed'):
+    staging.clear_leftovers()
+  if stopped:
+    units = stopped.units
+    kept = [stopped.committed[u.id] for u in units if u.id in stopped.committed]
+    _LOG.info('Resuming the run stopped in %s: %d of %d work units were committed '
+              '(%d instances); scoring the other %d', staging.path, len(kept), len(units),
+              sum(k['instances'] for k in kept), len(units) - len(kept))
+  else:
+    if config.options.resume:
+      _LOG.info('--resume: no stopped run in %s to continue; starting from the first '
+                'instance', config.output)
+    units, kept = parallelism.work_units(config), []
+    if config.options.incremental:
+      try:
+        changes = resume.incremental(config, staging.path)
+      except ConfigError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        raise PipelineFailed(f'copying the records of the unchanged files in '
+                             f'{config.output} failed ({last_line(e)})') from e
+      if changes is None:
+        _LOG.info('--incremental: %s holds no complete result to add to; scoring every '
+                  'file', config.output)
       else:
-        staging.promote()
-  finally:
-    staging.discard()
+        units, kept = changes.units, list(changes.kept.values())
+        _LOG.info('--incremental: %d input files unchanged (%d instances kept); %d added, '
+                  '%d changed, %d removed', len(changes.files['kept']),
+                  sum(k['instances'] for k in kept), len(changes.files['added']),
+                  len(changes.files['replaced']), len(changes.files['removed']))
+    with fails_as(f'writing the run\'s plan to {staging.path} failed'):
+      resume.write_plan(staging.path, config, units)
+  done = {k['unit'] for k in kept}
+  left = [u for u in units if u.id not in done]
+  try:
+    job_summary = run(dataclasses.replace(config, units=left), staging, units)
+  except BaseException as e:
+    # Kept for --resume where it holds committed units (an early stop's
+    # would only stop again).
+    e.kept_for_resume = staging.holds_committed_units() and not early_stop(e)
+    if not e.kept_for_resume:
+      staging.discard()
+    raise
+  job_summary['resumed'] = resumed(stopped.run_id, kept, units) if stopped else None
+  job_summary['incremental'] = (
+      {**resumed(None, kept, units), **_listed(changes.files)}
+      if changes else None)
+  if kept:
+    done = job_summary['instances_read'] - sum(k['instances'] for k in kept)
+    seconds = job_summary['pipeline_wall_time_s']
+    job_summary['instances_per_s'] = round(done / seconds, 1) if seconds > 0 else None
+  status, reason = exit_status(job_summary, config.options.max_error_fraction)
+  job_summary.update(exit_status=status, exit_reason=reason)
+  # Too many errors never replace a good result (a misspelt option would
+  # otherwise leave yesterday's predictions replaced by today's errors):
+  # the run's outputs go next to it, to OUTPUT/failed-run.
+  previous = outputs.good_result(config.output) if status == EXIT_TOO_MANY_ERRORS else None
+  if previous:
+    job_summary['set_aside_in'] = f'{config.output}/{outputs.FAILED_RUN_NAME}'
+  with fails_as('moving the outputs into place failed',
+                 f'; without {config.output}/summary.json the directory holds no '
+                 'complete result: run again'):
+    summary.write(job_summary, staging.path)
+    report.write_quietly(job_summary, staging.path)  # never fails the run
+    if previous:
+      staging.set_aside()
+    else:
+      staging.promote()
   return status, job_summary
 
+
+def resumed(run_id, kept: list, units: list) -> dict:
+  """summary.json `resumed` (or `incremental`): the units kept."""
+  from tf_batch_predict.transforms.write.units import counts_of
+  counts = counts_of(kept)
+  return {**({'run_id': run_id} if run_id else {}), 'units': len(kept), 'of_units': len(units),
+          'instances': counts['instances_read'], 'predictions': counts['predictions'],
+          'errors': sum(counts[k] for k in counts if k.startswith('errors_'))}
+
+
+def _listed(files: dict, most: int = 100) -> dict:
+  """summary.json `incremental`'s files: counts, and the first `most` paths
+  of each kind."""
+  from tf_batch_predict.transforms.file_patterns import name_text
+  listed = {f'files_{kind}': len(paths) for kind, paths in files.items()}
+  for kind in ('added', 'replaced', 'removed'):
+    listed[kind] = [name_text(p) for p in files[kind][:most]]
+  return listed
+
+
+# Where a stopped run's committed work units are kept (run_and_promote).
+RESUME_HINT = '; the work committed is kept: the same command with --resume continues it'
 
 # When the command started: the summary's total wall time counts from here.
 _STARTED = time.time()
@@ -252,10 +326,11 @@ def main(argv=None) -> int:
     else:
       import threading
       threading.excepthook = lambda _: None  # Beam's threads, stopped by the same signal
+    hint = RESUME_HINT if getattr(e, 'kept_for_resume', False) else ''
     if isinstance(e, _Terminated):
-      error('terminated (SIGTERM); a previous result in --output is left as it was')
+      error(f'terminated (SIGTERM); a previous result in --output is left as it was{hint}')
       return EXIT_TERMINATED
-    error('interrupted; a previous result in --output is left as it was')
+    error(f'interrupted; a previous result in --output is left as it was{hint}')
     return EXIT_INTERRUPTED
   finally:
     if previous_sigterm is not None:
@@ -393,8 +468,12 @@ def _run(options, lock) -> int:
       error(f'{stopped}; nothing was written: the previous result in {config.output} is '
             'left as it was')
       return EXIT_TOO_MANY_ERRORS
-    error(f'the pipeline failed: {e}; the previous result in {config.output} is left as it was')
+    error(f'the pipeline failed: {e}; the previous result in {config.output} is left as it '
+          f'was{RESUME_HINT if getattr(e, "kept_for_resume", False) else ""}')
     return EXIT_PIPELINE_FAILED
+  except ConfigError as e:  # --resume of a run that does not fit this command
+    error(e)
+    return EXIT_CONFIG_ERROR
   print(summary.table(job_summary))
   if status != EXIT_OK and job_summary.get('set_aside_in'):
     error(f'{job_summary["exit_reason"]}; the previous result in {config.output} (complete, '

@@ -75,6 +75,12 @@ class JobOptions:
   # (field, type) of carried fields written to typed Parquet columns, each
   # but string with a FIELD_text column for the values not of the type.
   parquet_column_types: tuple = ()
+  # Continue the run that stopped in --output before it committed: keep the
+  # work units it committed, score the rest (pipeline/resume.py).
+  resume: bool = False
+  # Score only the input files that are new or changed since the result in
+  # --output was made; keep the records of the others (pipeline/resume.py).
+  incremental: bool = False
 
 
 class _Parser(argparse.ArgumentParser):
@@ -247,6 +253,15 @@ def _parser() -> argparse.ArgumentParser:
                       help='most failed instances per instance read for exit status 0; '
                            'above it the outputs are still written, and the exit status '
                            'is 3')
+  outputs.add_argument('--resume', action='store_true',
+                       help='continue the run that stopped in --output before it committed '
+                            '(killed, failed, interrupted): keep what it wrote, score the '
+                            'rest; refused where an option or input file that decides the '
+                            'result differs')
+  outputs.add_argument('--incremental', action='store_true',
+                       help='score only the input files that are new or changed (size, '
+                            'modification time) since the result in --output was made; keep '
+                            'the records of the others, drop those of files no longer there')
   outputs.add_argument('--scalar_outputs', action='store_true',
                       help='write an output of shape [1] per instance (a Keras Dense(1), '
                            '[batch, 1]) as its one value, 0.57, instead of a one-element '
@@ -394,7 +409,8 @@ def parse_args(argv, require_output: bool = True) -> JobOptions:
       progress_interval=known.progress_interval,
       early_stop_after=0 if known.max_error_fraction >= 1 else known.early_stop_after,
       scalar_outputs=known.scalar_outputs,
-      parquet_column_types=column_types)
+      parquet_column_types=column_types, resume=known.resume,
+      incremental=known.incremental)
 
 
 def check_runner(runner: str) -> None:

@@ -2,7 +2,7 @@
 only by another complete result.
 
     OUTPUT/.lock                  held by the run in progress
-    OUTPUT/.staging-RUN_ID/       that run's shards (and Beam's beam-temp-* folders)
+    OUTPUT/.staging-RUN_ID/       that run's plan, committed work units, then shards
     OUTPUT/predictions-*, errors-*, summary.json   the last complete result
 
 A run writes into its staging folder, which an `OUTPUT/*` glob does not see
@@ -11,8 +11,10 @@ finished does `Staging.promote` replace the previous result: the old
 summary.json is deleted first, then the old shards, the new shards are renamed
 in, and summary.json comes last. summary.json therefore marks a complete
 result: whenever it exists, the shards beside it are all of that run's and
-nothing else. Staging folders and beam-temp-* folders of killed runs are
-removed by the next run, once it holds the lock.
+nothing else. A run that stops before it commits leaves its staging folder
+where it committed work units (for --resume, pipeline/resume.py); the next
+run that does not resume it removes it (and beam-temp-* folders of older
+versions), once it holds the lock.
 
 Files go through Beam's FileSystems, so local paths and gs:// (any Beam file
 system) work alike. The lock is created atomically: `O_CREAT|O_EXCL` locally,
@@ -48,7 +50,8 @@ FAILED_RUN_NAME = 'failed-run'
 # previous one wrote.
 SHARD_PATTERNS = ('predictions-*-of-*.jsonl', 'predictions-*-of-*.parquet',
                   'predictions-*-of-*.tfrecord', 'errors-*-of-*.jsonl',
-                  'report.html')  # pipeline/report.py: promoted with the shards
+                  'report.html',  # pipeline/report.py: promoted with the shards
+                  '.units.json')  # transforms/write/units.py: the result's work units
 HEARTBEAT_S = 30.0  # the running job rewrites its lock this often
 STALE_AFTER_S = 600.0  # a lock without a heartbeat for this long is a killed run's
 
@@ -502,9 +505,16 @@ def _remove_folder(path: str) -> None:
     FileSystems.delete(files)
 
 
-def good_result(output: str) -> Optional[dict]:
+def staging_folders(output: str) -> list:
+  """The staging folders in `output`, oldest run first (run ids start with
+  their start time)."""
+  return _folders(output, (STAGING_PREFIX,))
+
+
+def good_result(output: str, any_status: bool = False) -> Optional[dict]:
   """The summary of the result in `output` where it is complete and
-  within its error share (exit status 0), else None."""
+  within its error share (exit status 0; with `any_status`, any complete
+  result), else None."""
   import json
   path = f'{output}/{SUMMARY_NAME}'
   try:
@@ -514,7 +524,9 @@ def good_result(output: str) -> Optional[dict]:
       summary = json.loads(f.read())
   except (OSError, BeamIOError, ValueError):
     return None
-  return summary if isinstance(summary, dict) and summary.get('exit_status') == 0 else None
+  if not isinstance(summary, dict):
+    return None
+  return summary if any_status or summary.get('exit_status') == 0 else None
 
 
 class Staging:
@@ -563,6 +575,15 @@ class Staging:
     self.discard()
     _remove_folder(f'{self.output}/{FAILED_RUN_NAME}')  # an older failure, now outdated
     return promoted
+
+  def holds_committed_units(self) -> bool:
+    """Whether a run may be resumed from this folder: it holds a work unit's
+    commit record."""
+    from tf_batch_predict.transforms.write import units
+    try:
+      return bool(units.committed(f'{self.path}/{units.UNITS_FOLDER}'))
+    except Exception:  # pylint: disable=broad-except
+      return False
 
   def set_aside(self) -> str:
     """Moves the staged outputs (shards, summary.json, report.html) to

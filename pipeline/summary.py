@@ -439,8 +439,19 @@ def table(summary: dict) -> str:
     rows.append(('started, ended', f'{summary["started_at"]}, {summary["ended_at"]}'))
   else:
     rows.append(('wall time', f'{summary["wall_time_s"]:.1f} s'))
+  resumed = summary.get('resumed')
+  if resumed:
+    rows.append(('resumed', f'{resumed["instances"]:,} instances in {resumed["units"]} of '
+                 f'{resumed["of_units"]} work units kept from run {resumed["run_id"]}'))
+  incremental = summary.get('incremental')
+  if incremental:
+    rows.append(('incremental', f'{incremental["files_kept"]} files unchanged '
+                 f'({incremental["instances"]:,} instances kept), {incremental["files_added"]} '
+                 f'added, {incremental["files_replaced"]} changed, '
+                 f'{incremental["files_removed"]} removed'))
   rows += [
-      ('throughput', f'{summary["instances_per_s"]} instances/s'),
+      ('throughput', f'{summary["instances_per_s"]} instances/s'
+                     + (' (this run\'s instances)' if resumed or incremental else '')),
       ('output', summary['output']),
       ('exit status', f'{summary["exit_status"]} ({summary["exit_reason"]})'),
   ]

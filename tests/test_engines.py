@@ -6,6 +6,7 @@ at once, byte ranges split over two workers; then workers and task managers
 killed part-way: a complete exact result (Flink restarts the job) or a
 failed run that leaves the previous result in place (Spark), never
 duplicates, never a hang."""
+import glob
 import gzip
 import hashlib
 import json
@@ -138,9 +139,12 @@ def check_complete(output, mixed_input, expected, bad_count):
 
 
 def snapshot(output):
-  """Every file of a result folder and a digest of its bytes."""
+  """Every file of a result folder and a digest of its bytes (not the
+  staging folder a stopped run keeps for --resume)."""
   found = {}
   for name in sorted(os.listdir(output)):
+    if os.path.isdir(os.path.join(output, name)):
+      continue
     with open(os.path.join(output, name), 'rb') as f:
       found[name] = hashlib.sha256(f.read()).hexdigest()
   return found
@@ -230,6 +234,36 @@ def test_every_format_on_two_workers_then_a_worker_killed(
     assert rc == 0, err[-3000:]
   check_outcome(rc, err, output, before, mixed_input, expected, bad_count)
   print(f'{engine}, a worker killed: exit {rc}: {err.strip().splitlines()[-1]}')
+
+
+def committed_units(output) -> int:
+  return sum(1 for name in glob.glob(os.path.join(output, '.staging-*', 'units', '*.json')))
+
+
+def test_a_flink_run_killed_part_way_is_resumed(model_dir, mixed_input, expected, tmp_path):
+  """The launcher's process group (the job server and Flink in it) killed
+  once a few work units are committed; the same command with --resume keeps
+  them and completes the result, every instance once."""
+  script, options = ENGINES['flink']
+  patterns, _, bad_count = mixed_input
+  output = tmp_path / 'out'
+  with engines.worker_pool(tmp_path) as pool:
+    process = launch(script, output, model_dir, patterns, pool, *options, wait=False)
+    deadline = time.time() + RUN_SECONDS
+    while committed_units(output) < 3:
+      assert process.poll() is None, process.communicate()[1][-3000:]
+      assert time.time() < deadline, 'no work unit committed'
+      time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.communicate()
+    kept = committed_units(output)
+    time.sleep(2)  # the pool's workers notice their job server is gone
+    rc, err = launch(script, output, model_dir, patterns, pool, *options, '--resume')
+  assert rc == 0, err[-3000:]
+  summary = check_complete(output, mixed_input, expected, bad_count)
+  assert summary['runner'] == 'FlinkRunner'
+  assert kept <= summary['resumed']['units'] < summary['resumed']['of_units']
+  assert not glob.glob(os.path.join(output, '.staging-*'))
 
 
 def scoring_worker_running(pool):

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from tf_batch_predict.pipeline import workers
+from tf_batch_predict.pipeline import cli, workers
+from tf_batch_predict.transforms.write import units
 from tests.helpers import write_lines
 from tests.test_runs import ROOT, keras_args, keras_lines, snapshot
 
@@ -36,6 +37,19 @@ def _in_the_background():
   """As `batch-predict ... &` in a script: SIGINT ignored, which the job's
   workers inherit (SIGTERM must still stop them all)."""
   signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def assert_stopped(lines, line, out, previous):
+  """The one line of a stopped run, the previous result untouched, no lock
+  left; a staging folder only where the run had committed work units (to
+  --resume), and then the line says so."""
+  kept = [n for n in os.listdir(out) if n.startswith('.staging-')]
+  assert lines == [line + (cli.RESUME_HINT if kept else '')]
+  assert snapshot(out) == previous
+  assert sorted(set(os.listdir(out)) - set(kept)) == sorted(previous)  # no lock left
+  assert len(kept) <= 1
+  if kept:
+    assert units.committed(str(out / kept[0] / units.UNITS_FOLDER))
 
 
 @pytest.mark.parametrize('mode, how', [
@@ -73,10 +87,8 @@ def test_ctrl_c_and_sigterm_are_one_line_and_keep_the_previous_result(
   lines = [line for line in (tmp_path / 'stderr').read_text().splitlines()
            if not line.startswith('INFO ')]
   what = 'interrupted' if how == 'ctrl-c' else 'terminated (SIGTERM)'
-  assert lines == [f'batch-predict: error: {what}; a previous result in --output is '
-                   'left as it was']
-  assert snapshot(out) == previous
-  assert sorted(os.listdir(out)) == sorted(previous)  # no staging folder, no lock left
+  assert_stopped(lines, f'batch-predict: error: {what}; a previous result in --output is '
+                 'left as it was', out, previous)
 
 
 def _sdk_workers(pid) -> list:
@@ -133,10 +145,8 @@ def test_a_worker_process_that_dies_is_one_line_and_keeps_the_previous_result(
     assert job.wait(timeout=60) == 1
   lines = [line for line in (tmp_path / 'stderr').read_text().splitlines()
            if not line.startswith('INFO ')]
-  assert lines == ['batch-predict: error: the pipeline failed: a worker process died (killed '
-                   'by SIGKILL, which is also how the kernel ends a process when memory runs '
-                   'out: fewer --direct_num_workers or a smaller --max_batch_size need less); '
-                   f'the previous result in {out} is left as it was']
-  assert snapshot(out) == previous
-  assert sorted(os.listdir(out)) == sorted(previous)  # no staging folder, no lock left
+  assert_stopped(lines, 'batch-predict: error: the pipeline failed: a worker process died '
+                 '(killed by SIGKILL, which is also how the kernel ends a process when memory '
+                 'runs out: fewer --direct_num_workers or a smaller --max_batch_size need '
+                 f'less); the previous result in {out} is left as it was', out, previous)
   assert not any(_alive(pid) for pid in started)  # the other worker is stopped too

@@ -46,6 +46,9 @@ _LOG = logging.getLogger(__name__)
 
 UNITS_FOLDER = 'units'
 COMMIT_SUFFIX = '.json'
+# A result's work units, the shards holding each one's records and its
+# counts; promoted with the shards (pipeline/outputs.py).
+MANIFEST_NAME = '.units.json'
 
 
 @dataclasses.dataclass
@@ -337,30 +340,67 @@ def counts_of(records) -> dict:
   return counts
 
 
-def collect(staging: str, unit_ids, layout) -> dict:
+def collect(staging: str, units: list, layout, settings: Optional[dict] = None) -> dict:
   """Moves the committed units' files of `staging`/units to the result's
   shards in `staging` (one empty shard of a kind without records, as Beam's
-  sinks write), removes the folder, and returns the counts. Raises
-  RuntimeError where a unit of `unit_ids` was not committed."""
+  sinks write), writes the result's unit manifest (MANIFEST_NAME: each
+  unit, its shards and counts, and the `settings` the result was made with,
+  for --incremental), removes the folder, and
+  returns the counts. Raises RuntimeError where a unit of `units` was not
+  committed."""
   output_format = layout.output_format
   folder = f'{staging}/{UNITS_FOLDER}'
   records = committed(folder)
-  missing = [u for u in unit_ids if u not in records]
+  missing = [u.id for u in units if u.id not in records]
   if missing:
-    raise RuntimeError(f'{len(missing)} of {len(unit_ids)} work units were not written '
+    raise RuntimeError(f'{len(missing)} of {len(units)} work units were not written '
                        f'completely (the first: {missing[0]})')
-  ordered = [records[u] for u in sorted(unit_ids)]
+  ordered = sorted(units, key=lambda u: u.id)
+  shards = {u.id: {} for u in ordered}
   for kind, extension in (('predictions', output_format), ('errors', 'jsonl')):
-    sources = [f'{folder}/{r["files"][kind]}' for r in ordered if kind in r['files']]
-    targets = [f'{staging}/{kind}-{i:05d}-of-{len(sources):05d}.{extension}'
+    holding = [u.id for u in ordered if kind in records[u.id]['files']]
+    sources = [f'{folder}/{records[u]["files"][kind]}' for u in holding]
+    targets = [f'{kind}-{i:05d}-of-{len(sources):05d}.{extension}'
                for i in range(len(sources))]
     if sources:
-      FileSystems.rename(sources, targets)
+      FileSystems.rename(sources, [f'{staging}/{t}' for t in targets])
     else:
       _write_empty(f'{staging}/{kind}-00000-of-00001.{extension}',
                    layout.parquet_schema() if extension == 'parquet' else None)
+    for unit, target in zip(holding, targets):
+      shards[unit][kind] = target
+  manifest = [{**dataclasses.asdict(u), 'shards': shards[u.id],
+               'record': {k: v for k, v in records[u.id].items() if k != 'files'}}
+              for u in ordered]
+  write_atomically(f'{staging}/{MANIFEST_NAME}',
+                   json.dumps({'settings': settings, 'units': manifest},
+                              ensure_ascii=False).encode())
   remove_folder(folder)
-  return counts_of(ordered)
+  return counts_of(records[u.id] for u in ordered)
+
+
+def seed(folder: str, unit: str, result: str, shards: dict, record: dict) -> dict:
+  """Commits `unit` in `folder` with a copy of its records in the shards of
+  the complete result in `result` (hard links where the file system has
+  them); returns its commit record."""
+  attempt = uuid.uuid4().hex[:12]
+  files = {}
+  for kind, shard in sorted(shards.items()):
+    name = f'{unit}.{attempt}.{kind}.{shard.rsplit(".", 1)[-1]}'
+    source, target = f'{result}/{shard}', f'{folder}/{name}'
+    if is_local(target):
+      os.makedirs(folder, exist_ok=True)
+      try:
+        os.link(source, target)
+      except OSError:
+        FileSystems.copy([source], [target])
+    else:
+      FileSystems.copy([source], [target])
+    files[kind] = name
+  record = {**record, 'files': files}
+  write_atomically(f'{folder}/{unit}{COMMIT_SUFFIX}', json.dumps(record,
+                                                                  ensure_ascii=False).encode())
+  return record
 
 
 class CollectUnits(beam.PTransform):
@@ -370,14 +410,14 @@ class CollectUnits(beam.PTransform):
   def __init__(self, output: str, units: list, layout):
     super().__init__()
     self._output = output
-    self._ids = [u.id for u in units]
+    self._units = units
     self._layout = layout
 
   def expand(self, committed_ids):
-    output, ids, layout = self._output, self._ids, self._layout
+    output, units, layout = self._output, self._units, self._layout
     return (committed_ids
             | 'AllCommitted' >> beam.combiners.Count.Globally()
-            | 'Shards' >> beam.Map(lambda _: collect(output, ids, layout) and None))
+            | 'Shards' >> beam.Map(lambda _: collect(output, units, layout) and None))
 
 
 def _write_empty(path: str, schema) -> None:
