@@ -44,7 +44,8 @@ PLAN_VERSION = 1
 WORK_OPTIONS = frozenset({
     'min_batch_size', 'max_batch_size', 'share_model', 'max_error_fraction', 'beam_args',
     'runner', 'skip_model_check', 'preflight', 'preflight_instances', 'progress_interval',
-    'early_stop_after', 'resume', 'incremental'})
+    'early_stop_after', 'resume', 'incremental',
+    'output'})  # the folder the stopped run is in, wherever it was moved
 # The files of a SavedModel whose content decides what it computes.
 _MODEL_FILES = ('saved_model.pb', 'saved_model.pbtxt', 'variables/variables.index',
                 'fingerprint.pb')
