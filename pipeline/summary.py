@@ -27,33 +27,6 @@ from tf_batch_predict.transforms.file_patterns import is_local
 ERROR_CATEGORIES = ('parse', 'schema', 'model', 'file')
 
 
-def committed_reported(result) -> bool:
-  """Whether the runner reports committed metrics (counted once per
-  element even when it runs a task again). Spark reports attempted ones
-  only."""
-  query = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
-  return all(m.committed is not None for m in query['counters'])
-
-
-def written_counts(output_dir: str) -> dict:
-  """The counts of the records in a run's output files: predictions,
-  errors by category, and the instances they stand for (a `file` error
-  stands for no instance)."""
-  from tf_batch_predict.transforms.rejoin.read_outputs import (
-      ERRORS, PREDICTIONS, count_records, iter_records, output_files)
-  files = output_files(output_dir)
-  counts = {'predictions': sum(count_records(path) for path in files[PREDICTIONS])}
-  for category in ERROR_CATEGORIES:
-    counts[f'errors_{category}'] = 0
-  for path in files[ERRORS]:
-    for record in iter_records(path):
-      key = f'errors_{record["error"]["category"]}'
-      counts[key] = counts.get(key, 0) + 1
-  counts['instances_read'] = (counts['predictions'] + sum(
-      counts[f'errors_{c}'] for c in ERROR_CATEGORIES) - counts['errors_file'])
-  return counts
-
-
 def counters(result) -> dict:
   """Metric name -> value, summed over steps; committed values where the
   runner reports them, else attempted: counters as numbers, string sets as

@@ -133,11 +133,27 @@ def test_summary_of_a_clean_run_has_no_examples_and_reports_worker_settings(mode
   assert summary['batches']['instances'] == summary['predictions'] == 10
 
 
-def test_written_counts_match_the_committed_counters_in_every_output_format(model_dir,
-                                                                            tmp_path):
-  """The counts a run on Spark takes from its files (Spark reports attempted
-  metrics only) equal the local runner's committed counters, per format."""
-  from tf_batch_predict.pipeline import summary as summaries
+def written_counts(output_dir: str) -> dict:
+  """The counts of the records in a run's output files: predictions,
+  errors by category, and the instances they stand for (a `file` error
+  stands for no instance)."""
+  from tf_batch_predict.transforms.rejoin.read_outputs import (
+      ERRORS, PREDICTIONS, count_records, iter_records, output_files)
+  files = output_files(output_dir)
+  counts = {'predictions': sum(count_records(path) for path in files[PREDICTIONS])}
+  for category in ('parse', 'schema', 'model', 'file'):
+    counts[f'errors_{category}'] = 0
+  for path in files[ERRORS]:
+    for record in iter_records(path):
+      counts[f'errors_{record["error"]["category"]}'] += 1
+  counts['instances_read'] = (counts['predictions'] + sum(
+      v for k, v in counts.items() if k.startswith('errors_')) - counts['errors_file'])
+  return counts
+
+
+def test_summary_counts_are_the_records_written_in_every_output_format(model_dir, tmp_path):
+  """The summary's counts (the work units' commit records, each unit once
+  whatever tasks an engine ran again) are the records in the files."""
   lines = [json.dumps({'id': f'w{i}', 'features': [i, 1.5, -2], 'bucket': i % 4})
            for i in range(700)]
   lines[5] = '{"id": "broken"'  # parse
@@ -152,7 +168,7 @@ def test_written_counts_match_the_committed_counters_in_every_output_format(mode
                      '--max_error_fraction=1', '--max_batch_size=64']) == 0
     with open(out / 'summary.json') as f:
       summary = json.load(f)
-    written = summaries.written_counts(str(out))
+    written = written_counts(str(out))
     assert written['predictions'] == summary['predictions'] == 698, output_format
     assert {c: written[f'errors_{c}'] for c in summary['errors_by_category']} == \
         summary['errors_by_category'] == {'parse': 1, 'schema': 1, 'model': 0, 'file': 0}
