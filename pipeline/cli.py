@@ -196,6 +196,8 @@ def run_and_promote(config, run_id: str) -> tuple:
   with fails_as(f'removing what killed runs left in {config.output} failed'):
     staging.clear_leftovers()
   if stopped:
+    with fails_as(f'clearing {staging.path} failed'):
+      staging.remove_shards()
     units = stopped.units
     kept = [stopped.committed[u.id] for u in units if u.id in stopped.committed]
     _LOG.info('Resuming the run stopped in %s: %d of %d work units were committed '

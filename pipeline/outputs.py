@@ -576,6 +576,14 @@ class Staging:
     _remove_folder(f'{self.output}/{FAILED_RUN_NAME}')  # an older failure, now outdated
     return promoted
 
+  def remove_shards(self) -> None:
+    """Removes result files from the staging folder: those of a run stopped
+    while it moved its units into shards (the units whose files moved count
+    as not committed, and are scored again)."""
+    files = _match(self.path, (*self.shard_patterns, SUMMARY_NAME))
+    if files:
+      FileSystems.delete(files)
+
   def holds_committed_units(self) -> bool:
     """Whether a run may be resumed from this folder: it holds a work unit's
     commit record."""

@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tf_batch_predict.pipeline import cli
+from tf_batch_predict.pipeline import cli, parallelism, resume
 from tests.helpers import read_jsonl, write_lines
 from tests.test_runs import (check_result, keras_args, keras_lines, kill, leftovers, start_cli,
                              wait_for)
@@ -333,3 +333,44 @@ def test_bucket_output_resumed_then_incremental(bucket, model_dir, inputs, tmp_p
   assert summary['incremental']['files_kept'] == FILES
   predictions, errors = result_records(out)
   assert len(predictions) + len(errors) == FILES * PER_FILE + 25 == summary['instances_read']
+
+
+def test_tiny_files_scored_in_one_batch_are_committed_file_by_file(model_dir, tmp_path):
+  """40 files of 3 instances each, merged into batches of many files: each
+  file's records go to its own unit, so that --incremental drops exactly the
+  records of the file removed and keeps every other; and a stopped run's
+  shards left in its staging folder (a run killed while it moved its units
+  into shards) are not taken for committed work by --resume."""
+  from tests.test_formats import keras_instances
+  folder = tmp_path / 'in'
+  write_folder(folder, {f'{i:02d}.jsonl': keras_instances(3, f't{i:02d}-') for i in range(40)})
+  out = tmp_path / 'out'
+  args = keras_args(model_dir, f'{folder}/*.jsonl', f'--output={out}', '--min_batch_size=64')
+  assert cli.main(args) == 0
+  manifest = json.loads((out / '.units.json').read_text())['units']
+  assert len(manifest) == 40 and all(u['record']['records'] == 3 for u in manifest)
+  for unit in manifest:  # each file's records in the unit's own shard
+    prefix = 't' + os.path.basename(unit['path'])[:2] + '-'
+    shard = read_jsonl(str(out / unit['shards']['predictions']))
+    assert sorted(r['id'] for r in shard) == [f'{prefix}{i}' for i in range(3)]
+  os.remove(folder / '17.jsonl')
+  assert cli.main([*args, '--incremental']) == 0
+  predictions, _ = result_records(out)
+  assert len(predictions) == 39 * 3 and not any(k.startswith('t17-') for k in predictions)
+
+  # A stopped run's staging folder holding a shard (its units' files moved).
+  staging = out / '.staging-20260101T000000Z-0000dead'
+  os.makedirs(staging)
+  shutil.copy(out / 'predictions-00003-of-00039.jsonl', staging / 'predictions-00005-of-00007.jsonl')
+  config = _resolved(args)
+  resume.write_plan(str(staging), config, parallelism.work_units(config))
+  assert cli.main([*args, '--resume']) == 0
+  assert len(check_result(out)) == 39 * 3  # every key once: the stale shard went
+  assert json.loads((out / 'summary.json').read_text())['resumed']['units'] == 0
+  assert not [p for p in os.listdir(out) if p.startswith('.staging-')]
+
+
+def _resolved(args):
+  from tf_batch_predict.pipeline import config
+  from tf_batch_predict.pipeline.options import parse_args
+  return config.resolve(parse_args(args))
