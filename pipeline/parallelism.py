@@ -88,4 +88,4 @@ def work_units(config: JobConfig) -> list:
     return config.units
   size = range_bytes(config) or DESIRED_RANGE_SIZE
   return units.plan(config.files_by_format, {kind: size for kind in SPLITTABLE_FORMATS},
-                    config.unreadable_files)
+                    config.unreadable_files, group_bytes=size)

@@ -37,7 +37,7 @@ from tf_batch_predict.transforms.write import units as unit_outputs
 _LOG = logging.getLogger(__name__)
 
 PLAN_NAME = 'plan.json'
-PLAN_VERSION = 1
+PLAN_VERSION = 2
 
 # Options that decide how the work is done, not what the result holds: a
 # resumed run may change them. Every other option decides the result.
@@ -95,7 +95,7 @@ def _model_digest(path: str) -> str:
 
 def write_plan(staging_path: str, config, units: list) -> None:
   plan = {'version': PLAN_VERSION, 'settings': result_settings(config),
-          'units': [dataclasses.astuple(u) for u in units]}
+          'units': [u.to_json() for u in units]}
   unit_outputs.write_atomically(f'{staging_path}/{PLAN_NAME}',
                                 json.dumps(plan, ensure_ascii=False).encode())
 
@@ -113,7 +113,7 @@ def find_stopped(output: str, config) -> Optional[Stopped]:
     if difference:
       raise ConfigError(f'--resume: the stopped run in {folder} {difference}; run without '
                         '--resume to start from the first instance')
-    units = [Unit(*fields) for fields in plan['units']]
+    units = [Unit.from_json(fields) for fields in plan['units']]
     run_id = folder.rsplit('/', 1)[-1][len(outputs.STAGING_PREFIX):]
     return Stopped(run_id, units, unit_outputs.committed(
         f'{folder}/{unit_outputs.UNITS_FOLDER}'))
@@ -178,14 +178,14 @@ def incremental(config, staging_path: str) -> Optional[Incremental]:
   kept_units, kept = [], {}
   folder = f'{staging_path}/{unit_outputs.UNITS_FOLDER}'
   for entry in manifest['units']:
-    fields = {f.name: entry[f.name] for f in dataclasses.fields(Unit)}
-    unit = Unit(**fields)
-    if unit.path not in unchanged or unit.error:
-      continue
+    unit = Unit.from_json(entry)
+    if unit.error or not all(path in unchanged for path, _ in unit.files):
+      continue  # its files are read again (a group: all of them)
     kept_units.append(unit)
     kept[unit.id] = unit_outputs.seed(folder, unit.id, output, entry['shards'],
                                       entry['record'])
-  changed = {kind: [m for m in files if m.path not in unchanged]
+  covered = {path for unit in kept_units for path, _ in unit.files}
+  changed = {kind: [m for m in files if m.path not in covered]
              for kind, files in config.files_by_format.items()}
   scored = parallelism.work_units(dataclasses.replace(config, files_by_format=changed,
                                                       units=None))

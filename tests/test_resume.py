@@ -243,7 +243,8 @@ def test_incremental_over_a_folder_that_gains_loses_and_changes_files(
   assert cli.main(args) == 0
   assert cli.main([*args, '--incremental']) == 0  # nothing changed: everything kept
   summary = assert_result_is_a_fresh_run(model_dir, folder, out, output_format, tmp_path, 'f0')
-  assert summary['incremental']['files_kept'] == 6 and summary['incremental']['units'] == 6
+  assert summary['incremental']['files_kept'] == 6
+  assert summary['incremental']['units'] == summary['incremental']['of_units']  # all kept
   assert summary['incremental']['instances'] == summary['instances_read']
 
   # A file added, one removed, one rewritten in place (other instances).
@@ -335,33 +336,59 @@ def test_bucket_output_resumed_then_incremental(bucket, model_dir, inputs, tmp_p
   assert len(predictions) + len(errors) == FILES * PER_FILE + 25 == summary['instances_read']
 
 
-def test_tiny_files_scored_in_one_batch_are_committed_file_by_file(model_dir, tmp_path):
-  """40 files of 3 instances each, merged into batches of many files: each
-  file's records go to its own unit, so that --incremental drops exactly the
-  records of the file removed and keeps every other; and a stopped run's
-  shards left in its staging folder (a run killed while it moved its units
-  into shards) are not taken for committed work by --resume."""
+def test_files_scored_in_one_batch_are_committed_file_by_file(model_dir, tmp_path):
+  """12 files of 3 instances each (padded past SMALL_FILE_BYTES: a unit
+  each), merged into batches of many files: each file's records go to its
+  own unit's shard, so that --incremental drops exactly the records of the
+  file removed and keeps every other."""
   from tests.test_formats import keras_instances
+  from tf_batch_predict.transforms.read.units import SMALL_FILE_BYTES
   folder = tmp_path / 'in'
-  write_folder(folder, {f'{i:02d}.jsonl': keras_instances(3, f't{i:02d}-') for i in range(40)})
+  padding = 'x' * (SMALL_FILE_BYTES // 3 + 100)  # an ignored field
+  write_folder(folder, {f'{i:02d}.jsonl': [dict(x, pad=padding)
+                                           for x in keras_instances(3, f't{i:02d}-')]
+                        for i in range(12)})
   out = tmp_path / 'out'
   args = keras_args(model_dir, f'{folder}/*.jsonl', f'--output={out}', '--min_batch_size=64')
   assert cli.main(args) == 0
   manifest = json.loads((out / '.units.json').read_text())['units']
-  assert len(manifest) == 40 and all(u['record']['records'] == 3 for u in manifest)
+  assert len(manifest) == 12 and all(u['record']['records'] == 3 for u in manifest)
   for unit in manifest:  # each file's records in the unit's own shard
     prefix = 't' + os.path.basename(unit['path'])[:2] + '-'
     shard = read_jsonl(str(out / unit['shards']['predictions']))
     assert sorted(r['id'] for r in shard) == [f'{prefix}{i}' for i in range(3)]
-  os.remove(folder / '17.jsonl')
+  os.remove(folder / '07.jsonl')
   assert cli.main([*args, '--incremental']) == 0
   predictions, _ = result_records(out)
-  assert len(predictions) == 39 * 3 and not any(k.startswith('t17-') for k in predictions)
+  assert len(predictions) == 11 * 3 and not any(k.startswith('t07-') for k in predictions)
+  assert json.loads((out / 'summary.json').read_text())['incremental']['units'] == 11
 
-  # A stopped run's staging folder holding a shard (its units' files moved).
+
+def test_tiny_files_are_grouped_and_a_stopped_runs_shards_are_not_work(model_dir, tmp_path):
+  """40 tiny files make one work unit (one output file, not 40); a file
+  removed from them has the group read again. A stopped run's staging
+  folder holding a shard (stopped while it moved its units into shards:
+  their files gone from its units) is not taken for committed work."""
+  from tests.test_formats import keras_instances
+  folder = tmp_path / 'in'
+  write_folder(folder, {f'{i:02d}.jsonl': keras_instances(3, f't{i:02d}-') for i in range(40)})
+  out = tmp_path / 'out'
+  args = keras_args(model_dir, f'{folder}/*.jsonl', f'--output={out}')
+  assert cli.main(args) == 0
+  manifest = json.loads((out / '.units.json').read_text())['units']
+  assert len(manifest) == 1 and len(manifest[0]['more']) == 39
+  assert manifest[0]['record']['records'] == 120
+  assert sorted(os.listdir(out))[1:] == ['errors-00000-of-00001.jsonl',
+                                        'predictions-00000-of-00001.jsonl', 'report.html',
+                                        'summary.json']
+  os.remove(folder / '17.jsonl')
+  assert cli.main([*args, '--incremental']) == 0
+  assert len(check_result(out)) == 39 * 3
+  assert json.loads((out / 'summary.json').read_text())['incremental']['units'] == 0
+
   staging = out / '.staging-20260101T000000Z-0000dead'
   os.makedirs(staging)
-  shutil.copy(out / 'predictions-00003-of-00039.jsonl', staging / 'predictions-00005-of-00007.jsonl')
+  shutil.copy(out / 'predictions-00000-of-00001.jsonl', staging / 'predictions-00005-of-00007.jsonl')
   config = _resolved(args)
   resume.write_plan(str(staging), config, parallelism.work_units(config))
   assert cli.main([*args, '--resume']) == 0

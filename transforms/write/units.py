@@ -369,7 +369,7 @@ def collect(staging: str, units: list, layout, settings: Optional[dict] = None) 
                    layout.parquet_schema() if extension == 'parquet' else None)
     for unit, target in zip(holding, targets):
       shards[unit][kind] = target
-  manifest = [{**dataclasses.asdict(u), 'shards': shards[u.id],
+  manifest = [{**u.to_json(), 'shards': shards[u.id],
                'record': {k: v for k, v in records[u.id].items() if k != 'files'}}
               for u in ordered]
   write_atomically(f'{staging}/{MANIFEST_NAME}',
