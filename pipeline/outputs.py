@@ -599,7 +599,9 @@ class Staging:
     and leaves the previous result as it is; returns the folder."""
     target = f'{self.output}/{FAILED_RUN_NAME}'
     _remove_folder(target)
-    files = _match(self.path, ['*'])
+    # The result's files, not the run's own (plan.json, the unit manifest).
+    files = [f for f in _match(self.path, (*self.shard_patterns, SUMMARY_NAME))
+             if not f.rsplit('/', 1)[-1].startswith('.')]
     if is_local(target):
       os.makedirs(target, exist_ok=True)
     if files:
