@@ -97,7 +97,7 @@ def write_plan(staging_path: str, config, units: list) -> None:
   plan = {'version': PLAN_VERSION, 'settings': result_settings(config),
           'units': [u.to_json() for u in units]}
   unit_outputs.write_atomically(f'{staging_path}/{PLAN_NAME}',
-                                json.dumps(plan, ensure_ascii=False).encode())
+                                json.dumps(plan).encode())
 
 
 def find_stopped(output: str, config) -> Optional[Stopped]:

@@ -49,6 +49,9 @@ COMMIT_SUFFIX = '.json'
 # A result's work units, the shards holding each one's records and its
 # counts; promoted with the shards (pipeline/outputs.py).
 MANIFEST_NAME = '.units.json'
+# Parquet files as Beam's WriteToParquetBatched writes them by default:
+# uncompressed, lists as list<item: ...> (readers of earlier results rely on it).
+PARQUET_OPTIONS = {'compression': 'none', 'use_compliant_nested_type': False}
 
 
 @dataclasses.dataclass
@@ -177,7 +180,7 @@ class _Files:
     if self.output_format == 'parquet':
       if self._parquet is None:
         import pyarrow.parquet as pq
-        self._parquet = pq.ParquetWriter(handle, self.schema)
+        self._parquet = pq.ParquetWriter(handle, self.schema, **PARQUET_OPTIONS)
       self._parquet.write_table(element)
     elif self.output_format == 'tfrecord':
       handle.write(b''.join(tfrecord_frame(record) for record in element))
@@ -265,7 +268,7 @@ class WriteUnits(beam.DoFn):
               'incomplete_files': sorted(files.incomplete),
               'error_examples': files.examples, 'files': files.names}
     write_atomically(f'{self._folder}/{unit}{COMMIT_SUFFIX}',
-                     json.dumps(record, ensure_ascii=False).encode())
+                     json.dumps(record).encode())
 
   def finish_bundle(self):
     # A unit not complete at the end of a bundle is not committed; its files
@@ -373,8 +376,7 @@ def collect(staging: str, units: list, layout, settings: Optional[dict] = None) 
                'record': {k: v for k, v in records[u.id].items() if k != 'files'}}
               for u in ordered]
   write_atomically(f'{staging}/{MANIFEST_NAME}',
-                   json.dumps({'settings': settings, 'units': manifest},
-                              ensure_ascii=False).encode())
+                   json.dumps({'settings': settings, 'units': manifest}).encode())
   remove_folder(folder)
   return counts_of(records[u.id] for u in ordered)
 
@@ -398,8 +400,7 @@ def seed(folder: str, unit: str, result: str, shards: dict, record: dict) -> dic
       FileSystems.copy([source], [target])
     files[kind] = name
   record = {**record, 'files': files}
-  write_atomically(f'{folder}/{unit}{COMMIT_SUFFIX}', json.dumps(record,
-                                                                  ensure_ascii=False).encode())
+  write_atomically(f'{folder}/{unit}{COMMIT_SUFFIX}', json.dumps(record).encode())
   return record
 
 
@@ -424,7 +425,7 @@ def _write_empty(path: str, schema) -> None:
   with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
     if schema is not None:
       import pyarrow.parquet as pq
-      pq.write_table(schema.empty_table(), f)
+      pq.write_table(schema.empty_table(), f, **PARQUET_OPTIONS)
 
 
 def remove_folder(folder: str) -> None:
