@@ -194,8 +194,9 @@ def test_rerun_after_a_kill_during_promotion(model_dir, tmp_path):
   some old shards deleted, some new shards moved, the staging folder and a
   dead run's lock left): no summary.json, so no complete result is claimed,
   and the next run replaces every shard."""
-  write_lines(str(tmp_path / 'in' / 'a.jsonl'), keras_lines('a', 300))
-  write_lines(str(tmp_path / 'in' / 'b.jsonl'), keras_lines('b', 200))
+  # Over 256 KiB each: a work unit, and so a shard, each (not one group).
+  write_lines(str(tmp_path / 'in' / 'a.jsonl'), keras_lines('a', 4000))
+  write_lines(str(tmp_path / 'in' / 'b.jsonl'), keras_lines('b', 3500))
   out, other = tmp_path / 'out', tmp_path / 'other'
   many_shards = ['--direct_running_mode=multi_threading', '--direct_num_workers=2',
                  '--min_batch_size=1', '--max_batch_size=8']
@@ -219,7 +220,7 @@ def test_rerun_after_a_kill_during_promotion(model_dir, tmp_path):
   assert check_result(out) is None
   assert cli.main([*keras_args(model_dir, tmp_path / 'in' / '*.jsonl'),
                    f'--output={out}']) == 0
-  assert len(check_result(out)) == 500 and leftovers(out) == []
+  assert len(check_result(out)) == 7500 and leftovers(out) == []
 
 
 def test_leftovers_of_killed_runs_are_removed(model_dir, tmp_path):
@@ -502,8 +503,8 @@ def test_bucket_output_is_staged_promoted_and_locked(bucket, model_dir, tmp_path
   args = [*keras_args(model_dir, tmp_path / 'in.jsonl'), f'--output=gs://{BUCKET}/out']
   assert cli.main(args) == 0
   names = sorted(b.name for b in bucket.client.list_blobs(bucket, prefix='out/'))
-  assert names == ['out/errors-00000-of-00001.jsonl', 'out/predictions-00000-of-00001.jsonl',
-                   'out/report.html', 'out/summary.json']
+  assert names == ['out/.units.json', 'out/errors-00000-of-00001.jsonl',
+                   'out/predictions-00000-of-00001.jsonl', 'out/report.html', 'out/summary.json']
   summary = json.loads(bucket.blob('out/summary.json').download_as_text())
   assert summary['predictions'] == 30 and summary['output'] == f'gs://{BUCKET}/out'
   capsys.readouterr()
