@@ -61,12 +61,16 @@ class Stopped:
 
 def result_settings(config) -> dict:
   """What decides a run's result, as JSON values: the options but those of
-  WORK_OPTIONS, the model's files, and each input file's size and time."""
+  WORK_OPTIONS, the model's files, the folder records name their files
+  relative to, and each input file's size and time."""
   options = {f.name: getattr(config.options, f.name)
              for f in dataclasses.fields(config.options) if f.name not in WORK_OPTIONS}
   settings = {f'--{name}': _json(value) for name, value in sorted(options.items())}
   settings['model version folder'] = config.model.version_folder
   settings['model files'] = _model_digest(config.model.path)
+  # Records name their file relative to the patterns' common folder: other
+  # patterns may change every name (--incremental compares files, not patterns).
+  settings['file names relative to'] = config.layout.input_base
   for kind, files in sorted(config.files_by_format.items()):
     for metadata in files:
       settings[f'input file {metadata.path}'] = {
@@ -82,8 +86,17 @@ def _json(value):
 
 
 def _model_digest(path: str) -> str:
+  """A digest of what the model computes: its graph, its variables' index
+  (which holds their checksums), its fingerprint and its assets (a
+  vocabulary replaced in place changes the outputs, not the graph)."""
+  from tf_batch_predict.transforms import file_patterns
   digest = hashlib.sha256()
-  for name in _MODEL_FILES:
+  try:
+    assets = [m.path[len(path) + 1:] for m in file_patterns.match(
+        f'{file_patterns.escape(path)}/assets/**')]
+  except Exception:  # pylint: disable=broad-except  (no assets folder)
+    assets = []
+  for name in (*_MODEL_FILES, *sorted(assets)):
     try:
       with FileSystems.open(f'{path}/{name}',
                             compression_type=CompressionTypes.UNCOMPRESSED) as f:

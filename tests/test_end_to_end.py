@@ -163,9 +163,11 @@ def test_rerun_replaces_previous_outputs(model_dir, tmp_path):
 
 
 def test_model_loads_once_per_process_over_many_bundles(model_dir, tmp_path, caplog):
+  # A blank line past 256 KiB in each: a work unit each (smaller files
+  # would be grouped into one).
   for i in range(12):
     write_lines(str(tmp_path / 'in' / f'{i:02d}.jsonl'),
-                [json.dumps([float(i), float(j)]) for j in range(40)])
+                [json.dumps([float(i), float(j)]) for j in range(40)] + [' ' * (256 << 10)])
   with caplog.at_level(logging.INFO, logger='tf_batch_predict.transforms.model.score'):
     predictions, errors, summary = run_job(
         str(tmp_path / 'out'), f'--model={model_dir / "ragged"}',
@@ -173,7 +175,7 @@ def test_model_loads_once_per_process_over_many_bundles(model_dir, tmp_path, cap
         '--max_batch_size=8', '--direct_running_mode=multi_threading',
         '--direct_num_workers=2')
   assert len(predictions) == 480 and errors == []
-  # One output shard per bundle of the scoring stage: several bundles ran.
+  # One output shard per work unit, in several bundles.
   shards = {p for p in os.listdir(tmp_path / 'out') if p.startswith('predictions-')}
   assert len(shards) >= 2
   assert summary['model_loads'] == 1

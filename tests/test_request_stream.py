@@ -22,7 +22,7 @@ from hypothesis import example, given, settings, strategies as st
 
 from tests.test_convert_decode import decoder_for
 from tests.test_equivalence import (MIXED, NESTED, NUMBERS, SETTINGS, STRINGS, VALUES, WIDE,
-                                    nested_lines, objects)
+                                    _array, nested_lines, objects)
 from tf_batch_predict.transforms.read import input_json
 from tf_batch_predict.transforms.read.input_json import JsonRequestFormat, ReadJsonRequests
 from tf_batch_predict.transforms.read.json_structure import (CLOSE, COLON, COMMA, OPEN,
@@ -67,10 +67,6 @@ CLEAN_NUMBERS = st.one_of(
                      '4.9e-324', '-9223372036854775808', '9223372036854775808']))
 CLEAN_SCALARS = st.one_of(CLEAN_NUMBERS, TRICKY_STRINGS, st.sampled_from(['true', 'false',
                                                                          'null']))
-
-
-def _array(items):
-  return '[' + ', '.join(items) + ']'
 
 
 def _obj(pairs):

@@ -284,6 +284,13 @@ def test_incremental_that_would_change_the_result_is_refused(model_dir, tmp_path
   assert err.startswith(f'batch-predict: error: --incremental: the result in {out} had '
                         '--output_format="jsonl", this command "parquet"'), err
   assert len(err.strip().splitlines()) == 1
+  # Other patterns over another common folder would name the files otherwise.
+  write_lines(str(tmp_path / 'more' / 'b.jsonl'), keras_lines('b', 5))
+  assert cli.main([*keras_args(model_dir, f'{tmp_path / "in" / "*.jsonl"},'
+                               f'{tmp_path / "more" / "*.jsonl"}', f'--output={out}'),
+                   '--incremental']) == 2
+  err = capsys.readouterr().err
+  assert f'had file names relative to="{tmp_path / "in"}/", this command "{tmp_path}/"' in err, err
   # Without a result to add to, --incremental scores everything.
   fresh = tmp_path / 'fresh'
   assert cli.main([*keras_args(model_dir, tmp_path / 'in' / '*.jsonl', f'--output={fresh}'),
