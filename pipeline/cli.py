@@ -295,6 +295,7 @@ _STARTED = time.time()
 def main(argv=None) -> int:
   global _STARTED
   _STARTED = time.time()
+  whole_process = argv is None  # the command itself, not a caller's function call
   argv = list(sys.argv[1:] if argv is None else argv)
   from tf_batch_predict.pipeline.options import ConfigError
   try:
@@ -320,9 +321,9 @@ def main(argv=None) -> int:
       return preflight.main(argv[1:])
     return _batch_predict(argv)
   except KeyboardInterrupt as e:
-    # Ctrl-C or SIGTERM: the staging folder and the lock are gone by now
-    # (finally blocks); what the user wants to read is one line, not where
-    # it stopped.
+    # Ctrl-C or SIGTERM: the lock is released and the staging folder kept or
+    # removed by now (finally blocks); what the user wants to read is one
+    # line, not where it stopped.
     if debug():
       traceback.print_exc()
     else:
@@ -331,12 +332,30 @@ def main(argv=None) -> int:
     hint = RESUME_HINT if getattr(e, 'kept_for_resume', False) else ''
     if isinstance(e, _Terminated):
       error(f'terminated (SIGTERM); a previous result in --output is left as it was{hint}')
-      return EXIT_TERMINATED
-    error(f'interrupted; a previous result in --output is left as it was{hint}')
-    return EXIT_INTERRUPTED
+      status = EXIT_TERMINATED
+    else:
+      error(f'interrupted; a previous result in --output is left as it was{hint}')
+      status = EXIT_INTERRUPTED
+    if whole_process:
+      _exit_now(status)
+    return status
   finally:
     if previous_sigterm is not None:
       signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _exit_now(status: int) -> None:
+  """Ends an interrupted process without the interpreter's shutdown: Beam's
+  local worker threads may still be in native code (TensorFlow, pyarrow),
+  and tearing the interpreter down under them can abort the process
+  ("terminate called ...", SIGABRT) after the run has cleaned up."""
+  logging.shutdown()
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except (OSError, ValueError):
+      pass
+  os._exit(status)
 
 
 class _Terminated(KeyboardInterrupt):
