@@ -240,12 +240,13 @@ def committed_units(output) -> int:
   return sum(1 for name in glob.glob(os.path.join(output, '.staging-*', 'units', '*.json')))
 
 
-def test_a_flink_run_killed_part_way_is_resumed(model_dir, mixed_input, expected, tmp_path):
-  """The launcher's process group (the job server and Flink in it) killed
-  once a work unit is committed (small batches: the run takes a while); the
-  same command with --resume keeps what was committed and completes the
-  result, every instance once."""
-  script, options = ENGINES['flink']
+@pytest.mark.parametrize('engine', sorted(ENGINES))
+def test_a_run_killed_part_way_is_resumed(engine, model_dir, mixed_input, expected, tmp_path):
+  """The launcher's process group (the job server, and Flink or Spark in it)
+  killed once a work unit is committed (small batches: the run takes a
+  while); the same command with --resume keeps what was committed and
+  completes the result, every instance once."""
+  script, options = ENGINES[engine]
   patterns, _, bad_count = mixed_input
   output = tmp_path / 'out'
   with engines.worker_pool(tmp_path) as pool:
@@ -263,7 +264,7 @@ def test_a_flink_run_killed_part_way_is_resumed(model_dir, mixed_input, expected
     rc, err = launch(script, output, model_dir, patterns, pool, *options, '--resume')
   assert rc == 0, err[-3000:]
   summary = check_complete(output, mixed_input, expected, bad_count)
-  assert summary['runner'] == 'FlinkRunner'
+  assert summary['runner'] == ('FlinkRunner' if engine == 'flink' else 'SparkRunner')
   assert 1 <= kept <= summary['resumed']['units'] <= summary['resumed']['of_units']
   assert not glob.glob(os.path.join(output, '.staging-*'))
 
