@@ -21,11 +21,13 @@ for its results.
 `collect` turns the committed units into the result's shards
 (`predictions-SSSSS-of-NNNNN.EXT`, `errors-...jsonl`) and their counts.
 """
+import atexit
 import dataclasses
 import json
 import logging
 import os
 import pickle
+import sys
 import time
 import uuid
 from typing import Optional
@@ -229,11 +231,13 @@ class WriteUnits(beam.DoFn):
   def setup(self):
     if self._layout.output_format == 'parquet':
       self._schema = self._layout.parquet_schema()
+    atexit.register(_exiting)  # runs before the handlers registered earlier
 
   def start_bundle(self):
     self._open = {}
 
   def process(self, element: UnitRecords):
+    _alive()
     started = time.perf_counter()
     files = self._open.get(element.unit)
     if files is None:
@@ -259,6 +263,7 @@ class WriteUnits(beam.DoFn):
 
   def _commit(self, unit: str, files: _Files) -> None:
     files.close()
+    _alive()  # the files were written and closed by a live interpreter
     del self._open[unit]
     errors = sum(files.errors.values())
     record = {'unit': unit, 'records': files.records,
@@ -278,6 +283,27 @@ class WriteUnits(beam.DoFn):
                    unit, files.records)
       files.remove()
     self._open = {}
+
+
+_EXITING = False  # set by an exit handler: see _alive
+
+
+def _exiting() -> None:
+  global _EXITING
+  _EXITING = True
+
+
+def _alive() -> None:
+  """Raises where this worker's interpreter is shutting down. A worker
+  whose runner went away (its job server killed) may still run a bundle in
+  a thread while Python tears its modules down: calls then fail
+  ("'NoneType' object is not callable"), the model's too, and such failures
+  must not be committed as the instances' error records. Beam retries or
+  fails the bundle; a resumed run scores the unit. (Exit handlers, which
+  may close TensorFlow's sessions, run before Python says it is finalizing:
+  WriteUnits.setup registers `_exiting` among them, after TensorFlow's.)"""
+  if _EXITING or sys.is_finalizing():
+    raise RuntimeError('the worker is shutting down: nothing more is committed')
 
 
 def write_atomically(path: str, data: bytes) -> None:
