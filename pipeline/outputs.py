@@ -17,7 +17,7 @@ run that does not resume it removes it (and beam-temp-* folders of older
 versions), once it holds the lock.
 
 Files go through Beam's FileSystems, so local paths and gs:// (any Beam file
-system) work alike. The lock is created atomically: `O_CREAT|O_EXCL` locally,
+system) work alike. The lock is created atomically, content and all: a hard link locally,
 `if_generation_match=0` on Cloud Storage; elsewhere it is checked, then created.
 """
 import calendar
@@ -166,6 +166,23 @@ class _LocalLockFile:
     self.path = path
 
   def create(self, data: bytes) -> Optional[bytes]:
+    # Written aside, then linked into place (fails if the lock exists): a
+    # run killed at any moment never leaves an empty lock, which others
+    # would have to wait out as possibly being written.
+    temporary = f'{self.path}.{uuid.uuid4().hex}'
+    with open(temporary, 'wb') as f:
+      f.write(data)
+    try:
+      os.link(temporary, self.path)
+    except FileExistsError:
+      return None
+    except OSError:  # a file system without hard links
+      return self._create_in_place(data)
+    finally:
+      os.remove(temporary)
+    return data
+
+  def _create_in_place(self, data: bytes) -> Optional[bytes]:
     try:
       fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
