@@ -2,7 +2,7 @@
 import apache_beam as beam
 
 from tf_batch_predict.pipeline.config import JobConfig
-from tf_batch_predict.pipeline.parallelism import parse_threads, work_units
+from tf_batch_predict.pipeline.parallelism import decoding_helper, parse_threads, work_units
 from tf_batch_predict.transforms.read.coalesce import CoalesceChunks
 from tf_batch_predict.transforms.read.decode import DecodeInstances, InstanceDecoder
 from tf_batch_predict.transforms.write.format import FormatRecords
@@ -28,7 +28,8 @@ def build(p: beam.Pipeline, config: JobConfig, collect: bool = False) -> None:
       | 'ReadInstances' >> ReadInstances(units, formats)
       | 'MergeSmallChunks' >> beam.ParDo(CoalesceChunks(opts.min_batch_size))
           .with_output_types(RawChunk)
-      | 'Decode' >> beam.ParDo(DecodeInstances(decoder)).with_output_types(InstanceBatch)
+      | 'Decode' >> beam.ParDo(DecodeInstances(decoder, decoding_helper(config)))
+          .with_output_types(InstanceBatch)
       | 'Score' >> ScoreBatches(config.model, opts.max_batch_size, opts.share_model)
           .with_output_types(ScoredBatch)
       | 'Format' >> beam.ParDo(FormatUnits(FormatRecords(

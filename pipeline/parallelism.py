@@ -70,6 +70,16 @@ def parse_threads(config: JobConfig) -> Optional[int]:
   return 1 if engine_workers(config.options) > 1 else None
 
 
+def decoding_helper(config: JobConfig) -> bool:
+  """Whether the worker decodes lines (JSON Lines, CSV) with a helper
+  process beside it (transforms/read/decoder_process.py): where it is the
+  only worker of Beam's local runner. Elsewhere each core has a worker of its own (Flink,
+  Spark, several local workers; Dataflow's harness runs one per core)."""
+  opts = config.options
+  return (opts.runner == LOCAL_RUNNER and local_workers(opts.beam_args) == 1
+          and any(config.files_by_format.get(kind) for kind in SPLITTABLE_FORMATS))
+
+
 def local_workers(beam_args) -> int:
   """How many workers Beam's local runner runs the job with (1 unless
   --direct_num_workers says otherwise; 0 means one per core, as in Beam)."""

@@ -23,8 +23,11 @@ from typing import Callable, Optional
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 
 from tf_batch_predict.transforms import progress
+from tf_batch_predict.transforms.read import decoder_process
 from tf_batch_predict.transforms import convert
 from tf_batch_predict.transforms.convert import carried_text, convert_value
 from tf_batch_predict.transforms.records import (FeedGroup, InstanceBatch, InstanceError,
@@ -127,6 +130,12 @@ class InstanceDecoder:
 
   def format(self, kind) -> InputFormat:
     return self._formats[kind]
+
+  def set_parse_threads(self, threads) -> None:
+    """Threads its formats' parsers may use (JsonLinesFormat's)."""
+    for fmt in self._formats.values():
+      if hasattr(fmt, 'set_parse_threads'):
+        fmt.set_parse_threads(threads)
 
   def decode(self, chunk: RawChunk, use_fast: bool = True) -> InstanceBatch:
     """The chunk's instances, decoded; `use_fast=False` decodes each one by
@@ -267,14 +276,29 @@ def bytes_scalar(data: bytes) -> np.ndarray:
 
 
 class DecodeInstances(beam.DoFn):
-  """RawChunk -> InstanceBatch; bad instances ride along as errors."""
-  def __init__(self, decoder: InstanceDecoder):
+  """RawChunk -> InstanceBatch; bad instances ride along as errors.
+
+  With `helper_process` (where the worker is alone on the machine), a
+  helper process decodes chunks of lines beside this thread
+  (decoder_process.py); their batches are given out as they finish, so
+  their order may differ from the chunks' (nothing downstream needs it)."""
+  def __init__(self, decoder: InstanceDecoder, helper_process: bool = False):
     self._decoder = decoder
+    self._helper_process = helper_process
+    self._helper = None
     self._read = Metrics.counter(METRICS_NAMESPACE, 'instances_read')
     self._blank = Metrics.counter(METRICS_NAMESPACE, 'blank_lines')
     # Time spent decoding, per chunk (summed over workers: summary.json
     # `stages`, pipeline/summary.py).
     self._time = Metrics.counter(METRICS_NAMESPACE, 'time_decode_us')
+
+  def setup(self):
+    if self._helper_process:
+      self._helper = decoder_process.DecoderProcess.start(self._decoder)
+
+  def start_bundle(self):
+    if self._helper is not None:
+      self._helper.drain()  # a failed bundle's: given out again by its retry
 
   def process(self, chunk: RawChunk):
     self._read.inc(len(chunk))
@@ -284,10 +308,35 @@ class DecodeInstances(beam.DoFn):
     progress.add_chunk(len(chunk), chunk.stored_bytes, chunk.skipped_bytes,
                        len(chunk.file_errors))
     if len(chunk) or chunk.file_errors or chunk.unit_ends:  # a unit's end is written
-      started = time.perf_counter()
-      decoded = self._decoder.decode(chunk)
-      self._time.inc(int((time.perf_counter() - started) * 1e6))
-      yield decoded
+      if self._helper is None or not self._helper.submit(chunk):
+        yield self._decode(chunk)
+      if self._helper is not None:
+        for done in self._helper.ready():
+          yield self._finished(*done)
 
   def finish_bundle(self):
+    if self._helper is not None:
+      for done in self._helper.drain():
+        # The job reads bounded files in the global window.
+        yield WindowedValue(self._finished(*done), GlobalWindow().max_timestamp(),
+                            [GlobalWindow()])
     progress.flush()  # a local worker process's figures, for the launcher
+
+  def teardown(self):
+    if self._helper is not None:
+      self._helper.close()
+      self._helper = None
+
+  def _decode(self, chunk: RawChunk) -> InstanceBatch:
+    started = time.perf_counter()
+    decoded = self._decoder.decode(chunk)
+    self._time.inc(int((time.perf_counter() - started) * 1e6))
+    return decoded
+
+  def _finished(self, chunk: RawChunk, batch: Optional[InstanceBatch],
+                seconds: float) -> InstanceBatch:
+    """A chunk the helper had: its batch, or decoded here where it has none."""
+    if batch is None:
+      return self._decode(chunk)
+    self._time.inc(int(seconds * 1e6))
+    return batch
