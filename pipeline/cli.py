@@ -456,13 +456,14 @@ def _run(options, lock) -> int:
   from tf_batch_predict.pipeline.options import ConfigError
   from tf_batch_predict.pipeline.parallelism import decoding_helper
   from tf_batch_predict.transforms.read import decoder_process
+  from tf_batch_predict.transforms.read.decode import InstanceDecoder
   try:
     message = starts_no_job(options)
     if not message:
       lock.check_free()  # a second run stops here, before loading anything
     config = job_config.resolve(options)
-    if not message and decoding_helper(config):
-      decoder_process.start_early()  # its imports overlap the model check
+    if not message and decoding_helper(config, in_launcher=True):
+      decoder_process.start_early(InstanceDecoder)  # its imports overlap the model check
     config, notes = check_model(config)
   except (ConfigError, OSError) as e:
     error(e)

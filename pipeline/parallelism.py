@@ -70,14 +70,20 @@ def parse_threads(config: JobConfig) -> Optional[int]:
   return 1 if engine_workers(config.options) > 1 else None
 
 
-def decoding_helper(config: JobConfig) -> bool:
+def decoding_helper(config: JobConfig, in_launcher: bool = False) -> bool:
   """Whether the worker decodes lines (JSON Lines, CSV) with a helper
   process beside it (transforms/read/decoder_process.py): where it is the
-  only worker of Beam's local runner. Elsewhere each core has a worker of its own (Flink,
-  Spark, several local workers; Dataflow's harness runs one per core)."""
+  only worker of Beam's local runner. Elsewhere each core has a worker of
+  its own (Flink, Spark, several local workers; Dataflow's harness runs one
+  per core). `in_launcher`: and that worker runs in the launcher's process
+  (not a multi_processing worker)."""
+  from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
   opts = config.options
-  return (opts.runner == LOCAL_RUNNER and local_workers(opts.beam_args) == 1
-          and any(config.files_by_format.get(kind) for kind in SPLITTABLE_FORMATS))
+  if not (opts.runner == LOCAL_RUNNER and local_workers(opts.beam_args) == 1
+          and any(config.files_by_format.get(kind) for kind in SPLITTABLE_FORMATS)):
+    return False
+  mode = PipelineOptions(list(opts.beam_args)).view_as(DirectOptions).direct_running_mode
+  return not in_launcher or mode != 'multi_processing'
 
 
 def local_workers(beam_args) -> int:

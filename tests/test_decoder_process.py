@@ -100,7 +100,7 @@ def test_a_killed_helper_costs_nothing_but_speed():
   try:
     assert all(helper.submit(c) for c in chunks[:SLOTS])
     os.kill(helper._process.pid, signal.SIGKILL)  # pylint: disable=protected-access
-    back = helper.drain()
+    back = list(helper.drain())
     assert sorted(id(c) for c, _, _ in back) == sorted(id(c) for c in chunks[:SLOTS])
     assert not helper.submit(chunks[SLOTS])  # the worker decodes the rest itself
     for chunk, batch, _ in back:

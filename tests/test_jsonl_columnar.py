@@ -184,3 +184,35 @@ def test_negative_zero_and_integers_beyond_a_vector_dtype():
   # All but the odd rows, and row 0: a key 0 where the run holds `-0` is
   # left to the definition, which alone keeps how it was written.
   assert sorted(set(range(300)) - set(accepted.tolist())) == [0, 7, 9, 11]
+
+
+def test_a_run_with_no_integer_minus_zero_keeps_its_float_negative_zeros():
+  """-0.0, -0e1 and -0.5 are floats to both parsers: a run whose only minus
+  zeros are those is read whole by pyarrow; one integer -0 anywhere (a key,
+  a string too) makes the run's zeros checked again."""
+  sig = SignatureSpec('s', 'tensorflow/serving/predict',
+                      (TensorSpec('z', 'float32', ()), TensorSpec('w', 'float64', ())),
+                      (TensorSpec('y', 'float32', ()),))
+  decoder = decoder_for(sig, key_field='k')
+  lines = [b'{"k": %d, "z": %d.5, "w": %s}' % (i, i, b'-0.0' if i % 10 == 0 else b'%d.25' % i)
+           for i in range(200)]
+  lines[3] = b'{"k": 3, "z": -0e1, "w": -0.5}'
+  lines[4] = b'{"k": 0, "z": -0.0, "w": -0.00}'
+  batch = _decode_both(decoder, lines_chunk(lines))
+  assert batch.fast_rows == 200 and not batch.errors
+  rows = {row: (z, w) for g in batch.groups
+          for row, z, w in zip(g.rows, g.feeds['z'], g.feeds['w'])}
+  assert np.signbit(rows[3][0]) and np.signbit(rows[4][0]) and np.signbit(rows[4][1])
+  plan = _columnar_plan(decoder)
+  accepted, _, _ = decoder.format('jsonl')._columnar.decode(  # pylint: disable=protected-access
+      lines_chunk(lines), list(range(200)), decoder, plan)
+  assert len(accepted) == 200
+  for odd in (b'{"k": 7, "z": -0, "w": 1}', b'{"k": 7, "z": 1, "w": 1, "s": "a-0"}'):
+    changed = lines[:7] + [odd] + lines[8:]
+    _decode_both(decoder, lines_chunk(changed))
+    accepted, _, _ = decoder.format('jsonl')._columnar.decode(  # pylint: disable=protected-access
+        lines_chunk(changed), list(range(200)), decoder, plan)
+    # Rows with a minus zero (4 has a key 0 too) left to the definition.
+    assert sorted(set(range(200)) - set(accepted.tolist())) == sorted(
+        {3, 4, 7} | set(range(0, 200, 10))) if odd.count(b'-0,') else sorted(
+        {3, 4} | set(range(0, 200, 10)))

@@ -143,7 +143,8 @@ class InstanceDecoder:
     fmt = self._formats[chunk.kind]
     carried = {f: [None] * len(chunk) for f in self.carried}
     errors = [InstanceError(row, PARSE, reason) for row, reason in chunk.read_errors.items()]
-    rows = [row for row in range(len(chunk)) if row not in chunk.read_errors]
+    rows = ([row for row in range(len(chunk)) if row not in chunk.read_errors]
+            if chunk.read_errors else list(range(len(chunk))))
     groups, fast_rows = [], 0
     if use_fast and fmt.fast is not None and rows:
       try:
@@ -163,8 +164,11 @@ class InstanceDecoder:
             continue
           for row, text in zip(fast.rows, texts):
             carried[field][row] = text
-        done = set(fast.rows)
-        rows = [row for row in rows if row not in done]
+        if len(fast.rows) == len(rows):  # rows are distinct: the fast path took all
+          rows = []
+        else:
+          done = set(fast.rows)
+          rows = [row for row in rows if row not in done]
     by_shapes = {}
     for row in rows:
       try:
@@ -298,21 +302,18 @@ class DecodeInstances(beam.DoFn):
 
   def start_bundle(self):
     if self._helper is not None:
-      self._helper.drain()  # a failed bundle's: given out again by its retry
+      for _ in self._helper.drain():  # a failed bundle's: given out again by its retry
+        pass
 
   def process(self, chunk: RawChunk):
-    self._read.inc(len(chunk))
-    self._blank.inc(chunk.blank_lines)
-    # The input bytes are counted here with the instances, not where they
-    # are read: the runner may read far ahead of decoding.
-    progress.add_chunk(len(chunk), chunk.stored_bytes, chunk.skipped_bytes,
-                       len(chunk.file_errors))
-    if len(chunk) or chunk.file_errors or chunk.unit_ends:  # a unit's end is written
-      if self._helper is None or not self._helper.submit(chunk):
-        yield self._decode(chunk)
-      if self._helper is not None:
-        for done in self._helper.ready():
-          yield self._finished(*done)
+    if not (len(chunk) or chunk.file_errors or chunk.unit_ends):  # a unit's end is written
+      self._count(chunk)
+      return
+    if self._helper is None or not self._helper.submit(chunk):
+      yield self._decode(chunk)
+    if self._helper is not None:
+      for done in self._helper.ready():
+        yield self._finished(*done)
 
   def finish_bundle(self):
     if self._helper is not None:
@@ -327,10 +328,20 @@ class DecodeInstances(beam.DoFn):
       self._helper.close()
       self._helper = None
 
+  def _count(self, chunk: RawChunk) -> None:
+    self._read.inc(len(chunk))
+    self._blank.inc(chunk.blank_lines)
+    # The input bytes are counted with the instances as they are decoded,
+    # not where they are read: the runner (and the helper) may read far
+    # ahead of decoding.
+    progress.add_chunk(len(chunk), chunk.stored_bytes, chunk.skipped_bytes,
+                       len(chunk.file_errors))
+
   def _decode(self, chunk: RawChunk) -> InstanceBatch:
     started = time.perf_counter()
     decoded = self._decoder.decode(chunk)
     self._time.inc(int((time.perf_counter() - started) * 1e6))
+    self._count(chunk)
     return decoded
 
   def _finished(self, chunk: RawChunk, batch: Optional[InstanceBatch],
@@ -339,4 +350,5 @@ class DecodeInstances(beam.DoFn):
     if batch is None:
       return self._decode(chunk)
     self._time.inc(int(seconds * 1e6))
+    self._count(chunk)
     return batch

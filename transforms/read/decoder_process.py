@@ -55,8 +55,9 @@ def available() -> bool:
 
 
 class _Helper:
-  """The helper process and the memory it shares with this one."""
-  def __init__(self):
+  """The helper process and the memory it shares with this one; `warm`:
+  objects it unpickles at once (start_early)."""
+  def __init__(self, warm: tuple = ()):
     size = SLOTS * (IN_BYTES + OUT_BYTES)
     fd = os.memfd_create('tf-batch-predict-decode', 0)
     try:
@@ -71,6 +72,16 @@ class _Helper:
       raise
     finally:
       os.close(fd)
+    self.send(warm)
+
+  def send(self, value) -> None:
+    data = pickle.dumps(value, protocol=5)
+    self.write(struct.pack('<q', len(data)) + data)
+
+  def write(self, data: bytes) -> None:
+    view = memoryview(data)
+    while view:  # a pipe may take part of it
+      view = view[self.process.stdin.write(view):]
 
   def close(self) -> None:
     if getattr(self, 'process', None) is not None:
@@ -89,14 +100,15 @@ class _Helper:
 _early = None  # a helper started before its decoder is known: start_early()
 
 
-def start_early() -> None:
+def start_early(*warm) -> None:
   """Starts a helper now, for the next DecoderProcess of this process: its
   imports (about 1.5 s) then overlap the launcher's model check instead of
-  the first chunks' decoding."""
+  the first chunks' decoding. `warm`: objects pickled by reference (classes)
+  whose modules the decoder will need."""
   global _early
   if _early is None and available():
     try:
-      _early = _Helper()
+      _early = _Helper(warm)
     except OSError as e:
       _LOG.warning('No decoding helper process (%s)', e)
       return
@@ -116,7 +128,7 @@ class DecoderProcess:
   start(decoder) -> a DecoderProcess, or None where no helper can run;
   submit(chunk) -> bool (False: decode it yourself); ready() -> the
   (chunk, InstanceBatch or None to decode it yourself, seconds) of finished
-  ones, without waiting; drain() -> those of all submitted, waiting;
+  ones, without waiting; drain() -> those of all submitted, as they finish;
   close()."""
   def __init__(self, helper: _Helper):
     self._helper = helper
@@ -133,10 +145,8 @@ class DecoderProcess:
     try:
       if helper is None or helper.process.poll() is not None:
         helper = _Helper()
-      started = cls(helper)
-      data = pickle.dumps(decoder, protocol=5)
-      started._write(struct.pack('<q', len(data)) + data)  # pylint: disable=protected-access
-      return started
+      helper.send(decoder)
+      return cls(helper)
     except OSError as e:
       _LOG.warning('No decoding helper process (%s); decoding in this process only', e)
       if helper is not None:
@@ -162,7 +172,7 @@ class DecoderProcess:
     self._memory[base:base + len(buffer)] = buffer
     self._memory[base + len(buffer):base + len(buffer) + len(rest)] = rest
     try:
-      self._write(_FRAME.pack(slot, _OK, len(buffer), len(rest), 0.0))
+      self._helper.write(_FRAME.pack(slot, _OK, len(buffer), len(rest), 0.0))
     except OSError:
       self._break('its pipe closed')
       return False
@@ -176,11 +186,14 @@ class DecoderProcess:
       done.append(self._receive())
     return [d for d in done if d is not None] + self._orphans()
 
-  def drain(self) -> list:
-    done = []
+  def drain(self):
+    """Each submitted chunk's result as it finishes (a generator: the
+    caller scores one while the helper decodes the next)."""
     while self._slots and not self._broken:
-      done.append(self._receive())
-    return [d for d in done if d is not None] + self._orphans()
+      done = self._receive()
+      if done is not None:
+        yield done
+    yield from self._orphans()
 
   def close(self) -> None:
     self._helper.close()
@@ -219,10 +232,6 @@ class DecoderProcess:
                    why)
     self._broken = True
 
-  def _write(self, data: bytes) -> None:
-    view = memoryview(data)
-    while view:  # a pipe may take part of it
-      view = view[self._process.stdin.write(view):]
 
 
 class _FdReader:
@@ -231,6 +240,12 @@ class _FdReader:
 
   def read(self, size: int) -> bytes:
     return os.read(self._fd, size)
+
+
+def _receive_object(stream):
+  size = _read_exactly(stream, 8)
+  data = size and _read_exactly(stream, struct.unpack('<q', size)[0])
+  return pickle.loads(data) if data else None
 
 
 def _read_exactly(stream, size: int) -> Optional[bytes]:
@@ -253,14 +268,12 @@ def _serve() -> None:
   replies = os.dup(1)
   os.dup2(2, 1)
   stdin = _FdReader(0)
-  # What a decoder's unpickling needs, imported while the worker starts.
-  from tf_batch_predict.transforms.read import decode, formats  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   fd = int(os.environ['TF_BATCH_PREDICT_DECODER_FD'])
   memory = mmap.mmap(fd, SLOTS * (IN_BYTES + OUT_BYTES))
-  size = _read_exactly(stdin, 8)
-  if size is None:
+  _receive_object(stdin)  # start_early's: its modules are imported now
+  decoder = _receive_object(stdin)
+  if decoder is None:
     return
-  decoder = pickle.loads(_read_exactly(stdin, struct.unpack('<q', size)[0]))
   # One core is this process's share: the worker's parser has the others.
   decoder.set_parse_threads(1)
   while True:

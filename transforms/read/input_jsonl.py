@@ -15,6 +15,7 @@ carried values that are strings, integers, booleans or (passthrough only)
 null. Anything else, from a decimal key (whose digits only the definition
 keeps) to a one-element list for a scalar input, goes to the definition.
 """
+import re
 import threading
 import weakref
 
@@ -412,6 +413,11 @@ def _carrier(is_key):
 # gives no columns.
 
 COLUMNAR_MIN_ROWS = 64
+# The integer -0 (not -0.0, -0e1, -05): its value is 0 to the definition;
+# pyarrow reads it as -0.0 into a float column, and as 0 into an integer
+# one, whose text is then not certain. Found anywhere (a string too), the
+# run's zeros are checked.
+_INTEGER_NEGATIVE_ZERO = re.compile(rb'-0(?![.eE0-9])')
 _OPEN_BRACE = ord('{')
 # pyarrow's reader converts numbers several times slower than simdjson: on
 # the 784-float MLP benchmark it takes 71 us a line where the per-line path's
@@ -530,12 +536,13 @@ class ColumnarJsonLines:
       return None
     ok = np.ones(len(starts), np.bool_)
     feeds = {}
-    has_negative_zero = lines.buffer.find(b'-0', begin, stop) >= 0
+    has_negative_zero = _INTEGER_NEGATIVE_ZERO.search(lines.buffer, begin, stop) is not None
     for name, _, spec in plan:
       feeds[name] = _feed(table.column(name), spec, ok)
       if has_negative_zero and feeds[name].dtype.kind == 'f':
         # The integer -0 is 0 to the definition, and -0.0 to pyarrow's
-        # float column: a row with a negative zero goes to the other paths.
+        # float column: where the run holds one, a row with a negative zero
+        # goes to the other paths (a float written -0.0 is -0.0 to both).
         negative_zero = (feeds[name] == 0) & np.signbit(feeds[name])
         ok &= ~negative_zero.reshape(len(starts), -1).any(axis=1)
     carried = {}
