@@ -415,6 +415,8 @@ def _batch_predict(argv: list) -> int:
     return _run(options, lock)
   finally:
     lock.release()
+    from tf_batch_predict.transforms.read import decoder_process
+    decoder_process.stop_early()  # one started for a run that stopped before its pipeline
 
 
 def check_model(config) -> tuple:

@@ -12,7 +12,8 @@ import numpy as np
 
 from tests.test_convert_decode import assert_same_batches, decoder_for
 from tests.test_equivalence import CSV_HEADER, CSV_SIG, MIXED
-from tf_batch_predict.transforms.read.decoder_process import MIN_LINES, SLOTS, DecoderProcess
+from tf_batch_predict.transforms.read.decoder_process import (IN_BYTES, MIN_LINES, OUT_BYTES, SLOTS,
+                                                              DecoderProcess)
 from tf_batch_predict.transforms.records import Lines, RawChunk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,6 +92,29 @@ def test_the_helpers_batches_are_the_workers_own():
   assert any(b.errors for b in batches.values()) and any(b.fast_rows for b in batches.values())
   assert_same_batches(csv_batches[0], csv_decoder.decode(csv_chunk))
   assert csv_batches[0].errors
+
+
+def test_a_result_larger_than_its_slot_is_decoded_by_the_worker():
+  """Control characters in a CSV passthrough cell are written \\u00XX: the
+  carried texts are 6 times the cells, more than a slot holds; the chunk
+  comes back to the worker, and the chunk queued behind it is untouched."""
+  decoder = decoder_for(CSV_SIG, key_field='id', passthrough_fields=('note',))
+  cell = b'\x01' * 1000
+  lines = [b'%d,%d,x,3,true,%s' % (i, i, cell) for i in range(IN_BYTES // 1200)]
+  assert len(lines) * len(cell) * 6 > OUT_BYTES
+  big = RawChunk([('big.csv', 0)], list(range(len(lines))), Lines.of(lines), kind='csv',
+                 header=CSV_HEADER)
+  small = [b'%d,%d,x,3,true,n' % (i, i) for i in range(500)]
+  behind = RawChunk([('small.csv', 0)], list(range(len(small))), Lines.of(small), kind='csv',
+                    header=CSV_HEADER)
+  helper = DecoderProcess.start(decoder)
+  try:
+    assert helper.submit(big) and helper.submit(behind)
+    back = {id(chunk): batch for chunk, batch, _ in helper.drain()}
+  finally:
+    helper.close()
+  assert back[id(big)] is None  # too big for its slot: the worker decodes it
+  assert_same_batches(back[id(behind)], decoder.decode(behind))
 
 
 def test_a_killed_helper_costs_nothing_but_speed():

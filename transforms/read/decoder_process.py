@@ -66,7 +66,7 @@ class _Helper:
       env = dict(os.environ, TF_BATCH_PREDICT_DECODER_FD=str(fd))
       self.process = subprocess.Popen(
           [sys.executable, '-m', __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-          pass_fds=(fd,), env=env, bufsize=0)
+          pass_fds=(fd,), env=env, bufsize=0, process_group=0)
     except BaseException:
       self.close()
       raise
@@ -85,11 +85,11 @@ class _Helper:
 
   def close(self) -> None:
     if getattr(self, 'process', None) is not None:
-      try:
-        self.process.stdin.close()  # the helper's cue to exit
-        self.process.wait(5)
-      except (OSError, subprocess.TimeoutExpired):
-        self.process.kill()
+      # Whatever it still holds was given back or is not wanted: no need
+      # to let it finish.
+      self.process.kill()
+      self.process.wait()
+      self.process.stdin.close()
       self.process.stdout.close()
       self.process = None
     if getattr(self, 'memory', None) is not None:
@@ -115,6 +115,11 @@ def start_early(*warm) -> None:
     atexit.register(_close_early)
 
 
+def stop_early() -> None:
+  """Stops a helper start_early started that no run took."""
+  _close_early()
+
+
 def _close_early() -> None:
   global _early
   if _early is not None:
@@ -135,6 +140,8 @@ class DecoderProcess:
     self._process, self._memory = helper.process, helper.memory
     self._slots = {}  # slot -> the chunk it holds
     self._broken = False
+    self._poll = select.poll()
+    self._poll.register(self._process.stdout, select.POLLIN)
 
   @classmethod
   def start(cls, decoder) -> Optional['DecoderProcess']:
@@ -181,8 +188,7 @@ class DecoderProcess:
 
   def ready(self) -> list:
     done = []
-    while self._slots and not self._broken and select.select(
-        [self._process.stdout], [], [], 0)[0]:
+    while self._slots and not self._broken and self._poll.poll(0):
       done.append(self._receive())
     return [d for d in done if d is not None] + self._orphans()
 
@@ -208,7 +214,7 @@ class DecoderProcess:
       return None
     slot, status, head_size, buffers_size, seconds = _FRAME.unpack(frame)
     chunk = self._slots.pop(slot)
-    if status != _OK:
+    if status != _OK or head_size > OUT_BYTES:
       return chunk, None, 0.0
     base = slot * (IN_BYTES + OUT_BYTES) + IN_BYTES
     data, extents = pickle.loads(self._memory[base:base + head_size])
@@ -298,8 +304,11 @@ def _serve() -> None:
       logging.getLogger(__name__).warning('Decoding failed in the helper process',
                                           exc_info=True)
       status = _FAILED
-    os.write(replies, _FRAME.pack(slot, status, head_size or 0, 0,
-                                          time.perf_counter() - started))
+    try:
+      os.write(replies, _FRAME.pack(slot, status, head_size or 0, 0,
+                                    time.perf_counter() - started))
+    except OSError:
+      return  # the worker is gone
 
 
 def _write_result(memory, base, data, buffers) -> Optional[int]:
@@ -309,6 +318,8 @@ def _write_result(memory, base, data, buffers) -> Optional[int]:
   extents, position = [], 0
   raws = [b.raw() for b in buffers]
   head_room = len(data) + 64 + 32 * len(raws)
+  if head_room > OUT_BYTES:
+    return None
   position = head_room
   for raw in raws:
     if position + raw.nbytes > OUT_BYTES:
