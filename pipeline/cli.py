@@ -166,6 +166,9 @@ def run(config, staging, all_units) -> dict:
   except workers.WorkerDied as e:
     raise PipelineFailed(str(e)) from (e.__cause__ or e)
   except Exception as e:  # pylint: disable=broad-except
+    interrupt = _interrupt_in(e)
+    if interrupt is not None:
+      raise interrupt from e
     raise PipelineFailed(last_line(e)) from e
   ended = time.time()
   if state not in (None, PipelineState.DONE):
@@ -356,6 +359,23 @@ def _exit_now(status: int) -> None:
     except (OSError, ValueError):
       pass
   os._exit(status)
+
+
+def _interrupt_in(error: BaseException):
+  """The Ctrl-C or SIGTERM that made a step fail, or None: the signal raises
+  in the main thread, which runs the steps of a local run, and Beam reports
+  it as the step's failure (RuntimeError: KeyboardInterrupt [while running
+  'Decode'])."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, KeyboardInterrupt):
+      return type(error)()
+    for kind in (_Terminated, KeyboardInterrupt):
+      if str(error).startswith(kind.__name__):
+        return kind()
+    error = error.__cause__ or error.__context__
+  return None
 
 
 class _Terminated(KeyboardInterrupt):

@@ -151,3 +151,21 @@ def test_a_worker_process_that_dies_is_one_line_and_keeps_the_previous_result(
                  'runs out: fewer --direct_num_workers or a smaller --max_batch_size need '
                  f'less); the previous result in {out} is left as it was', out, previous)
   assert not any(_alive(pid) for pid in started)  # the other worker is stopped too
+
+
+def test_an_interrupt_that_beam_reports_as_a_step_failure_is_an_interrupt():
+  """Ctrl-C (or SIGTERM) raises in the main thread, which runs a local run's
+  steps: Beam reports it as the step's failure, which must end as an
+  interrupt (exit 130 or 143, one line), not as a failed pipeline."""
+  from tf_batch_predict.pipeline.cli import _Terminated, _interrupt_in
+  wrapped = RuntimeError("KeyboardInterrupt [while running 'Decode']")
+  assert type(_interrupt_in(wrapped)) is KeyboardInterrupt
+  assert type(_interrupt_in(RuntimeError("_Terminated [while running 'Score']"))) is _Terminated
+  try:
+    try:
+      raise _Terminated()
+    except _Terminated as cause:
+      raise ValueError('a step failed') from cause
+  except ValueError as chained:
+    assert type(_interrupt_in(chained)) is _Terminated
+  assert _interrupt_in(RuntimeError("ValueError: bad [while running 'Decode']")) is None
