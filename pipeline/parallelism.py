@@ -10,7 +10,9 @@ from tf_batch_predict.pipeline.config import JobConfig
 from tf_batch_predict.pipeline.options import LOCAL_RUNNER
 from tf_batch_predict.transforms.read import units
 from tf_batch_predict.transforms.read.formats import SPLITTABLE_FORMATS
+from tf_batch_predict.transforms.read.input_json import STREAM_MIN_BYTES
 from tf_batch_predict.transforms.read.lines import DESIRED_RANGE_SIZE
+from tf_batch_predict.transforms.records import JSON
 
 # Beam's local runner with several workers (--direct_num_workers), Flink and
 # Spark deal the byte ranges of the input files out to their workers once, before
@@ -71,16 +73,19 @@ def parse_threads(config: JobConfig) -> Optional[int]:
 
 
 def decoding_helper(config: JobConfig, in_launcher: bool = False) -> bool:
-  """Whether the worker decodes lines (JSON Lines, CSV) with a helper
-  process beside it (transforms/read/decoder_process.py): where it is the
-  only worker of Beam's local runner. Elsewhere each core has a worker of
+  """Whether the worker decodes lines (JSON Lines, CSV, the instances of a
+  streamed request file) with a helper process beside it
+  (transforms/read/decoder_process.py): where it is the only worker of
+  Beam's local runner. Elsewhere each core has a worker of
   its own (Flink, Spark, several local workers; Dataflow's harness runs one
   per core). `in_launcher`: and that worker runs in the launcher's process
   (not a multi_processing worker)."""
   from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
   opts = config.options
   if not (opts.runner == LOCAL_RUNNER and local_workers(opts.beam_args) == 1
-          and any(config.files_by_format.get(kind) for kind in SPLITTABLE_FORMATS)):
+          and (any(config.files_by_format.get(kind) for kind in SPLITTABLE_FORMATS)
+               or any((m.size_in_bytes or 0) >= STREAM_MIN_BYTES
+                      for m in config.files_by_format.get(JSON, ())))):
     return False
   mode = PipelineOptions(list(opts.beam_args)).view_as(DirectOptions).direct_running_mode
   return not in_launcher or mode != 'multi_processing'
