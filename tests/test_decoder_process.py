@@ -94,6 +94,49 @@ def test_the_helpers_batches_are_the_workers_own():
   assert csv_batches[0].errors
 
 
+def test_the_helpers_batches_of_a_streamed_request_file_are_the_workers_own(tmp_path):
+  """A request file's streamed instances (records.Lines of the elements of
+  "instances") go to the helper as JSON Lines lines do."""
+  from apache_beam.io.filesystem import FileMetadata
+  from tf_batch_predict.transforms.read.input_json import ReadJsonRequests
+  valid = [line for line in HOSTILE if _strict_json(line)]
+  elements = [valid[i % len(valid)] if i % 7 == 0 else line
+              for i, line in enumerate(generated_lines(10000, 11))]
+  elements = [e for e in elements if _strict_json(e)]
+  body = b'{"signature_name": "serving_default",\n "instances": [\n' + b',\n'.join(
+      elements) + b'\n]}'
+  path = tmp_path / 'request.json'
+  path.write_bytes(body)
+  decoder = decoder_for(MIXED, key_field='id')
+  reader = ReadJsonRequests(decoder.signature, len(body) + 1)
+  reader.stream_min_bytes = 0
+  chunks = list(reader.process(FileMetadata(str(path), len(body))))
+  assert len(chunks) > 1 and all(isinstance(c.records, Lines) for c in chunks)
+  assert sum(len(c) for c in chunks) == len(elements)
+  helper = DecoderProcess.start(decoder)
+  try:
+    batches, by_helper = run_all(helper, decoder, chunks)
+  finally:
+    helper.close()
+  assert by_helper >= 1
+  for i, chunk in enumerate(chunks):
+    assert_same_batches(batches[i], decoder.decode(chunk))
+  assert any(b.errors for b in batches.values()) and any(b.fast_rows for b in batches.values())
+
+
+def _strict_json(line) -> bool:
+  """Whether a request file may hold it and still be streamed: JSON both the
+  definition and simdjson accept (not NaN, 1e400, a byte order mark, ...)."""
+  import simdjson
+  from tf_batch_predict.transforms.json_values import parse_json
+  try:
+    parse_json(line)
+    simdjson.Parser().parse(line)
+    return not line.startswith(b'\xef\xbb\xbf')
+  except ValueError:
+    return False
+
+
 def test_a_result_larger_than_its_slot_is_decoded_by_the_worker():
   """Control characters in a CSV passthrough cell are written \\u00XX: the
   carried texts are 6 times the cells, more than a slot holds; the chunk
