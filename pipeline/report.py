@@ -411,7 +411,10 @@ def _describe_value(value, field: FieldSample, text_cells: bool) -> None:
       _describe_value(item, field, text_cells)
     return
   field.values += 1
-  if isinstance(value, bool):
+  if isinstance(value, float):  # the commonest, first: numbers.Real is an ABC, slow to check
+    if len(field.numbers) < INPUT_VALUES_PER_FIELD:
+      field.numbers.append(float(value))
+  elif isinstance(value, bool):
     _count_text('true' if value else 'false', field)
   elif isinstance(value, numbers.Real):
     if len(field.numbers) < INPUT_VALUES_PER_FIELD:
