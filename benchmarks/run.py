@@ -601,11 +601,7 @@ def run_job(model, data, out, expect_errors=False):
   """(d): returns (the job's summary, seconds). The job's defaults: no
   batch size given. With `expect_errors`, exit status 3 (too many errors)
   is expected: the summary is checked instead."""
-  # Imports are excluded from every configuration's time, as in (c); the
-  # command's own import of TensorFlow (pipeline/quiet.py: without
-  # scikit-learn, about 57 MiB less resident) is what its peak memory holds.
-  from tf_batch_predict.pipeline import quiet
-  quiet.install()
+  # Imports are excluded from every configuration's time, as in (c).
   import tensorflow  # noqa: F401
   from tf_batch_predict.pipeline import cli, graph  # noqa: F401
   started = time.perf_counter()
@@ -685,7 +681,12 @@ def run_child(config, workload, model, data, out, batch=None) -> dict:
 def child(config, workload, model, data, out, batch):
   shutil.rmtree(out, ignore_errors=True)
   os.makedirs(out, exist_ok=True)
-  # Imports are excluded from every configuration's time.
+  # Imports are excluded from every configuration's time. The job's rows
+  # import TensorFlow as its command does (pipeline/quiet.py: without
+  # scikit-learn, about 57 MiB less resident), so their peak is the command's.
+  if config.startswith('d'):
+    from tf_batch_predict.pipeline import quiet
+    quiet.install()
   import tensorflow  # noqa: F401
   import orjson  # noqa: F401
   import pyarrow.compute  # noqa: F401

@@ -119,6 +119,9 @@ def _leaf_values(arr, spec) -> np.ndarray:
   if spec.dtype == 'string':
     return pc.cast(arr, pa.binary()).to_numpy(zero_copy_only=False)
   if np.dtype(spec.dtype).kind == 'f':
+    if arr.type == pa.from_numpy_dtype(np.dtype(spec.dtype)):
+      # The input's own type: through 64 bits and back is the identity.
+      return arr.to_numpy(zero_copy_only=False, writable=True)
     floats = pc.cast(arr, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
     with np.errstate(over='ignore'):  # as convert.convert_value
       return floats.astype(spec.dtype)
@@ -252,7 +255,7 @@ class ParquetFormat(InputFormat):
       keep &= ~batch.column(name).is_null().to_numpy(zero_copy_only=False)
     if not keep.any():
       return None
-    selected = batch.filter(pa.array(keep))
+    selected = batch if keep.all() else batch.filter(pa.array(keep))
     try:
       feeds = {s.name: column_array(selected.column(s.name), s) for s in decoder.inputs}
     except _Mismatch:
