@@ -166,7 +166,7 @@ def _extract(parser, line, extractors, carriers, decoder):
       if decoder.single is not None and names == {'b64'} and decoder.single.dtype == 'string':
         raise _Defer
       get = doc.get
-      nested = line.count(b'[') != extractors.brackets
+      nested = _brackets_other_than(line, extractors.brackets)
       row_values = [extract(get(spec.name), nested) for spec, extract, _ in extractors]
       # Scalar float inputs, the many narrow fields of tabular data, at once:
       # each a JSON number (int or float), never a bool, string or null.
@@ -175,7 +175,7 @@ def _extract(parser, line, extractors, carriers, decoder):
         raise _Defer
       row_texts = [carry(get(field), line) for field, carry in carriers]
     elif decoder.single is not None and not carriers:
-      nested = line.count(b'[') != extractors.brackets
+      nested = _brackets_other_than(line, extractors.brackets)
       if extractors.scalar_floats:
         if type(doc) not in _NUMBER_TYPES:  # pylint: disable=unidiomatic-typecheck
           raise _Defer
@@ -318,8 +318,11 @@ def _input_extractor(spec):
         raise _Defer
       _check_nesting(value, shape, nested)
       return flat
-    return spec, extract, lambda column: _to_float(
-        np.concatenate(column).reshape((len(column),) + shape), dtype)
+    def finish(column):
+      with np.errstate(over='ignore'):  # as convert.convert_value: astype's cast, in one pass
+        return np.concatenate(column, dtype=dtype, casting='unsafe').reshape(
+            (len(column),) + shape)
+    return spec, extract, finish
 
   info = np.iinfo(dtype)
   if spec.shape == ():
@@ -362,6 +365,20 @@ def _no_nested_below(value, depth) -> None:
     return
   for item in value:
     _no_nested_below(item, depth - 1)
+
+
+def _brackets_other_than(line: bytes, expected: int) -> bool:
+  """Whether the line holds other than `expected` '[' bytes. Where few are
+  expected, by bytes.find (memchr) from one to the next: on a line of 784
+  numbers, 0.3 us against 1.3 us for bytes.count."""
+  if expected > 4:
+    return line.count(b'[') != expected
+  at = -1
+  for _ in range(expected):
+    at = line.find(b'[', at + 1)
+    if at < 0:
+      return True
+  return line.find(b'[', at + 1) >= 0
 
 
 def _to_float(values: np.ndarray, dtype) -> np.ndarray:
