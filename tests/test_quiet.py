@@ -161,3 +161,22 @@ def test_make_demo_is_quiet(tmp_path):
                         text=True, timeout=300)
   assert proc.returncode == 0
   assert any(TF_CHATTER.match(line) for line in proc.stderr.splitlines()), proc.stderr
+
+
+def test_tensorflow_imports_without_scikit_learn_which_imports_afterwards():
+  """Keras imports scikit-learn (and SciPy) wherever it is installed; the
+  command's import of TensorFlow leaves it out, and evaluate's import of it
+  works after."""
+  script = ('import sys\n'
+            'from tf_batch_predict.pipeline import quiet\n'
+            'quiet.install()\n'
+            'import tensorflow\n'
+            'fixes = sys.modules["keras.src.wrappers.fixes"]  # where Keras imports it\n'
+            'print("sklearn" in sys.modules, fixes.sklearn is None)\n'
+            'from sklearn import metrics\n'
+            'print(metrics.roc_auc_score([0, 1, 1], [0.1, 0.9, 0.4]))\n')
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  proc = subprocess.run([sys.executable, '-c', script], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.split() == ['False', 'True', '1.0']
