@@ -10,7 +10,7 @@ from tf_batch_predict.pipeline.config import JobConfig
 from tf_batch_predict.pipeline.options import LOCAL_RUNNER
 from tf_batch_predict.transforms.read import units
 from tf_batch_predict.transforms.read.formats import SPLITTABLE_FORMATS
-from tf_batch_predict.transforms.read.input_json import STREAM_MIN_BYTES
+from tf_batch_predict.transforms.read.input_json import REQUEST_FILE_INSTANCES, STREAM_MIN_BYTES
 from tf_batch_predict.transforms.read.lines import DESIRED_RANGE_SIZE
 from tf_batch_predict.transforms.records import JSON
 
@@ -82,9 +82,10 @@ def decoding_helper(config: JobConfig, in_launcher: bool = False) -> bool:
   (not a multi_processing worker)."""
   from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
   opts = config.options
+  streamed_max = REQUEST_FILE_INSTANCES * opts.max_instance_bytes  # larger: not read
   if not (opts.runner == LOCAL_RUNNER and local_workers(opts.beam_args) == 1
           and (any(config.files_by_format.get(kind) for kind in SPLITTABLE_FORMATS)
-               or any((m.size_in_bytes or 0) >= STREAM_MIN_BYTES
+               or any(STREAM_MIN_BYTES <= (m.size_in_bytes or 0) <= streamed_max
                       for m in config.files_by_format.get(JSON, ())))):
     return False
   mode = PipelineOptions(list(opts.beam_args)).view_as(DirectOptions).direct_running_mode

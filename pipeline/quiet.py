@@ -149,8 +149,11 @@ def _scikit_learn_hidden():
   SciPy, where they are installed (keras/src/wrappers/fixes.py, for its
   scikit-learn wrappers); this package installs them for `evaluate`.
   Hidden during that import, TensorFlow imports about 0.7 s faster (3.0 s
-  against 3.7 s on the 2-core development machine). No job uses Keras'
-  scikit-learn wrappers; `import sklearn` works as before afterwards."""
+  against 3.7 s on the 2-core development machine). `import sklearn` works
+  as before afterwards; Keras' scikit-learn wrappers stay unavailable in the
+  process, and no job uses them. While TensorFlow imports (seconds), another
+  thread's `import sklearn` would fail: nothing in this package imports both
+  at once (`evaluate` imports scikit-learn after the job)."""
   if 'sklearn' in sys.modules:
     yield
     return

@@ -40,17 +40,23 @@ def test_ranges_per_worker(model_dir, tmp_path):
 def test_decoding_helper_where_one_local_worker_decodes_lines(model_dir, tmp_path):
   """A helper process decodes beside a lone local worker where it has lines
   to decode: text files, and request files large enough to be streamed."""
-  from tf_batch_predict.transforms.read.input_json import STREAM_MIN_BYTES
+  from tf_batch_predict.transforms.read.input_json import REQUEST_FILE_INSTANCES, STREAM_MIN_BYTES
+  max_bytes = 1 << 20  # --max_instance_bytes: a request file above 64 of them is not read
   for name, size in [('a.jsonl', 10), ('b.csv', 10), ('big.json', STREAM_MIN_BYTES),
-                     ('small.json', STREAM_MIN_BYTES - 1), ('c.parquet', STREAM_MIN_BYTES)]:
+                     ('small.json', STREAM_MIN_BYTES - 1),
+                     ('huge.json', REQUEST_FILE_INSTANCES * max_bytes + 1),
+                     ('c.parquet', STREAM_MIN_BYTES)]:
     with open(tmp_path / name, 'wb') as f:
       f.truncate(size)
   for name, helper in [('a.jsonl', True), ('b.csv', True), ('big.json', True),
-                       ('small.json', False), ('c.parquet', False)]:
+                       ('small.json', False), ('huge.json', False), ('c.parquet', False)]:
     pattern = str(tmp_path / name)
-    assert parallelism.decoding_helper(_config(model_dir, pattern)) is helper, name
-    assert parallelism.decoding_helper(_config(model_dir, pattern, '--direct_num_workers=2')) is False
-    assert parallelism.decoding_helper(_config(model_dir, pattern), in_launcher=True) is helper
-    multi = _config(model_dir, pattern, '--direct_running_mode=multi_processing')
+
+    def config(*args):
+      return _config(model_dir, pattern, f'--max_instance_bytes={max_bytes}', *args)
+    assert parallelism.decoding_helper(config()) is helper, name
+    assert parallelism.decoding_helper(config('--direct_num_workers=2')) is False
+    assert parallelism.decoding_helper(config(), in_launcher=True) is helper
+    multi = config('--direct_running_mode=multi_processing')
     assert parallelism.decoding_helper(multi) is helper  # in the worker process
     assert parallelism.decoding_helper(multi, in_launcher=True) is False

@@ -120,6 +120,7 @@ def test_the_helpers_batches_of_a_streamed_request_file_are_the_workers_own(tmp_
     helper.close()
   assert by_helper >= 1
   for i, chunk in enumerate(chunks):
+    assert batches[i].chunk is chunk
     assert_same_batches(batches[i], decoder.decode(chunk))
   assert any(b.errors for b in batches.values()) and any(b.fast_rows for b in batches.values())
 

@@ -120,7 +120,9 @@ def _leaf_values(arr, spec) -> np.ndarray:
     return pc.cast(arr, pa.binary()).to_numpy(zero_copy_only=False)
   if np.dtype(spec.dtype).kind == 'f':
     if arr.type == pa.from_numpy_dtype(np.dtype(spec.dtype)):
-      # The input's own type: through 64 bits and back is the identity.
+      # The input's own type: the values that going through 64 bits and back
+      # gives (a signalling NaN is left as it is rather than quieted: NaN
+      # either way), without the two copies.
       return arr.to_numpy(zero_copy_only=False, writable=True)
     floats = pc.cast(arr, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
     with np.errstate(over='ignore'):  # as convert.convert_value
