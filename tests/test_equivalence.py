@@ -393,6 +393,29 @@ def test_parquet_fast_path_is_the_definition(batch):
   assert len(fast) + len(fast.errors) == batch.num_rows
 
 
+def test_parquet_float_columns_of_the_inputs_type_keep_the_definitions_bits():
+  """A float32 column for a float32 input is read as it is, and a
+  signalling NaN quieted as the definition's float() quiets it: every bit
+  pattern gives the definition's bits."""
+  import pyarrow as pa
+  from tf_batch_predict.transforms import convert
+  from tf_batch_predict.transforms.model.savedmodel import TensorSpec
+  from tf_batch_predict.transforms.read.input_parquet import column_array
+  rng = np.random.default_rng(7)
+  bits = np.concatenate([rng.integers(0, 2 ** 32, 5000, dtype=np.uint64).astype(np.uint32),
+                         np.array([0x7f800001, 0xff800001, 0x7fbfffff, 0x7fc00000, 0x7f800000,
+                                   0x80000000, 1, 0x7f7fffff], np.uint32)])
+  for dtype, column in (('float32', pa.array(bits.view(np.float32))),
+                        ('float64', pa.array(bits.view(np.float32).astype(np.float64))),
+                        ('float16', pa.array(bits[:2000].astype(np.uint16).view(np.float16)))):
+    spec = TensorSpec('x', dtype, ())
+    got = column_array(column, spec)
+    with np.errstate(over='ignore', invalid='ignore'):
+      expected = np.array([convert.convert_value(v, spec) for v in column.to_pylist()], dtype)
+    assert got.dtype == expected.dtype
+    assert got.tobytes() == expected.tobytes(), dtype
+
+
 FEATURE_VALUES = st.one_of(
     st.lists(st.floats(width=32), max_size=3).map(lambda v: ('float', v)),
     st.lists(st.integers(-2 ** 63, 2 ** 63 - 1), max_size=3).map(lambda v: ('int64', v)),

@@ -121,9 +121,15 @@ def _leaf_values(arr, spec) -> np.ndarray:
   if np.dtype(spec.dtype).kind == 'f':
     if arr.type == pa.from_numpy_dtype(np.dtype(spec.dtype)):
       # The input's own type: the values that going through 64 bits and back
-      # gives (a signalling NaN is left as it is rather than quieted: NaN
-      # either way), without the two copies.
-      return arr.to_numpy(zero_copy_only=False, writable=True)
+      # gives, without the two copies. That round trip quiets a float32
+      # signalling NaN (the definition's float() does too): so does `+ 0`.
+      values = arr.to_numpy(zero_copy_only=False, writable=True)
+      if values.dtype == np.float32:
+        nan = np.isnan(values)
+        if nan.any():
+          with np.errstate(invalid='ignore'):
+            values[nan] = values[nan] + np.float32(0)
+      return values
     floats = pc.cast(arr, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
     with np.errstate(over='ignore'):  # as convert.convert_value
       return floats.astype(spec.dtype)
