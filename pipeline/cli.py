@@ -439,9 +439,10 @@ def _batch_predict(argv: list) -> int:
     decoder_process.stop_early()  # one started for a run that stopped before its pipeline
 
 
-def check_model(config) -> tuple:
+def check_model(config, keep: bool = False) -> tuple:
   """Proves the signature callable (transforms/model/score.py `check_model`)
-  unless --skip_model_check; raises ConfigError. Returns (config, notes):
+  unless --skip_model_check; raises ConfigError. With `keep`, the loaded
+  signature is kept for a worker of this process. Returns (config, notes):
   the config with the loader the workers use, and what to log once the run
   goes ahead, as (level, message): a run that stops says one line only."""
   from tf_batch_predict.pipeline.options import ConfigError
@@ -461,7 +462,7 @@ def check_model(config) -> tuple:
   if config.options.skip_model_check:
     return config, notes
   try:
-    seconds, warning, model = load_and_call(config.model)
+    seconds, warning, model = load_and_call(config.model, keep=keep)
   except ModelError as e:
     raise ConfigError(str(e)) from None
   config = dataclasses.replace(config, model=model)  # the loader the workers use
@@ -472,11 +473,20 @@ def check_model(config) -> tuple:
   return config, notes
 
 
+def _release_checked_model() -> None:
+  """Closes the model the check kept where no worker took it (a run that
+  stopped first). The module is looked up, not imported: without a check
+  it is not loaded, and importing it costs TensorFlow's import."""
+  score = sys.modules.get('tf_batch_predict.transforms.model.score')
+  if score is not None:
+    score.release_checked()
+
+
 def _run(options, lock) -> int:
   from tf_batch_predict.pipeline import config as job_config
   from tf_batch_predict.pipeline import summary
   from tf_batch_predict.pipeline.options import ConfigError
-  from tf_batch_predict.pipeline.parallelism import decoding_helper
+  from tf_batch_predict.pipeline.parallelism import decoding_helper, workers_in_launcher
   from tf_batch_predict.transforms.read import decoder_process
   from tf_batch_predict.transforms.read.decode import InstanceDecoder
   try:
@@ -486,7 +496,8 @@ def _run(options, lock) -> int:
     config = job_config.resolve(options)
     if not message and decoding_helper(config, in_launcher=True):
       decoder_process.start_early(InstanceDecoder)  # its imports overlap the model check
-    config, notes = check_model(config)
+    # A worker in this process takes the model the check loaded.
+    config, notes = check_model(config, keep=not message and workers_in_launcher(config))
   except (ConfigError, OSError) as e:
     error(e)
     return EXIT_CONFIG_ERROR
@@ -507,7 +518,10 @@ def _run(options, lock) -> int:
     print(build_template(config, message))
     return EXIT_OK
   try:
-    status, job_summary = run_and_promote(config, lock.run_id)
+    try:
+      status, job_summary = run_and_promote(config, lock.run_id)
+    finally:
+      _release_checked_model()
   except PipelineFailed as e:
     if debug():
       traceback.print_exception(e.__cause__ or e)

@@ -92,6 +92,15 @@ def decoding_helper(config: JobConfig, in_launcher: bool = False) -> bool:
   return not in_launcher or mode != 'multi_processing'
 
 
+def workers_in_launcher(config: JobConfig) -> bool:
+  """Whether the job's workers run in the launcher's process (Beam's local
+  runner in memory or in threads), loading the model there themselves."""
+  from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+  opts = config.options
+  mode = PipelineOptions(list(opts.beam_args)).view_as(DirectOptions).direct_running_mode
+  return opts.runner == LOCAL_RUNNER and mode != 'multi_processing' and not opts.share_model
+
+
 def local_workers(beam_args) -> int:
   """How many workers Beam's local runner runs the job with (1 unless
   --direct_num_workers says otherwise; 0 means one per core, as in Beam)."""

@@ -60,3 +60,18 @@ def test_decoding_helper_where_one_local_worker_decodes_lines(model_dir, tmp_pat
     multi = config('--direct_running_mode=multi_processing')
     assert parallelism.decoding_helper(multi) is helper  # in the worker process
     assert parallelism.decoding_helper(multi, in_launcher=True) is False
+
+
+def test_workers_in_the_launchers_process(model_dir, tmp_path):
+  """Where the local runner's workers run in the launcher's process, they
+  take the model the launcher's check loaded (transforms/model/score.py)."""
+  pattern = str(tmp_path / 'a.jsonl')
+  with open(pattern, 'w') as f:
+    f.write('[1.0, 2.0]\n')
+  assert parallelism.workers_in_launcher(_config(model_dir, pattern)) is True
+  assert parallelism.workers_in_launcher(_config(
+      model_dir, pattern, '--direct_running_mode=multi_threading', '--direct_num_workers=2'))
+  assert parallelism.workers_in_launcher(_config(
+      model_dir, pattern, '--direct_running_mode=multi_processing')) is False
+  assert parallelism.workers_in_launcher(_config(
+      model_dir, pattern, '--share_model_across_processes')) is False

@@ -361,6 +361,34 @@ def test_launch_check_feeds_examples_built_from_the_parsing_spec(model_dir):
     assert warning is None and seconds > 0 and checked.loader == 'session'
 
 
+def test_a_worker_in_the_launchers_process_takes_the_checked_model(model_dir):
+  """check_model(keep=True) hands its loaded signature to the first worker
+  load of the same model in this process (after a pickling round trip, as
+  Beam carries the handler); any other load loads its own, and both score
+  the same."""
+  import pickle
+  from tf_batch_predict.transforms.model.savedmodel import inspect_model
+  from tf_batch_predict.transforms.model.score import (SavedModelHandler, check_model,
+                                                       release_checked, sample_feeds)
+  ref = inspect_model(str(model_dir / 'estimator'), ('serve',), 'regression')
+  _, _, checked = check_model(ref, keep=True)
+  first = SavedModelHandler(pickle.loads(pickle.dumps(checked)), 16).load_model()
+  second = SavedModelHandler(checked, 16).load_model()
+  assert first.from_check and not second.from_check
+  feeds = dict(zip([i.name for i in ref.signature.inputs], sample_feeds(ref.signature)))
+  a, b = first.predict(feeds), second.predict(feeds)
+  assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+  # Kept for one model only: another signature's load loads its own, and
+  # what no worker took is released.
+  _, _, checked = check_model(ref, keep=True)
+  other = inspect_model(str(model_dir / 'estimator'), ('serve',), 'classification')
+  assert not SavedModelHandler(other, 16).load_model().from_check
+  release_checked()
+  assert not SavedModelHandler(checked, 16).load_model().from_check
+  check_model(ref)  # without keep: nothing is kept
+  assert not SavedModelHandler(checked, 16).load_model().from_check
+
+
 def test_single_example_export_with_unbatched_outputs(tmp_path, signature_of):
   """A TF2 export of a single-example function: input [1, 2], outputs a
   scalar, a [2] vector, a [None] vector of one or two values (no batch

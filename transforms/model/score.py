@@ -23,7 +23,9 @@ of N rows, the last padded by repeating its last row (the padding's outputs
 are dropped), and an instance of a failing call is tried alone, padded to N.
 
 `check_model` is the launcher's proof that the signature can run at all: it
-loads it as the workers do and calls it once on a sample batch.
+loads it as the workers do and calls it once on a sample batch. Where the
+worker runs in the launcher's process (Beam's local runner, in memory), the
+worker takes the signature the check loaded instead of loading it again.
 """
 import dataclasses
 import logging
@@ -67,7 +69,9 @@ class LoadedSignature:
   whole batch, isolation included, is one call.
   """
   def __init__(self, model: ModelRef):
-    self._fn = load_signature_function(model)
+    checked = take_checked(model)
+    self.from_check = checked is not None  # the launcher's check loaded it
+    self._fn = checked or load_signature_function(model)
     self._signature = model.signature
     self._fixed_batch = model.signature.fixed_batch
     self._first_use = True
@@ -331,7 +335,7 @@ def sample_feeds(signature) -> list:
   return arrays
 
 
-def check_model(model: ModelRef) -> tuple:
+def check_model(model: ModelRef, keep: bool = False) -> tuple:
   """Loads the signature as the workers do and calls it once on
   `sample_feeds`, so that a model that cannot run stops the job before it
   starts instead of failing every batch. Raises ModelError (one line).
@@ -340,6 +344,10 @@ def check_model(model: ModelRef) -> tuple:
   signature and `tf.saved_model.load`'s function can (a Keras 3 model saved
   with `tf.saved_model.save`: its variables are restored only through the
   object graph), the workers are told to load it that way.
+
+  With `keep`, the signature that passed is kept for the first worker of
+  this process to load it (take_checked): where the worker runs in this
+  process, it is not loaded twice.
 
   Returns (seconds, warning or None, the ModelRef the workers load):
   InvalidArgumentError on the sample is only a warning, since
@@ -352,12 +360,14 @@ def check_model(model: ModelRef) -> tuple:
   except Exception as e:  # pylint: disable=broad-except
     raise ModelError(f'--model: cannot load {model.path}: {one_line(e)}') from None
   warning, error = _sample_call(model, fn)
+  passed = fn
   if error is not None and fn.how == SessionSignature.how:
     try:
       eager = EagerSignature(model)
     except Exception:  # pylint: disable=broad-except  (the Session's error says why)
       eager = None
     eager_warning, eager_error = _sample_call(model, eager) if eager else (None, error)
+    passed = eager
     if eager_error is None:
       _LOG.warning('Signature %s of %s fails in a graph session (%s); it runs through '
                    'tf.saved_model.load, which the workers use instead',
@@ -366,18 +376,64 @@ def check_model(model: ModelRef) -> tuple:
   if fn.how == EagerSignature.how:  # only tf.saved_model.load loads it
     model = dataclasses.replace(model, loader='eager')
   if error is not None:
+    _close(fn)
+    if passed is not fn:
+      _close(passed)
     if isinstance(error, OutputRowsError):
       raise ModelError(f'--model: signature {model.signature.name!r} of {model.path}: '
                        f'{error}; leave it out with --output_fields')
     raise ModelError(f'--model: signature {model.signature.name!r} of {model.path} '
                      f'fails on a sample batch: {one_line(error)}')
+  if passed is not fn:
+    _close(fn)
+  if keep:
+    _keep_checked(model, passed)
+  else:
+    _close(passed)
   return time.time() - started, warning, model
+
+
+# The signature check_model loaded, kept for this process's worker:
+# (ModelRef, loaded signature) or None.
+_checked = None
+_checked_lock = threading.Lock()
+
+
+def _keep_checked(model: ModelRef, fn) -> None:
+  global _checked
+  with _checked_lock:
+    if _checked is not None:
+      _close(_checked[1])
+    _checked = (model, fn)
+
+
+def take_checked(model: ModelRef):
+  """The signature check_model kept for `model` (once), or None."""
+  global _checked
+  with _checked_lock:
+    if _checked is None or _checked[0] != model:
+      return None
+    fn, _checked = _checked[1], None
+    return fn
+
+
+def release_checked() -> None:
+  """Closes a signature check_model kept that no worker took."""
+  global _checked
+  with _checked_lock:
+    if _checked is not None:
+      _close(_checked[1])
+      _checked = None
+
+
+def _close(fn) -> None:
+  if fn is not None and hasattr(fn, 'close'):
+    fn.close()
 
 
 def _sample_call(model: ModelRef, fn) -> tuple:
   """(warning, error), either or both None, of one call of a loaded
-  signature on `sample_feeds`; closes a Session (the workers load their
-  own copy)."""
+  signature on `sample_feeds`."""
   import tensorflow as tf
   try:
     arrays = sample_feeds(model.signature)
@@ -388,9 +444,6 @@ def _sample_call(model: ModelRef, fn) -> tuple:
             'as real instances may pass'), None
   except Exception as e:  # pylint: disable=broad-except
     return None, e
-  finally:
-    if hasattr(fn, 'close'):
-      fn.close()
   return None, None
 
 
@@ -500,9 +553,14 @@ class SavedModelHandler(ModelHandler[InstanceBatch, ScoredBatch, LoadedSignature
   def load_model(self) -> LoadedSignature:
     started = time.time()
     loaded = LoadedSignature(self._model)
-    _LOG.info('Loaded SavedModel %s (signature %s, %s) in %.1f s in process %d',
-              self._model.path, self._model.signature.name, loaded.how(),
-              time.time() - started, os.getpid())
+    if loaded.from_check:
+      _LOG.info('Loaded SavedModel %s (signature %s, %s) in process %d by the model check; '
+                'the worker uses it', self._model.path, self._model.signature.name,
+                loaded.how(), os.getpid())
+    else:
+      _LOG.info('Loaded SavedModel %s (signature %s, %s) in %.1f s in process %d',
+                self._model.path, self._model.signature.name, loaded.how(),
+                time.time() - started, os.getpid())
     return loaded
 
   def run_inference(self, batch, model: LoadedSignature, inference_args=None):
