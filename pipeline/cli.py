@@ -560,7 +560,8 @@ def early_stop(failure: BaseException) -> str:
     if at >= 0:
       line = text[at + len(EARLY_STOP_MARK):].splitlines()[0].strip()
       # Runners add their own suffixes: Beam's ` [while running 'Format/...']`,
-      # a quoted message's closing quote.
+      # a quoted message's closing quote; the message ends at its period.
       line = re.sub(r"\s*\[while running .*$", '', line)
-      return 'stopped early: ' + re.sub(r"""(\\n|['"]\s*\]?)*$""", '', line).strip()
+      line = re.sub(r"""(\\n|['"]\s*\]?)*$""", '', line).strip()
+      return 'stopped early: ' + (line[:-1] if line.endswith('.') else line)
   return ''

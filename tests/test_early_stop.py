@@ -153,3 +153,28 @@ def test_misspelt_key_stops_early_on_flink_and_spark(model_dir, big_input, tmp_p
   assert len(lines) == 1 and 'stopped early: the first ' in lines[0], lines
   assert "missing key field 'ID' (did you mean 'id'?); nothing was written" in lines[0]
   assert not (tmp_path / 'out' / 'summary.json').exists()
+
+
+def test_the_early_stop_line_keeps_a_reason_that_ends_in_a_quote():
+  """The line is found in what each runner reports: the message as raised,
+  with Beam's suffix, quoted inside a Java exception's text; a reason that
+  ends in a quote keeps it."""
+  from tf_batch_predict.transforms.write.format import EARLY_STOP_MARK
+  reason = "missing input field 'pixels'"
+  raised = (f'{EARLY_STOP_MARK} the first 16,384 instances a worker read all failed with the '
+            f'same schema error: {reason}.')
+  expected = ('stopped early: the first 16,384 instances a worker read all failed with the '
+              f'same schema error: {reason}')
+  for text in [raised, f"{raised} [while running 'Format/FormatRecords']",
+               f"java.lang.RuntimeException: Error received from SDK harness: 'EarlyStop: {raised}'",
+               f'RuntimeError: "{raised}"]\\n']:
+    assert cli.early_stop(RuntimeError(text)) == expected, text
+    # Also where the runner's exception wraps it.
+    try:
+      try:
+        raise ValueError(text)
+      except ValueError as inner:
+        raise RuntimeError('the pipeline failed') from inner
+    except RuntimeError as outer:
+      assert cli.early_stop(outer) == expected
+  assert cli.early_stop(RuntimeError('another failure')) == ''

@@ -257,8 +257,10 @@ class FormatRecords(beam.DoFn):
       self._alike = (category, message, count + 1)
     if self._alike and self._alike[2] >= self._early_stop_after:
       category, message, count = self._alike
+      # The closing period ends the message where a runner quotes it
+      # (pipeline/cli.py `early_stop`): the reason may end in a quote.
       raise EarlyStop(f'{EARLY_STOP_MARK} the first {count:,} instances a worker read all '
-                      f'failed with the same {category} error: {message}')
+                      f'failed with the same {category} error: {message}.')
 
   def finish_bundle(self):
     progress.flush()  # a local worker process's figures, for the launcher
