@@ -424,17 +424,20 @@ def _batch_predict(argv: list) -> int:
   storage.use_anonymous_credentials_for_emulator()
   from tf_batch_predict.pipeline import outputs
 
+  created = outputs.missing_folder(options.output)
   try:
     check_runner(options.runner)
     output = outputs.prepare(options.output)
   except ConfigError as e:
     error(e)
+    outputs.remove_if_empty(options.output, created)
     return EXIT_CONFIG_ERROR
   lock = outputs.OutputLock(output, outputs.new_run_id(), options.beam_args)
   try:
     return _run(options, lock)
   finally:
     lock.release()
+    outputs.remove_if_empty(output, created)  # where the run wrote nothing
     from tf_batch_predict.transforms.read import decoder_process
     decoder_process.stop_early()  # one started for a run that stopped before its pipeline
 

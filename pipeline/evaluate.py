@@ -1719,6 +1719,11 @@ def _parser():
   return parser
 
 
+# What evaluate writes into --output (the join's own files go to a hidden
+# folder there, which the join checks itself).
+EVALUATE_FILES = ('metrics.json', 'report.html')
+
+
 def main(argv=None) -> int:
   from tf_batch_predict.pipeline.options import ConfigError
   argv = sys.argv[1:] if argv is None else list(argv)
@@ -1733,9 +1738,17 @@ def main(argv=None) -> int:
     return e.code if isinstance(e.code, int) else EXIT_OK
   join_dir, join_summary = None, None
   try:
-    from tf_batch_predict.pipeline.outputs import check_output_name
+    from tf_batch_predict.pipeline.outputs import check_output_name, check_outside_inputs
+    from tf_batch_predict.transforms.file_patterns import is_local
+
+    def _absolute(path):
+      return os.path.abspath(path) if is_local(path) else path
     from tf_batch_predict.transforms.rejoin.read_outputs import output_files
     check_output_name(args.output)  # Beam's delete and rename would match it as a pattern
+    # A re-run would read this run's metrics.json or report.html as rows.
+    for flag, patterns in (('--labels', args.labels), ('--joined', args.joined)):
+      check_outside_inputs([_absolute(p) for p in patterns or ()], _absolute(args.output),
+                           EVALUATE_FILES, flag, run_files=False)
     found = output_files(args.output)
     if found['predictions'] or found['errors']:
       # Its report.html is the run's: writing ours there would replace it.

@@ -56,35 +56,38 @@ HEARTBEAT_S = 30.0  # the running job rewrites its lock this often
 STALE_AFTER_S = 600.0  # a lock without a heartbeat for this long is a killed run's
 
 
-def check_outside_inputs(patterns, output: str, shard_patterns=SHARD_PATTERNS) -> None:
-  """ConfigError where an input pattern matches a file that a run writes
-  into `output` (its shards of any format, summary, lock, staging folder):
-  a re-run would read the previous result as instances. Names are checked,
-  not files, so that the first run is refused too; inputs that share the
-  folder but not those names (`d/*.csv` with `--output=d`) are fine."""
+def check_outside_inputs(patterns, output: str, shard_patterns=SHARD_PATTERNS,
+                         flag: str = '--input', run_files: bool = True) -> None:
+  """ConfigError where an input pattern (of `flag`) matches a file that a
+  run writes into `output` (its shards of any format; with `run_files`, the
+  summary, lock and staging folder): a re-run would read the previous
+  result as instances. Names are checked, not files, so that the first run
+  is refused too; inputs that share the folder but not those names
+  (`d/*.csv` with `--output=d`) are fine."""
   from tf_batch_predict.transforms import file_patterns
   names = [p.replace('*', '00000', 1).replace('*', '00001') for p in shard_patterns]
-  names += [SUMMARY_NAME, LOCK_NAME]
-  names += [f'{STAGING_PREFIX}{new_run_id()}/{n}' for n in names[:1] + [SUMMARY_NAME]]
-  names.append(f'{STAGING_PREFIX}{new_run_id()}/{BEAM_TEMP_PREFIX}0/00000')
+  if run_files:
+    names += [SUMMARY_NAME, LOCK_NAME]
+    names += [f'{STAGING_PREFIX}{new_run_id()}/{n}' for n in names[:1] + [SUMMARY_NAME]]
+    names.append(f'{STAGING_PREFIX}{new_run_id()}/{BEAM_TEMP_PREFIX}0/00000')
   # A literal output folder: its wildcard characters are part of its name.
   written = [f'{output.rstrip("/")}/{name}' for name in names]
   for pattern in patterns:
     try:
       regex = file_patterns.compile_pattern(pattern)
     except file_patterns.PatternError as e:  # a reversed range such as [z-a]
-      raise ConfigError(f'--input: {e}') from None
+      raise ConfigError(f'{flag}: {e}') from None
     hit = next((path for path in written if regex.match(path)), None)
     if hit:
       raise ConfigError(
-          f'--input: {pattern} matches {hit}, where this command writes its output (--output '
+          f'{flag}: {pattern} matches {hit}, where this command writes its output (--output '
           f'{output}); a re-run would read that output as input: give an --output that '
           'the input patterns do not match')
   if is_local(output):  # the same folders through a link (--output=link-to-input-folder)
     real = [_real_pattern(p) for p in patterns if is_local(p)]
     real_output = os.path.realpath(output)
     if real_output != output.rstrip('/') or real != [p for p in patterns if is_local(p)]:
-      check_outside_inputs(real, real_output, shard_patterns)
+      check_outside_inputs(real, real_output, shard_patterns, flag, run_files)
 
 
 def _real_pattern(pattern: str) -> str:
@@ -121,6 +124,37 @@ def check_output_name(output: str) -> None:
   if not file_patterns.encodable(output):  # Beam's pipeline protos hold UTF-8 text only
     raise ConfigError(f'--output: {file_patterns.printable(output)} is not valid UTF-8, '
                       'which Beam cannot write to; give a folder whose name is')
+
+
+def missing_folder(output: str) -> Optional[str]:
+  """The topmost folder of a local `output` that does not exist yet (the
+  one prepare() creates, with those under it), else None."""
+  if not is_local(output):
+    return None
+  missing, folder = None, os.path.abspath(output)
+  while not os.path.lexists(folder):
+    missing, parent = folder, os.path.dirname(folder)
+    if parent == folder:
+      break
+    folder = parent
+  return missing
+
+
+def remove_if_empty(output: str, created: Optional[str]) -> None:
+  """Removes the folders a run created for `output` (down from `created`,
+  missing_folder's) where the run left nothing in them: a configuration
+  mistake leaves no empty output folder behind."""
+  if created is None:
+    return
+  folder = os.path.abspath(output)
+  while True:
+    try:
+      os.rmdir(folder)  # only an empty one
+    except OSError:
+      return
+    if folder == created:
+      return
+    folder = os.path.dirname(folder)
 
 
 def prepare(output: str) -> str:
@@ -170,6 +204,9 @@ class _LocalLockFile:
     # run killed at any moment never leaves an empty lock, which others
     # would have to wait out as possibly being written.
     temporary = f'{self.path}.{uuid.uuid4().hex}'
+    # Another run that created the folder and stopped on a mistake removes
+    # it while empty (remove_if_empty): it is made again.
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
     with open(temporary, 'wb') as f:
       f.write(data)
     try:

@@ -19,12 +19,35 @@ def instances(tmp_path):
 
 
 def config_error(capsys, tmp_path, *args):
+  existed = os.path.lexists(tmp_path / 'out')
   rc = cli.main([*args, f'--output={tmp_path / "out"}'])
   err = capsys.readouterr().err.strip()
   assert rc == cli.EXIT_CONFIG_ERROR
   assert len(err.splitlines()) == 1 and 'Traceback' not in err
   assert not (tmp_path / 'out' / 'summary.json').exists()
+  if not existed:  # no empty output folder is left behind
+    assert not os.path.lexists(tmp_path / 'out')
   return err
+
+
+def test_a_mistake_leaves_no_output_folder_it_created(capsys, tmp_path, model_dir, instances):
+  """The folders a run created for --output are removed where it wrote
+  nothing in them; a folder that was there is kept, as is one a run wrote in."""
+  nested = tmp_path / 'new' / 'deeper' / 'out'
+  rc = cli.main([f'--model={tmp_path / "missing"}', f'--input={instances}', f'--output={nested}'])
+  assert rc == cli.EXIT_CONFIG_ERROR and not (tmp_path / 'new').exists()
+  (tmp_path / 'there').mkdir()
+  rc = cli.main([f'--model={tmp_path / "missing"}', f'--input={instances}',
+                 f'--output={tmp_path / "there" / "out"}'])
+  assert rc == cli.EXIT_CONFIG_ERROR and os.listdir(tmp_path / 'there') == []
+  # A run that stops early (every instance fails the same way) writes nothing either.
+  bad = write_lines(str(tmp_path / 'bad.jsonl'), [json.dumps({'y': [1.0]})] * 20)
+  rc = cli.main([f'--model={model_dir / "ragged"}', f'--input={bad}', f'--output={nested}',
+                 '--early_stop_after=10'])
+  assert rc == cli.EXIT_TOO_MANY_ERRORS and not (tmp_path / 'new').exists()
+  rc = cli.main([f'--model={model_dir / "ragged"}', f'--input={instances}', f'--output={nested}'])
+  assert rc == cli.EXIT_OK and (nested / 'summary.json').exists()
+  capsys.readouterr()
 
 
 @pytest.mark.parametrize('model, expected', [

@@ -851,3 +851,31 @@ def test_output_holding_a_runs_result_is_refused(demo_job, tmp_path, capsys):
   with open(os.path.join(output, 'report.html'), 'rb') as f:
     assert f.read() == before
   assert not os.path.exists(os.path.join(output, 'metrics.json'))
+
+
+def test_output_whose_files_the_labels_or_joined_patterns_match_is_refused(demo_job, tmp_path,
+                                                                             capsys):
+  """A re-run would read this run's metrics.json or report.html as rows:
+  refused before anything is read or written; patterns that share the
+  folder but not those names are fine."""
+  output, _, _ = demo_job
+  folder = tmp_path / 'data'
+  folder.mkdir()
+  for flag, extra in [('--joined', []), ('--labels', [f'--predictions={output}'])]:
+    rc = evaluate.main([f'{flag}={folder}/*.json*', *extra, '--label_field=label',
+                        '--prediction_field=churn_probability', f'--output={folder}'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert f'{flag}: {folder}/*.json* matches {folder}/metrics.json' in err[0], err
+    assert os.listdir(folder) == []
+  # Through a relative path and a link to the folder.
+  os.symlink(folder, tmp_path / 'link')
+  rc = evaluate.main([f'--joined={tmp_path / "link"}/*', '--label_field=label',
+                      '--prediction_field=churn_probability', f'--output={folder}'])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 2 and len(err) == 1 and 'where this command writes its output' in err[0], err
+  # The same folder with other names: the usual missing-file mistake, not this one.
+  rc = evaluate.main([f'--joined={folder}/*.csv', '--label_field=label',
+                      '--prediction_field=churn_probability', f'--output={folder}'])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 2 and 'no file matches' in err[0] and 'where this command writes' not in err[0]

@@ -361,7 +361,7 @@ def test_launch_check_feeds_examples_built_from_the_parsing_spec(model_dir):
     assert warning is None and seconds > 0 and checked.loader == 'session'
 
 
-def test_a_worker_in_the_launchers_process_takes_the_checked_model(model_dir):
+def test_a_worker_in_the_launchers_process_takes_the_checked_model(model_dir, serving_models):
   """check_model(keep=True) hands its loaded signature to the first worker
   load of the same model in this process (after a pickling round trip, as
   Beam carries the handler); any other load loads its own, and both score
@@ -387,6 +387,12 @@ def test_a_worker_in_the_launchers_process_takes_the_checked_model(model_dir):
   assert not SavedModelHandler(checked, 16).load_model().from_check
   check_model(ref)  # without keep: nothing is kept
   assert not SavedModelHandler(checked, 16).load_model().from_check
+  # A signature whose calls change the model's state (a counter variable)
+  # is not kept: the sample call has changed it.
+  counter = inspect_model(str(serving_models / 'functions'), ('serve',), 'counter')
+  _, _, checked = check_model(counter, keep=True)
+  loaded = SavedModelHandler(checked, 16).load_model()
+  assert not loaded.from_check and loaded._fn.changes_state == ['AssignAddVariableOp']
 
 
 def test_single_example_export_with_unbatched_outputs(tmp_path, signature_of):

@@ -504,6 +504,9 @@ class SessionSignature:
           options.fetch.append(info.name)
       with graph.as_default():
         _check_variables_restored(self._session, graph, list(options.fetch))
+      self.changes_state = state_changing_ops(
+          [op.node_def for op in _reached(graph, list(options.fetch))],
+          graph.as_graph_def().library)
       graph.finalize()
       # pylint: disable=protected-access  (the callable API behind
       # Session.make_callable; the public wrapper feeds through a dict and
@@ -555,6 +558,47 @@ class VariablesNotRestored(RuntimeError):
   """The TF1 loader left resource variables of the model unrestored."""
 
 
+# Stateful ops (by TensorFlow's op registry) that change nothing a later
+# call would see: variable and table reads, assertions, printing, the
+# per-call state of loops and tensor arrays, calls into functions (whose
+# bodies are looked at).
+_READ_ONLY_STATEFUL = frozenset((
+    'VarHandleOp', 'ReadVariableOp', 'VariableV2', 'Variable', 'VarIsInitializedOp',
+    'HashTable', 'HashTableV2', 'LookupTableFind', 'LookupTableFindV2', 'LookupTableSize',
+    'LookupTableSizeV2', 'Assert', 'Print', 'PrintV2', 'StatefulPartitionedCall',
+    'PartitionedCall', 'While', 'If', 'Case', 'StackV2', 'StackPushV2', 'StackPopV2',
+    'StackCloseV2', 'TensorArrayV3', 'TensorArrayReadV3', 'TensorArrayWriteV3',
+    'TensorArrayGatherV3', 'TensorArrayScatterV3', 'TensorArrayConcatV3', 'TensorArraySplitV3',
+    'TensorArraySizeV3', 'TensorArrayCloseV3', 'TensorArrayGradV3', 'Enter', 'Exit',
+    'NextIteration', 'Merge', 'Switch', 'LoopCond'))
+
+
+def state_changing_ops(node_defs, library) -> list:
+  """The types of the ops among `node_defs` (NodeDefs), and in the
+  functions of `library` (a FunctionDefLibrary) they call, that may change
+  what a later call of the model returns (a counter's AssignAdd, a random
+  op's state): stateful by TensorFlow's op registry and not known to be
+  read-only. An op the registry lacks counts."""
+  from tensorflow.python.framework import op_def_registry
+  functions = {f.signature.name: f for f in library.function}
+  found, seen, pending = set(), set(), [list(node_defs)]
+  while pending:
+    for node in pending.pop():
+      called = [a.func.name for a in node.attr.values() if a.HasField('func')]
+      called += [f.name for a in node.attr.values() if a.HasField('list') for f in a.list.func]
+      if node.op in functions:
+        called.append(node.op)
+      else:
+        op_def = op_def_registry.get(node.op)
+        if (op_def is None or op_def.is_stateful) and node.op not in _READ_ONLY_STATEFUL:
+          found.add(node.op)
+      for name in called:
+        if name in functions and name not in seen:
+          seen.add(name)
+          pending.append(list(functions[name].node_def))
+  return sorted(found)
+
+
 def _check_variables_restored(session, graph, fetches) -> None:
   """Raises VariablesNotRestored where a resource variable that the
   fetches depend on holds no value after the TF1 loader's restore: a
@@ -565,17 +609,7 @@ def _check_variables_restored(session, graph, fetches) -> None:
   Only the fetches' variables: such graphs may also hold unrestored copies
   that no signature uses (Keras 3's `model.export`)."""
   import tensorflow as tf
-  handles, seen = [], set()
-  pending = [graph.get_tensor_by_name(name).op for name in fetches]
-  while pending:
-    op = pending.pop()
-    if op.name in seen:
-      continue
-    seen.add(op.name)
-    if op.type == 'VarHandleOp':
-      handles.append(op.outputs[0])
-    pending.extend(t.op for t in op.inputs)
-    pending.extend(op.control_inputs)
+  handles = [op.outputs[0] for op in _reached(graph, fetches) if op.type == 'VarHandleOp']
   if not handles:
     return
   states = session.run([tf.raw_ops.VarIsInitializedOp(resource=h) for h in handles])
@@ -585,6 +619,22 @@ def _check_variables_restored(session, graph, fetches) -> None:
     raise VariablesNotRestored(
         f'{len(missing)} of {len(handles)} variables hold no value in a graph session '
         f'({", ".join(missing[:3])}{", ..." if len(missing) > 3 else ""})')
+
+
+def _reached(graph, fetches) -> list:
+  """The ops the fetches (tensor names) depend on, through inputs and
+  control inputs."""
+  reached, seen = [], set()
+  pending = [graph.get_tensor_by_name(name).op for name in fetches]
+  while pending:
+    op = pending.pop()
+    if op.name in seen:
+      continue
+    seen.add(op.name)
+    reached.append(op)
+    pending.extend(t.op for t in op.inputs)
+    pending.extend(op.control_inputs)
+  return reached
 
 
 _open_sessions = weakref.WeakSet()
@@ -613,6 +663,8 @@ class EagerSignature:
 
   def __init__(self, model: ModelRef):
     self._loaded, self._fn = load_signature(model)
+    graph_def = self._fn.graph.as_graph_def()
+    self.changes_state = state_changing_ops(graph_def.node, graph_def.library)
     self.input_names = [s.name for s in model.signature.inputs]
     self.output_names = [s.name for s in model.signature.outputs]
 

@@ -347,7 +347,8 @@ def check_model(model: ModelRef, keep: bool = False) -> tuple:
 
   With `keep`, the signature that passed is kept for the first worker of
   this process to load it (take_checked): where the worker runs in this
-  process, it is not loaded twice.
+  process, it is not loaded twice. Not where the signature's ops change
+  state that a later call sees (the sample call would have changed it).
 
   Returns (seconds, warning or None, the ModelRef the workers load):
   InvalidArgumentError on the sample is only a warning, since
@@ -386,7 +387,9 @@ def check_model(model: ModelRef, keep: bool = False) -> tuple:
                      f'fails on a sample batch: {one_line(error)}')
   if passed is not fn:
     _close(fn)
-  if keep:
+  # Not a model whose calls change its state (a counter, a random op): the
+  # workers' calls would not start where a fresh load starts.
+  if keep and not passed.changes_state:
     _keep_checked(model, passed)
   else:
     _close(passed)
