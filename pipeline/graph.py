@@ -4,11 +4,13 @@ import apache_beam as beam
 from tf_batch_predict.pipeline.config import JobConfig
 from tf_batch_predict.pipeline.parallelism import decoding_helper, parse_threads, work_units
 from tf_batch_predict.transforms.read.coalesce import CoalesceChunks
-from tf_batch_predict.transforms.read.decode import DecodeInstances, InstanceDecoder
+from tf_batch_predict.transforms.read.decode import InstanceDecoder
+from tf_batch_predict.transforms.read.decode_step import DecodeInstances
 from tf_batch_predict.transforms.write.format import FormatRecords
 from tf_batch_predict.transforms.read.formats import input_formats
 from tf_batch_predict.transforms.read.units import ReadInstances
 from tf_batch_predict.transforms.records import InstanceBatch, RawChunk, ScoredBatch
+import tf_batch_predict.transforms.record_coder  # noqa: F401  (registers the records' coder)
 from tf_batch_predict.transforms.model.score import ScoreBatches
 from tf_batch_predict.transforms.write.units import (UNITS_FOLDER, CollectUnits, FormatUnits,
                                                      UnitRecords, WriteUnits)

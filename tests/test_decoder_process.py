@@ -203,3 +203,26 @@ def alive(pid) -> bool:
       return not any(line.startswith('State:') and 'Z' in line.split()[1] for line in f)
   except FileNotFoundError:
     return False
+
+
+def test_the_helper_imports_neither_beam_nor_tensorflow(tmp_path):
+  """What the helper process imports to decode (its module, then the
+  decoder it is sent, pickled) holds no Beam and no TensorFlow: either
+  would cost its start about a second, while the worker decodes alone."""
+  import pickle
+  from tf_batch_predict.transforms.read.decoder_process import LINE_KINDS
+  from tf_batch_predict.transforms.read.decode import InstanceDecoder
+  decoder = decoder_for(MIXED, 'id').only(LINE_KINDS)
+  sent = tmp_path / 'decoder.pickle'
+  sent.write_bytes(pickle.dumps((InstanceDecoder,)) + pickle.dumps(decoder))
+  script = ('import pickle, sys\n'
+            'import tf_batch_predict.transforms.read.decoder_process\n'
+            f'with open({str(sent)!r}, "rb") as f:\n'
+            '  pickle.load(f)\n'
+            '  decoder = pickle.load(f)\n'
+            'print(sorted(decoder._formats), "apache_beam" in sys.modules, '
+            '"tensorflow" in sys.modules)\n')
+  process = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                           cwd=ROOT, timeout=60)
+  assert process.returncode == 0, process.stderr
+  assert process.stdout.split() == ["['csv',", "'json',", "'jsonl']", 'False', 'False']

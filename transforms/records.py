@@ -5,15 +5,9 @@ element: Beam costs about 15 us per element per step, more than decoding or
 scoring a small instance does.
 """
 import dataclasses
-import pickle
 from typing import Optional
 
-import apache_beam as beam
 import numpy as np
-
-# Workers unpickle these records, so importing the storage module here applies
-# its emulator setting in every worker process, whichever way it was started.
-import tf_batch_predict.transforms.storage  # noqa: F401  pylint: disable=unused-import
 
 # Namespace of the job's Beam metrics (counters read into the summary).
 METRICS_NAMESPACE = 'batch_predict'
@@ -262,7 +256,9 @@ class ScoredBatch:
   errors: list  # of InstanceError: decode and model errors together
 
 
-def _approximate_size(value) -> int:
+def approximate_size(value) -> int:
+  """A record's size in bytes, about, without pickling it (Beam samples
+  element sizes for its metrics)."""
   batch = getattr(value, 'batch', value)
   chunk = getattr(batch, 'chunk', batch)
   if chunk.kind == PARQUET:
@@ -272,27 +268,3 @@ def _approximate_size(value) -> int:
   if isinstance(chunk.records, Lines):
     return chunk.records.nbytes
   return sum(len(record) for record in chunk.records) + 16 * len(chunk)
-
-
-class RecordCoder(beam.coders.Coder):
-  """Pickles the job's records, but estimates their size without pickling.
-
-  Beam samples element sizes for its metrics with the coder; the default
-  pickle coder would serialize most multi-megabyte chunks just to measure
-  them.
-  """
-  def encode(self, value):
-    return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-
-  def decode(self, encoded):
-    return pickle.loads(encoded)
-
-  def estimate_size(self, value):
-    return _approximate_size(value)
-
-  def is_deterministic(self):
-    return False
-
-
-for _record_type in (RawChunk, InstanceBatch, ScoredBatch):
-  beam.coders.registry.register_coder(_record_type, RecordCoder)

@@ -14,24 +14,22 @@ very result the exact path would give, or leave it to the exact path; it
 never reports errors. So one odd row costs only itself, and a row's result
 never depends on its neighbours (tests/test_equivalence.py checks this on
 generated input).
+
+This module imports no Beam: the decoding helper process
+(decoder_process.py) runs the same decoder, and starts faster without it.
+The pipeline's step is decode_step.py.
 """
+import copy
 import dataclasses
 import logging
-import time
 from typing import Callable, Optional
 
-import apache_beam as beam
 import numpy as np
-from apache_beam.metrics import Metrics
-from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.windowed_value import WindowedValue
 
-from tf_batch_predict.transforms import progress
-from tf_batch_predict.transforms.read import decoder_process
 from tf_batch_predict.transforms import convert
 from tf_batch_predict.transforms.convert import carried_text, convert_value
 from tf_batch_predict.transforms.records import (FeedGroup, InstanceBatch, InstanceError,
-                                METRICS_NAMESPACE, PARSE, RawChunk, SCHEMA, TextColumn)
+                                PARSE, RawChunk, SCHEMA, TextColumn)
 from tf_batch_predict.transforms.model.savedmodel import SignatureSpec
 
 _LOG = logging.getLogger(__name__)
@@ -130,6 +128,13 @@ class InstanceDecoder:
 
   def format(self, kind) -> InputFormat:
     return self._formats[kind]
+
+  def only(self, kinds) -> 'InstanceDecoder':
+    """A copy that decodes chunks of these kinds only (pickled, it carries
+    only their formats' classes)."""
+    decoder = copy.copy(self)
+    decoder._formats = {k: f for k, f in self._formats.items() if k in kinds}  # pylint: disable=protected-access
+    return decoder
 
   def set_parse_threads(self, threads) -> None:
     """Threads its formats' parsers may use (JsonLinesFormat's)."""
@@ -277,78 +282,3 @@ def bytes_scalar(data: bytes) -> np.ndarray:
   arr = np.empty((), dtype=object)
   arr[()] = data
   return arr
-
-
-class DecodeInstances(beam.DoFn):
-  """RawChunk -> InstanceBatch; bad instances ride along as errors.
-
-  With `helper_process` (where the worker is alone on the machine), a
-  helper process decodes chunks of lines beside this thread
-  (decoder_process.py); their batches are given out as they finish, so
-  their order may differ from the chunks' (nothing downstream needs it)."""
-  def __init__(self, decoder: InstanceDecoder, helper_process: bool = False):
-    self._decoder = decoder
-    self._helper_process = helper_process
-    self._helper = None
-    self._read = Metrics.counter(METRICS_NAMESPACE, 'instances_read')
-    self._blank = Metrics.counter(METRICS_NAMESPACE, 'blank_lines')
-    # Time spent decoding, per chunk (summed over workers: summary.json
-    # `stages`, pipeline/summary.py).
-    self._time = Metrics.counter(METRICS_NAMESPACE, 'time_decode_us')
-
-  def setup(self):
-    if self._helper_process:
-      self._helper = decoder_process.DecoderProcess.start(self._decoder)
-
-  def start_bundle(self):
-    if self._helper is not None:
-      for _ in self._helper.drain():  # a failed bundle's: given out again by its retry
-        pass
-
-  def process(self, chunk: RawChunk):
-    if not (len(chunk) or chunk.file_errors or chunk.unit_ends):  # a unit's end is written
-      self._count(chunk)
-      return
-    if self._helper is None or not self._helper.submit(chunk):
-      yield self._decode(chunk)
-    if self._helper is not None:
-      for done in self._helper.ready():
-        yield self._finished(*done)
-
-  def finish_bundle(self):
-    if self._helper is not None:
-      for done in self._helper.drain():
-        # The job reads bounded files in the global window.
-        yield WindowedValue(self._finished(*done), GlobalWindow().max_timestamp(),
-                            [GlobalWindow()])
-    progress.flush()  # a local worker process's figures, for the launcher
-
-  def teardown(self):
-    if self._helper is not None:
-      self._helper.close()
-      self._helper = None
-
-  def _count(self, chunk: RawChunk) -> None:
-    self._read.inc(len(chunk))
-    self._blank.inc(chunk.blank_lines)
-    # The input bytes are counted with the instances as they are decoded,
-    # not where they are read: the runner (and the helper) may read far
-    # ahead of decoding.
-    progress.add_chunk(len(chunk), chunk.stored_bytes, chunk.skipped_bytes,
-                       len(chunk.file_errors))
-
-  def _decode(self, chunk: RawChunk) -> InstanceBatch:
-    started = time.perf_counter()
-    decoded = self._decoder.decode(chunk)
-    self._time.inc(int((time.perf_counter() - started) * 1e6))
-    self._count(chunk)
-    return decoded
-
-  def _finished(self, chunk: RawChunk, batch: Optional[InstanceBatch],
-                seconds: float) -> InstanceBatch:
-    """A chunk the helper had: its batch, or decoded here where it has none."""
-    if batch is None:
-      return self._decode(chunk)
-    self._time.inc(int(seconds * 1e6))
-    self._count(chunk)
-    return batch

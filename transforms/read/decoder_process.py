@@ -34,7 +34,7 @@ import sys
 import time
 from typing import Optional
 
-from tf_batch_predict.transforms.records import Lines, RawChunk
+from tf_batch_predict.transforms.records import CSV, JSON, JSONL, Lines, RawChunk
 
 _LOG = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ OUT_BYTES = 28 << 20
 SLOTS = 4
 # Smaller chunks (a range's tail, a small file) are decoded where they are.
 MIN_LINES = 64
+# The kinds of the chunks of lines it is handed (submit).
+LINE_KINDS = (JSONL, CSV, JSON)
 _FRAME = struct.Struct('<iiqqd')  # slot, status, size a, size b, seconds
 _OK, _FAILED, _TOO_BIG = 0, 1, 2
 
@@ -154,7 +156,9 @@ class DecoderProcess:
     try:
       if helper is None or helper.process.poll() is not None:
         helper = _Helper()
-      helper.send(decoder)
+      # The formats of lines only: those of Parquet and TFRecord would import
+      # Beam into the helper (about 1 s of its start).
+      helper.send(decoder.only(LINE_KINDS))
       return cls(helper)
     except OSError as e:
       _LOG.warning('No decoding helper process (%s); decoding in this process only', e)
@@ -169,7 +173,7 @@ class DecoderProcess:
   def submit(self, chunk: RawChunk) -> bool:
     """Hands the chunk over if the helper has room for it."""
     if (not self.usable or len(self._slots) >= SLOTS or len(chunk) < MIN_LINES
-        or not isinstance(chunk.records, Lines)):
+        or not isinstance(chunk.records, Lines) or chunk.kind not in LINE_KINDS):
       return False
     slot = next(s for s in range(SLOTS) if s not in self._slots)
     buffer, starts, ends = chunk.records._trimmed()  # pylint: disable=protected-access

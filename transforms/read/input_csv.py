@@ -25,7 +25,6 @@ import pyarrow.compute as pc
 
 from tf_batch_predict.transforms import convert
 from tf_batch_predict.transforms.read.decode import FastRows, Instance, InputFormat
-from tf_batch_predict.transforms.read.lines import read_line_range, sample_lines
 from tf_batch_predict.transforms.records import CSV
 
 _SPECIAL_FLOAT_TEXTS = pa.array(sorted(convert.SPECIAL_FLOATS))
@@ -58,10 +57,14 @@ class CsvFormat(InputFormat):
     self._max_instance_bytes = max_instance_bytes
 
   def read_unit(self, metadata, offsets):
+    # Imported here: lines.py reads through Beam, which the decoding helper
+    # process (decoder_process.py), decoding with this format, does not import.
+    from tf_batch_predict.transforms.read.lines import read_line_range
     return read_line_range(CSV, self._max_instance_bytes, read_header, metadata, offsets)
 
   def sample(self, metadata, quota, limits):
     """The first `quota` rows of a file, as `read` reads them (lines.py)."""
+    from tf_batch_predict.transforms.read.lines import sample_lines
     return sample_lines(metadata, CSV, quota, self._max_instance_bytes, limits,
                         header_reader=read_header)
 

@@ -72,7 +72,6 @@ from tf_batch_predict.transforms.read.input_jsonl import JsonLinesFormat, json_i
 from tf_batch_predict.transforms.read.json_structure import (CLOSE, COLON, COMMA, OPEN,
                                                              StructureScanner)
 from tf_batch_predict.transforms.json_values import _DECODER, JsonObject, _object, parse_json
-from tf_batch_predict.transforms.read.lines import BLOCK_SIZE, fault_reason, open_input
 from tf_batch_predict.transforms.read.sampling import FileSample, first_records, is_gzip
 from tf_batch_predict.transforms.records import JSON, Lines, RawChunk
 from tf_batch_predict.transforms.model.savedmodel import SignatureSpec
@@ -94,6 +93,14 @@ _IS_SPACE[[_SPACE, _TAB, _LF]] = True  # in an element's line: carriage returns 
 # A request file is read whole: at most this many times --max_instance_bytes.
 REQUEST_FILE_INSTANCES = 64
 _BODY_FIELDS = ('instances', 'inputs', 'examples')
+
+
+def _lines():
+  """lines.py, imported where first used: it reads through Beam, which the
+  decoding helper process (decoder_process.py), decoding with this format,
+  does not import."""
+  from tf_batch_predict.transforms.read import lines
+  return lines
 
 
 class RequestError(ValueError):
@@ -285,7 +292,7 @@ class ReadJsonRequests:
     if self.stream_min_bytes <= size <= self._max_bytes:
       layout = None
       try:
-        with open_input(path) as f:
+        with _lines().open_input(path) as f:
           layout = _instances_layout(f, self._signature, self._max_bytes)
       except Exception:  # pylint: disable=broad-except  (read whole below, which reports it)
         pass
@@ -299,11 +306,11 @@ class ReadJsonRequests:
           'it was not read')}, stored_bytes=size)
       return
     try:
-      with open_input(path) as f:
+      with _lines().open_input(path) as f:
         content = f.read(self._max_bytes + 1)
     except Exception as e:  # pylint: disable=broad-except
       yield RawChunk([(path, 0)], [], [], kind=JSON, file_errors=[
-          (path, f'reading failed: {fault_reason(e)}')], skipped_bytes=size)
+          (path, f'reading failed: {_lines().fault_reason(e)}')], skipped_bytes=size)
       return
     if len(content) > self._max_bytes:  # larger once decompressed
       yield RawChunk([(path, 0)], [None], [content[:8192]], kind=JSON, read_errors={0: (
@@ -334,13 +341,13 @@ class ReadJsonRequests:
   def _streamed(self, path, layout, size):
     done = 0  # instances handed on: a fault after them is a file error
     try:
-      with open_input(path) as f:
+      with _lines().open_input(path) as f:
         for chunk in _streamed_chunks(f, path, layout, size):
           done += len(chunk)
           yield chunk
     except Exception as e:  # pylint: disable=broad-except
       yield RawChunk([(path, 0)], [], [], kind=JSON, file_errors=[
-          (path, f'reading failed after {done} instances: {fault_reason(e)}')],
+          (path, f'reading failed after {done} instances: {_lines().fault_reason(e)}')],
                      skipped_bytes=size - size * done // layout.count)
 
 
@@ -603,7 +610,7 @@ def sample_request_file(metadata, quota: int, signature: SignatureSpec, job_limi
   read_limit = min(limits.request_whole_bytes, job_limit)
   content = b''
   try:
-    with open_input(path) as f:
+    with _lines().open_input(path) as f:
       content = f.read(read_limit + 1)
       if len(content) <= read_limit:
         decompressed = len(content)
@@ -615,7 +622,7 @@ def sample_request_file(metadata, quota: int, signature: SignatureSpec, job_limi
     if len(content) <= read_limit:  # the run's read fails as early: its own record
       return _sample_whole(metadata, quota, signature, job_limit, None)
     return FileSample(path, JSON, size, [RawChunk([(path, 0)], [], [], kind=JSON, file_errors=[
-        (path, f'reading failed: {fault_reason(e)}')])], count=0)
+        (path, f'reading failed: {_lines().fault_reason(e)}')])], count=0)
   if len(content) <= read_limit or (decompressed is not None and decompressed > job_limit):
     # Whole within the cap, or larger than the run reads (its error record,
     # read no further than its limit, here at most the cap).
@@ -634,7 +641,7 @@ def _read_on(f, done: int, limit: int, seconds: float) -> Optional[int]:
   while done <= limit:
     if time.monotonic() > deadline:
       return None
-    block = f.read(min(BLOCK_SIZE, limit + 1 - done))
+    block = f.read(min(_lines().BLOCK_SIZE, limit + 1 - done))
     if not block:
       break
     done += len(block)

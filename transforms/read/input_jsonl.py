@@ -28,7 +28,6 @@ import simdjson
 
 from tf_batch_predict.transforms.read.decode import FastRows, Instance, InputFormat
 from tf_batch_predict.transforms.json_values import parse_json
-from tf_batch_predict.transforms.read.lines import read_line_range, sample_lines
 from tf_batch_predict.transforms.records import JSONL, Lines, TextColumn
 
 
@@ -73,10 +72,14 @@ class JsonLinesFormat(InputFormat):
     self._columnar.threads = threads
 
   def read_unit(self, metadata, offsets):
+    # Imported here: lines.py reads through Beam, which the decoding helper
+    # process (decoder_process.py), decoding with this format, does not import.
+    from tf_batch_predict.transforms.read.lines import read_line_range
     return read_line_range(JSONL, self._max_instance_bytes, None, metadata, offsets)
 
   def sample(self, metadata, quota, limits):
     """The first `quota` lines of a file, as `read` reads them (lines.py)."""
+    from tf_batch_predict.transforms.read.lines import sample_lines
     return sample_lines(metadata, JSONL, quota, self._max_instance_bytes, limits)
 
   def instance(self, chunk, row) -> Instance:

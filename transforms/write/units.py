@@ -125,7 +125,7 @@ def _part(scored: ScoredBatch, first: int, end: int, first_error: int,
 
 
 class _UnitRecordsCoder(beam.coders.Coder):
-  """Pickles; estimates sizes without pickling (as records.RecordCoder)."""
+  """Pickles; estimates sizes without pickling (as record_coder.RecordCoder)."""
   def encode(self, value):
     return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
 
