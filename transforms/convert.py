@@ -381,19 +381,27 @@ def example_fields(serialized: bytes, names=None) -> dict:
   """Serialized Example -> {feature name: list of values (bytes for
   bytes_list)}, every feature or only those of `names` that it has. Raises
   ValueError when the record is not an Example."""
-  from google.protobuf.message import DecodeError  # pylint: disable=import-outside-toplevel
-  example = _example_pb2().Example()
+  global _Example, _DecodeError  # pylint: disable=global-statement
+  if _Example is None:  # imported on first use (TensorFlow's package), then kept: per record
+    from google.protobuf.message import DecodeError  # pylint: disable=import-outside-toplevel
+    _Example, _DecodeError = _example_pb2().Example, DecodeError
+  example = _Example()
   try:
     example.ParseFromString(serialized)
-  except DecodeError:
+  except _DecodeError:
     raise ValueError('the record is not a serialized tf.Example') from None
   features = example.features.feature
   fields = {}
-  for name in (features if names is None else [n for n in names if n in features]):
+  for name in (features if names is None else names):
+    if names is not None and name not in features:
+      continue
     feature = features[name]
     kind = feature.WhichOneof('kind')
     fields[name] = list(getattr(feature, kind).value) if kind else []
   return fields
+
+
+_Example = _DecodeError = None  # example_fields' classes, once imported
 
 
 # -- carried values ------------------------------------------------------------
