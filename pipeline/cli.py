@@ -54,10 +54,11 @@ def _pipeline_options(config):
   flags = list(config.options.beam_args)
   plugins = PipelineOptions(flags).view_as(SetupOptions).beam_plugins or []
   # Imported by each SDK worker at start: see pipeline/quiet.py (first, before
-  # anything imports TensorFlow) and transforms/storage.py.
+  # anything imports TensorFlow), transforms/storage.py and state_sampler.py.
   return PipelineOptions(flags, runner=config.options.runner,
                          beam_plugins=['tf_batch_predict.pipeline.quiet', *plugins,
-                                       'tf_batch_predict.transforms.storage'],
+                                       'tf_batch_predict.transforms.storage',
+                                       'tf_batch_predict.transforms.state_sampler'],
                          **_op_library_requirements(config, flags))
 
 

@@ -11,6 +11,7 @@ from tf_batch_predict.transforms.read.formats import input_formats
 from tf_batch_predict.transforms.read.units import ReadInstances
 from tf_batch_predict.transforms.records import InstanceBatch, RawChunk, ScoredBatch
 import tf_batch_predict.transforms.record_coder  # noqa: F401  (registers the records' coder)
+import tf_batch_predict.transforms.state_sampler  # noqa: F401  (bundles end sooner)
 from tf_batch_predict.transforms.model.score import ScoreBatches
 from tf_batch_predict.transforms.write.units import (UNITS_FOLDER, CollectUnits, FormatUnits,
                                                      UnitRecords, WriteUnits)

@@ -414,7 +414,8 @@ def run(plan: JoinPlan, run_id: str) -> dict:
     try:
       p = beam.Pipeline(options=PipelineOptions(
           list(plan.beam_args), runner=plan.runner,
-          beam_plugins=['tf_batch_predict.pipeline.quiet', 'tf_batch_predict.transforms.storage']))
+          beam_plugins=['tf_batch_predict.pipeline.quiet', 'tf_batch_predict.transforms.storage',
+                        'tf_batch_predict.transforms.state_sampler']))
       build(p, plan, staging.path)
       result = p.run()
       state = result.wait_until_finish()

@@ -181,3 +181,28 @@ def test_model_loads_once_per_process_over_many_bundles(model_dir, tmp_path, cap
   assert summary['model_loads'] == 1
   loads = [r for r in caplog.records if r.getMessage().startswith('Loaded SavedModel')]
   assert len(loads) == 1
+
+
+def test_bundle_processors_sample_their_state_every_20_ms(model_dir, tmp_path):
+  """The pipeline's modules, and the plugin each SDK worker imports, make
+  Beam's state sampler sleep at most 20 ms between samples: a bundle's end
+  waits for its thread that long at most (transforms/state_sampler.py)."""
+  from apache_beam.runners.worker import statesampler
+  from apache_beam.utils.counters import CounterFactory
+  import tf_batch_predict.pipeline.graph  # noqa: F401  pylint: disable=unused-import
+  from tf_batch_predict.pipeline.cli import _pipeline_options
+  from tf_batch_predict.transforms.state_sampler import SAMPLING_PERIOD_MS
+  assert SAMPLING_PERIOD_MS == 20
+  assert statesampler.StateSampler('stage', CounterFactory()).sampling_period_ms == 20
+  sampler = statesampler.StateSampler('stage', CounterFactory())
+  sampler.start()
+  sampler.stop()
+  assert sampler.finished
+  from apache_beam.options.pipeline_options import SetupOptions
+  from tf_batch_predict.pipeline.config import resolve
+  from tf_batch_predict.pipeline.options import parse_args
+  data = write_lines(str(tmp_path / 'in.jsonl'), ['[1.0]'])
+  config = resolve(parse_args([f'--model={model_dir / "ragged"}', f'--input={data}',
+                               f'--output={tmp_path / "out"}']))
+  plugins = _pipeline_options(config).view_as(SetupOptions).beam_plugins
+  assert 'tf_batch_predict.transforms.state_sampler' in plugins

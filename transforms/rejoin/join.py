@@ -31,6 +31,7 @@ from tf_batch_predict.transforms.write.format import (_b64_json, _carried_featur
 from tf_batch_predict.transforms.rejoin.read_outputs import OutputReadError, iter_records
 from tf_batch_predict.transforms.records import RawChunk
 import tf_batch_predict.transforms.record_coder  # noqa: F401  (registers the records' coder)
+import tf_batch_predict.transforms.state_sampler  # noqa: F401  (bundles end sooner)
 
 JOIN_NAMESPACE = 'batch_predict_join'
 UNMATCHED_TAG = 'unmatched'
