@@ -536,8 +536,12 @@ class ColumnarJsonLines:
     if not self._strict_json_values(text, ends[:-1] - begin, len(starts)):
       return None
     longest = int((ends - starts).max())
-    read_options = pj.ReadOptions(use_threads=self.threads != 1, block_size=max(
-        1 << 18, min(1 << 22, len(text) // 4), 2 * longest + 2))
+    # Blocks are parsed in parallel; in one thread, one block for the whole
+    # chunk (measured: 1.68 against 1.76 us a line in blocks of a quarter).
+    block = (max(1 << 20, len(text) + 1) if self.threads == 1
+             else max(1 << 18, min(1 << 22, len(text) // 4)))
+    read_options = pj.ReadOptions(use_threads=self.threads != 1,
+                                  block_size=max(block, 2 * longest + 2))
     for attempt in range(2):
       schema = pa.schema([(name, arrow) for name, arrow, _ in plan] + [
           (field, _ARROW_CARRIED[self._carried_types.get(field, 'int')]())
