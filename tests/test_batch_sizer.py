@@ -67,3 +67,29 @@ def test_a_settled_size_tries_the_next_again_later():
   costs['slope'] = 1e-9  # now nearly all fixed cost (say, a GPU warmed up)
   settle(sizer, lambda n: 1e-3 + costs['slope'] * n, calls=3000)
   assert sizer.size == 4096
+
+
+def test_a_size_lost_by_chance_is_won_back_against_recent_calls():
+  """Under load, the next size can lose its first calls by chance: tried
+  again after REPROBE_CALLS, it is judged against the settled size's last
+  calls, not the luckiest of all of them."""
+  from tf_batch_predict.transforms.model.score import REPROBE_CALLS
+  sizer = BatchSizer(2048)
+  state = {'loaded': True, 'lucky': False}
+
+  def cost(n):
+    if n < 1024:
+      return 1e-3  # all fixed cost: doubling pays up to 1024
+    if n == 1024:  # 0.7 us an instance; once 0.35 (a lucky call)
+      lucky, state['lucky'] = state['lucky'], False
+      return (0.35e-6 if lucky else 0.7e-6) * n
+    return (1.0e-6 if state['loaded'] else 0.6e-6) * n  # 2048: slow at first, by chance
+
+  settle(sizer, cost, calls=60)
+  assert sizer.size == 1024  # 2048 lost its first calls
+  state['lucky'] = True
+  settle(sizer, cost, calls=REPROBE_CALLS // 2)
+  state['loaded'] = False
+  # 0.6 beats 0.9 of the last calls at 1024 (0.7), not 0.9 of the lucky one.
+  settle(sizer, cost, calls=2 * REPROBE_CALLS)
+  assert sizer.size == 2048

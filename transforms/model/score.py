@@ -27,6 +27,7 @@ loads it as the workers do and calls it once on a sample batch. Where the
 worker runs in the launcher's process (Beam's local runner, in memory), the
 worker takes the signature the check loaded instead of loading it again.
 """
+import collections
 import dataclasses
 import logging
 import math
@@ -480,8 +481,11 @@ def _one_instance(call):
 # gains nothing past a few dozen. No single default suits every model.
 START_BATCH_SIZE = 256
 CLIMB_GAIN = 0.9  # a doubling is kept if it costs at most this per instance
-CALLS_PER_STEP = 5  # full-size calls timed before a size is judged
-REPROBE_CALLS = 500  # calls after which a settled size tries the next again
+CALLS_PER_STEP = 8  # full-size calls timed before a size is judged
+# Calls after which a settled size tries the next again: under load (a
+# decoding helper on the other core) a size can lose its first calls by
+# chance; the tabular benchmark's then spent a quarter of a run at half size.
+REPROBE_CALLS = 100
 MAX_FEED_BYTES = 64 << 20
 MAX_CALL_SECONDS = 2.0  # no doubling past a call this long
 
@@ -520,9 +524,14 @@ class BatchSizer:
     self._per_row[size] = (calls, per_row)
     if self._settled_at is not None and size == self._settled_at:
       self._since_settled += 1
-      if self._since_settled >= REPROBE_CALLS and size * 2 <= self.max_size:
+      self._recent.append(seconds / rows)
+      if (self._since_settled >= REPROBE_CALLS and size * 2 <= self.max_size
+          and seconds < MAX_CALL_SECONDS):
         self._since_settled = 0
         self._per_row.pop(size * 2, None)
+        # Judged against its last calls, as many as the next size gets: the
+        # fastest of hundreds is luckier than the fastest of a few.
+        self._per_row[size] = (calls, min(self._recent))
         self.size = size * 2  # conditions change: try the next size again
       return
     if calls < CALLS_PER_STEP:
@@ -538,6 +547,7 @@ class BatchSizer:
 
   def _settle(self, size: int) -> None:
     self.size, self._settled_at, self._since_settled = size, size, 0
+    self._recent = collections.deque(maxlen=CALLS_PER_STEP)
 
 
 class SavedModelHandler(ModelHandler[InstanceBatch, ScoredBatch, LoadedSignature]):
