@@ -438,6 +438,7 @@ def _batch_predict(argv: list) -> int:
     return _run(options, lock)
   finally:
     lock.release()
+    _release_checked_model()  # where no worker took it (a run that stopped first)
     outputs.remove_if_empty(output, created)  # where the run wrote nothing
     from tf_batch_predict.transforms.read import decoder_process
     decoder_process.stop_early()  # one started for a run that stopped before its pipeline
@@ -478,9 +479,10 @@ def check_model(config, keep: bool = False) -> tuple:
 
 
 def _release_checked_model() -> None:
-  """Closes the model the check kept where no worker took it (a run that
-  stopped first). The module is looked up, not imported: without a check
-  it is not loaded, and importing it costs TensorFlow's import."""
+  """Closes the model the check kept where no worker took it, so that no
+  later run of this process takes it. The module is looked up, not
+  imported: without a check it is not loaded, and importing it costs
+  TensorFlow's import."""
   score = sys.modules.get('tf_batch_predict.transforms.model.score')
   if score is not None:
     score.release_checked()
@@ -522,10 +524,7 @@ def _run(options, lock) -> int:
     print(build_template(config, message))
     return EXIT_OK
   try:
-    try:
-      status, job_summary = run_and_promote(config, lock.run_id)
-    finally:
-      _release_checked_model()
+    status, job_summary = run_and_promote(config, lock.run_id)
   except PipelineFailed as e:
     if debug():
       traceback.print_exception(e.__cause__ or e)

@@ -206,9 +206,15 @@ class _LocalLockFile:
     temporary = f'{self.path}.{uuid.uuid4().hex}'
     # Another run that created the folder and stopped on a mistake removes
     # it while empty (remove_if_empty): it is made again.
-    os.makedirs(os.path.dirname(self.path), exist_ok=True)
-    with open(temporary, 'wb') as f:
-      f.write(data)
+    for attempt in range(3):
+      os.makedirs(os.path.dirname(self.path), exist_ok=True)
+      try:
+        with open(temporary, 'wb') as f:
+          f.write(data)
+        break
+      except FileNotFoundError:
+        if attempt == 2:
+          raise
     try:
       os.link(temporary, self.path)
     except FileExistsError:

@@ -122,6 +122,38 @@ def test_tfrecord_truncated_framing_is_one_error(model_dir, tmp_path):
   assert_conserved(summary, predictions, errors)
 
 
+def test_tfrecord_gzip_cut_short_keeps_every_complete_record(model_dir, tmp_path):
+  """A .tfrecord.gz cut short (a writer killed part-way) is read up to its
+  damage: every record decompressed whole before it is scored, and the file
+  is one `file` error; a file smaller than a read block too."""
+  records = [example_bytes({'x': [float(i), 1.0]}) for i in range(3000)]
+  write_tfrecords(str(tmp_path / 'whole.tfrecord.gz'), records, compress=True)
+  packed = (tmp_path / 'whole.tfrecord.gz').read_bytes()
+  (tmp_path / 'cut.tfrecord.gz').write_bytes(packed[:len(packed) * 2 // 3])
+  (tmp_path / 'whole.tfrecord.gz').unlink()
+  with gzip.open(tmp_path / 'cut.tfrecord.gz', 'rb') as f:  # what survives the cut
+    survived = bytearray()
+    try:
+      while True:
+        piece = f.read1(1 << 12)
+        if not piece:
+          break
+        survived += piece
+    except EOFError:
+      pass
+  frame = len(records[0]) + 16  # all records have the same size here
+  complete = len(survived) // frame
+  assert 1000 < complete < 3000
+  predictions, errors, summary = run_job(
+      str(tmp_path / 'out'), f'--model={model_dir / "ragged"}',
+      f'--input={tmp_path / "cut.tfrecord.gz"}', status=4)
+  assert sorted(p['total'] for p in predictions) == sorted(float(i) + 1.0
+                                                          for i in range(complete))
+  assert len(errors) == 1 and errors[0]['error']['category'] == 'file'
+  assert f'after {complete} records' in errors[0]['error']['message']
+  assert_conserved(summary, predictions, errors)
+
+
 @pytest.mark.cross_batch
 def test_csv_with_header(model_dir, tmp_path, signature_of):
   instances = [{'key': 10 + i, 'x': [i, 2 * i], 'name': f'n{i}'} for i in range(6)]

@@ -392,7 +392,32 @@ def test_a_worker_in_the_launchers_process_takes_the_checked_model(model_dir, se
   counter = inspect_model(str(serving_models / 'functions'), ('serve',), 'counter')
   _, _, checked = check_model(counter, keep=True)
   loaded = SavedModelHandler(checked, 16).load_model()
-  assert not loaded.from_check and loaded._fn.changes_state == ['AssignAddVariableOp']
+  assert not loaded.from_check and loaded._fn.changes_state() == ['AssignAddVariableOp']
+
+
+def test_a_tf1_reference_variable_assigned_by_the_outputs_changes_state():
+  """TF1 reference variables' Assign ops are not marked stateful: taking a
+  reference counts, reading it (IsVariableInitialized, an identity) does not."""
+  import tensorflow as tf
+  from tf_batch_predict.transforms.model.savedmodel import state_changing_ops
+  graph = tf.Graph()
+  with graph.as_default():
+    counter = tf.compat.v1.Variable(0, use_resource=False, name='counter')
+    x = tf.compat.v1.placeholder(tf.int32, [None], name='x')
+    counted = tf.compat.v1.assign_add(counter, 1)
+    read = tf.identity(counter) + x
+    initialized = tf.compat.v1.is_variable_initialized(counter)
+  nodes = {node.name: node for node in graph.as_graph_def().node}
+
+  def reached(*names):
+    found, pending = [], list(names)
+    while pending:
+      node = nodes[pending.pop().lstrip('^').split(':')[0]]
+      found.append(node)
+      pending.extend(node.input)
+    return found
+  assert state_changing_ops(reached(counted.op.name)) == ['AssignAdd']
+  assert state_changing_ops(reached(read.op.name, initialized.op.name)) == []
 
 
 def test_single_example_export_with_unbatched_outputs(tmp_path, signature_of):

@@ -504,9 +504,7 @@ class SessionSignature:
           options.fetch.append(info.name)
       with graph.as_default():
         _check_variables_restored(self._session, graph, list(options.fetch))
-      self.changes_state = state_changing_ops(
-          [op.node_def for op in _reached(graph, list(options.fetch))],
-          graph.as_graph_def().library)
+      self._graph, self._fetches = graph, list(options.fetch)
       graph.finalize()
       # pylint: disable=protected-access  (the callable API behind
       # Session.make_callable; the public wrapper feeds through a dict and
@@ -520,6 +518,14 @@ class SessionSignature:
       self._session.close()
       raise
     _open_sessions.add(self)
+
+  def changes_state(self) -> list:
+    """state_changing_ops of what the signature's outputs depend on. Const
+    nodes are left out: a frozen graph's weights are in theirs."""
+    nodes = [op.node_def for op in _reached(self._graph, self._fetches) if op.type != 'Const']
+    calls = any(a.HasField('func') or a.HasField('list') and a.list.func
+                for node in nodes for a in node.attr.values())
+    return state_changing_ops(nodes, self._graph.as_graph_def().library if calls else None)
 
   def close(self) -> None:
     """Releases the callables and the Session (also done at exit, before
@@ -573,14 +579,21 @@ _READ_ONLY_STATEFUL = frozenset((
     'NextIteration', 'Merge', 'Switch', 'LoopCond'))
 
 
-def state_changing_ops(node_defs, library) -> list:
+# Ops that take a TF1 reference variable and only read it or pass it on.
+_READ_ONLY_REF = frozenset((
+    'IsVariableInitialized', 'RefIdentity', 'RefEnter', 'RefExit', 'RefMerge', 'RefSwitch',
+    'RefNextIteration', 'RefSelect'))
+
+
+def state_changing_ops(node_defs, library=None) -> list:
   """The types of the ops among `node_defs` (NodeDefs), and in the
-  functions of `library` (a FunctionDefLibrary) they call, that may change
-  what a later call of the model returns (a counter's AssignAdd, a random
-  op's state): stateful by TensorFlow's op registry and not known to be
-  read-only. An op the registry lacks counts."""
+  functions of `library` (a FunctionDefLibrary, or None) they call, that may
+  change what a later call of the model returns (a counter's AssignAdd, a
+  random op's state): stateful by TensorFlow's op registry and not known to
+  be read-only, or taking a TF1 reference variable (its Assign ops are not
+  marked stateful) other than to read it. An op the registry lacks counts."""
   from tensorflow.python.framework import op_def_registry
-  functions = {f.signature.name: f for f in library.function}
+  functions = {f.signature.name: f for f in library.function} if library is not None else {}
   found, seen, pending = set(), set(), [list(node_defs)]
   while pending:
     for node in pending.pop():
@@ -590,7 +603,8 @@ def state_changing_ops(node_defs, library) -> list:
         called.append(node.op)
       else:
         op_def = op_def_registry.get(node.op)
-        if (op_def is None or op_def.is_stateful) and node.op not in _READ_ONLY_STATEFUL:
+        if op_def is None or (op_def.is_stateful and node.op not in _READ_ONLY_STATEFUL) or (
+            any(arg.is_ref for arg in op_def.input_arg) and node.op not in _READ_ONLY_REF):
           found.add(node.op)
       for name in called:
         if name in functions and name not in seen:
@@ -663,10 +677,13 @@ class EagerSignature:
 
   def __init__(self, model: ModelRef):
     self._loaded, self._fn = load_signature(model)
-    graph_def = self._fn.graph.as_graph_def()
-    self.changes_state = state_changing_ops(graph_def.node, graph_def.library)
     self.input_names = [s.name for s in model.signature.inputs]
     self.output_names = [s.name for s in model.signature.outputs]
+
+  def changes_state(self) -> list:
+    """state_changing_ops of the signature's function graph."""
+    graph_def = self._fn.graph.as_graph_def()
+    return state_changing_ops(graph_def.node, graph_def.library)
 
   def call(self, arrays: list) -> list:
     outputs = self._fn(**dict(zip(self.input_names, arrays)))

@@ -390,7 +390,7 @@ def check_model(model: ModelRef, keep: bool = False) -> tuple:
     _close(fn)
   # Not a model whose calls change its state (a counter, a random op): the
   # workers' calls would not start where a fresh load starts.
-  if keep and not passed.changes_state:
+  if keep and not passed.changes_state():
     _keep_checked(model, passed)
   else:
     _close(passed)

@@ -55,7 +55,10 @@ class _BlockReader:
   small reads per record through a file object (Beam's, gzip's) cost more
   than parsing the record does."""
   def __init__(self, f, block: int):
-    self._f, self._block = f, block
+    # read1: a gzip file's read of a whole block that meets a damaged or cut
+    # stream raises and gives nothing of what it decompressed before; read1
+    # gives it in pieces, so every complete record before the damage is read.
+    self._read, self._block = getattr(f, 'read1', f.read), block
     self._data, self._at = b'', 0
     self.position = 0  # bytes given out: where reading is, not reading ahead
 
@@ -69,7 +72,7 @@ class _BlockReader:
     parts, need = [self._data[self._at:]], size - (len(self._data) - self._at)
     self._data, self._at = b'', 0
     while need > 0:
-      data = self._f.read(max(need, self._block))
+      data = self._read(max(need, self._block))
       if not data:
         break
       if len(data) > need:
