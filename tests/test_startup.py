@@ -189,3 +189,61 @@ def test_local_version_folders_are_found_as_file_patterns_finds_them(tmp_path):
     pattern = FileSystems.join(file_patterns.escape(path), '*', 'saved_model.pb*')
     assert file_patterns.local_paths(pattern) == [m.path for m in file_patterns.match(pattern)]
   assert savedmodel.version_folders(str(base)) == {1: ['1'], 2: ['02'], 7: ['7'], 9: ['9']}
+
+
+# Runs the command (`cli.main()`, as `python -m tf_batch_predict.pipeline`
+# does) and says what the garbage collector was doing: at the model check,
+# and when the pipeline decodes its first chunk.
+_COLLECTOR_PROBE = '''
+import gc, json, sys
+from tf_batch_predict.pipeline import cli
+from tf_batch_predict.transforms.read import decode_step
+seen = {}
+check_model = cli.check_model
+def probed_check(*args, **kwargs):
+  seen['check'] = gc.isenabled()
+  return check_model(*args, **kwargs)
+cli.check_model = probed_check
+process = decode_step.DecodeInstances.process
+def probed_process(self, chunk):
+  seen.setdefault('pipeline', [gc.isenabled(), gc.get_freeze_count()])
+  return process(self, chunk)
+decode_step.DecodeInstances.process = probed_process
+status = cli.main()
+print('SEEN ' + json.dumps(seen))
+sys.exit(status)
+'''
+
+
+def test_the_collector_is_off_for_the_imports_and_scans_only_the_pipelines_objects(
+    model_dir, tmp_path):
+  """The command turns the garbage collector off until TensorFlow, Beam and
+  the model are loaded, then freezes those objects and turns it on again:
+  the pipeline runs with the collector on (cyclic garbage is freed), over
+  young objects only. Called as a function, the job leaves the collector as
+  it found it."""
+  from tests.helpers import read_jsonl, write_lines
+  from tests.test_runs import keras_args, keras_lines
+  data = write_lines(str(tmp_path / 'in.jsonl'), keras_lines('k', 300))
+  out = tmp_path / 'out'
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  proc = subprocess.run(
+      [sys.executable, '-c', _COLLECTOR_PROBE,
+       *keras_args(model_dir, data, f'--output={out}')],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  seen = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith('SEEN '))[5:])
+  assert seen['check'] is False
+  enabled, frozen = seen['pipeline']
+  assert enabled is True
+  assert frozen > 100_000  # TensorFlow's and Beam's objects: about 470,000 here
+  assert len(read_jsonl(str(out / 'predictions-*.jsonl'))) == 300
+
+  from tf_batch_predict.pipeline import cli
+  import gc
+  gc.disable()
+  try:
+    assert cli.main(keras_args(model_dir, data, f'--output={tmp_path / "again"}')) == 0
+    assert not gc.isenabled()
+  finally:
+    gc.enable()
