@@ -13,7 +13,6 @@ result replaces the previous one only once complete (pipeline/outputs.py).
 """
 import contextlib
 import dataclasses
-import gc
 import logging
 import os
 import re
@@ -24,8 +23,8 @@ import traceback
 
 from tf_batch_predict.pipeline.command import (
     EXIT_CONFIG_ERROR, EXIT_INPUT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PIPELINE_FAILED,
-    EXIT_TERMINATED, EXIT_TOO_MANY_ERRORS, PipelineFailed, configure_logging, debug, error,
-    fails_as, last_line, take_log_level)
+    EXIT_TERMINATED, EXIT_TOO_MANY_ERRORS, PipelineFailed, collect_young_objects,
+    configure_logging, debug, error, fails_as, hold_collector, last_line, take_log_level)
 from tf_batch_predict.pipeline import workers
 
 _LOG = logging.getLogger(__name__)
@@ -295,12 +294,10 @@ RESUME_HINT = '; the work committed is kept: the same command with --resume cont
 
 # When the command started: the summary's total wall time counts from here.
 _STARTED = time.time()
-# Whether main turned the garbage collector off for the imports.
-_collector_held = False
 
 
 def main(argv=None) -> int:
-  global _STARTED, _collector_held
+  global _STARTED
   _STARTED = time.time()
   whole_process = argv is None  # the command itself, not a caller's function call
   argv = list(sys.argv[1:] if argv is None else argv)
@@ -323,16 +320,11 @@ def main(argv=None) -> int:
     if argv[:1] == ['evaluate']:  # batch-predict evaluate ...: metrics against labels
       from tf_batch_predict.pipeline import evaluate
       return evaluate.main(argv[1:])
+    if whole_process:
+      hold_collector()  # until the model is loaded: collect_young_objects
     if argv[:1] == ['preflight']:  # batch-predict preflight ...: a run's sample, scored here
       from tf_batch_predict.pipeline import preflight
       return preflight.main(argv[1:])
-    if whole_process:
-      # Python's collector scans every object it tracks each time older ones
-      # pile up, and TensorFlow's and Beam's imports make hundreds of
-      # thousands: about 1.2 s of the 5 s they take here. It is off until
-      # they and the model are loaded (_collect_young_objects).
-      _collector_held = True
-      gc.disable()
     return _batch_predict(argv)
   except KeyboardInterrupt as e:
     # Ctrl-C or SIGTERM: the lock is released and the staging folder kept or
@@ -498,18 +490,6 @@ def _release_checked_model() -> None:
     score.release_checked()
 
 
-def _collect_young_objects() -> None:
-  """Once TensorFlow, Beam and the model are loaded: what exists now is
-  frozen (as a worker's first model load does, transforms/model/score.py),
-  so that the collector scans only the objects made later (a full scan of
-  TensorFlow's takes about 0.25 s, a tenth of a short run); and the
-  collector is on again where main turned it off."""
-  if gc.get_freeze_count() == 0:
-    gc.freeze()
-  if _collector_held:
-    gc.enable()
-
-
 def _run(options, lock) -> int:
   from tf_batch_predict.pipeline import config as job_config
   from tf_batch_predict.pipeline import summary
@@ -529,7 +509,7 @@ def _run(options, lock) -> int:
   except (ConfigError, OSError) as e:
     error(e)
     return EXIT_CONFIG_ERROR
-  _collect_young_objects()
+  collect_young_objects()
   if options.preflight:  # its report is printed; a failing sample stops the run
     from tf_batch_predict.pipeline import preflight
     status = preflight.before_run(config)

@@ -64,8 +64,8 @@ import time
 from typing import Optional
 
 from tf_batch_predict.pipeline.command import (EXIT_CONFIG_ERROR, EXIT_OK, EXIT_PIPELINE_FAILED,
-                                              EXIT_TOO_MANY_ERRORS, debug, error, last_line,
-                                              take_option)
+                                              EXIT_TOO_MANY_ERRORS, collect_young_objects, debug,
+                                              error, last_line, take_option)
 from tf_batch_predict.pipeline.options import ConfigError, check_runner
 from tf_batch_predict.pipeline.progress import size_text
 from tf_batch_predict.transforms.file_patterns import name_text
@@ -1001,6 +1001,7 @@ def main(argv: list) -> int:
     options = parse_args(argv, require_output=False)
     check_runner(options.runner)
     config = _checked(job_config.resolve(options))
+    collect_young_objects()
     report = check(config)
   except (ConfigError, OSError) as e:
     error(e)

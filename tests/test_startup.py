@@ -247,3 +247,39 @@ def test_the_collector_is_off_for_the_imports_and_scans_only_the_pipelines_objec
     assert not gc.isenabled()
   finally:
     gc.enable()
+
+
+_PREFLIGHT_PROBE = '''
+import gc, json, sys
+from tf_batch_predict.pipeline import cli, preflight
+seen = {}
+checked, check = preflight._checked, preflight.check
+def probed_checked(*args, **kwargs):
+  seen['model_check'] = gc.isenabled()
+  return checked(*args, **kwargs)
+def probed_check(*args, **kwargs):
+  seen['sample'] = [gc.isenabled(), gc.get_freeze_count()]
+  return check(*args, **kwargs)
+preflight._checked, preflight.check = probed_checked, probed_check
+status = cli.main()
+print('SEEN ' + json.dumps(seen))
+sys.exit(status)
+'''
+
+
+def test_preflight_scores_its_sample_with_the_collector_on(model_dir, tmp_path):
+  """`batch-predict preflight` too: the collector is off while TensorFlow
+  and the model load, on (over young objects only) while the sample is
+  decoded and scored."""
+  from tests.helpers import write_lines
+  from tests.test_runs import keras_args, keras_lines
+  data = write_lines(str(tmp_path / 'in.jsonl'), keras_lines('k', 50))
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  proc = subprocess.run(
+      [sys.executable, '-c', _PREFLIGHT_PROBE, 'preflight', *keras_args(model_dir, data)],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  seen = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith('SEEN '))[5:])
+  assert seen['model_check'] is False
+  enabled, frozen = seen['sample']
+  assert enabled is True and frozen > 100_000
