@@ -685,8 +685,9 @@ def child(config, workload, model, data, out, batch):
   # import TensorFlow as its command does (pipeline/quiet.py: without
   # scikit-learn, about 57 MiB less resident), so their peak is the command's.
   if config.startswith('d'):
-    from tf_batch_predict.pipeline import quiet
+    from tf_batch_predict.pipeline import command, quiet
     quiet.install()
+    command.hold_collector()  # as the command: until its model is loaded
   import tensorflow  # noqa: F401
   import orjson  # noqa: F401
   import pyarrow.compute  # noqa: F401

@@ -24,7 +24,8 @@ import traceback
 from tf_batch_predict.pipeline.command import (
     EXIT_CONFIG_ERROR, EXIT_INPUT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PIPELINE_FAILED,
     EXIT_TERMINATED, EXIT_TOO_MANY_ERRORS, PipelineFailed, collect_young_objects,
-    configure_logging, debug, error, fails_as, hold_collector, last_line, take_log_level)
+    configure_logging, debug, error, fails_as, freeze_imports, hold_collector, last_line,
+    take_log_level)
 from tf_batch_predict.pipeline import workers
 
 _LOG = logging.getLogger(__name__)
@@ -502,6 +503,7 @@ def _run(options, lock) -> int:
     if not message:
       lock.check_free()  # a second run stops here, before loading anything
     config = job_config.resolve(options)
+    freeze_imports()
     if not message and decoding_helper(config, in_launcher=True):
       decoder_process.start_early(InstanceDecoder)  # its imports overlap the model check
     # A worker in this process takes the model the check loaded.

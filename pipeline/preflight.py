@@ -65,7 +65,7 @@ from typing import Optional
 
 from tf_batch_predict.pipeline.command import (EXIT_CONFIG_ERROR, EXIT_OK, EXIT_PIPELINE_FAILED,
                                               EXIT_TOO_MANY_ERRORS, collect_young_objects, debug,
-                                              error, last_line, take_option)
+                                              error, freeze_imports, last_line, take_option)
 from tf_batch_predict.pipeline.options import ConfigError, check_runner
 from tf_batch_predict.pipeline.progress import size_text
 from tf_batch_predict.transforms.file_patterns import name_text
@@ -1000,7 +1000,9 @@ def main(argv: list) -> int:
   try:
     options = parse_args(argv, require_output=False)
     check_runner(options.runner)
-    config = _checked(job_config.resolve(options))
+    config = job_config.resolve(options)
+    freeze_imports()
+    config = _checked(config)
     collect_young_objects()
     report = check(config)
   except (ConfigError, OSError) as e:

@@ -193,21 +193,33 @@ def test_local_version_folders_are_found_as_file_patterns_finds_them(tmp_path):
 
 # Runs the command (`cli.main()`, as `python -m tf_batch_predict.pipeline`
 # does) and says what the garbage collector was doing: at the model check,
-# and when the pipeline decodes its first chunk.
+# when the pipeline starts and when it decodes its first chunk (in this
+# process: Beam's in-memory runner); and whether the graph of a model the
+# check closed was collected.
 _COLLECTOR_PROBE = '''
-import gc, json, sys
+import gc, json, sys, weakref
 from tf_batch_predict.pipeline import cli
+from tf_batch_predict.transforms.model import score
 from tf_batch_predict.transforms.read import decode_step
 seen = {}
-check_model = cli.check_model
+check_model, close, run = cli.check_model, score._close, cli.run_and_promote
+closed_graphs = []
 def probed_check(*args, **kwargs):
   seen['check'] = gc.isenabled()
   return check_model(*args, **kwargs)
-cli.check_model = probed_check
+def probed_close(fn):
+  if getattr(fn, '_graph', None) is not None:
+    closed_graphs.append(weakref.ref(fn._graph))
+  return close(fn)
+def probed_run(*args, **kwargs):
+  seen['run'] = [gc.isenabled(), gc.get_freeze_count()]
+  seen['closed_graphs_alive'] = [ref() is not None for ref in closed_graphs]
+  return run(*args, **kwargs)
 process = decode_step.DecodeInstances.process
 def probed_process(self, chunk):
   seen.setdefault('pipeline', [gc.isenabled(), gc.get_freeze_count()])
   return process(self, chunk)
+cli.check_model, score._close, cli.run_and_promote = probed_check, probed_close, probed_run
 decode_step.DecodeInstances.process = probed_process
 status = cli.main()
 print('SEEN ' + json.dumps(seen))
@@ -215,36 +227,47 @@ sys.exit(status)
 '''
 
 
+def _probed(probe, *args) -> dict:
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  proc = subprocess.run([sys.executable, '-c', probe, *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(next(l for l in proc.stdout.splitlines() if l.startswith('SEEN '))[5:])
+
+
 def test_the_collector_is_off_for_the_imports_and_scans_only_the_pipelines_objects(
     model_dir, tmp_path):
   """The command turns the garbage collector off until TensorFlow, Beam and
   the model are loaded, then freezes those objects and turns it on again:
   the pipeline runs with the collector on (cyclic garbage is freed), over
-  young objects only. Called as a function, the job leaves the collector as
-  it found it."""
+  young objects only. A model the check does not keep (a multi_processing
+  run's) is collected, graph and all, not frozen. Called as a function, the
+  job leaves the collector as it found it and freezes nothing."""
   from tests.helpers import read_jsonl, write_lines
   from tests.test_runs import keras_args, keras_lines
   data = write_lines(str(tmp_path / 'in.jsonl'), keras_lines('k', 300))
-  out = tmp_path / 'out'
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  proc = subprocess.run(
-      [sys.executable, '-c', _COLLECTOR_PROBE,
-       *keras_args(model_dir, data, f'--output={out}')],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  seen = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith('SEEN '))[5:])
+  seen = _probed(_COLLECTOR_PROBE, *keras_args(model_dir, data, f'--output={tmp_path / "a"}'))
   assert seen['check'] is False
-  enabled, frozen = seen['pipeline']
-  assert enabled is True
-  assert frozen > 100_000  # TensorFlow's and Beam's objects: about 470,000 here
-  assert len(read_jsonl(str(out / 'predictions-*.jsonl'))) == 300
+  for enabled, frozen in (seen['run'], seen['pipeline']):
+    assert enabled is True
+    assert frozen > 100_000  # TensorFlow's and Beam's objects: about 800,000 here
+  assert seen['closed_graphs_alive'] == []  # the worker here took the checked model
+  assert len(read_jsonl(str(tmp_path / 'a' / 'predictions-*.jsonl'))) == 300
+
+  seen = _probed(_COLLECTOR_PROBE, *keras_args(
+      model_dir, data, f'--output={tmp_path / "b"}', '--direct_running_mode=multi_processing'))
+  assert seen['check'] is False and seen['run'][0] is True
+  assert seen['closed_graphs_alive'] == [False]
+  assert len(read_jsonl(str(tmp_path / 'b' / 'predictions-*.jsonl'))) == 300
 
   from tf_batch_predict.pipeline import cli
   import gc
+  frozen = gc.get_freeze_count()
   gc.disable()
   try:
-    assert cli.main(keras_args(model_dir, data, f'--output={tmp_path / "again"}')) == 0
+    assert cli.main(keras_args(model_dir, data, f'--output={tmp_path / "c"}')) == 0
     assert not gc.isenabled()
+    assert gc.get_freeze_count() == frozen
   finally:
     gc.enable()
 
@@ -274,12 +297,7 @@ def test_preflight_scores_its_sample_with_the_collector_on(model_dir, tmp_path):
   from tests.helpers import write_lines
   from tests.test_runs import keras_args, keras_lines
   data = write_lines(str(tmp_path / 'in.jsonl'), keras_lines('k', 50))
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  proc = subprocess.run(
-      [sys.executable, '-c', _PREFLIGHT_PROBE, 'preflight', *keras_args(model_dir, data)],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  seen = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith('SEEN '))[5:])
+  seen = _probed(_PREFLIGHT_PROBE, 'preflight', *keras_args(model_dir, data))
   assert seen['model_check'] is False
   enabled, frozen = seen['sample']
   assert enabled is True and frozen > 100_000

@@ -34,6 +34,7 @@ import logging
 import math
 import os
 import re
+import socket
 import threading
 import time
 
@@ -559,6 +560,7 @@ class SavedModelHandler(ModelHandler[InstanceBatch, ScoredBatch, LoadedSignature
     self._max_batch_size = max_batch_size
     self._share_across_processes = share_across_processes
     self._sizer = None  # per worker: made on first use
+    self._launcher = (socket.gethostname(), os.getpid())
 
   def share_model_across_processes(self) -> bool:
     # One copy per machine instead of one per process, for big models.
@@ -567,12 +569,16 @@ class SavedModelHandler(ModelHandler[InstanceBatch, ScoredBatch, LoadedSignature
   def load_model(self) -> LoadedSignature:
     started = time.time()
     loaded = LoadedSignature(self._model)
-    if gc.get_freeze_count() == 0:
+    if gc.get_freeze_count() == 0 and (socket.gethostname(), os.getpid()) != self._launcher:
       # A worker process's first model: what exists now (TensorFlow, Beam,
       # the model) is frozen, never scanned by the garbage collector again,
       # which then scans only the objects scoring makes (a full scan of
-      # TensorFlow's objects takes about 0.25 s). Once per process: objects
-      # frozen are never collected as cycles, so a later model is not.
+      # TensorFlow's takes about 0.25 s). Once per process, and not in the
+      # launcher's (the command freezes its own, pipeline/command.py; a
+      # program calling the job keeps its collector as it is). What is
+      # frozen is never collected as a cycle: a worker's first bundle
+      # processor, dropped after a failed bundle, stays; collecting first
+      # would cost the full scan this saves.
       gc.freeze()
     if loaded.from_check:
       _LOG.info('Loaded SavedModel %s (signature %s, %s) in process %d by the model check; '
