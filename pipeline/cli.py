@@ -417,7 +417,8 @@ def _sigterm_raises():
 
 
 def _batch_predict(argv: list) -> int:
-  from tf_batch_predict.pipeline.options import ConfigError, check_runner, parse_args
+  from tf_batch_predict.pipeline.options import (ConfigError, check_runner,
+                                                 fetch_job_server_jar, parse_args)
   try:
     # First: --help and mistakes in the options themselves need no Beam.
     options = parse_args(argv)
@@ -431,6 +432,7 @@ def _batch_predict(argv: list) -> int:
   created = outputs.missing_folder(options.output)
   try:
     check_runner(options.runner)
+    fetch_job_server_jar(options)
     output = outputs.prepare(options.output)
   except ConfigError as e:
     error(e)

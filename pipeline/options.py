@@ -14,6 +14,8 @@ from typing import Optional
 # Beam is imported where its options are read (parse_args), not here: a
 # command that reads none (inspect) starts a second sooner.
 
+_LOG = logging.getLogger(__name__)
+
 DEFAULT_MAX_BATCH_SIZE = 4096
 DEFAULT_MIN_BATCH_SIZE = 32
 DEFAULT_MAX_INSTANCE_BYTES = 4 << 20  # as transforms.lines.DEFAULT_MAX_INSTANCE_BYTES
@@ -421,3 +423,53 @@ def check_runner(runner: str) -> None:
   except (ValueError, ImportError, AttributeError):
     raise ConfigError(f'--runner: unknown runner {runner!r}; known runners: '
                       f'{", ".join(StandardOptions.KNOWN_RUNNER_NAMES)}') from None
+
+
+# The runners that start Beam's job server from a jar, and its option.
+_JOB_SERVER_JARS = {'FlinkRunner': 'flink_job_server_jar', 'SparkRunner': 'spark_job_server_jar'}
+
+
+def fetch_job_server_jar(options: JobOptions) -> None:
+  """FlinkRunner and SparkRunner start Beam's job server from a jar: the
+  one given, or Beam's own of this Beam version, which Beam downloads (into
+  its cache) as the pipeline starts. Fetched here instead, by Beam's own
+  code and before the model is loaded, so that a jar that cannot be had is
+  one line and exit status 2 rather than a failed pipeline. Nothing to do
+  with --job_endpoint (a job server already running)."""
+  flag = _JOB_SERVER_JARS.get(options.runner)
+  if flag is None:
+    return
+  from apache_beam.options.pipeline_options import (FlinkRunnerOptions, PipelineOptions,
+                                                    PortableOptions, SparkRunnerOptions)
+  from apache_beam.runners.portability.job_server import JavaJarJobServer
+  beam = PipelineOptions(list(options.beam_args))
+  if beam.view_as(PortableOptions).job_endpoint:
+    return
+  # Beam warns, in six lines per URL tried, that it downloads at run time:
+  # one line of ours says it instead, or the error does.
+  beam_log = logging.getLogger('apache_beam.utils.subprocess_server')
+  level = beam_log.level
+  beam_log.setLevel(logging.ERROR)
+  try:
+    if options.runner == 'FlinkRunner':
+      from apache_beam.runners.portability.flink_runner import FlinkJarJobServer
+      jar = FlinkJarJobServer(beam).path_to_jar()
+    else:
+      from apache_beam.runners.portability.spark_runner import SparkJarJobServer
+      jar = SparkJarJobServer(beam).path_to_jar()
+    local = JavaJarJobServer.local_jar(jar)
+    if local != jar:
+      _LOG.info('Job server jar %s, from %s', local, jar)
+  except (RuntimeError, ValueError, OSError) as e:
+    given = (beam.view_as(FlinkRunnerOptions).flink_job_server_jar
+             if options.runner == 'FlinkRunner'
+             else beam.view_as(SparkRunnerOptions).spark_job_server_jar)
+    reason = ' '.join(str(e).split()).split('. ')[0].rstrip('.')
+    where = (f'--{flag}={given}' if given else
+             f"Beam's {options.runner[:-len('Runner')]} job server jar for Beam's version")
+    raise ConfigError(
+        f'--runner={options.runner}: cannot get {where} ({reason}); give --{flag}= a local '
+        'jar (`make engines` and the launch/ scripts fetch one with Maven) or --job_endpoint= '
+        'a running job server') from None
+  finally:
+    beam_log.setLevel(level)

@@ -99,6 +99,23 @@ def test_bad_options(capsys, tmp_path, model_dir, instances, args, expected):
   assert expected in err
 
 
+@pytest.mark.parametrize('runner, flag', [('FlinkRunner', 'flink_job_server_jar'),
+                                          ('SparkRunner', 'spark_job_server_jar')])
+@pytest.mark.parametrize('jar, reason', [
+    ('missing/job-server.jar', 'Unable to parse jar URL'),
+    ('http://127.0.0.1:9/job-server.jar', 'Connection refused'),
+])
+def test_a_job_server_jar_that_cannot_be_had_is_one_line(capsys, tmp_path, model_dir, instances,
+                                                         runner, flag, jar, reason):
+  """Flink and Spark start Beam's job server from a jar, fetched before the
+  model is loaded: a path that is not there, or a URL that cannot be read, is
+  a configuration mistake naming the option, not a failed pipeline."""
+  err = config_error(capsys, tmp_path, f'--model={model_dir / "ragged"}',
+                     f'--input={instances}', f'--runner={runner}', f'--{flag}={jar}')
+  assert f'--runner={runner}: cannot get --{flag}={jar} (' in err
+  assert reason in err and err.endswith('--job_endpoint= a running job server')
+
+
 def test_console_script_reports_missing_option_in_one_line(tmp_path):
   """The real command: no stack trace, status 2, and no TensorFlow import
   just to print an argument error."""
