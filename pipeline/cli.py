@@ -493,6 +493,15 @@ def _release_checked_model() -> None:
     score.release_checked()
 
 
+def _previous_result(output: str) -> str:
+  """What a run that stopped says of --output: that its previous result is
+  left as it was, where it holds one."""
+  from tf_batch_predict.pipeline import outputs
+  if os.path.exists(os.path.join(output, outputs.SUMMARY_NAME)):
+    return f'the previous result in {output} is left as it was'
+  return ''
+
+
 def _run(options, lock) -> int:
   from tf_batch_predict.pipeline import config as job_config
   from tf_batch_predict.pipeline import summary
@@ -536,12 +545,12 @@ def _run(options, lock) -> int:
     if debug():
       traceback.print_exception(e.__cause__ or e)
     stopped = early_stop(e)
+    previous = _previous_result(config.output)
     if stopped:
-      error(f'{stopped}; nothing was written: the previous result in {config.output} is '
-            'left as it was')
+      error(f'{stopped}; nothing was written{": " + previous if previous else ""}')
       return EXIT_TOO_MANY_ERRORS
-    error(f'the pipeline failed: {e}; the previous result in {config.output} is left as it '
-          f'was{RESUME_HINT if getattr(e, "kept_for_resume", False) else ""}')
+    error(f'the pipeline failed: {e}; {previous or "no result was written"}'
+          f'{RESUME_HINT if getattr(e, "kept_for_resume", False) else ""}')
     return EXIT_PIPELINE_FAILED
   except ConfigError as e:  # --resume of a run that does not fit this command
     error(e)

@@ -42,9 +42,12 @@ def test_a_mistake_leaves_no_output_folder_it_created(capsys, tmp_path, model_di
   assert rc == cli.EXIT_CONFIG_ERROR and os.listdir(tmp_path / 'there') == []
   # A run that stops early (every instance fails the same way) writes nothing either.
   bad = write_lines(str(tmp_path / 'bad.jsonl'), [json.dumps({'y': [1.0]})] * 20)
+  capsys.readouterr()
   rc = cli.main([f'--model={model_dir / "ragged"}', f'--input={bad}', f'--output={nested}',
                  '--early_stop_after=10'])
   assert rc == cli.EXIT_TOO_MANY_ERRORS and not (tmp_path / 'new').exists()
+  # There was no previous result: the line says nothing of one.
+  assert capsys.readouterr().err.strip().endswith('; nothing was written')
   rc = cli.main([f'--model={model_dir / "ragged"}', f'--input={instances}', f'--output={nested}'])
   assert rc == cli.EXIT_OK and (nested / 'summary.json').exists()
   capsys.readouterr()
