@@ -496,10 +496,13 @@ def _release_checked_model() -> None:
 def _previous_result(output: str) -> str:
   """What a run that stopped says of --output: that its previous result is
   left as it was, where it holds one."""
+  from apache_beam.io.filesystems import FileSystems
   from tf_batch_predict.pipeline import outputs
-  if os.path.exists(os.path.join(output, outputs.SUMMARY_NAME)):
-    return f'the previous result in {output} is left as it was'
-  return ''
+  try:  # local or gs://
+    held = FileSystems.exists(FileSystems.join(output, outputs.SUMMARY_NAME))
+  except Exception:  # pylint: disable=broad-except  (unknown: said as where there is one)
+    held = True
+  return f'the previous result in {output} is left as it was' if held else ''
 
 
 def _run(options, lock) -> int:
