@@ -93,13 +93,15 @@ class Lines:
   def nbytes(self) -> int:
     return int((self.ends - self.starts).sum()) + 16 * len(self)
 
-  def _trimmed(self):
+  def _trimmed(self, view: bool = False):
     """(buffer, starts, ends) without what the buffer holds before the
-    first line and after the last (the rest of a block the reader read)."""
+    first line and after the last (the rest of a block the reader read);
+    `view`: the buffer as a memoryview of these bytes, not a copy."""
+    buffer = memoryview(self.buffer) if view else self.buffer
     if len(self) and (self.starts[0] > 0 or self.ends[-1] < len(self.buffer)):
       first, last = int(self.starts[0]), int(self.ends[-1])
-      return (self.buffer[first:last], self.starts - first, self.ends - first)
-    return (self.buffer, self.starts, self.ends)
+      return (buffer[first:last], self.starts - first, self.ends - first)
+    return (buffer, self.starts, self.ends)
 
   def __getstate__(self):
     # Only the bytes of the lines travel.

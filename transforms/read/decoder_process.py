@@ -176,16 +176,19 @@ class DecoderProcess:
         or not isinstance(chunk.records, Lines) or chunk.kind not in LINE_KINDS):
       return False
     slot = next(s for s in range(SLOTS) if s not in self._slots)
-    buffer, starts, ends = chunk.records._trimmed()  # pylint: disable=protected-access
-    rest = pickle.dumps(
-        (RawChunk(**{**vars(chunk), 'records': None}), starts, ends), protocol=5)
-    if len(buffer) + len(rest) > IN_BYTES:
-      return False
-    base = slot * (IN_BYTES + OUT_BYTES)
-    self._memory[base:base + len(buffer)] = buffer
-    self._memory[base + len(buffer):base + len(buffer) + len(rest)] = rest
+    # A view: the lines are copied once, into the slot.
+    buffer, starts, ends = chunk.records._trimmed(view=True)  # pylint: disable=protected-access
+    with buffer:
+      size = len(buffer)
+      rest = pickle.dumps(
+          (RawChunk(**{**vars(chunk), 'records': None}), starts, ends), protocol=5)
+      if size + len(rest) > IN_BYTES:
+        return False
+      base = slot * (IN_BYTES + OUT_BYTES)
+      self._memory[base:base + size] = buffer
+      self._memory[base + size:base + size + len(rest)] = rest
     try:
-      self._helper.write(_FRAME.pack(slot, _OK, len(buffer), len(rest), 0.0))
+      self._helper.write(_FRAME.pack(slot, _OK, size, len(rest), 0.0))
     except OSError:
       self._break('its pipe closed')
       return False
