@@ -171,7 +171,7 @@ def run(config, staging, all_units) -> dict:
     interrupt = _interrupt_in(e)
     if interrupt is not None:
       raise interrupt from e
-    raise PipelineFailed(last_line(e)) from e
+    raise PipelineFailed(workers.engine_failure(last_line(e))) from e
   ended = time.time()
   if state not in (None, PipelineState.DONE):
     raise PipelineFailed(f'it ended in state {state}')

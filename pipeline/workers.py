@@ -59,6 +59,25 @@ def describe(returncode: int) -> str:
   return f'a worker process died (killed by {died.name})'
 
 
+# Beam's Java job servers (Flink, Spark) wait for a new Python worker's data
+# connection with a fixed bound (GrpcDataService:
+# `connectedClient.get(3, TimeUnit.MINUTES)`): where the worker died or never
+# started before connecting, the job fails after 3 minutes with only this.
+_NO_DATA_CONNECTION = re.compile(
+    r'TimeoutException: Waited 3 minutes\b.* for SettableFuture\b|No client connected within timeout')
+
+
+def engine_failure(line: str) -> str:
+  """A failed job's line from a Java job server, with what it means where
+  Beam's own words do not say it."""
+  found = _NO_DATA_CONNECTION.search(line)
+  if found:
+    return ('a Python worker never opened its data connection: it died or could not start '
+            "(its own log, or the worker pool's, says which), and Beam's job server waited "
+            f'3 minutes for it ({found.group(0)})')
+  return line
+
+
 def descendants(root: int = 0) -> list:
   """The descendants of process `root` (default: this one), from /proc
   (Linux); elsewhere none are known."""

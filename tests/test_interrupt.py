@@ -169,3 +169,22 @@ def test_an_interrupt_that_beam_reports_as_a_step_failure_is_an_interrupt():
   except ValueError as chained:
     assert type(_interrupt_in(chained)) is _Terminated
   assert _interrupt_in(RuntimeError("ValueError: bad [while running 'Decode']")) is None
+
+
+def test_a_job_servers_wait_for_a_dead_worker_is_explained():
+  """Beam's Java job servers wait 3 minutes for a new Python worker's data
+  connection, then fail the job with only a Guava TimeoutException (the line
+  below is Spark's, from tests/test_engines.py's killed worker): the line
+  says what it means, and keeps Beam's words."""
+  line = ('RuntimeError: Pipeline BeamApp-root-1208021041-361bf607_ca7985d3-8310-4a6f-98f5-'
+          'be7dbff402e6 failed in state FAILED: TimeoutException: Waited 3 minutes (plus '
+          '190779 nanoseconds delay) for SettableFuture@306528f2[status=PENDING]')
+  explained = workers.engine_failure(line)
+  assert explained.startswith('a Python worker never opened its data connection: it died or '
+                              'could not start')
+  assert explained.endswith('(TimeoutException: Waited 3 minutes (plus 190779 nanoseconds '
+                            'delay) for SettableFuture)')
+  assert 'No client connected within timeout' in workers.engine_failure(
+      'RuntimeError: No client connected within timeout')
+  other = "RuntimeError: ValueError: bad [while running 'Score']"
+  assert workers.engine_failure(other) == other
