@@ -14,6 +14,10 @@ the workers' stderr filter (what they print now is a consequence), and if
 the runner has not failed by itself a few seconds later, interrupts the main
 thread (SIGUSR1). Either way the block raises WorkerDied, which says how the
 worker died, in place of whatever the runner raised.
+
+On Flink and Spark the workers are the engine's: `engine_failure` only puts
+into words the one failure of a dead worker that Beam's job servers report
+without saying so.
 """
 import contextlib
 import os
